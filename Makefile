@@ -1,0 +1,45 @@
+# Two commands for a new machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench deps mosquitto clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+deps: $(STAMP) mosquitto
+
+# mosquitto is the local data plane; install it with apt-get when we can.
+mosquitto:
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing mosquitto with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	else \
+		echo "mosquitto is missing: install it (Debian/Ubuntu: sudo apt-get install mosquitto; macOS: brew install mosquitto)" >&2; exit 1; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check elf_async tests benchmarks
+	$(BIN)/ruff format --check elf_async tests benchmarks
+	$(BIN)/mypy
+
+test: deps lint
+	$(BIN)/pytest -q
+
+demo: deps
+	$(BIN)/elf-async --state-dir .elf-demo run 50 --local --rate 5/s --duration 10s
+
+bench: deps
+	$(BIN)/python benchmarks/provision.py
+	$(BIN)/python benchmarks/throughput.py
+
+clean-venv:
+	rm -rf $(VENV)

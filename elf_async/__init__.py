@@ -1,0 +1,3 @@
+"""elf-async: an asyncio load generator for AWS IoT Core."""
+
+__version__ = "0.1.0"

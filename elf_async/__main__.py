@@ -1,0 +1,3 @@
+from elf_async.cli import main
+
+main()

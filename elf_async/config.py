@@ -1,0 +1,63 @@
+"""Global settings and the decision of which AWS target a command talks to."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from elf_async.errors import FleetMismatch
+
+DEFAULT_REGION = "us-west-2"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What the global options said. `None` means the user did not say."""
+
+    state_dir: Path
+    region: str | None = None
+    profile: str | None = None
+    endpoint_url: str | None = None
+    verbose: bool = False
+    quiet: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the control-plane calls go."""
+
+    region: str
+    profile: str | None
+    endpoint_url: str | None
+
+
+def environment_endpoint() -> str | None:
+    """The control-plane endpoint botocore itself would honour from the environment."""
+    return os.environ.get("AWS_ENDPOINT_URL_IOT") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def resolve_target(
+    settings: Settings, fleet: dict[str, str], *, configured_region: str | None
+) -> Target:
+    """Decide region, profile and endpoint: what the user said, else the fleet's, else defaults.
+
+    A fleet remembers where it was created; a command explicitly pointed elsewhere is
+    refused instead of failing later with ResourceNotFound (the seed's trap).
+    """
+    fleet_region = fleet.get("region")
+    if settings.region and fleet_region and settings.region != fleet_region:
+        raise FleetMismatch(
+            f"the fleet {fleet.get('fleet_id', '?')} lives in {fleet_region}, not in "
+            f"{settings.region}: drop --region or use another --state-dir"
+        )
+    fleet_endpoint = fleet.get("endpoint_url")
+    if settings.endpoint_url and fleet_endpoint and settings.endpoint_url != fleet_endpoint:
+        raise FleetMismatch(
+            f"the fleet {fleet.get('fleet_id', '?')} was created through {fleet_endpoint}, "
+            f"not {settings.endpoint_url}"
+        )
+    region = settings.region or fleet_region or configured_region or DEFAULT_REGION
+    profile = settings.profile or fleet.get("profile") or None
+    endpoint = settings.endpoint_url or fleet_endpoint or environment_endpoint()
+    return Target(region=region, profile=profile, endpoint_url=endpoint)
