@@ -190,7 +190,7 @@ class IotControlPlane:
                 if code in DENIED_CODES:
                     raise AccessDenied(operation, code, message) from exc
                 raise AwsError(operation, code, message) from exc
-            except (ConnectionError, HTTPClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ConnectionError, HTTPClientError) as exc:
                 if attempt + 1 < TRANSIENT_ATTEMPTS:
                     stats.retried += 1
                     await asyncio.sleep(backoff_delay(attempt, base=0.2, cap=5.0))

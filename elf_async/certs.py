@@ -73,7 +73,9 @@ class CertificateAuthority:
         return self.cert.public_bytes(serialization.Encoding.PEM).decode()
 
     @classmethod
-    def create(cls, common_name: str, *, key_type: KeyType = "ec", days: int = 3650) -> CertificateAuthority:
+    def create(
+        cls, common_name: str, *, key_type: KeyType = "ec", days: int = 3650
+    ) -> CertificateAuthority:
         key = generate_key(key_type)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         now = dt.datetime.now(dt.UTC)
@@ -100,7 +102,9 @@ class CertificateAuthority:
                 ),
                 critical=True,
             )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
             .sign(key, hashes.SHA256())
         )
         return cls(cert, key)
@@ -199,3 +203,9 @@ def load_private_key(path: Path) -> PrivateKey:
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise UsageError(f"{path}: only RSA and EC keys are supported")
     return key
+
+
+def thing_files(state_dir: Path, thing: str) -> tuple[Path, Path]:
+    """Where a thing's private key and certificate live: ``<state-dir>/certs/<thing>.key|.crt``."""
+    directory = state_dir / "certs"
+    return directory / f"{thing}.key", directory / f"{thing}.crt"

@@ -178,7 +178,13 @@ class Ledger:
         return [FleetResource(*row) for row in rows.fetchall()]
 
     def mark_fleet_resource(
-        self, kind: str, name: str, state: State, *, aws_id: str | None = None, arn: str | None = None
+        self,
+        kind: str,
+        name: str,
+        state: State,
+        *,
+        aws_id: str | None = None,
+        arn: str | None = None,
     ) -> None:
         self._db.execute(
             "INSERT INTO fleet_resources VALUES (?, ?, ?, ?, ?, ?) "
@@ -223,9 +229,7 @@ class Ledger:
         if unknown:
             raise ValueError(f"unknown ledger columns {sorted(unknown)}")
         assignments = ", ".join(f"{column}=?" for column in columns)
-        self._db.execute(
-            f"UPDATE things SET {assignments} WHERE name=?", (*columns.values(), name)
-        )
+        self._db.execute(f"UPDATE things SET {assignments} WHERE name=?", (*columns.values(), name))
 
     def record_error(self, name: str, code: str | None, message: str | None) -> None:
         self._db.execute(
@@ -268,4 +272,3 @@ _WRITABLE = {
     "error_message",
     "updated_at",
 }
-

@@ -1,0 +1,112 @@
+"""The command line: parse, call, print. Each command lives in a module of its own."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+from elf_async import __version__
+from elf_async.cli import clean, create, status
+from elf_async.cli._common import console_err, set_verbose, verbose_requested
+from elf_async.config import Settings
+from elf_async.errors import EXIT_INTERRUPTED, EXIT_USAGE, ElfError
+
+app = typer.Typer(
+    name="elf-async",
+    help="Load generator for AWS IoT Core: create things, send over mutual TLS, measure, clean.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"elf-async {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    region: Annotated[
+        str | None,
+        typer.Option(envvar="ELF_REGION", help="AWS region [default: AWS config, else us-west-2]"),
+    ] = None,
+    profile: Annotated[
+        str | None, typer.Option(envvar="ELF_PROFILE", help="AWS profile from the AWS config.")
+    ] = None,
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ELF_ENDPOINT_URL",
+            help="Control-plane endpoint (moto, VPC endpoint). AWS_ENDPOINT_URL_IOT and "
+            "AWS_ENDPOINT_URL are honoured too.",
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path, typer.Option(envvar="ELF_STATE_DIR", help="Where the ledger and keys live.")
+    ] = Path(".elf"),
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", envvar="ELF_VERBOSE", help="Debug logs, tracebacks.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("-q", "--quiet", envvar="ELF_QUIET", help="Only errors and results.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    set_verbose(verbose)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # botocore's debug logs print response bodies, private keys included: never let them through.
+    for noisy in ("botocore", "aiobotocore", "aioboto3", "urllib3", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    ctx.obj = Settings(
+        state_dir=state_dir,
+        region=region,
+        profile=profile,
+        endpoint_url=endpoint_url,
+        verbose=verbose,
+        quiet=quiet,
+    )
+
+
+app.command("create")(create.command)
+app.command("clean")(clean.command)
+app.command("status")(status.command)
+
+
+def main() -> None:
+    """Entry point: every failure becomes one line on stderr and a documented exit code."""
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        sys.exit(EXIT_USAGE)
+    except ClickException as exc:
+        console_err(f"error: {exc.format_message()} (see --help)")
+        sys.exit(EXIT_USAGE)
+    except typer.Abort:
+        console_err("aborted")
+        sys.exit(EXIT_INTERRUPTED)
+    except ElfError as exc:
+        if verbose_requested():
+            logging.getLogger("elf_async").exception("failed")
+        console_err(f"error: {exc}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console_err("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,10 @@
+"""`elf-async status` (being written)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def command(ctx: typer.Context) -> None:
+    """Not implemented yet."""
+    raise typer.Exit(1)
