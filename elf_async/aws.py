@@ -30,7 +30,7 @@ from botocore.exceptions import (
 )
 
 from elf_async.config import Target
-from elf_async.errors import AccessDenied, AwsError, CredentialsError, UsageError
+from elf_async.errors import AccessDenied, AwsError, CredentialsError, FleetMismatch, UsageError
 from elf_async.pacing import RateLimiter, backoff_delay
 
 # AWS's default quotas in calls per second (see aws-iot-facts). Adjustable per account:
@@ -81,8 +81,12 @@ TRANSIENT_CODES = frozenset(
 )
 DENIED_CODES = frozenset({"AccessDeniedException", "AccessDenied", "UnauthorizedException"})
 NOT_FOUND_CODES = frozenset({"ResourceNotFoundException"})
-TRANSIENT_ATTEMPTS = 8
-THROTTLE_DEADLINE_S = 900.0  # a throttling storm slows a call down; only this fails it
+TRANSIENT_ATTEMPTS = 10
+THROTTLE_DEADLINE_S = 900.0
+NO_CREDENTIALS = (
+    "no AWS credentials found: configure a profile (aws configure), set "
+    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use --local"
+)  # a throttling storm slows a call down; only this fails it
 
 
 class ControlPlane(Protocol):
@@ -189,7 +193,10 @@ class IotControlPlane:
                 stats.failed += 1
                 if code in DENIED_CODES:
                     raise AccessDenied(operation, code, message) from exc
-                raise AwsError(operation, code, message) from exc
+                details = {
+                    k: v for k, v in exc.response.items() if k not in ("Error", "ResponseMetadata")
+                }
+                raise AwsError(operation, code, message, details=details) from exc
             except (TimeoutError, ConnectionError, HTTPClientError) as exc:
                 if attempt + 1 < TRANSIENT_ATTEMPTS:
                     stats.retried += 1
@@ -199,10 +206,7 @@ class IotControlPlane:
                 stats.failed += 1
                 raise AwsError(operation, type(exc).__name__, str(exc)) from exc
             except (NoCredentialsError, PartialCredentialsError) as exc:
-                raise CredentialsError(
-                    "no AWS credentials found: configure a profile (aws configure), set "
-                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use --local"
-                ) from exc
+                raise CredentialsError(NO_CREDENTIALS) from exc
             limiter.recover()
             return response
 
@@ -263,10 +267,7 @@ async def caller_account(target: Target) -> str:
         async with _session(target).client("sts", endpoint_url=target.endpoint_url) as sts:
             identity = await sts.get_caller_identity()
     except (NoCredentialsError, PartialCredentialsError) as exc:
-        raise CredentialsError(
-            "no AWS credentials found: configure a profile (aws configure), set "
-            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use --local"
-        ) from exc
+        raise CredentialsError(NO_CREDENTIALS) from exc
     except ClientError as exc:
         code = error_code(exc)
         if code in DENIED_CODES or code in {"InvalidClientTokenId", "SignatureDoesNotMatch"}:
@@ -275,3 +276,35 @@ async def caller_account(target: Target) -> str:
     except BotoCoreError as exc:
         raise AwsError("GetCallerIdentity", type(exc).__name__, str(exc), service="sts") from exc
     return str(identity["Account"])
+
+
+async def check_account(target: Target, fleet: Mapping[str, str]) -> str:
+    """Check the credentials belong to the fleet's account; return the account id.
+
+    A fleet used from another account would fail later with ResourceNotFound on every
+    call; refusing up front names the real problem.
+    """
+    account = await caller_account(target)
+    expected = fleet.get("account")
+    if expected and account != expected:
+        raise FleetMismatch(
+            f"the fleet {fleet.get('fleet_id', '?')} lives in account {expected}, but these "
+            f"credentials are for account {account}: use the right --profile"
+        )
+    return account
+
+
+def api_report(plane: IotControlPlane) -> dict[str, dict[str, float]]:
+    """Per-API calls, throttles, retries and achieved rate, for summaries and benchmarks."""
+    rates = plane.achieved_rates()
+    return {
+        name: {
+            "calls": stats.calls,
+            "throttled": stats.throttled,
+            "retried": stats.retried,
+            "failed": stats.failed,
+            "achieved_per_s": round(rates.get(name, 0.0), 3),
+            "paced_at_per_s": round(plane.limiter(name).configured, 3),
+        }
+        for name, stats in sorted(plane.stats.apis.items())
+    }

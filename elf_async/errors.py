@@ -58,11 +58,20 @@ class LocalStackError(RuntimeFailure):
 class AwsError(RuntimeFailure):
     """An AWS call failed for good."""
 
-    def __init__(self, operation: str, code: str, message: str, *, service: str = "iot") -> None:
+    def __init__(
+        self,
+        operation: str,
+        code: str,
+        message: str,
+        *,
+        service: str = "iot",
+        details: dict[str, object] | None = None,
+    ) -> None:
         self.operation = operation
         self.code = code
         self.message = message
         self.service = service
+        self.details = details or {}  # modeled error fields, e.g. resourceId
         super().__init__(f"{operation} failed: {code}: {message}")
 
     @property

@@ -203,6 +203,27 @@ class Ledger:
             self._db.executemany("INSERT INTO things (idx, name) VALUES (?, ?)", rows)
         return [self.thing(name) for _, name in rows]
 
+    def adopt_thing(self, name: str, *, cert_arn: str | None, has_policy: bool) -> None:
+        """Record a thing found in AWS (clean --fleet): everything it holds counts as created."""
+        cert_state = "created" if cert_arn else "pending"
+        with self._transaction():
+            (top,) = self._db.execute("SELECT COALESCE(MAX(idx), -1) FROM things").fetchone()
+            self._db.execute(
+                "INSERT OR IGNORE INTO things (idx, name, cert_state, cert_id, cert_arn, "
+                "thing_state, principal_state, policy_state, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, 'created', ?, ?, ?)",
+                (
+                    top + 1,
+                    name,
+                    cert_state,
+                    cert_arn.rsplit("/", 1)[-1] if cert_arn else None,
+                    cert_arn,
+                    cert_state,
+                    "created" if has_policy else "pending",
+                    time.time(),
+                ),
+            )
+
     def thing(self, name: str) -> ThingRecord:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM things WHERE name=?", (name,)).fetchone()
         if row is None:

@@ -38,3 +38,17 @@ def console_err(message: str) -> None:
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine on a fresh uvloop event loop."""
     return uvloop.run(coro)
+
+
+def print_api_table(api: dict[str, dict[str, float]]) -> None:
+    """Per-API pacing: what we achieved against what we paced at, and AWS's push-back."""
+    if not api:
+        return
+    print(
+        f"  {'API':<28}{'calls':>7}{'throttled':>10}{'retried':>9}{'achieved/s':>12}{'paced/s':>9}"
+    )
+    for name, row in api.items():
+        print(
+            f"  {name:<28}{row['calls']:>7.0f}{row['throttled']:>10.0f}{row['retried']:>9.0f}"
+            f"{row['achieved_per_s']:>12.2f}{row['paced_at_per_s']:>9.2f}"
+        )

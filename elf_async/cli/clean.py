@@ -1,10 +1,98 @@
-"""`elf-async clean` (being written)."""
+"""`elf-async clean`: remove everything the fleet created, and nothing else."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from elf_async.cleanup import CleanResult, clean_fleet, forget_local
+from elf_async.cli._common import print_api_table, run, settings
+from elf_async.errors import PartialFailure, UsageError
+from elf_async.ledger import Ledger
+from elf_async.progress import progress_for
 
-def command(ctx: typer.Context) -> None:
-    """Not implemented yet."""
-    raise typer.Exit(1)
+
+def command(
+    ctx: typer.Context,
+    only_local: Annotated[
+        bool,
+        typer.Option(
+            "--only-local",
+            "--force",
+            help="Forget local state only (ledger, keys); AWS resources stay.",
+        ),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Don't ask for confirmation.")] = False,
+    fleet: Annotated[
+        str | None,
+        typer.Option(
+            "--fleet",
+            help="Fleet id to find in AWS by the elf_fleet attribute (when the ledger is lost).",
+        ),
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="AWS calls in flight.", min=1, max=256)] = 16,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Remove the fleet's things, certificates and policy from AWS, then its local files."""
+    opts = settings(ctx)
+    if only_local:
+        _forget(opts.state_dir, yes=yes)
+        return
+    if fleet is not None and not fleet.isalnum():
+        raise UsageError(f"--fleet {fleet!r}: a fleet id is letters and digits (see `status`)")
+    if fleet is None and not Ledger.exists(opts.state_dir):
+        print(f"no fleet in {opts.state_dir}: nothing to clean")
+        return
+    quiet = opts.quiet or json_output
+    result = run(
+        clean_fleet(
+            opts,
+            fleet_id=fleet,
+            concurrency=concurrency,
+            progress=progress_for("clean", quiet=quiet),
+        )
+    )
+    if json_output:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        _print_summary(result, quiet=opts.quiet)
+    if result.summary.failed:
+        raise PartialFailure(
+            f"{result.summary.failed} things could not be removed; run `elf-async clean` again"
+        )
+
+
+def _forget(state_dir: Path, *, yes: bool) -> None:
+    if not yes and not sys.stdin.isatty():
+        raise UsageError("--only-local asks for confirmation: pass --yes when not interactive")
+    left = forget_local(state_dir, confirm=None if yes else _confirm)
+    if left is None:
+        print("nothing forgotten")
+        return
+    print(
+        f"forgot the local state in {state_dir}; {left} things and their certificates stay in AWS"
+    )
+
+
+def _confirm(summary: str) -> bool:
+    print(summary)
+    return typer.confirm("Forget the local state anyway?", default=False)
+
+
+def _print_summary(result: CleanResult, *, quiet: bool) -> None:
+    s = result.summary
+    print(
+        f"fleet {result.fleet_id}: removed {s.removed} of {s.attempted} things in "
+        f"{s.elapsed_s:.1f}s, {s.failed} failed"
+        + ("; nothing left in AWS, local state deleted" if s.forgotten else "")
+    )
+    for code, count in s.errors.most_common():
+        print(f"  {count}x {code}, first: {s.first_error[code]}")
+    for warning in s.warnings:
+        print(f"  warning: {warning}")
+    if not quiet:
+        print_api_table(result.api)

@@ -1,10 +1,164 @@
-"""`elf-async create` (being written)."""
+"""`elf-async create [COUNT]`: provision things (certificate, thing, policy, attachments)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from elf_async.certs import KeyType
+from elf_async.cli._common import print_api_table, run, settings
+from elf_async.errors import PartialFailure, UsageError
+from elf_async.fleet import prefix_problem, topic_root_problem
+from elf_async.progress import progress_for
+from elf_async.provision import CERT_MODES, CreateRequest, CreateResult, create_fleet
+from elf_async.units import parse_api_rate
 
-def command(ctx: typer.Context) -> None:
-    """Not implemented yet."""
-    raise typer.Exit(1)
+KEY_TYPES: tuple[KeyType, ...] = ("rsa", "ec")
+
+
+def parse_count(text: str, *, max_things: int, yes: bool) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise UsageError(f"COUNT must be a whole number, not {text!r}") from None
+    if count <= 0:
+        raise UsageError(f"COUNT must be at least 1, not {count}")
+    if count > max_things and not yes:
+        raise UsageError(
+            f"COUNT {count} is above --max-things {max_things}: pass --yes (or raise --max-things)"
+        )
+    return count
+
+
+def command(
+    ctx: typer.Context,
+    count: Annotated[str, typer.Argument(help="How many things to create.")] = "1",
+    prefix: Annotated[
+        str | None, typer.Option(help="Thing name prefix [default: elf-<fleet id>].")
+    ] = None,
+    cert_mode: Annotated[
+        str | None,
+        typer.Option(
+            help="aws: AWS makes key and certificate; csr: key made here, AWS signs a CSR; "
+            "ca: key made here, certificate signed by --ca-cert and registered. [default: aws]"
+        ),
+    ] = None,
+    key_type: Annotated[
+        str | None, typer.Option(help="rsa (2048) or ec (P-256), for csr and ca. [default: rsa]")
+    ] = None,
+    ca_cert: Annotated[Path | None, typer.Option(help="CA certificate for --cert-mode ca.")] = None,
+    ca_key: Annotated[Path | None, typer.Option(help="CA private key for --cert-mode ca.")] = None,
+    register_ca: Annotated[
+        bool, typer.Option(help="Register --ca-cert in AWS IoT first (clean removes it).")
+    ] = False,
+    topic_root: Annotated[
+        str | None, typer.Option(help="Topics the fleet policy allows. [default: elf]")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="AWS calls in flight.", min=1, max=256)] = 16,
+    api_rate: Annotated[
+        list[str] | None,
+        typer.Option(help="Pace one API, e.g. CreateThing=30/s (repeatable).", show_default=False),
+    ] = None,
+    max_things: Annotated[int, typer.Option(help="COUNT above this needs --yes.")] = 10_000,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the --max-things check.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Create COUNT things, or finish the things an interrupted create left unfinished."""
+    opts = settings(ctx)
+    if cert_mode is not None and cert_mode not in CERT_MODES:
+        raise UsageError(f"--cert-mode must be one of {', '.join(CERT_MODES)}, not {cert_mode!r}")
+    if key_type is not None and key_type not in KEY_TYPES:
+        raise UsageError(f"--key-type must be rsa or ec, not {key_type!r}")
+    for path, flag in ((ca_cert, "--ca-cert"), (ca_key, "--ca-key")):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{flag} {path}: no such file")
+    request = CreateRequest(
+        count=parse_count(count, max_things=max_things, yes=yes),
+        prefix=_checked(prefix, prefix_problem),
+        cert_mode=cert_mode,
+        key_type=key_type,
+        topic_root=_checked(topic_root, topic_root_problem),
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        register_ca=register_ca,
+        concurrency=concurrency,
+        api_rates=dict(parse_api_rate(item) for item in api_rate or []),
+    )
+    result = run(
+        create_fleet(opts, request, progress_for("create", quiet=opts.quiet or json_output))
+    )
+    if json_output:
+        print(json.dumps(_as_json(result), indent=2))
+    else:
+        _print_summary(result, quiet=opts.quiet)
+    if result.summary.failed or result.summary.stopped_early or result.recovery.unresolved:
+        raise PartialFailure(
+            f"{result.summary.failed} of {result.summary.attempted} things failed; "
+            "run `elf-async create` again to finish them"
+        )
+
+
+def _checked(value: str | None, problem: Callable[[str], str | None]) -> str | None:
+    if value is not None and (message := problem(value)):
+        raise UsageError(message)
+    return value
+
+
+def _print_summary(result: CreateResult, *, quiet: bool) -> None:
+    s = result.summary
+    verb = "finished" if s.resumed else "created"
+    print(
+        f"fleet {result.fleet_id} ({result.region}, account {result.account}): {verb} "
+        f"{s.created} of {s.attempted} things in {s.elapsed_s:.1f}s "
+        f"({s.things_per_s:.1f} things/s), {s.failed} failed; {result.things_in_fleet} in the fleet"
+    )
+    if s.resumed:
+        print(
+            "an interrupted create was finished instead of adding new things; "
+            "run create again to add more"
+        )
+    for code, count in s.errors.most_common():
+        print(f"  {count}x {code}, first: {s.first_error[code]}")
+    if s.stopped_early:
+        print(f"  {s.stopped_early}")
+    recovery = result.recovery
+    if recovery.adopted or recovery.deleted_orphans:
+        print(
+            f"  recovered after an interruption: {recovery.adopted} certificate(s) adopted, "
+            f"{recovery.deleted_orphans} orphan(s) deleted"
+        )
+    for warning in recovery.unresolved:
+        print(f"  warning: {warning}")
+    if not quiet:
+        print_api_table(result.api)
+
+
+def _as_json(result: CreateResult) -> dict[str, object]:
+    s = result.summary
+    return {
+        "fleet_id": result.fleet_id,
+        "region": result.region,
+        "account": result.account,
+        "prefix": result.prefix,
+        "attempted": s.attempted,
+        "created": s.created,
+        "failed": s.failed,
+        "resumed": s.resumed,
+        "things_in_fleet": result.things_in_fleet,
+        "elapsed_s": round(s.elapsed_s, 3),
+        "things_per_s": round(s.things_per_s, 3),
+        "errors": {
+            code: {"count": n, "first": s.first_error[code]} for code, n in s.errors.items()
+        },
+        "stopped_early": s.stopped_early,
+        "recovery": {
+            "adopted": result.recovery.adopted,
+            "deleted_orphans": result.recovery.deleted_orphans,
+            "unresolved": result.recovery.unresolved,
+        },
+        "api": result.api,
+    }

@@ -1,10 +1,45 @@
-"""`elf-async status` (being written)."""
+"""`elf-async status`: what the ledger knows about the fleet (no AWS call)."""
 
 from __future__ import annotations
 
+import json
+from typing import Annotated
+
 import typer
 
+from elf_async.cli._common import settings
+from elf_async.fleet_status import fleet_status
 
-def command(ctx: typer.Context) -> None:
-    """Not implemented yet."""
-    raise typer.Exit(1)
+
+def command(
+    ctx: typer.Context,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show the fleet: id, region, endpoint, things by state, policy, where the keys are."""
+    status = fleet_status(settings(ctx).state_dir)
+    if json_output:
+        print(json.dumps(status, indent=2))
+        return
+    if not status["exists"]:
+        print(f"no fleet in {status['state_dir']}")
+        return
+    for label, key in (
+        ("fleet", "fleet_id"),
+        ("region", "region"),
+        ("account", "account"),
+        ("control plane", "endpoint_url"),
+        ("mqtt endpoint", "mqtt_endpoint"),
+        ("thing prefix", "prefix"),
+        ("cert mode", "cert_mode"),
+        ("topic root", "topic_root"),
+        ("keys", "keys_dir"),
+    ):
+        print(f"{label:>14}: {status.get(key) or '-'}")
+    things = status["things"]
+    assert isinstance(things, dict)
+    by_state = (
+        ", ".join(f"{n} {state}" for state, n in sorted(things["by_state"].items())) or "none"
+    )
+    print(f"{'things':>14}: {things['total']} ({by_state})")
+    for resource in status["fleet_resources"]:
+        print(f"{resource['kind']:>14}: {resource['name']} ({resource['state']})")

@@ -1,0 +1,312 @@
+"""`clean`: remove everything a fleet owns, in the order AWS enforces, resumable and idempotent.
+
+Per thing: detach the policy, deactivate the certificate, detach it from the thing, delete
+the thing, delete the certificate; then the fleet policy and a CA the fleet registered.
+"Not found" counts as done. Local key files go only once their certificate is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from elf_async.aws import (
+    NOT_FOUND_CODES,
+    ControlPlane,
+    api_report,
+    check_account,
+    configured_region,
+    connect,
+)
+from elf_async.certs import thing_files
+from elf_async.config import Settings, resolve_target
+from elf_async.errors import AccessDenied, AwsError, UsageError
+from elf_async.fleet import FLEET_ATTRIBUTE, policy_name
+from elf_async.ledger import LEDGER_FILE, Ledger, ThingRecord
+from elf_async.progress import ProgressSink
+from elf_async.recovery import resolve_cert_intents
+
+# DetachThingPrincipal propagates asynchronously: what follows may conflict for a while.
+CONFLICTS = frozenset(
+    {"DeleteConflictException", "CertificateStateException", "InvalidRequestException"}
+)
+
+
+@dataclass
+class CleanSummary:
+    attempted: int = 0
+    removed: int = 0
+    failed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    first_error: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    forgotten: bool = False  # the ledger and keys were deleted: nothing is left
+    elapsed_s: float = 0.0
+
+
+async def _gone_ok(plane: ControlPlane, op: str, *, retry: bool = False, **params: Any) -> None:
+    """Call `op`; a resource that is already gone counts as done."""
+    try:
+        await plane.call(op, retry_codes=CONFLICTS if retry else frozenset(), **params)
+    except AwsError as exc:
+        if exc.code not in NOT_FOUND_CODES:
+            raise
+
+
+class Cleaner:
+    def __init__(
+        self,
+        plane: ControlPlane,
+        ledger: Ledger,
+        state_dir: Path,
+        *,
+        concurrency: int,
+        progress: ProgressSink,
+    ) -> None:
+        self.plane = plane
+        self.ledger = ledger
+        self.state_dir = state_dir
+        self.concurrency = concurrency
+        self.progress = progress
+        self.summary = CleanSummary()
+        self._stop = False
+
+    async def run(self) -> CleanSummary:
+        started = time.monotonic()
+        records = [r for r in self.ledger.things() if not r.gone]
+        self.summary.attempted = len(records)
+        queue: asyncio.Queue[ThingRecord] = asyncio.Queue()
+        for record in records:
+            queue.put_nowait(record)
+        self.progress.start(len(records))
+        try:
+            await asyncio.gather(*(self._worker(queue) for _ in range(self.concurrency)))
+        finally:
+            self.progress.close()
+        if not self.summary.failed and not self._stop:
+            await self._fleet_resources()
+        self.summary.elapsed_s = time.monotonic() - started
+        return self.summary
+
+    async def _worker(self, queue: asyncio.Queue[ThingRecord]) -> None:
+        while not self._stop:
+            try:
+                record = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            ok = await self._guard(record.name, self._teardown(record))
+            self.progress.advance(ok=ok)
+
+    async def _guard(self, name: str, work: Any) -> bool:
+        try:
+            await work
+        except AwsError as exc:
+            self.summary.failed += 1
+            self.summary.errors[exc.code] += 1
+            self.summary.first_error.setdefault(exc.code, f"{name}: {exc}")
+            if isinstance(exc, AccessDenied):
+                self._stop = True
+            return False
+        return True
+
+    async def _teardown(self, record: ThingRecord) -> None:
+        name, arn, cert_id = record.name, record.cert_arn, record.cert_id
+        mark = self.ledger.mark
+        if record.policy_state in ("intended", "created"):
+            if arn:
+                policy = policy_name(self.ledger.meta()["fleet_id"])
+                await _gone_ok(self.plane, "DetachPolicy", policyName=policy, target=arn)
+            mark(name, "policy", "removed")
+        if record.cert_state == "created" and cert_id:
+            try:
+                await self.plane.call(
+                    "UpdateCertificate", certificateId=cert_id, newStatus="INACTIVE"
+                )
+                mark(name, "cert", "inactive")
+            except AwsError as exc:
+                if exc.code not in NOT_FOUND_CODES:
+                    raise
+                mark(name, "cert", "removed")
+        if record.principal_state in ("intended", "created"):
+            if arn:
+                await _gone_ok(self.plane, "DetachThingPrincipal", thingName=name, principal=arn)
+            mark(name, "principal", "removed")
+        if record.thing_state in ("intended", "created"):
+            await _gone_ok(self.plane, "DeleteThing", retry=True, thingName=name)
+            mark(name, "thing", "removed")
+        if self.ledger.thing(name).cert_state == "inactive" and cert_id:
+            await _gone_ok(self.plane, "DeleteCertificate", retry=True, certificateId=cert_id)
+            mark(name, "cert", "removed")
+        if self.ledger.thing(name).gone:
+            for path in thing_files(self.state_dir, name):
+                path.unlink(missing_ok=True)
+
+    async def _fleet_resources(self) -> None:
+        for resource in self.ledger.fleet_resources():
+            if resource.state not in ("intended", "created"):
+                continue
+            if resource.kind == "policy":
+                work = _gone_ok(self.plane, "DeletePolicy", retry=True, policyName=resource.name)
+            else:  # a CA this fleet registered
+                work = self._delete_ca(resource.aws_id)
+            if await self._guard(resource.name, work):
+                self.ledger.mark_fleet_resource(resource.kind, resource.name, "removed")
+
+    async def _delete_ca(self, ca_id: str | None) -> None:
+        if ca_id:
+            await _gone_ok(
+                self.plane, "UpdateCACertificate", certificateId=ca_id, newStatus="INACTIVE"
+            )
+            await _gone_ok(self.plane, "DeleteCACertificate", retry=True, certificateId=ca_id)
+
+
+def forget(state_dir: Path, ledger: Ledger) -> None:
+    """Drop the ledger and every key: only once nothing of the fleet is left in AWS,
+    or when the user asked to forget local state (--only-local)."""
+    ledger.close()
+    for suffix in ("", "-wal", "-shm"):
+        (state_dir / f"{LEDGER_FILE}{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(state_dir / "certs", ignore_errors=True)
+
+
+async def discover_fleet(
+    plane: ControlPlane, ledger: Ledger, fleet_id: str
+) -> tuple[int, list[str]]:
+    """Rebuild a lost ledger from AWS: things carrying ``elf_fleet=<fleet_id>`` and their
+    certificates. Never touches a thing without that attribute. Returns (things, warnings)."""
+    warnings: list[str] = []
+    names: list[str] = []
+    token: str | None = None
+    while True:
+        params: dict[str, Any] = {"attributeName": FLEET_ATTRIBUTE, "attributeValue": fleet_id}
+        if token:
+            params["nextToken"] = token
+        page = await plane.call("ListThings", **params)
+        names += [
+            t["thingName"]
+            for t in page.get("things", [])
+            if t.get("attributes", {}).get(FLEET_ATTRIBUTE) == fleet_id
+        ]
+        token = page.get("nextToken")
+        if not token:
+            break
+    policy = policy_name(fleet_id)
+    for name in sorted(names):
+        principals = (await plane.call("ListThingPrincipals", thingName=name)).get("principals", [])
+        certs = [p for p in principals if ":cert/" in p]
+        arn = certs[0] if certs else None
+        for other in principals:
+            if other != arn:  # not ours to delete, but it must let go of the thing
+                await _gone_ok(plane, "DetachThingPrincipal", thingName=name, principal=other)
+                warnings.append(f"{name}: detached a second principal {other} (left in AWS)")
+        ledger.adopt_thing(name, cert_arn=arn, has_policy=arn is not None)
+    policy_arn = None
+    try:
+        policy_arn = (await plane.call("GetPolicy", policyName=policy))["policyArn"]
+    except AwsError as exc:
+        if exc.code not in NOT_FOUND_CODES:
+            raise
+    if policy_arn:
+        ledger.mark_fleet_resource("policy", policy, "created", arn=policy_arn)
+    return len(names), warnings
+
+
+@dataclass
+class CleanResult:
+    summary: CleanSummary
+    fleet_id: str
+    api: dict[str, dict[str, float]]
+
+    def as_json(self) -> dict[str, object]:
+        s = self.summary
+        return {
+            "fleet_id": self.fleet_id,
+            "attempted": s.attempted,
+            "removed": s.removed,
+            "failed": s.failed,
+            "forgotten": s.forgotten,
+            "elapsed_s": round(s.elapsed_s, 3),
+            "errors": {
+                code: {"count": n, "first": s.first_error[code]} for code, n in s.errors.items()
+            },
+            "warnings": s.warnings,
+            "api": self.api,
+        }
+
+
+async def clean_fleet(
+    settings: Settings, *, fleet_id: str | None, concurrency: int, progress: ProgressSink
+) -> CleanResult:
+    """Clean the fleet of the state dir, or find fleet `fleet_id` in AWS when the ledger is lost."""
+    with Ledger.open(settings.state_dir, create=fleet_id is not None) as ledger:
+        meta = ledger.meta()
+        if fleet_id and meta.get("fleet_id") not in (None, fleet_id):
+            raise UsageError(
+                f"{settings.state_dir} holds fleet {meta['fleet_id']}, not {fleet_id}: "
+                "use another --state-dir for --fleet"
+            )
+        target = resolve_target(
+            settings,
+            meta,
+            configured_region=configured_region(settings.profile or meta.get("profile")),
+        )
+        account = await check_account(target, meta)
+        async with connect(target, concurrency=concurrency) as plane:
+            warnings: list[str] = []
+            if fleet_id and "fleet_id" not in meta:
+                ledger.set_meta(
+                    fleet_id=fleet_id,
+                    region=target.region,
+                    account=account,
+                    endpoint_url=target.endpoint_url,
+                    profile=target.profile,
+                )
+                _, warnings = await discover_fleet(plane, ledger, fleet_id)
+                meta = ledger.meta()
+            ca_file = Path(meta["ca_cert"]) if "ca_cert" in meta else None
+            recovery = await resolve_cert_intents(
+                plane,
+                ledger,
+                settings.state_dir,
+                cert_mode=meta.get("cert_mode", "aws"),
+                ca_pem=ca_file.read_text() if ca_file and ca_file.is_file() else None,
+            )
+            cleaner = Cleaner(
+                plane, ledger, settings.state_dir, concurrency=concurrency, progress=progress
+            )
+            summary = await cleaner.run()
+            summary.warnings = warnings + recovery.unresolved
+            summary.removed = sum(1 for r in ledger.things() if r.gone)
+            leftovers = [r for r in ledger.fleet_resources() if r.state in ("intended", "created")]
+            if not summary.failed and not recovery.unresolved and not leftovers:
+                forget(settings.state_dir, ledger)
+                summary.forgotten = True
+            return CleanResult(summary=summary, fleet_id=meta["fleet_id"], api=api_report(plane))
+
+
+def forget_local(state_dir: Path, *, confirm: Callable[[str], bool] | None) -> int | None:
+    """--only-local: forget the ledger and keys, after `confirm` saw what stays in AWS.
+    Returns how many things stay in AWS, or None when nothing was forgotten."""
+    if not Ledger.exists(state_dir):
+        return None
+    ledger = Ledger.open(state_dir)
+    staying = [r for r in ledger.things() if not r.gone]
+    fleet_id = ledger.meta().get("fleet_id", "?")
+    resources = [f"{r.kind} {r.name}" for r in ledger.fleet_resources() if r.state != "removed"]
+    listing = ", ".join([r.name for r in staying[:10]] + (["…"] if len(staying) > 10 else []))
+    summary = (
+        f"fleet {fleet_id}: {len(staying)} things stay in AWS ({listing or 'none'}) with their "
+        f"certificates; also {', '.join(resources) or 'no fleet resources'}. "
+        f"`elf-async clean --fleet {fleet_id}` can still find the things later."
+    )
+    if confirm is not None and not confirm(summary):
+        ledger.close()
+        return None
+    forget(state_dir, ledger)
+    return len(staying)

@@ -1,0 +1,74 @@
+"""A fleet's identity and names, and its least-privilege policy: pure functions, no I/O."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from typing import Any
+
+FLEET_ATTRIBUTE = "elf_fleet"
+INDEX_WIDTH = 5  # elf-ab12cd34-00042: sortable up to 99,999 things
+_FLEET_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+_THING_NAME = re.compile(r"^[a-zA-Z0-9:_-]+$")
+MAX_THING_NAME = 128
+
+
+def new_fleet_id() -> str:
+    """8 random characters: two users in one account never collide (36^8 ≈ 2.8e12)."""
+    return "".join(secrets.choice(_FLEET_ID_ALPHABET) for _ in range(8))
+
+
+def default_prefix(fleet_id: str) -> str:
+    return f"elf-{fleet_id}"
+
+
+def policy_name(fleet_id: str) -> str:
+    """Derived from the fleet id alone, so `clean --fleet ID` finds it without a ledger."""
+    return f"elf-{fleet_id}-policy"
+
+
+def prefix_problem(prefix: str) -> str | None:
+    """Why `prefix` cannot start thing names, or None when it can."""
+    if not _THING_NAME.match(prefix):
+        return f"--prefix {prefix!r}: thing names allow only letters, digits, ':', '_' and '-'"
+    if len(prefix) + 1 + INDEX_WIDTH > MAX_THING_NAME:
+        return (
+            f"--prefix {prefix!r} is too long: thing names have at most {MAX_THING_NAME} characters"
+        )
+    return None
+
+
+def topic_root_problem(topic_root: str) -> str | None:
+    if not topic_root or any(c in topic_root for c in "#+*?") or topic_root.startswith(("$", "/")):
+        return f"--topic-root {topic_root!r}: use plain topic levels such as 'elf' or 'load/test'"
+    return None
+
+
+def policy_document(*, region: str, account: str, topic_root: str) -> str:
+    """The fleet's least-privilege policy: a client may connect only as its own attached thing,
+    and publish, receive and subscribe only under the topic root."""
+    arn = f"arn:aws:iot:{region}:{account}"
+    root = topic_root.strip("/")
+    document: dict[str, Any] = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "iot:Connect",
+                "Resource": f"{arn}:client/${{iot:Connection.Thing.ThingName}}",
+                "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}},
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["iot:Publish", "iot:Receive"],
+                "Resource": f"{arn}:topic/{root}/*",
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Subscribe",
+                "Resource": f"{arn}:topicfilter/{root}/*",
+            },
+        ],
+    }
+    return json.dumps(document, separators=(",", ":"))

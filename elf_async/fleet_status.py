@@ -1,0 +1,41 @@
+"""The fleet as the ledger knows it, as one JSON-ready dict (for `status` and scripts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from elf_async.ledger import Ledger
+
+
+def fleet_status(state_dir: Path) -> dict[str, Any]:
+    if not Ledger.exists(state_dir):
+        return {"exists": False, "state_dir": str(state_dir)}
+    with Ledger.open(state_dir) as ledger:
+        meta = ledger.meta()
+        records = ledger.things()
+        failed = {r.name: r.error_code for r in records if r.status == "failed"}
+        return {
+            "exists": True,
+            "state_dir": str(state_dir),
+            "fleet_id": meta.get("fleet_id"),
+            "region": meta.get("region"),
+            "account": meta.get("account"),
+            "profile": meta.get("profile"),
+            "endpoint_url": meta.get("endpoint_url"),
+            "mqtt_endpoint": meta.get("mqtt_endpoint"),
+            "prefix": meta.get("prefix"),
+            "cert_mode": meta.get("cert_mode"),
+            "key_type": meta.get("key_type"),
+            "topic_root": meta.get("topic_root"),
+            "keys_dir": str((state_dir / "certs").resolve()),
+            "things": {
+                "total": len(records),
+                "by_state": ledger.count_by_status(),
+                "failed": failed,
+            },
+            "fleet_resources": [
+                {"kind": r.kind, "name": r.name, "state": r.state, "arn": r.arn}
+                for r in ledger.fleet_resources()
+            ],
+        }

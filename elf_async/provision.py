@@ -1,0 +1,425 @@
+"""`create`: provision things concurrently, each step recorded in the ledger around its call.
+
+Per thing: a certificate (ACTIVE), the thing (with the fleet attribute), the certificate
+attached to the thing, the fleet policy attached to the certificate. Workers pull things
+from a queue, so `concurrency` bounds the calls in flight while each API keeps its own pace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from elf_async.aws import ControlPlane, api_report, check_account, configured_region, connect
+from elf_async.certs import (
+    CertificateAuthority,
+    KeyType,
+    PrivateKey,
+    generate_key,
+    key_pem,
+    load_private_key,
+    make_csr,
+    thing_files,
+    write_private,
+    write_public,
+)
+from elf_async.config import Settings, resolve_target
+from elf_async.errors import AccessDenied, AwsError, UsageError
+from elf_async.fleet import (
+    FLEET_ATTRIBUTE,
+    INDEX_WIDTH,
+    default_prefix,
+    new_fleet_id,
+    policy_document,
+    policy_name,
+)
+from elf_async.ledger import Ledger, ThingRecord
+from elf_async.progress import ProgressSink
+from elf_async.recovery import RecoveryResult, resolve_cert_intents
+
+CertMode = Literal["aws", "csr", "ca"]
+CERT_MODES: tuple[CertMode, ...] = ("aws", "csr", "ca")
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """What every thing of a fleet shares."""
+
+    fleet_id: str
+    region: str
+    account: str
+    topic_root: str
+    cert_mode: CertMode
+    key_type: KeyType
+    state_dir: Path
+    ca: CertificateAuthority | None = None
+
+    @property
+    def policy(self) -> str:
+        return policy_name(self.fleet_id)
+
+
+@dataclass
+class CreateSummary:
+    """What `create` did, for the final report and the exit code."""
+
+    attempted: int = 0
+    created: int = 0
+    failed: int = 0
+    resumed: bool = False
+    stopped_early: str | None = None
+    errors: Counter[str] = field(default_factory=Counter)
+    first_error: dict[str, str] = field(default_factory=dict)  # code -> "thing: message"
+    elapsed_s: float = 0.0
+
+    @property
+    def things_per_s(self) -> float:
+        return self.created / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+async def ensure_policy(plane: ControlPlane, ledger: Ledger, fleet: Fleet) -> None:
+    """Create the fleet policy once; recorded as intended before the call."""
+    existing = ledger.fleet_resource("policy", fleet.policy)
+    if existing and existing.state == "created":
+        return
+    ledger.mark_fleet_resource("policy", fleet.policy, "intended")
+    document = policy_document(
+        region=fleet.region, account=fleet.account, topic_root=fleet.topic_root
+    )
+    try:
+        response = await plane.call(
+            "CreatePolicy", policyName=fleet.policy, policyDocument=document
+        )
+        arn = str(response["policyArn"])
+    except AwsError as exc:
+        if exc.code != "ResourceAlreadyExistsException":
+            raise
+        # The name holds our random fleet id: an existing one is ours, from an interrupted run.
+        arn = str((await plane.call("GetPolicy", policyName=fleet.policy))["policyArn"])
+    ledger.mark_fleet_resource("policy", fleet.policy, "created", arn=arn)
+
+
+async def ensure_ca_registered(
+    plane: ControlPlane, ledger: Ledger, ca: CertificateAuthority
+) -> None:
+    """Register the signing CA (--register-ca); one AWS already knows is left as it is, not ours."""
+    name = ca.cert.subject.rfc4514_string()
+    existing = ledger.fleet_resource("ca", name)
+    if existing and existing.state == "created":
+        return
+    ledger.mark_fleet_resource("ca", name, "intended")
+    try:
+        response = await plane.call(
+            "RegisterCACertificate",
+            caCertificate=ca.cert_pem,
+            setAsActive=True,
+            allowAutoRegistration=False,
+            certificateMode="SNI_ONLY",
+        )
+    except AwsError as exc:
+        if exc.code != "ResourceAlreadyExistsException":
+            raise
+        ledger.mark_fleet_resource("ca", name, "removed")  # someone else's: clean leaves it
+        return
+    ledger.mark_fleet_resource(
+        "ca", name, "created", aws_id=response["certificateId"], arn=response["certificateArn"]
+    )
+
+
+class Provisioner:
+    """Runs the four steps of each thing; every state change is committed around its call."""
+
+    def __init__(
+        self,
+        plane: ControlPlane,
+        ledger: Ledger,
+        fleet: Fleet,
+        *,
+        concurrency: int,
+        progress: ProgressSink,
+    ) -> None:
+        self.plane = plane
+        self.ledger = ledger
+        self.fleet = fleet
+        self.concurrency = concurrency
+        self.progress = progress
+        self.summary = CreateSummary()
+        self._stop: str | None = None
+
+    async def run(self, records: list[ThingRecord]) -> CreateSummary:
+        started = time.monotonic()
+        queue: asyncio.Queue[ThingRecord] = asyncio.Queue()
+        for record in records:
+            queue.put_nowait(record)
+        self.summary.attempted = len(records)
+        self.progress.start(len(records))
+        try:
+            workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.concurrency)]
+            await asyncio.gather(*workers)
+        finally:
+            self.progress.close()
+            self.summary.elapsed_s = time.monotonic() - started
+        self.summary.stopped_early = self._stop
+        return self.summary
+
+    async def _worker(self, queue: asyncio.Queue[ThingRecord]) -> None:
+        while self._stop is None:
+            try:
+                record = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            ok = await self._provision(record)
+            self.progress.advance(ok=ok)
+
+    async def _provision(self, record: ThingRecord) -> bool:
+        name = record.name
+        try:
+            cert_arn = record.cert_arn
+            if record.cert_state != "created" or cert_arn is None:
+                cert_arn = await self._certificate(record)
+            if record.thing_state != "created":
+                await self._step(
+                    name,
+                    "thing",
+                    "CreateThing",
+                    thingName=name,
+                    attributePayload={"attributes": {FLEET_ATTRIBUTE: self.fleet.fleet_id}},
+                )
+            if record.principal_state != "created":
+                await self._step(
+                    name, "principal", "AttachThingPrincipal", thingName=name, principal=cert_arn
+                )
+            if record.policy_state != "created":
+                await self._step(
+                    name, "policy", "AttachPolicy", policyName=self.fleet.policy, target=cert_arn
+                )
+        except AwsError as exc:
+            self.ledger.record_error(name, exc.code, exc.message)
+            self.summary.failed += 1
+            self.summary.errors[exc.code] += 1
+            self.summary.first_error.setdefault(exc.code, f"{name}: {exc}")
+            if isinstance(exc, AccessDenied):
+                self._stop = f"stopped early: {exc} (every further thing would fail the same way)"
+            return False
+        if record.error_code:
+            self.ledger.record_error(name, None, None)
+        self.summary.created += 1
+        return True
+
+    async def _step(
+        self, name: str, step: Literal["thing", "principal", "policy"], op: str, **params: Any
+    ) -> None:
+        self.ledger.mark(name, step, "intended")
+        await self.plane.call(op, **params)
+        self.ledger.mark(name, step, "created")
+
+    async def _certificate(self, record: ThingRecord) -> str:
+        """Create or register the thing's certificate; key material is on disk before the
+        ledger says "created", and locally made keys are on disk before the call."""
+        name = record.name
+        key_path, crt_path = thing_files(self.fleet.state_dir, name)
+        mode = self.fleet.cert_mode
+        if mode == "aws":
+            self.ledger.mark(name, "cert", "intended", cert_intent_at=time.time())
+            response = await self.plane.call("CreateKeysAndCertificate", setAsActive=True)
+            await asyncio.to_thread(
+                _write_pair,
+                key_path,
+                response["keyPair"]["PrivateKey"],
+                crt_path,
+                response["certificatePem"],
+            )
+        elif mode == "csr":
+            csr = await asyncio.to_thread(self._local_csr, key_path, name)
+            self.ledger.mark(name, "cert", "intended", cert_intent_at=time.time())
+            response = await self.plane.call(
+                "CreateCertificateFromCsr", certificateSigningRequest=csr, setAsActive=True
+            )
+            await asyncio.to_thread(write_public, crt_path, response["certificatePem"])
+        else:
+            certificate = await asyncio.to_thread(self._local_signed, key_path, crt_path, name)
+            assert self.fleet.ca is not None
+            self.ledger.mark(name, "cert", "intended", cert_intent_at=time.time())
+            response = await self._register(certificate, self.fleet.ca.cert_pem)
+        cert_arn = str(response["certificateArn"])
+        self.ledger.mark(
+            name, "cert", "created", cert_id=str(response["certificateId"]), cert_arn=cert_arn
+        )
+        return cert_arn
+
+    async def _register(self, certificate: str, ca_pem: str) -> dict[str, object]:
+        try:
+            return await self.plane.call(
+                "RegisterCertificate",
+                certificatePem=certificate,
+                caCertificatePem=ca_pem,
+                status="ACTIVE",
+            )
+        except AwsError as exc:
+            # Registered by an interrupted run: AWS names the certificate in the error.
+            if exc.code == "ResourceAlreadyExistsException" and "resourceId" in exc.details:
+                return {
+                    "certificateId": exc.details["resourceId"],
+                    "certificateArn": exc.details["resourceArn"],
+                }
+            raise
+
+    def _local_key(self, key_path: Path) -> PrivateKey:
+        """The thing's key, made here and stored before any call that uses it."""
+        if key_path.exists():
+            return load_private_key(key_path)
+        key = generate_key(self.fleet.key_type)
+        write_private(key_path, key_pem(key))
+        return key
+
+    def _local_csr(self, key_path: Path, name: str) -> str:
+        return make_csr(self._local_key(key_path), name)
+
+    def _local_signed(self, key_path: Path, crt_path: Path, name: str) -> str:
+        assert self.fleet.ca is not None
+        key = self._local_key(key_path)
+        if crt_path.exists():
+            return crt_path.read_text()
+        certificate = self.fleet.ca.sign(key.public_key(), name)
+        write_public(crt_path, certificate)
+        return certificate
+
+
+def _write_pair(key_path: Path, key_text: str, crt_path: Path, crt_text: str) -> None:
+    write_private(key_path, key_text)
+    write_public(crt_path, crt_text)
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRequest:
+    """What the user asked `create` for; `None` means "as the fleet already is, else default"."""
+
+    count: int
+    prefix: str | None = None
+    cert_mode: CertMode | None = None
+    key_type: KeyType | None = None
+    topic_root: str | None = None
+    ca_cert: Path | None = None
+    ca_key: Path | None = None
+    register_ca: bool = False
+    concurrency: int = 16
+    api_rates: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class CreateResult:
+    summary: CreateSummary
+    fleet_id: str
+    prefix: str
+    region: str
+    account: str
+    things_in_fleet: int
+    api: dict[str, dict[str, float]]
+    recovery: RecoveryResult
+
+
+def _fleet_choice(name: str, asked: str | None, stored: str | None, default: str) -> str:
+    """A fleet keeps the prefix, cert mode, key type and topic root it was created with."""
+    if asked and stored and asked != stored:
+        raise UsageError(
+            f"this fleet was created with --{name} {stored}; it cannot change to {asked}"
+        )
+    return asked or stored or default
+
+
+async def create_fleet(
+    settings: Settings, request: CreateRequest, progress: ProgressSink
+) -> CreateResult:
+    """Create `request.count` things, or finish the unfinished ones of an interrupted run."""
+    with Ledger.open(settings.state_dir, create=True) as ledger:
+        meta = ledger.meta()
+        fleet_id = meta.get("fleet_id") or new_fleet_id()
+        prefix = _fleet_choice(
+            "prefix", request.prefix, meta.get("prefix"), default_prefix(fleet_id)
+        )
+        cert_mode = _fleet_choice("cert-mode", request.cert_mode, meta.get("cert_mode"), "aws")
+        key_type = _fleet_choice("key-type", request.key_type, meta.get("key_type"), "rsa")
+        topic_root = _fleet_choice("topic-root", request.topic_root, meta.get("topic_root"), "elf")
+        ca = _signing_ca(cert_mode, request, meta)
+        target = resolve_target(
+            settings,
+            meta,
+            configured_region=configured_region(settings.profile or meta.get("profile")),
+        )
+        account = await check_account(target, meta)
+        ledger.set_meta(
+            fleet_id=fleet_id,
+            prefix=prefix,
+            region=target.region,
+            account=account,
+            endpoint_url=target.endpoint_url,
+            profile=target.profile,
+            cert_mode=cert_mode,
+            key_type=key_type,
+            topic_root=topic_root,
+            ca_cert=str((request.ca_cert or Path(meta.get("ca_cert", ""))).resolve())
+            if ca
+            else None,
+            ca_key=str((request.ca_key or Path(meta.get("ca_key", ""))).resolve()) if ca else None,
+        )
+        fleet = Fleet(
+            fleet_id=fleet_id,
+            region=target.region,
+            account=account,
+            topic_root=topic_root,
+            cert_mode=cast(CertMode, cert_mode),
+            key_type=cast(KeyType, key_type),
+            state_dir=settings.state_dir,
+            ca=ca,
+        )
+        async with connect(
+            target, concurrency=request.concurrency, api_rates=request.api_rates
+        ) as plane:
+            await ensure_policy(plane, ledger, fleet)
+            if request.register_ca and ca is not None:
+                await ensure_ca_registered(plane, ledger, ca)
+            unfinished = [r.name for r in ledger.things() if not r.ready]
+            recovery = await resolve_cert_intents(
+                plane,
+                ledger,
+                settings.state_dir,
+                cert_mode=cert_mode,
+                ca_pem=ca.cert_pem if ca else None,
+            )
+            if unfinished:
+                records = [ledger.thing(name) for name in unfinished]
+            else:
+                records = ledger.add_things(request.count, prefix, INDEX_WIDTH)
+            provisioner = Provisioner(
+                plane, ledger, fleet, concurrency=request.concurrency, progress=progress
+            )
+            summary = await provisioner.run(records)
+            summary.resumed = bool(unfinished)
+            return CreateResult(
+                summary=summary,
+                fleet_id=fleet_id,
+                prefix=prefix,
+                region=target.region,
+                account=account,
+                things_in_fleet=len(ledger.things()),
+                api=api_report(plane),
+                recovery=recovery,
+            )
+
+
+def _signing_ca(
+    cert_mode: str, request: CreateRequest, meta: dict[str, str]
+) -> CertificateAuthority | None:
+    if cert_mode != "ca":
+        return None
+    cert = request.ca_cert or (Path(meta["ca_cert"]) if "ca_cert" in meta else None)
+    key = request.ca_key or (Path(meta["ca_key"]) if "ca_key" in meta else None)
+    if cert is None or key is None:
+        raise UsageError(
+            "--cert-mode ca needs --ca-cert and --ca-key (the CA that signs the things)"
+        )
+    return CertificateAuthority.load(cert, key)
