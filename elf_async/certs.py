@@ -38,12 +38,19 @@ def key_pem(key: PrivateKey) -> str:
     ).decode()
 
 
-def public_key_der(key_or_cert_pem: str) -> bytes:
+def public_key_der(cert_pem: str) -> bytes:
     """DER of the public key of a certificate PEM: matches a certificate to its key."""
-    cert = x509.load_pem_x509_certificate(key_or_cert_pem.encode())
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
     return cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def common_name(cert_pem: str) -> str | None:
+    """The subject CN of a certificate: elf-async puts the thing name there."""
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
 
 
 def own_public_key_der(key: PrivateKey) -> bytes:

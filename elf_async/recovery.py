@@ -8,7 +8,8 @@ resolves it as exactly as the API allows:
   registers it or answers ResourceAlreadyExists with its id. Exact.
 - ``csr`` and ``aws``: the response's certificate file is written before the ledger commit,
   so a file on disk is matched to a recent certificate by its PEM (exact). With no file,
-  ``csr`` matches a recent certificate by our public key (exact on AWS); ``aws`` falls back
+  ``csr`` matches a recent certificate by our public key, or by its subject, which is the
+  thing's name with the fleet's random id in it; ``aws`` falls back
   to recent certificates that are ACTIVE, unknown to the ledger and attached to nothing,
   and deletes them only when there are no more of them than unresolved intents.
 """
@@ -22,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from elf_async.aws import ControlPlane
-from elf_async.certs import load_private_key, own_public_key_der, public_key_der, thing_files
+from elf_async.certs import (
+    common_name,
+    load_private_key,
+    own_public_key_der,
+    public_key_der,
+    thing_files,
+)
 from elf_async.errors import AwsError
 from elf_async.ledger import Ledger, ThingRecord
 
@@ -145,7 +152,11 @@ async def _match_by_files(
     for cert in recent:
         described = await plane.call("DescribeCertificate", certificateId=cert["certificateId"])
         pem = str(described["certificateDescription"]["certificatePem"]).strip()
-        if pem == wanted_pem or (wanted_key is not None and public_key_der(pem) == wanted_key):
+        if pem == wanted_pem:
+            return cert
+        if wanted_key is not None and (
+            public_key_der(pem) == wanted_key or common_name(pem) == record.name
+        ):
             return cert
     return None
 

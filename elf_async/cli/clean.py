@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from elf_async import localstack
 from elf_async.cleanup import CleanResult, clean_fleet, forget_local
 from elf_async.cli._common import print_api_table, run, settings
 from elf_async.errors import PartialFailure, UsageError
@@ -47,6 +48,7 @@ def command(
     if fleet is None and not Ledger.exists(opts.state_dir):
         print(f"no fleet in {opts.state_dir}: nothing to clean")
         return
+    opts, _ = localstack.resolve(opts)
     quiet = opts.quiet or json_output
     result = run(
         clean_fleet(

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from elf_async import localstack
 from elf_async.certs import KeyType
 from elf_async.cli._common import print_api_table, run, settings
 from elf_async.errors import PartialFailure, UsageError
@@ -68,26 +69,23 @@ def command(
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Create COUNT things, or finish the things an interrupted create left unfinished."""
-    opts = settings(ctx)
-    if cert_mode is not None and cert_mode not in CERT_MODES:
-        raise UsageError(f"--cert-mode must be one of {', '.join(CERT_MODES)}, not {cert_mode!r}")
-    if key_type is not None and key_type not in KEY_TYPES:
-        raise UsageError(f"--key-type must be rsa or ec, not {key_type!r}")
-    for path, flag in ((ca_cert, "--ca-cert"), (ca_key, "--ca-key")):
-        if path is not None and not path.is_file():
-            raise UsageError(f"{flag} {path}: no such file")
-    request = CreateRequest(
-        count=parse_count(count, max_things=max_things, yes=yes),
-        prefix=_checked(prefix, prefix_problem),
+    request = build_request(
+        count,
+        prefix=prefix,
         cert_mode=cert_mode,
         key_type=key_type,
-        topic_root=_checked(topic_root, topic_root_problem),
         ca_cert=ca_cert,
         ca_key=ca_key,
         register_ca=register_ca,
+        topic_root=topic_root,
         concurrency=concurrency,
-        api_rates=dict(parse_api_rate(item) for item in api_rate or []),
+        api_rate=api_rate,
+        max_things=max_things,
+        yes=yes,
     )
+    opts, stack = localstack.resolve(settings(ctx))
+    if stack is not None:
+        request = localstack.for_create(request, stack)
     result = run(
         create_fleet(opts, request, progress_for("create", quiet=opts.quiet or json_output))
     )
@@ -100,6 +98,43 @@ def command(
             f"{result.summary.failed} of {result.summary.attempted} things failed; "
             "run `elf-async create` again to finish them"
         )
+
+
+def build_request(
+    count: str,
+    *,
+    prefix: str | None,
+    cert_mode: str | None,
+    key_type: str | None,
+    ca_cert: Path | None,
+    ca_key: Path | None,
+    register_ca: bool,
+    topic_root: str | None,
+    concurrency: int,
+    api_rate: list[str] | None,
+    max_things: int,
+    yes: bool,
+) -> CreateRequest:
+    """Check the create options (`run` takes them too) and build the request."""
+    if cert_mode is not None and cert_mode not in CERT_MODES:
+        raise UsageError(f"--cert-mode must be one of {', '.join(CERT_MODES)}, not {cert_mode!r}")
+    if key_type is not None and key_type not in KEY_TYPES:
+        raise UsageError(f"--key-type must be rsa or ec, not {key_type!r}")
+    for path, flag in ((ca_cert, "--ca-cert"), (ca_key, "--ca-key")):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{flag} {path}: no such file")
+    return CreateRequest(
+        count=parse_count(count, max_things=max_things, yes=yes),
+        prefix=_checked(prefix, prefix_problem),
+        cert_mode=cert_mode,
+        key_type=key_type,
+        topic_root=_checked(topic_root, topic_root_problem),
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        register_ca=register_ca,
+        concurrency=concurrency,
+        api_rates=dict(parse_api_rate(item) for item in api_rate or []),
+    )
 
 
 def _checked(value: str | None, problem: Callable[[str], str | None]) -> str | None:
