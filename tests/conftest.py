@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ from typing import Any
 import boto3
 import pytest
 import uvloop
+
+pytest_plugins = ["mqtt_fixtures", "local_fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_AWS_ENV = {
@@ -130,6 +134,7 @@ class Cli:
 
     state_dir: Path
     endpoint_url: str
+    cwd: Path | None = None
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         return {**os.environ, **FAKE_AWS_ENV, "NO_COLOR": "1", **(extra or {})}
@@ -160,7 +165,7 @@ class Cli:
             timeout=timeout,
             env=self.env(env),
             input=input,
-            cwd=self.state_dir.parent,
+            cwd=self.cwd or self.state_dir.parent,
         )
 
     def popen(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
@@ -170,7 +175,7 @@ class Cli:
             stderr=subprocess.PIPE,
             text=True,
             env=self.env(env),
-            cwd=self.state_dir.parent,
+            cwd=self.cwd or self.state_dir.parent,
         )
 
 
@@ -189,3 +194,28 @@ def assert_one_line_error(
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+BLOCKING_LIMIT_S = 0.1
+
+
+@contextlib.contextmanager
+def blocking_guard(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Raise if any callback held the running event loop longer than BLOCKING_LIMIT_S
+    (asyncio's and uvloop's debug mode both report slow callbacks)."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = BLOCKING_LIMIT_S
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    yield
+    slow = [
+        r.getMessage() for r in caplog.records if r.name == "asyncio" and "took" in r.getMessage()
+    ]
+    assert not slow, f"blocking calls in the event loop: {slow}"
+
+
+@pytest.fixture
+async def no_blocking_calls(caplog: pytest.LogCaptureFixture) -> AsyncIterator[None]:
+    """Fails the test if anything blocked the event loop."""
+    with blocking_guard(caplog):
+        yield

@@ -4,6 +4,7 @@ ThrottlingException above a set rate per API, and AccessDeniedException for deni
 Run as its own process (tests and benchmarks/provision.py do):
     python tests/throttle_proxy.py --target http://127.0.0.1:5000 --port 5001 --rate 5
         [--rate-for 'POST /keys-and-certificate=10'] [--deny 'POST /things']
+(an API is the method and the resource parts of the path: 'PUT /things/principals')
 GET /_proxy/stats returns the counts per API as JSON.
 """
 
@@ -17,13 +18,14 @@ from collections import defaultdict
 
 from aiohttp import ClientSession, web
 
-# An API is identified by method and first path segment: IoT's REST paths name the resource.
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 
 
 def api_key(method: str, path: str) -> str:
-    segment = path.strip("/").split("/", 1)[0]
-    return f"{method} /{segment}"
+    """IoT's REST paths alternate resource and name (/things/NAME/principals): the method and
+    the resource parts identify the API, e.g. 'PUT /things/principals' is AttachThingPrincipal."""
+    parts = path.strip("/").split("/")
+    return f"{method} /" + "/".join(parts[0::2])
 
 
 class Bucket:
@@ -103,8 +105,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--rate", type=float, default=0.0, help="calls/s per API; 0 = no limit")
     parser.add_argument("--burst", type=float, default=0.2, help="burst, in seconds of rate")
-    parser.add_argument("--rate-for", action="append", default=[], help="'METHOD /segment=RATE'")
-    parser.add_argument("--deny", action="append", default=[], help="'METHOD /segment'")
+    parser.add_argument("--rate-for", action="append", default=[], help="'METHOD /path=RATE'")
+    parser.add_argument("--deny", action="append", default=[], help="'METHOD /path'")
     parser.add_argument("--max-seconds", type=float, default=1800, help="stop by itself after this")
     args = parser.parse_args()
     rates = {k: float(v) for k, v in (item.rsplit("=", 1) for item in args.rate_for)}
