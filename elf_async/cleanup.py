@@ -241,7 +241,12 @@ class CleanResult:
 
 
 async def clean_fleet(
-    settings: Settings, *, fleet_id: str | None, concurrency: int, progress: ProgressSink
+    settings: Settings,
+    *,
+    fleet_id: str | None,
+    concurrency: int,
+    progress: ProgressSink,
+    api_rates: dict[str, float] | None = None,
 ) -> CleanResult:
     """Clean the fleet of the state dir, or find fleet `fleet_id` in AWS when the ledger is lost."""
     with Ledger.open(settings.state_dir, create=fleet_id is not None) as ledger:
@@ -257,7 +262,7 @@ async def clean_fleet(
             configured_region=configured_region(settings.profile or meta.get("profile")),
         )
         account = await check_account(target, meta)
-        async with connect(target, concurrency=concurrency) as plane:
+        async with connect(target, concurrency=concurrency, api_rates=api_rates) as plane:
             warnings: list[str] = []
             if fleet_id and "fleet_id" not in meta:
                 ledger.set_meta(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 import uvloop
 
 from elf_async.config import Settings
+from elf_async.units import parse_api_rate
 
 T = TypeVar("T")
 _verbose = False
@@ -52,3 +53,15 @@ def print_api_table(api: dict[str, dict[str, float]]) -> None:
             f"  {name:<28}{row['calls']:>7.0f}{row['throttled']:>10.0f}{row['retried']:>9.0f}"
             f"{row['achieved_per_s']:>12.2f}{row['paced_at_per_s']:>9.2f}"
         )
+
+
+# Control-plane options that create, clean and run share.
+ConcurrencyOption = Annotated[int, typer.Option(help="AWS calls in flight.", min=1, max=256)]
+ApiRateOption = Annotated[
+    list[str] | None,
+    typer.Option(help="Pace one API, e.g. CreateThing=30/s (repeatable).", show_default=False),
+]
+
+
+def api_rates(items: list[str] | None) -> dict[str, float]:
+    return dict(parse_api_rate(item) for item in items or [])

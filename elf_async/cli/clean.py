@@ -11,7 +11,14 @@ import typer
 
 from elf_async import localstack
 from elf_async.cleanup import CleanResult, clean_fleet, forget_local
-from elf_async.cli._common import print_api_table, run, settings
+from elf_async.cli._common import (
+    ApiRateOption,
+    ConcurrencyOption,
+    api_rates,
+    print_api_table,
+    run,
+    settings,
+)
 from elf_async.errors import PartialFailure, UsageError
 from elf_async.ledger import Ledger
 from elf_async.progress import progress_for
@@ -35,7 +42,8 @@ def command(
             help="Fleet id to find in AWS by the elf_fleet attribute (when the ledger is lost).",
         ),
     ] = None,
-    concurrency: Annotated[int, typer.Option(help="AWS calls in flight.", min=1, max=256)] = 16,
+    concurrency: ConcurrencyOption = 16,
+    api_rate: ApiRateOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Remove the fleet's things, certificates and policy from AWS, then its local files."""
@@ -55,6 +63,7 @@ def command(
             opts,
             fleet_id=fleet,
             concurrency=concurrency,
+            api_rates=api_rates(api_rate),
             progress=progress_for("clean", quiet=quiet),
         )
     )

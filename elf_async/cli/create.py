@@ -11,12 +11,18 @@ import typer
 
 from elf_async import localstack
 from elf_async.certs import KeyType
-from elf_async.cli._common import print_api_table, run, settings
+from elf_async.cli._common import (
+    ApiRateOption,
+    ConcurrencyOption,
+    api_rates,
+    print_api_table,
+    run,
+    settings,
+)
 from elf_async.errors import PartialFailure, UsageError
 from elf_async.fleet import prefix_problem, topic_root_problem
 from elf_async.progress import progress_for
 from elf_async.provision import CERT_MODES, CreateRequest, CreateResult, create_fleet
-from elf_async.units import parse_api_rate
 
 KEY_TYPES: tuple[KeyType, ...] = ("rsa", "ec")
 
@@ -59,11 +65,8 @@ def command(
     topic_root: Annotated[
         str | None, typer.Option(help="Topics the fleet policy allows. [default: elf]")
     ] = None,
-    concurrency: Annotated[int, typer.Option(help="AWS calls in flight.", min=1, max=256)] = 16,
-    api_rate: Annotated[
-        list[str] | None,
-        typer.Option(help="Pace one API, e.g. CreateThing=30/s (repeatable).", show_default=False),
-    ] = None,
+    concurrency: ConcurrencyOption = 16,
+    api_rate: ApiRateOption = None,
     max_things: Annotated[int, typer.Option(help="COUNT above this needs --yes.")] = 10_000,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the --max-things check.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -133,7 +136,7 @@ def build_request(
         ca_key=ca_key,
         register_ca=register_ca,
         concurrency=concurrency,
-        api_rates=dict(parse_api_rate(item) for item in api_rate or []),
+        api_rates=api_rates(api_rate),
     )
 
 
