@@ -21,6 +21,7 @@ class Settings:
     endpoint_url: str | None = None
     verbose: bool = False
     quiet: bool = False
+    local: bool = False  # target the embedded local stack (see localstack.resolve)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +52,7 @@ def resolve_target(
             f"the fleet {fleet.get('fleet_id', '?')} lives in {fleet_region}, not in "
             f"{settings.region}: drop --region or use another --state-dir"
         )
-    fleet_endpoint = fleet.get("endpoint_url")
-    if settings.endpoint_url and fleet_endpoint and settings.endpoint_url != fleet_endpoint:
-        raise FleetMismatch(
-            f"the fleet {fleet.get('fleet_id', '?')} was created through {fleet_endpoint}, "
-            f"not {settings.endpoint_url}"
-        )
+    fleet_endpoint = fleet.get("endpoint_url")  # an explicit endpoint may differ (a proxy)
     region = settings.region or fleet_region or configured_region or DEFAULT_REGION
     profile = settings.profile or fleet.get("profile") or None
     endpoint = settings.endpoint_url or fleet_endpoint or environment_endpoint()

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer._click.exceptions import ClickException, NoArgsIsHelpError
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, NoSuchOption
 
 from elf_async import __version__
-from elf_async.cli import clean, create, status
+from elf_async.cli import clean, create, local, run, send, status, subscribe
 from elf_async.cli._common import console_err, set_verbose, verbose_requested
 from elf_async.config import Settings
 from elf_async.errors import EXIT_INTERRUPTED, EXIT_USAGE, ElfError
@@ -60,6 +61,12 @@ def _global_options(
     quiet: Annotated[
         bool, typer.Option("-q", "--quiet", envvar="ELF_QUIET", help="Only errors and results.")
     ] = False,
+    local_stack: Annotated[
+        bool,
+        typer.Option(
+            "--local", envvar="ELF_LOCAL", help="Target the stack `elf-async local up` started."
+        ),
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
@@ -80,12 +87,17 @@ def _global_options(
         endpoint_url=endpoint_url,
         verbose=verbose,
         quiet=quiet,
+        local=local_stack,
     )
 
 
 app.command("create")(create.command)
 app.command("clean")(clean.command)
 app.command("status")(status.command)
+app.command("send")(send.command)
+app.command("subscribe")(subscribe.command)
+app.add_typer(local.app)
+app.command("run")(run.command)
 
 
 def main() -> None:
@@ -94,6 +106,12 @@ def main() -> None:
         code = app(standalone_mode=False)
     except NoArgsIsHelpError as exc:
         print(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        sys.exit(EXIT_USAGE)
+    except NoSuchOption as exc:
+        if re.fullmatch(r"-\d+(\.\d+)?", exc.option_name):
+            console_err(f"error: {exc.option_name}: negative numbers are not allowed here")
+        else:
+            console_err(f"error: {exc.format_message()} (see --help)")
         sys.exit(EXIT_USAGE)
     except ClickException as exc:
         console_err(f"error: {exc.format_message()} (see --help)")

@@ -1,0 +1,77 @@
+"""The connection options `send` and `subscribe` share, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from elf_async.dataplane import ConnectOptions
+from elf_async.units import parse_duration
+
+MqttEndpoint = Annotated[
+    str | None,
+    typer.Option(
+        "--mqtt-endpoint",
+        help="Broker HOST[:PORT] [default: the local stack, else DescribeEndpoint iot:Data-ATS, "
+        "cached with the fleet].",
+        show_default=False,
+    ),
+]
+Port = Annotated[
+    int | None,
+    typer.Option(help="8883, or 443 (ALPN x-amzn-mqtt-ca). [default: 8883]", show_default=False),
+]
+CaFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-file",
+        "--root-cert",
+        help="CAs that vouch for the broker [default: Amazon Root CA 1 and 3, shipped].",
+        show_default=False,
+    ),
+]
+ConnectRate = Annotated[
+    str, typer.Option(help="New connections per second (AWS: 500/s per account).")
+]
+ConnectTimeout = Annotated[str, typer.Option(help="Time for one connect (TCP, TLS, CONNACK).")]
+ConnectRetries = Annotated[
+    int, typer.Option(min=0, help="Extra attempts for a thing's first connection.")
+]
+AllowOverLimits = Annotated[
+    bool,
+    typer.Option(
+        "--allow-over-aws-limits",
+        help="Permit rates and windows above AWS IoT's per-connection limits.",
+    ),
+]
+Things = Annotated[
+    int | None,
+    typer.Option(min=1, help="Use the first N ready things [default: all].", show_default=False),
+]
+Qos = Annotated[int, typer.Option(help="MQTT QoS: 0 or 1 (AWS IoT has no QoS 2).")]
+Report = Annotated[
+    Path | None, typer.Option(help="Write the JSON report (schema elf-async/report/1) here.")
+]
+
+
+def connect_options(
+    *,
+    mqtt_endpoint: str | None,
+    port: int | None,
+    ca_file: Path | None,
+    connect_rate: str,
+    connect_timeout: str,
+    connect_retries: int,
+    allow_over_aws_limits: bool,
+) -> ConnectOptions:
+    return ConnectOptions(
+        mqtt_endpoint=mqtt_endpoint,
+        port=port,
+        ca_file=ca_file,
+        connect_rate=connect_rate,
+        connect_timeout=parse_duration(connect_timeout, what="--connect-timeout"),
+        connect_retries=connect_retries,
+        allow_over_aws_limits=allow_over_aws_limits,
+    )

@@ -1,0 +1,316 @@
+"""`elf-async run COUNT`: create → send → clean in one command, for CI pipelines."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shlex
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+
+from elf_async import localstack, runner
+from elf_async.cli import _mqtt, create
+from elf_async.cli._common import console_err, run, settings
+from elf_async.config import Settings
+from elf_async.errors import ThresholdFailed, UsageError
+from elf_async.junit import junit_xml, write_junit
+from elf_async.ledger import Ledger
+from elf_async.live import print_summary
+from elf_async.progress import progress_for
+from elf_async.report import write_report
+from elf_async.sendjob import SendRequest, run_send
+from elf_async.stopping import StopSignal
+from elf_async.thresholds import parse_all
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise runner.Terminated(signum)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Outside the event loop, SIGTERM unwinds like Ctrl-C, so the `finally` blocks run."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while the ephemeral stack stops (bounded): none is lost."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+def command(
+    ctx: typer.Context,
+    count: Annotated[str, typer.Argument(help="How many things to create.")],
+    message: Annotated[
+        str | None,
+        typer.Argument(help='Message sent as {"msg": MESSAGE}. [default: IoT ELF Hello]'),
+    ] = None,
+    rate: Annotated[
+        str | None, typer.Option(help="Messages per thing: 10/s, 600/m, 0.5. [default: 1/s]")
+    ] = None,
+    total_rate: Annotated[
+        str | None, typer.Option(help="Messages per second for the whole fleet, spread evenly.")
+    ] = None,
+    duration: Annotated[
+        str | None, typer.Option(help="How long to send: 60, 60s, 5m. [default: 10s]")
+    ] = None,
+    messages: Annotated[
+        int | None, typer.Option("--count", help="Messages per thing (instead of --duration).")
+    ] = None,
+    qos: _mqtt.Qos = 1,
+    topic: Annotated[
+        str | None,
+        typer.Option(help="Topic template: {thing}, {index}, {fleet}. [default: elf/{thing}]"),
+    ] = None,
+    json_message: Annotated[
+        Path | None, typer.Option(help="Send this JSON document instead of MESSAGE.")
+    ] = None,
+    payload_size: Annotated[
+        int | None, typer.Option(help="Pad each payload to exactly this many bytes.")
+    ] = None,
+    drain: Annotated[
+        str, typer.Option(help="On a stop, wait this long for QoS 1 acknowledgements.")
+    ] = "5s",
+    mqtt_endpoint: _mqtt.MqttEndpoint = None,
+    port: _mqtt.Port = None,
+    ca_file: _mqtt.CaFile = None,
+    connect_rate: _mqtt.ConnectRate = "100/s",
+    connect_timeout: _mqtt.ConnectTimeout = "10s",
+    connect_retries: _mqtt.ConnectRetries = 3,
+    allow_over_aws_limits: _mqtt.AllowOverLimits = False,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--threshold",
+            help="Pass/fail rule, repeatable: ack.p99<250ms, error_rate<0.1%, "
+            "achieved_rate>=99%, connections.failed==0, messages.acked>=1000. "
+            "A failed one exits with 3.",
+            show_default=False,
+        ),
+    ] = None,
+    junit: Annotated[
+        Path | None, typer.Option(help="Write a JUnit XML file: the run and each threshold.")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write the send report (JSON) with the thresholds.")
+    ] = None,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local",
+            help="Use the local stack; start one for this run (and stop it after) if none runs.",
+        ),
+    ] = False,
+    cert_mode: Annotated[
+        str | None, typer.Option(help="aws, csr or ca, as for create. [default: aws]")
+    ] = None,
+    key_type: Annotated[str | None, typer.Option(help="rsa or ec, for csr and ca.")] = None,
+    ca_cert: Annotated[Path | None, typer.Option(help="CA certificate for --cert-mode ca.")] = None,
+    ca_key: Annotated[Path | None, typer.Option(help="CA private key for --cert-mode ca.")] = None,
+    register_ca: Annotated[
+        bool, typer.Option(help="Register --ca-cert in AWS IoT first (clean removes it).")
+    ] = False,
+    topic_root: Annotated[
+        str | None, typer.Option(help="Topics the fleet policy allows. [default: elf]")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="AWS calls in flight.", min=1, max=256)] = 16,
+    api_rate: Annotated[
+        list[str] | None,
+        typer.Option(help="Pace one API, e.g. CreateThing=30/s (repeatable).", show_default=False),
+    ] = None,
+    max_things: Annotated[int, typer.Option(help="COUNT above this needs --yes.")] = 10_000,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the --max-things check.")] = False,
+) -> None:
+    """Create COUNT things, send from all of them, clean up: the clean-up always runs.
+
+    Exit codes: 0 ok, 1 runtime failure, 2 bad input, 3 a threshold failed, 130 Ctrl-C,
+    143 SIGTERM. A second Ctrl-C aborts the clean-up and prints the command that finishes it.
+    """
+    opts = settings(ctx)
+    thresholds = parse_all(threshold or [])
+    request = create.build_request(
+        count,
+        prefix=None,
+        cert_mode=cert_mode,
+        key_type=key_type,
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        register_ca=register_ca,
+        topic_root=topic_root,
+        concurrency=concurrency,
+        api_rate=api_rate,
+        max_things=max_things,
+        yes=yes,
+    )
+    send_step = _send_step(
+        SendRequest(
+            message=message,
+            rate=rate,
+            total_rate=total_rate,
+            duration=duration,
+            count=messages,
+            qos=qos,
+            topic=topic,
+            json_message=json_message,
+            payload_size=payload_size,
+            drain=drain,
+            connect=_mqtt.connect_options(
+                mqtt_endpoint=mqtt_endpoint,
+                port=port,
+                ca_file=ca_file,
+                connect_rate=connect_rate,
+                connect_timeout=connect_timeout,
+                connect_retries=connect_retries,
+                allow_over_aws_limits=allow_over_aws_limits,
+            ),
+        )
+    )
+    if Ledger.exists(opts.state_dir):
+        raise UsageError(
+            f"{opts.state_dir} already holds a fleet, which run would clean at the end: "
+            "use another --state-dir (or clean that fleet first)"
+        )
+    opts = dataclasses.replace(opts, local=opts.local or local)
+    ephemeral = False
+    try:
+        with _sigterm_unwinds():
+            if opts.local:
+                started, ephemeral = localstack.up(opts.state_dir, region=opts.region)
+                if ephemeral and not opts.quiet:
+                    print(f"started a local stack for this run:\n{_describe(started)}")
+            target, stack = localstack.resolve(opts)
+            if stack is not None:
+                request = localstack.for_create(request, stack)
+            result = run(
+                runner.run(
+                    target,
+                    request,
+                    send_step,
+                    thresholds,
+                    progress=lambda label: progress_for(label, quiet=opts.quiet),
+                    notify=console_err,
+                    clean_concurrency=concurrency,
+                )
+            )
+    except runner.Terminated:
+        console_err("terminated")
+        raise typer.Exit(runner.signal_exit_code(signal.SIGTERM)) from None
+    finally:
+        if ephemeral:
+            with _signals_held():
+                localstack.down(opts.state_dir)
+    _finish(opts, result, count=count, report=report, junit=junit, ephemeral=ephemeral)
+
+
+def _describe(stack: localstack.LocalStack) -> str:
+    return (
+        f"  control plane {stack.endpoint_url}, MQTT {stack.mqtt_host}:{stack.mqtt_port}, "
+        f"logs in {stack.directory}"
+    )
+
+
+def _finish(
+    opts: Settings,
+    result: runner.RunResult,
+    *,
+    count: str,
+    report: Path | None,
+    junit: Path | None,
+    ephemeral: bool,
+) -> None:
+    """Print the summary, write the report and JUnit, and exit with the documented code."""
+    _print_summary(result)
+    if report is not None and result.report is not None:
+        document = {**result.report, "thresholds": [v.to_json() for v in result.verdicts]}
+        document["run"] = _run_json(result)
+        write_report(report, document)
+    if junit is not None:
+        write_junit(
+            junit,
+            junit_xml(
+                name=f"run {count}",
+                verdicts=result.verdicts,
+                run_error=result.failure,
+                duration_s=result.elapsed_s,
+            ),
+        )
+    if result.aborted:
+        console_err(_clean_later(opts, ephemeral=ephemeral))
+    if result.signal is not None:
+        raise typer.Exit(result.exit_code)
+    if result.error is not None:
+        raise result.error
+    failed = [v.threshold.expr for v in result.verdicts if not v.ok]
+    if failed:
+        raise ThresholdFailed(
+            f"{len(failed)} of {len(result.verdicts)} thresholds failed: " + ", ".join(failed)
+        )
+
+
+def _clean_later(opts: Settings, *, ephemeral: bool) -> str:
+    state = shlex.quote(str(opts.state_dir))
+    if ephemeral:
+        return (
+            "clean-up aborted; the local stack is stopped, so nothing is left in it: "
+            f"`elf-async --state-dir {state} clean --only-local --yes` forgets the local files"
+        )
+    local = " --local" if opts.local else ""
+    return f"clean-up aborted; finish it later with: elf-async --state-dir {state}{local} clean"
+
+
+def _print_summary(result: runner.RunResult) -> None:
+    if result.create is not None:
+        s = result.create.summary
+        print(
+            f"create: {s.created} of {s.attempted} things in {s.elapsed_s:.1f}s "
+            f"(fleet {result.create.fleet_id}), {s.failed} failed"
+        )
+    if result.report is not None:
+        print_summary(result.report)
+    if result.clean is not None:
+        c = result.clean.summary
+        print(
+            f"clean: removed {c.removed} of {c.attempted} things in {c.elapsed_s:.1f}s, "
+            f"{c.failed} failed" + ("; nothing left" if c.forgotten else "")
+        )
+    for verdict in result.verdicts:
+        print(f"threshold {verdict.describe()}")
+    if result.failure:
+        print(f"run failed: {result.failure}")
+
+
+def _run_json(result: runner.RunResult) -> dict[str, Any]:
+    create_summary = result.create.summary if result.create else None
+    return {
+        "exit_code": result.exit_code,
+        "failure": result.failure,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "fleet_id": result.create.fleet_id if result.create else None,
+        "created": create_summary.created if create_summary else 0,
+        "cleaned": result.clean.summary.forgotten if result.clean else False,
+    }
+
+
+def _send_step(request: SendRequest) -> runner.SendStep:
+    """The send phase: every thing of the new fleet; the report is written by `run` itself."""
+    request = dataclasses.replace(request, report=None)
+
+    async def send(settings: Settings, stop: StopSignal) -> dict[str, Any]:
+        return await run_send(settings, request, stop, warn=lambda line: console_err(line))
+
+    return send

@@ -1,0 +1,172 @@
+"""`elf-async send [MESSAGE]`: publish from every thing over its own mutual-TLS connection.
+
+Exit codes: 0 every scheduled message was published (and, at QoS 1, acknowledged) by things
+that all connected; 1 some thing never connected or some message was not published or not
+acknowledged (the report says which); 2 bad input; 130 Ctrl-C; 143 SIGTERM. The report is
+written in every case but bad input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from elf_async.cli import _mqtt
+from elf_async.cli._common import console_err, run, settings
+from elf_async.errors import PartialFailure
+from elf_async.live import Fields, LiveView, ms, print_summary
+from elf_async.mqtt import debug_paho
+from elf_async.sender import Snapshot
+from elf_async.sendjob import SendRequest, run_send
+from elf_async.stopping import StopSignal
+
+
+def command(
+    ctx: typer.Context,
+    message: Annotated[
+        str | None,
+        typer.Argument(
+            help='Sent as {"msg": MESSAGE}. [default: IoT ELF Hello]', show_default=False
+        ),
+    ] = None,
+    things: _mqtt.Things = None,
+    rate: Annotated[
+        str | None,
+        typer.Option(
+            help="Per thing: 10/s, 600/m, 0.5 (per second). [default: 1/s]", show_default=False
+        ),
+    ] = None,
+    total_rate: Annotated[
+        str | None, typer.Option(help="Spread evenly over the things instead of --rate.")
+    ] = None,
+    duration: Annotated[
+        str | None, typer.Option(help="60, 60s, 5m. [default: 10s]", show_default=False)
+    ] = None,
+    count: Annotated[
+        int | None, typer.Option(help="Messages per thing, instead of --duration.")
+    ] = None,
+    qos: _mqtt.Qos = 1,
+    topic: Annotated[
+        str | None,
+        typer.Option(
+            help="Topic template with {thing}, {index}, {fleet}. [default: <topic root>/{thing}]",
+            show_default=False,
+        ),
+    ] = None,
+    append_thing_name: Annotated[
+        bool, typer.Option(help="Append /{thing} to --topic (the seed's flag).")
+    ] = False,
+    json_message: Annotated[
+        Path | None, typer.Option(help="Send this JSON document (exactly, unless --stamp).")
+    ] = None,
+    payload_template: Annotated[
+        str | None, typer.Option(help="Payload text with {thing}, {seq}, {ts} (epoch ms).")
+    ] = None,
+    payload_size: Annotated[
+        int | None, typer.Option(help="Pad every payload to exactly BYTES (trailing spaces).")
+    ] = None,
+    stamp: Annotated[
+        bool | None,
+        typer.Option(
+            "--stamp/--no-stamp",
+            help="Add thing, seq, ts to the JSON. [default: yes, except for --json-message]",
+            show_default=False,
+        ),
+    ] = None,
+    max_inflight: Annotated[
+        int, typer.Option(help="Unacknowledged QoS 1 messages per client (AWS: 100).")
+    ] = 100,
+    drain: Annotated[
+        str, typer.Option(help="After the run or Ctrl-C: wait this long for acknowledgements.")
+    ] = "5s",
+    report: _mqtt.Report = None,
+    mqtt_endpoint: _mqtt.MqttEndpoint = None,
+    port: _mqtt.Port = None,
+    ca_file: _mqtt.CaFile = None,
+    connect_rate: _mqtt.ConnectRate = "100/s",
+    connect_timeout: _mqtt.ConnectTimeout = "10s",
+    connect_retries: _mqtt.ConnectRetries = 3,
+    allow_over_aws_limits: _mqtt.AllowOverLimits = False,
+) -> None:
+    """Publish MESSAGE from each thing at an open-loop rate; measure acks, lag and latency."""
+    opts = settings(ctx)
+    debug_paho(opts.verbose)
+    request = SendRequest(
+        message=message,
+        things=things,
+        rate=rate,
+        total_rate=total_rate,
+        duration=duration,
+        count=count,
+        qos=qos,
+        topic=topic,
+        append_thing_name=append_thing_name,
+        json_message=json_message,
+        payload_template=payload_template,
+        payload_size=payload_size,
+        stamp=stamp,
+        max_inflight=max_inflight,
+        drain=drain,
+        report=report,
+        connect=_mqtt.connect_options(
+            mqtt_endpoint=mqtt_endpoint,
+            port=port,
+            ca_file=ca_file,
+            connect_rate=connect_rate,
+            connect_timeout=connect_timeout,
+            connect_retries=connect_retries,
+            allow_over_aws_limits=allow_over_aws_limits,
+        ),
+    )
+    with LiveView("send", quiet=opts.quiet) as view:
+
+        async def main() -> tuple[dict[str, Any], int | None]:
+            with StopSignal() as stop:
+                result = await run_send(
+                    opts,
+                    request,
+                    stop,
+                    on_tick=lambda snapshot: view.update(_fields(snapshot)),
+                    warn=lambda line: console_err(f"warning: {line}"),
+                )
+                return result, stop.exit_code
+
+        result, exit_code = run(main())
+    if not opts.quiet:
+        print_summary(result)
+    if report is not None and not opts.quiet:
+        print(f"report: {report}")
+    if exit_code is not None:
+        console_err(
+            f"{result['outcome']}: stopped early" + (f", report in {report}" if report else "")
+        )
+        raise typer.Exit(exit_code)
+    _verdict(result)
+
+
+def _verdict(report: dict[str, Any]) -> None:
+    messages, connections = report["messages"], report["connections"]
+    problems = []
+    if connections["things_failed"]:
+        problems.append(f"{connections['things_failed']} things could not connect")
+    if messages["unsent"]:
+        problems.append(f"{messages['unsent']} messages were due but not published")
+    if messages["failed"]:
+        problems.append(f"{messages['failed']} messages failed (not acknowledged)")
+    if problems:
+        raise PartialFailure("; ".join(problems))
+
+
+def _fields(snapshot: Snapshot) -> Fields:
+    totals, last = snapshot.totals, snapshot.last_second
+    return [
+        ("phase", snapshot.phase),
+        ("connected", f"{snapshot.connected}/{snapshot.things} ({snapshot.connect_failed} failed)"),
+        ("msg/s", f"{last['published']} (target {snapshot.target_per_s:g})"),
+        ("published", f"{totals['published']}/{totals['scheduled']} due"),
+        ("acked", str(totals["acked"])),
+        ("errors", f"{totals['failed']} failed, {totals['reconnects']} reconnects"),
+        ("ack p50/p99", f"{ms(snapshot.ack_p50_ms)} / {ms(snapshot.ack_p99_ms)}"),
+    ]

@@ -1,0 +1,118 @@
+"""`elf-async subscribe`: one subscriber per thing; counts loss, duplicates, order, latency.
+
+Exit codes: 0 done (the counts are in the summary and report); 1 some subscriber could not
+connect; 2 bad input; 130 Ctrl-C; 143 SIGTERM (the report is written in these cases too).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from elf_async.cli import _mqtt
+from elf_async.cli._common import console_err, run, settings
+from elf_async.errors import PartialFailure
+from elf_async.live import LiveView, ms, print_summary
+from elf_async.mqtt import debug_paho
+from elf_async.stopping import StopSignal
+from elf_async.subjob import SubscribeRequest, run_subscribe
+
+
+def command(
+    ctx: typer.Context,
+    things: _mqtt.Things = None,
+    client_offset: Annotated[
+        int,
+        typer.Option(
+            help="Connect as the things after the first N (to run next to a send that uses "
+            "them); subscriber j still watches thing j's topic."
+        ),
+    ] = 0,
+    topic: Annotated[
+        str | None,
+        typer.Option(
+            help="Topic filter template with {thing}, {index}, {fleet}; + and # allowed. "
+            "[default: <topic root>/{thing}]",
+            show_default=False,
+        ),
+    ] = None,
+    append_thing_name: Annotated[
+        bool, typer.Option(help="Append /{thing} to --topic (the seed's flag).")
+    ] = False,
+    qos: _mqtt.Qos = 1,
+    duration: Annotated[
+        str | None, typer.Option(help="How long to listen: 60, 60s, 5m. [default: 10s]")
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="A rate line instead of every message.")
+    ] = False,
+    report: _mqtt.Report = None,
+    mqtt_endpoint: _mqtt.MqttEndpoint = None,
+    port: _mqtt.Port = None,
+    ca_file: _mqtt.CaFile = None,
+    connect_rate: _mqtt.ConnectRate = "100/s",
+    connect_timeout: _mqtt.ConnectTimeout = "10s",
+    connect_retries: _mqtt.ConnectRetries = 3,
+    allow_over_aws_limits: _mqtt.AllowOverLimits = False,
+) -> None:
+    """Subscribe as each thing and print what arrives (topic, size, payload)."""
+    opts = settings(ctx)
+    debug_paho(opts.verbose)
+    quiet = quiet or opts.quiet
+    request = SubscribeRequest(
+        things=things,
+        client_offset=client_offset,
+        topic=topic,
+        append_thing_name=append_thing_name,
+        qos=qos,
+        duration=duration,
+        report=report,
+        connect=_mqtt.connect_options(
+            mqtt_endpoint=mqtt_endpoint,
+            port=port,
+            ca_file=ca_file,
+            connect_rate=connect_rate,
+            connect_timeout=connect_timeout,
+            connect_retries=connect_retries,
+            allow_over_aws_limits=allow_over_aws_limits,
+        ),
+    )
+
+    def show(topic: str, payload: bytes | bytearray) -> None:
+        text = bytes(payload).decode("utf-8", errors="replace")
+        print(f"{topic} ({len(payload)} bytes) {text}", flush=True)
+
+    # The live view replaces the printed messages with --quiet; nothing at all with -q globally.
+    with LiveView("subscribe", quiet=not quiet or opts.quiet) as view:
+
+        def tick(row: dict[str, Any]) -> None:
+            view.update(
+                [
+                    ("connected", f"{row['connected']}/{row['things']}"),
+                    ("msg/s", str(row["received"])),
+                    ("lost", str(row["lost"])),
+                    ("duplicates", str(row["duplicates"])),
+                    ("latency p99", ms(row["p99"])),
+                ]
+            )
+
+        async def main() -> tuple[dict[str, Any], int | None]:
+            with StopSignal() as stop:
+                if quiet:
+                    result = await run_subscribe(opts, request, stop, on_tick=tick)
+                else:
+                    result = await run_subscribe(opts, request, stop, on_message=show)
+                return result, stop.exit_code
+
+        result, exit_code = run(main())
+    sys.stdout.flush()
+    if not opts.quiet:
+        print_summary(result)
+    if exit_code is not None:
+        console_err(f"{result['outcome']}" + (f", report in {report}" if report else ""))
+        raise typer.Exit(exit_code)
+    failed = result["connections"]["things_failed"]
+    if failed:
+        raise PartialFailure(f"{failed} subscribers could not connect")

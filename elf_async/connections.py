@@ -1,0 +1,168 @@
+"""Connecting a fleet: paced like AWS's connect quota, retried with backoff, counted.
+
+AWS allows 500 CONNECTs per second per account and one per second per client ID; a
+client ID connected faster than that is throttled. Every attempt, success, failure and
+reconnect is counted, and the connect time goes into a histogram.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elf_async.metrics import Histogram
+from elf_async.mqtt import (
+    ALPN_PORT,
+    ConnectFailed,
+    Link,
+    MessageCallback,
+    PublishCallback,
+    tls_context,
+)
+from elf_async.mqtt import connect as mqtt_connect
+from elf_async.pacing import RateLimiter, backoff_delay
+
+CLIENT_ID_INTERVAL = 1.0  # AWS: one CONNECT per second per client ID
+RECONNECT_CAP = 10.0  # longest wait between reconnect attempts
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where the broker is and which CAs vouch for it."""
+
+    host: str
+    port: int
+    ca_pem: str
+
+    @property
+    def alpn(self) -> bool:
+        """Port 443 needs ALPN x-amzn-mqtt-ca to reach MQTT on AWS IoT."""
+        return self.port == ALPN_PORT
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A thing as MQTT sees it: client ID and its own certificate and key."""
+
+    name: str
+    index: int
+    key_file: Path
+    cert_file: Path
+
+
+@dataclass
+class Connector:
+    """Opens connections for many things on one event loop, at `rate` per second."""
+
+    endpoint: Endpoint
+    rate: float
+    timeout: float
+    retries: int  # extra attempts in the initial connect phase
+    max_inflight: int = 100
+    attempted: int = 0  # CONNECT attempts, reconnections included
+    succeeded: int = 0
+    failed: int = 0  # attempts that failed; attempted == succeeded + failed once settled
+    things_failed: int = 0  # things that never connected
+    reconnects: int = 0  # connections the broker dropped that were reopened
+    connect_time: Histogram = field(default_factory=Histogram)
+    errors: Counter[str] = field(default_factory=Counter)
+    _limiter: RateLimiter = field(init=False)
+    _contexts: dict[str, ssl.SSLContext] = field(default_factory=dict)
+    _last_attempt: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._limiter = RateLimiter(self.rate, name="CONNECT")
+
+    def _context(self, thing: Identity) -> ssl.SSLContext:
+        """One TLS context per thing, built on first use and reused for its reconnects."""
+        context = self._contexts.get(thing.name)
+        if context is None:
+            context = tls_context(
+                ca_pem=self.endpoint.ca_pem,
+                cert_file=thing.cert_file,
+                key_file=thing.key_file,
+                alpn=self.endpoint.alpn,
+            )
+            self._contexts[thing.name] = context
+        return context
+
+    async def _attempt(
+        self,
+        thing: Identity,
+        on_publish: PublishCallback | None,
+        on_message: MessageCallback | None,
+    ) -> Link:
+        last = self._last_attempt.get(thing.name)
+        if last is not None:
+            wait = last + CLIENT_ID_INTERVAL - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        await self._limiter.acquire()
+        self._last_attempt[thing.name] = started = time.monotonic()
+        self.attempted += 1
+        try:
+            link = await mqtt_connect(
+                host=self.endpoint.host,
+                port=self.endpoint.port,
+                client_id=thing.name,
+                context=self._context(thing),
+                within=self.timeout,
+                max_inflight=self.max_inflight,
+                on_publish=on_publish,
+                on_message=on_message,
+            )
+        except ConnectFailed as exc:
+            self.failed += 1
+            self.errors[exc.reason] += 1
+            raise
+        self.succeeded += 1
+        self.connect_time.record(time.monotonic() - started)
+        return link
+
+    async def open(
+        self,
+        thing: Identity,
+        *,
+        on_publish: PublishCallback | None = None,
+        on_message: MessageCallback | None = None,
+    ) -> Link:
+        """First connection of a thing: a few retries, none for a permanent refusal.
+
+        Raises `ConnectFailed` with the last reason when the thing cannot connect.
+        """
+        attempt = 0
+        while True:
+            try:
+                link = await self._attempt(thing, on_publish, on_message)
+            except ConnectFailed as exc:
+                if exc.permanent or attempt >= self.retries:
+                    self.things_failed += 1
+                    raise
+                await asyncio.sleep(backoff_delay(attempt, base=0.5, cap=RECONNECT_CAP))
+                attempt += 1
+                continue
+            return link
+
+    async def reopen(
+        self,
+        thing: Identity,
+        *,
+        on_publish: PublishCallback | None = None,
+        on_message: MessageCallback | None = None,
+    ) -> Link:
+        """Reconnect after the broker dropped a thing: retry with backoff until cancelled."""
+        self.reconnects += 1
+        attempt = 0
+        while True:
+            try:
+                return await self._attempt(thing, on_publish, on_message)
+            except ConnectFailed:
+                await asyncio.sleep(backoff_delay(attempt, base=0.5, cap=RECONNECT_CAP))
+                attempt += 1

@@ -1,0 +1,410 @@
+"""The embedded local stack: moto (control plane) and mosquitto with mutual TLS (data plane).
+
+`up` starts both on free 127.0.0.1 ports, each in its own session so they outlive the
+command, makes a local CA in ``<state-dir>/local/`` and registers it in moto. What runs is
+recorded in ``<state-dir>/local/stack.json`` with each process's start time, so `down`
+signals exactly those processes and never a recycled PID. With `--local`, commands call
+`resolve` to aim at the running stack instead of AWS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from elf_async.aws import connect
+from elf_async.broker import Mosquitto, _accepts, _free_port, _tail, find_mosquitto
+from elf_async.certs import (
+    CertificateAuthority,
+    ensure_private_dir,
+    key_pem,
+    write_private,
+    write_public,
+)
+from elf_async.config import DEFAULT_REGION, Settings, Target
+from elf_async.errors import LocalStackError, UsageError
+from elf_async.provision import CreateRequest
+
+HOST = "127.0.0.1"
+STACK_DIR = "local"
+RECORD = "stack.json"
+RECORD_VERSION = 1
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+# moto accepts any credentials; these never leave the machine, unlike a real key id would.
+LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "elf-local", "AWS_SECRET_ACCESS_KEY": "elf-local"}
+_AWS_IDENTITY_ENV = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
+
+
+def stack_dir(state_dir: Path) -> Path:
+    return state_dir / STACK_DIR
+
+
+def process_start(pid: int) -> str | None:
+    """An identity of process `pid` that a recycled PID does not share: its start time.
+
+    None when no such process runs (a zombie counts as gone).
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        stat = ""
+    if stat:
+        fields = stat.rpartition(")")[2].split()
+        return None if fields[0] == "Z" else f"ticks:{fields[19]}"
+    result = subprocess.run(  # no /proc (macOS): ps knows the start time
+        ["ps", "-o", "stat=,lstart=", "-p", str(pid)], capture_output=True, text=True, check=False
+    )
+    state, _, started = result.stdout.strip().partition(" ")
+    return None if not state or state.startswith("Z") else f"lstart:{started.strip()}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRecord:
+    """A process the stack started: where it listens and who it is."""
+
+    pid: int
+    port: int
+    started: str
+
+    def alive(self) -> bool:
+        """Still the very process we started (not just some process with its PID)."""
+        return process_start(self.pid) == self.started
+
+
+@dataclass(frozen=True, slots=True)
+class LocalStack:
+    """What `local up` started, as recorded in ``stack.json``."""
+
+    directory: Path
+    region: str
+    moto: ProcessRecord
+    mosquitto: ProcessRecord
+    ca_certificate_id: str
+    started_at: str
+
+    @property
+    def endpoint_url(self) -> str:
+        """The control-plane endpoint: moto."""
+        return f"http://{HOST}:{self.moto.port}"
+
+    @property
+    def mqtt_host(self) -> str:
+        return HOST
+
+    @property
+    def mqtt_port(self) -> int:
+        return self.mosquitto.port
+
+    @property
+    def ca_cert(self) -> Path:
+        """The local CA: it signs device certificates (cert mode `ca`) and the broker's own."""
+        return self.directory / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.directory / "ca.key"
+
+    @property
+    def ca_file(self) -> Path:
+        """What MQTT clients trust for the broker: the same local CA."""
+        return self.ca_cert
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.directory / "mosquitto"
+
+    def running(self) -> bool:
+        return self.moto.alive() and self.mosquitto.alive()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": RECORD_VERSION,
+            "region": self.region,
+            "started_at": self.started_at,
+            "moto": dataclasses.asdict(self.moto),
+            "mosquitto": dataclasses.asdict(self.mosquitto),
+            "ca_certificate_id": self.ca_certificate_id,
+            "endpoint_url": self.endpoint_url,
+            "mqtt_endpoint": f"{self.mqtt_host}:{self.mqtt_port}",
+            "ca_cert": str(self.ca_cert),
+            "ca_key": str(self.ca_key),
+        }
+
+    @classmethod
+    def from_json(cls, directory: Path, data: dict[str, Any]) -> LocalStack:
+        return cls(
+            directory=directory,
+            region=str(data["region"]),
+            moto=ProcessRecord(**data["moto"]),
+            mosquitto=ProcessRecord(**data["mosquitto"]),
+            ca_certificate_id=str(data["ca_certificate_id"]),
+            started_at=str(data["started_at"]),
+        )
+
+
+def load(state_dir: Path) -> LocalStack | None:
+    """The recorded stack, running or not; None when none is recorded."""
+    directory = stack_dir(state_dir)
+    path = directory / RECORD
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") != RECORD_VERSION:
+            raise ValueError(f"version {data.get('version')}")
+        return LocalStack.from_json(directory, data)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LocalStackError(f"{path} is unreadable ({exc}): delete it and run local up") from exc
+
+
+def running(state_dir: Path) -> LocalStack:
+    """The running stack, or a `LocalStackError` telling how to start one."""
+    stack = load(state_dir)
+    if stack is None or not stack.running():
+        hint = "" if state_dir == Path(".elf") else f" --state-dir {state_dir}"
+        raise LocalStackError(
+            f"no local stack is running for state dir {state_dir}: "
+            f"start one with `elf-async{hint} local up`"
+        )
+    return stack
+
+
+def use_local_credentials() -> None:
+    """Point botocore at dummy credentials: moto needs some, and a user's real ones (or an
+    SSO profile that needs a login) have no business being used against a local stack."""
+    for name in _AWS_IDENTITY_ENV:
+        os.environ.pop(name, None)
+    os.environ.update(LOCAL_CREDENTIALS)
+
+
+def aimed_at(settings: Settings, stack: LocalStack) -> Settings:
+    """`settings` with the control plane at the stack's moto."""
+    if settings.endpoint_url and settings.endpoint_url != stack.endpoint_url:
+        raise UsageError(
+            f"--local targets {stack.endpoint_url}; drop --endpoint-url {settings.endpoint_url}"
+        )
+    if settings.profile:
+        raise UsageError("--local uses no AWS profile; drop --profile")
+    return dataclasses.replace(
+        settings, endpoint_url=stack.endpoint_url, region=settings.region or stack.region
+    )
+
+
+def resolve(settings: Settings) -> tuple[Settings, LocalStack | None]:
+    """The hook every command calls first: with `--local`, the settings aimed at the running
+    stack and its record (CA files, MQTT host and port); otherwise `settings` and None."""
+    if not settings.local:
+        return settings, None
+    stack = running(settings.state_dir)
+    use_local_credentials()
+    return aimed_at(settings, stack), stack
+
+
+def for_create(request: CreateRequest, stack: LocalStack) -> CreateRequest:
+    """Cert mode `ca` with the stack's CA: the local broker trusts only what that CA signed.
+    Keys default to EC, which are made in a fraction of an RSA key's time."""
+    if request.cert_mode not in (None, "ca"):
+        raise UsageError(
+            f"--local creates things with --cert-mode ca, not {request.cert_mode}: "
+            "the local broker trusts only the local CA"
+        )
+    for given, own, flag in (
+        (request.ca_cert, stack.ca_cert, "--ca-cert"),
+        (request.ca_key, stack.ca_key, "--ca-key"),
+    ):
+        if given is not None and given.resolve() != own.resolve():
+            raise UsageError(f"--local signs with the local CA {own}: drop {flag}")
+    return dataclasses.replace(
+        request,
+        cert_mode="ca",
+        key_type=request.key_type or "ec",
+        ca_cert=stack.ca_cert,
+        ca_key=stack.ca_key,
+        register_ca=False,
+    )
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """One `up` or `down` at a time per state dir."""
+    with (directory / "lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _local_ca(directory: Path) -> CertificateAuthority:
+    """The stack's CA, made on the first `up` and kept (key 0600 in the 0700 directory)."""
+    cert_file, key_file = directory / "ca.crt", directory / "ca.key"
+    if cert_file.is_file() and key_file.is_file():
+        return CertificateAuthority.load(cert_file, key_file)
+    ca = CertificateAuthority.create("elf-async local CA")
+    write_private(key_file, key_pem(ca.key))
+    write_public(cert_file, ca.cert_pem)
+    return ca
+
+
+def _require_moto() -> None:
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
+        raise LocalStackError(
+            "moto's server mode is not installed: pip install 'moto[server]' "
+            "(`make demo` installs it)"
+        )
+
+
+def _start_moto(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """moto in server mode on a free port, in its own session, logging to ``moto.log``."""
+    _require_moto()
+    log_file = directory / "moto.log"
+    for attempt in range(3):
+        port = _free_port(HOST)
+        with log_file.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and process.poll() is None:
+            if _accepts(HOST, port):
+                return process, port
+            time.sleep(0.05)
+        if process.poll() is None:
+            _stop_pid(process.pid, process_start(process.pid))
+            raise LocalStackError(
+                f"moto did not listen on {HOST}:{port} within {START_TIMEOUT_S:.0f}s: "
+                f"{_tail(log_file)}"
+            )
+        if "in use" not in _tail(log_file) or attempt == 2:
+            raise LocalStackError(f"moto exited with code {process.returncode}: {_tail(log_file)}")
+    raise AssertionError("unreachable")
+
+
+async def _register_ca(endpoint_url: str, region: str, ca: CertificateAuthority) -> str:
+    target = Target(region=region, profile=None, endpoint_url=endpoint_url)
+    async with connect(target, concurrency=1) as plane:
+        # moto builds its URL router lazily: one plain request before anything else.
+        await plane.call("ListThings", maxResults=1)
+        response = await plane.call(
+            "RegisterCACertificate",
+            caCertificate=ca.cert_pem,
+            setAsActive=True,
+            allowAutoRegistration=False,
+            certificateMode="SNI_ONLY",
+        )
+    return str(response["certificateId"])
+
+
+def _identity(pid: int, port: int) -> ProcessRecord:
+    started = process_start(pid)
+    if started is None:
+        raise LocalStackError(f"process {pid} (port {port}) exited right after it started")
+    return ProcessRecord(pid=pid, port=port, started=started)
+
+
+def up(state_dir: Path, *, region: str | None = None) -> tuple[LocalStack, bool]:
+    """Start the stack unless it already runs. Returns the stack and whether it was started.
+
+    A half-dead stack (one process gone) is stopped and started afresh. Whatever this call
+    started is stopped again if it fails or is interrupted.
+    """
+    find_mosquitto()
+    directory = ensure_private_dir(stack_dir(state_dir))
+    with _locked(directory):
+        existing = load(state_dir)
+        if existing is not None:
+            if existing.running():
+                return existing, False
+            _stop(existing)
+        ca = _local_ca(directory)
+        region = region or DEFAULT_REGION
+        moto: subprocess.Popen[bytes] | None = None
+        broker: Mosquitto | None = None
+        try:
+            moto, moto_port = _start_moto(directory)
+            broker = Mosquitto.start(directory=directory / "mosquitto", ca=ca, host=HOST)
+            endpoint = f"http://{HOST}:{moto_port}"
+            use_local_credentials()
+            ca_id = asyncio.run(_register_ca(endpoint, region, ca))
+            stack = LocalStack(
+                directory=directory,
+                region=region,
+                moto=_identity(moto.pid, moto_port),
+                mosquitto=_identity(broker.pid, broker.port),
+                ca_certificate_id=ca_id,
+                started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            )
+            write_public(directory / RECORD, json.dumps(stack.to_json(), indent=2) + "\n")
+        except BaseException:
+            if broker is not None:
+                broker.stop()
+            if moto is not None:
+                _stop_pid(moto.pid, process_start(moto.pid))
+            raise
+    return stack, True
+
+
+def _same_process(pid: int, started: str) -> bool:
+    """Whether `pid` is still the process `started` identifies; reaps it if it is our child."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return process_start(pid) == started
+
+
+def _stop_pid(pid: int, started: str | None) -> None:
+    """SIGTERM, then SIGKILL after a while, but only while `pid` is the process `started`
+    identifies: a recycled PID is never signalled."""
+    if started is None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not _same_process(pid, started):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline and _same_process(pid, started):
+            time.sleep(0.05)
+
+
+def _stop(stack: LocalStack) -> None:
+    if stack.mosquitto.alive():
+        Mosquitto.attach(
+            pid=stack.mosquitto.pid, port=stack.mosquitto.port, directory=stack.broker_dir
+        ).stop(STOP_TIMEOUT_S)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(stack.mosquitto.pid, os.WNOHANG)
+    _stop_pid(stack.moto.pid, stack.moto.started)
+    (stack.directory / RECORD).unlink(missing_ok=True)
+
+
+def down(state_dir: Path) -> LocalStack | None:
+    """Stop exactly the recorded processes; None (and nothing done) when no stack is recorded."""
+    directory = stack_dir(state_dir)
+    if not (directory / RECORD).is_file():
+        return None
+    with _locked(directory):
+        stack = load(state_dir)
+        if stack is not None:
+            _stop(stack)
+    return stack

@@ -1,0 +1,100 @@
+"""Latency histograms that merge (HDR), and per-second series sampled from running totals.
+
+Recording stays cheap on the hot path: a value is rounded to ~3 significant digits (what
+the HDR histogram keeps anyway) and counted in a dict; the HDR histogram absorbs the counts
+when it is read. Counters are plain ints on each worker, sampled once a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+_LOWEST_US = 1
+_HIGHEST_US = 3_600_000_000  # one hour
+_DIGITS = 3
+_MANTISSA_BITS = 11  # 2048 steps per power of two: finer than 3 significant digits
+
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+
+
+class Histogram:
+    """Durations in seconds, kept in microseconds from 1 µs to 1 h (3 significant digits)."""
+
+    __slots__ = ("_hdr", "_pending")
+
+    def __init__(self) -> None:
+        self._hdr = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
+        self._pending: dict[int, int] = {}
+
+    def record(self, seconds: float) -> None:
+        micros = int(seconds * 1_000_000)
+        if micros < _LOWEST_US:
+            micros = _LOWEST_US
+        elif micros > _HIGHEST_US:
+            micros = _HIGHEST_US
+        shift = micros.bit_length() - _MANTISSA_BITS
+        if shift > 0:
+            micros = (micros >> shift) << shift
+        pending = self._pending
+        pending[micros] = pending.get(micros, 0) + 1
+
+    def _flush(self) -> HdrHistogram:
+        for micros, count in self._pending.items():
+            self._hdr.record_value(micros, count)
+        self._pending.clear()
+        return self._hdr
+
+    def merge(self, other: Histogram) -> None:
+        self._flush().add(other._flush())
+
+    @property
+    def count(self) -> int:
+        return int(self._flush().get_total_count())
+
+    def percentile_ms(self, percentile: float) -> float | None:
+        hdr = self._flush()
+        if not hdr.get_total_count():
+            return None
+        return round(float(hdr.get_value_at_percentile(percentile)) / 1000.0, 3)
+
+    def summary_ms(self) -> dict[str, float | int | None]:
+        """count, p50, p90, p99, p999, max and mean in milliseconds (None when empty)."""
+        hdr = self._flush()
+        total = int(hdr.get_total_count())
+        summary: dict[str, float | int | None] = {"count": total}
+        for name, percentile in PERCENTILES.items():
+            summary[name] = self.percentile_ms(percentile)
+        summary["max"] = round(hdr.get_max_value() / 1000.0, 3) if total else None
+        summary["mean"] = round(hdr.get_mean_value() / 1000.0, 3) if total else None
+        return summary
+
+
+def merged(histograms: Iterable[Histogram]) -> Histogram:
+    total = Histogram()
+    for histogram in histograms:
+        total.merge(histogram)
+    return total
+
+
+@dataclass
+class Series:
+    """Per-second deltas of running totals: one row per second of the run."""
+
+    fields: tuple[str, ...]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    _last: dict[str, int] = field(default_factory=dict)
+
+    def sample(self, second: float, totals: Mapping[str, int], **gauges: Any) -> dict[str, Any]:
+        """Record what happened since the previous sample; `gauges` are stored as they are."""
+        row: dict[str, Any] = {"t": round(second, 3)}
+        for name in self.fields:
+            value = totals.get(name, 0)
+            row[name] = value - self._last.get(name, 0)
+            self._last[name] = value
+        row.update(gauges)
+        self.rows.append(row)
+        return row

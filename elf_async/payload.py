@@ -1,0 +1,176 @@
+"""Message payloads: built once per thing, stamped per message, padded to an exact size.
+
+By default a message is the seed's ``{"msg": ...}`` plus ``thing``, ``seq`` and ``ts`` (epoch
+ms), so any subscriber can detect loss, duplicates and reordering and measure latency. The
+constant part is encoded once per thing; per message only two integers are formatted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from elf_async.errors import UsageError
+
+DEFAULT_MESSAGE = "IoT ELF Hello"
+MAX_PAYLOAD_BYTES = 128 * 1024  # AWS IoT's limit
+STAMP_FIELDS = ("thing", "seq", "ts")
+_TS_WIDTH = 13  # epoch milliseconds until the year 2286
+_TEMPLATE_SLOTS = re.compile(r"(\{seq\}|\{ts\})")
+
+Encoder = Callable[[int, int], bytes]
+"""Message bytes from (sequence number, send time in epoch ms)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadSpec:
+    """What every message of the run looks like; `encoder` specialises it for one thing."""
+
+    document: dict[str, Any] | None = None  # a JSON object to stamp
+    raw: bytes | None = None  # a JSON document sent exactly as given
+    template: str | None = None  # text with {thing}, {seq}, {ts}
+    size: int | None = None  # pad with trailing spaces to this many bytes
+
+    @property
+    def stamped(self) -> bool:
+        """Whether messages carry thing/seq/ts that a subscriber can check."""
+        return self.document is not None
+
+    def encoder(self, thing: str) -> Encoder:
+        if self.document is not None:
+            base = {k: v for k, v in self.document.items() if k not in STAMP_FIELDS}
+            body = json.dumps(base)[:-1]
+            head = body + (", " if base else "") + f'"thing": {json.dumps(thing)}, "seq": '
+            prefix = head.encode()
+            return self._padded(lambda seq, ts: prefix + b'%d, "ts": %d}' % (seq, ts))
+        if self.template is not None:
+            pieces = _TEMPLATE_SLOTS.split(self.template.replace("{thing}", thing))
+            return self._padded(_template_encoder(pieces))
+        assert self.raw is not None
+        constant = self._pad(self.raw)
+        return lambda seq, ts: constant
+
+    def _pad(self, payload: bytes) -> bytes:
+        return payload if self.size is None else payload.ljust(self.size)
+
+    def _padded(self, encode: Encoder) -> Encoder:
+        size = self.size
+        if size is None:
+            return encode
+        return lambda seq, ts: encode(seq, ts).ljust(size)
+
+    def check(self, longest_thing: str, max_seq: int) -> int:
+        """The largest message of the run in bytes; refuse what AWS or --payload-size can't take."""
+        unpadded = PayloadSpec(self.document, self.raw, self.template).encoder(longest_thing)
+        largest = len(unpadded(max_seq, 10 ** (_TS_WIDTH - 1)))
+        if self.size is not None:
+            if largest > self.size:
+                raise UsageError(
+                    f"--payload-size {self.size}: the message itself is up to {largest} bytes"
+                )
+            largest = self.size
+        if largest > MAX_PAYLOAD_BYTES:
+            raise UsageError(
+                f"payload of {largest} bytes: AWS IoT allows {MAX_PAYLOAD_BYTES} (128 KB)"
+            )
+        return largest
+
+
+def _template_encoder(pieces: list[str]) -> Encoder:
+    parts = [piece.encode() for piece in pieces]
+    slots = [i for i, piece in enumerate(pieces) if piece in ("{seq}", "{ts}")]
+    if not slots:
+        constant = b"".join(parts)
+        return lambda seq, ts: constant
+
+    def encode(seq: int, ts: int) -> bytes:
+        out = list(parts)
+        for i in slots:
+            out[i] = b"%d" % (seq if pieces[i] == "{seq}" else ts)
+        return b"".join(out)
+
+    return encode
+
+
+def build_spec(
+    *,
+    message: str | None,
+    json_message: Path | None,
+    template: str | None,
+    size: int | None,
+    stamp: bool | None,
+) -> PayloadSpec:
+    """Turn the payload options into a spec, refusing contradictions and unreadable files."""
+    given = [
+        name
+        for name, value in (
+            ("MESSAGE", message),
+            ("--json-message", json_message),
+            ("--payload-template", template),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise UsageError(f"{given[0]} and {given[1]} cannot be used together")
+    if size is not None and not 0 < size <= MAX_PAYLOAD_BYTES:
+        raise UsageError(f"--payload-size {size}: must be between 1 and {MAX_PAYLOAD_BYTES}")
+    if template is not None:
+        if stamp:
+            raise UsageError("--stamp does not apply to --payload-template (use {seq} and {ts})")
+        return PayloadSpec(template=template, size=size)
+    if json_message is not None:
+        document = read_json_message(json_message)
+        if stamp:
+            if not isinstance(document, dict):
+                raise UsageError(f"--json-message {json_message}: --stamp needs a JSON object")
+            return PayloadSpec(document=document, size=size)
+        return PayloadSpec(raw=json.dumps(document).encode(), size=size)
+    if stamp is False:
+        return PayloadSpec(raw=json.dumps({"msg": message or DEFAULT_MESSAGE}).encode(), size=size)
+    return PayloadSpec(document={"msg": message or DEFAULT_MESSAGE}, size=size)
+
+
+def read_json_message(path: Path) -> Any:
+    """Read and validate the --json-message file once (the seed sent {} for a bad file)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"--json-message {path}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"--json-message {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise UsageError(f"--json-message {path}: not UTF-8 text") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"--json-message {path}: invalid JSON at line {exc.lineno} column {exc.colno}: "
+            f"{exc.msg}"
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """What a stamped message says about itself."""
+
+    thing: str
+    seq: int
+    ts: int
+
+
+def read_stamp(payload: bytes) -> Stamp | None:
+    """The thing/seq/ts of a stamped message, or None for any other payload."""
+    try:
+        document = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    thing, seq, ts = (document.get(name) for name in STAMP_FIELDS)
+    if isinstance(thing, str) and type(seq) is int and type(ts) is int:
+        return Stamp(thing, seq, ts)
+    return None

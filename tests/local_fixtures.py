@@ -1,0 +1,103 @@
+"""Fixtures for the embedded local stack: the CLI against a state dir, and a process watcher.
+
+Teardown never trusts the code under test: it finds leftover processes by what they hold
+open under the test's directory (/proc) and kills them by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FAKE_AWS_ENV
+
+
+def processes_under(directory: Path) -> set[int]:
+    """PIDs whose command line or open files point into `directory` (Linux /proc)."""
+    root = str(directory.resolve())
+    found: set[int] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if (proc / "stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                continue
+            held = [(proc / "cmdline").read_bytes().decode(errors="replace")]
+            held += [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+            if any(root in item for item in held):
+                found.add(int(proc.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@dataclass
+class LocalCli:
+    """`python -m elf_async --state-dir DIR ...` as a user runs it, with no AWS anywhere."""
+
+    state_dir: Path
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("ELF_", "AWS_"))}
+        return {**base, **FAKE_AWS_ENV, "NO_COLOR": "1", **(extra or {})}
+
+    def args(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "elf_async", "--state-dir", str(self.state_dir), *args]
+
+    def __call__(
+        self, *args: str, timeout: float = 300, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.args(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(env),
+            cwd=self.state_dir.parent,
+        )
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.args(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env(),
+            cwd=self.state_dir.parent,
+        )
+
+    def stack(self) -> dict[str, Any] | None:
+        """The stack record as written by `local up`, or None."""
+        path = self.state_dir / "local" / "stack.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+@pytest.fixture
+def local_cli(tmp_path: Path) -> Iterator[LocalCli]:
+    """A state dir for local-stack tests; whatever still runs from it is killed afterwards."""
+    cli = LocalCli(tmp_path / "state")
+    cli.state_dir.mkdir()
+    yield cli
+    leftovers = processes_under(tmp_path)
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in leftovers) and time.monotonic() < deadline:
+        time.sleep(0.05)

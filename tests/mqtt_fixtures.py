@@ -1,0 +1,158 @@
+"""MQTT fixtures: a real mosquitto with mutual TLS, a test CA, and an independent subscriber.
+
+The subscriber ("observer") is plain paho-mqtt, not elf-async code: it is the independent
+witness of what actually reached the broker.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+
+from elf_async.broker import Mosquitto
+from elf_async.certs import CertificateAuthority, generate_key, key_pem, write_private, write_public
+
+
+@dataclass(frozen=True)
+class FixtureCA:
+    """A CA on disk: mosquitto trusts it, `create --cert-mode ca` signs things with it."""
+
+    ca: CertificateAuthority
+    cert_file: Path
+    key_file: Path
+
+    def client_cert(self, directory: Path, common_name: str) -> tuple[Path, Path]:
+        """A client key and certificate signed by this CA: (key, cert)."""
+        key = generate_key("ec")
+        key_file, cert_file = directory / f"{common_name}.key", directory / f"{common_name}.crt"
+        write_private(key_file, key_pem(key))
+        write_public(cert_file, self.ca.sign(key.public_key(), common_name))
+        return key_file, cert_file
+
+
+def _make_ca(directory: Path, name: str) -> FixtureCA:
+    ca = CertificateAuthority.create(name)
+    cert_file, key_file = directory / f"{name}.crt", directory / f"{name}.key"
+    write_public(cert_file, ca.cert_pem)
+    write_private(key_file, key_pem(ca.key))
+    return FixtureCA(ca, cert_file, key_file)
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> FixtureCA:
+    return _make_ca(tmp_path_factory.mktemp("ca"), "elf-test-ca")
+
+
+@pytest.fixture(scope="session")
+def rogue_ca(tmp_path_factory: pytest.TempPathFactory) -> FixtureCA:
+    """A CA the broker does not trust."""
+    return _make_ca(tmp_path_factory.mktemp("rogue"), "rogue-ca")
+
+
+@pytest.fixture
+def mosquitto(test_ca: FixtureCA, tmp_path: Path) -> Iterator[Mosquitto]:
+    """mosquitto on a free 127.0.0.1 port, `require_certificate true`, stopped by PID."""
+    broker = Mosquitto.start(directory=tmp_path / "mosquitto", ca=test_ca.ca, persistence=True)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@dataclass
+class Observer:
+    """An independent paho-mqtt subscriber that records every message per topic."""
+
+    broker: Mosquitto
+    key_file: Path
+    cert_file: Path
+    topic: str = "#"
+    qos: int = 1
+    client_id: str = "observer"
+    messages: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _subscribed: threading.Event = field(default_factory=threading.Event)
+    _client: Any = None
+
+    def start(self) -> Observer:
+        client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False
+        )
+        client.tls_set(
+            ca_certs=str(self.broker.ca_file),
+            certfile=str(self.cert_file),
+            keyfile=str(self.key_file),
+        )
+        client.reconnect_delay_set(min_delay=1, max_delay=1)
+        client.on_connect = self._on_connect
+        client.on_subscribe = lambda *args: self._subscribed.set()
+        client.on_message = self._on_message
+        client.connect("127.0.0.1", self.broker.port, keepalive=30)
+        client.loop_start()
+        self._client = client
+        assert self._subscribed.wait(10), "the observer could not subscribe"
+        return self
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        client.subscribe(self.topic, qos=self.qos)
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        with self._lock:
+            self.messages[message.topic].append(message.payload)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {topic: len(payloads) for topic, payloads in self.messages.items()}
+
+    def documents(self, topic: str) -> list[dict[str, Any]]:
+        """Every payload on `topic` parsed as JSON (fails if one does not parse)."""
+        with self._lock:
+            return [json.loads(payload) for payload in self.messages[topic]]
+
+    def settle(self, expected_total: int | None = None, timeout: float = 10.0) -> None:
+        """Wait until `expected_total` messages arrived, or until arrivals stop for 0.5 s."""
+        deadline = time.monotonic() + timeout
+        last, last_change = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            total = sum(self.counts().values())
+            if expected_total is not None and total >= expected_total:
+                return
+            if total != last:
+                last, last_change = total, time.monotonic()
+            elif expected_total is None and time.monotonic() - last_change > 0.5:
+                return
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+
+
+@pytest.fixture
+def observer(
+    mosquitto: Mosquitto, test_ca: FixtureCA, tmp_path: Path
+) -> Iterator[Callable[..., Observer]]:
+    """Start independent subscribers: ``observer(topic="elf/#", qos=1)``."""
+    started: list[Observer] = []
+
+    def start(topic: str = "#", qos: int = 1, client_id: str = "observer") -> Observer:
+        key_file, cert_file = test_ca.client_cert(tmp_path / "observer", client_id)
+        watcher = Observer(
+            mosquitto, key_file, cert_file, topic=topic, qos=qos, client_id=client_id
+        )
+        started.append(watcher.start())
+        return watcher
+
+    yield start
+    for watcher in started:
+        watcher.stop()

@@ -1,0 +1,45 @@
+"""The mosquitto launcher: mutual TLS really is required, and stop works by PID."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from mqtt_fixtures import FixtureCA
+
+from elf_async.broker import Mosquitto
+
+
+def _pub(broker: Mosquitto, key: Path, cert: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "--cafile",
+         str(broker.ca_file), "--cert", str(cert), "--key", str(key), "-t", "elf/x", "-m", "hi",
+         "-i", "probe"],
+        capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+
+
+def test_client_signed_by_the_ca_connects_and_others_are_refused(
+    mosquitto: Mosquitto, test_ca: FixtureCA, rogue_ca: FixtureCA, tmp_path: Path
+) -> None:
+    assert _pub(mosquitto, *test_ca.client_cert(tmp_path, "good")).returncode == 0
+    assert _pub(mosquitto, *rogue_ca.client_cert(tmp_path, "bad")).returncode != 0
+
+
+def test_attach_and_stop_by_pid(mosquitto: Mosquitto) -> None:
+    attached = Mosquitto.attach(
+        pid=mosquitto.pid, port=mosquitto.port, directory=mosquitto.directory
+    )
+    assert attached.alive()
+    attached.stop()
+    assert not mosquitto.alive()
+    attached.stop()  # a no-op once gone
+
+
+def test_restart_on_the_same_port(mosquitto: Mosquitto, test_ca: FixtureCA, tmp_path: Path) -> None:
+    mosquitto.stop()
+    again = Mosquitto.start(directory=mosquitto.directory, ca=test_ca.ca, port=mosquitto.port)
+    try:
+        assert _pub(again, *test_ca.client_cert(tmp_path, "good")).returncode == 0
+    finally:
+        again.stop()

@@ -1,0 +1,45 @@
+"""Histograms merge and report in milliseconds; series are per-second deltas."""
+
+from __future__ import annotations
+
+import pytest
+
+from elf_async.metrics import Histogram, Series, merged
+
+
+def test_histogram_percentiles_in_ms() -> None:
+    histogram = Histogram()
+    for ms in range(1, 1001):
+        histogram.record(ms / 1000)
+    summary = histogram.summary_ms()
+    assert summary["count"] == 1000
+    assert summary["p50"] == pytest.approx(500, rel=0.01)
+    assert summary["p99"] == pytest.approx(990, rel=0.01)
+    assert summary["max"] == pytest.approx(1000, rel=0.01)
+
+
+def test_empty_histogram_reports_none() -> None:
+    summary = Histogram().summary_ms()
+    assert summary["count"] == 0
+    assert summary["p50"] is None
+    assert summary["max"] is None
+
+
+def test_histograms_merge() -> None:
+    a, b = Histogram(), Histogram()
+    a.record(0.001)
+    b.record(0.003)
+    b.record(-1.0)  # clamped to the lowest value, not an error
+    total = merged([a, b])
+    assert total.count == 3
+    assert total.summary_ms()["max"] == pytest.approx(3, rel=0.01)
+
+
+def test_series_rows_are_deltas() -> None:
+    series = Series(("published", "acked"))
+    series.sample(1, {"published": 10, "acked": 8}, connected=3)
+    series.sample(2, {"published": 25, "acked": 25}, connected=3)
+    assert series.rows == [
+        {"t": 1, "published": 10, "acked": 8, "connected": 3},
+        {"t": 2, "published": 15, "acked": 17, "connected": 3},
+    ]

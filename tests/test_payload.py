@@ -1,0 +1,107 @@
+"""Payloads: the seed's JSON, stamps a subscriber can check, templates, exact sizes, limits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from elf_async.errors import UsageError
+from elf_async.payload import MAX_PAYLOAD_BYTES, build_spec, read_stamp
+
+
+def spec(**options: object):  # type: ignore[no-untyped-def]
+    defaults: dict[str, object] = {
+        "message": None, "json_message": None, "template": None, "size": None, "stamp": None
+    }  # fmt: skip
+    return build_spec(**{**defaults, **options})  # type: ignore[arg-type]
+
+
+def test_default_is_the_seed_message_stamped() -> None:
+    payload = spec().encoder("elf-0001")(7, 1_700_000_000_123)
+    assert json.loads(payload) == {
+        "msg": "IoT ELF Hello", "thing": "elf-0001", "seq": 7, "ts": 1_700_000_000_123
+    }  # fmt: skip
+    stamp = read_stamp(payload)
+    assert stamp is not None
+    assert (stamp.thing, stamp.seq, stamp.ts) == ("elf-0001", 7, 1_700_000_000_123)
+
+
+def test_no_stamp_sends_the_seed_payload() -> None:
+    assert json.loads(spec(message="hi", stamp=False).encoder("t")(1, 2)) == {"msg": "hi"}
+
+
+def test_json_message_is_sent_exactly_unless_stamped(tmp_path: Path) -> None:
+    shadow = tmp_path / "shadow.json"
+    shadow.write_text('{"state": {"reported": {"on": true}}}')
+    exact = spec(json_message=shadow).encoder("t")
+    assert json.loads(exact(0, 1)) == {"state": {"reported": {"on": True}}}
+    assert exact(0, 1) == exact(5, 9)
+    stamped = json.loads(spec(json_message=shadow, stamp=True).encoder("t")(3, 4))
+    assert stamped == {"state": {"reported": {"on": True}}, "thing": "t", "seq": 3, "ts": 4}
+
+
+def test_stamping_an_empty_object(tmp_path: Path) -> None:
+    empty = tmp_path / "e.json"
+    empty.write_text("{}")
+    assert json.loads(spec(json_message=empty, stamp=True).encoder("t")(0, 1)) == {
+        "thing": "t", "seq": 0, "ts": 1
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [(None, "no such file"), ("{not json", "invalid JSON at line 1"), (b"\xff\xfe", "UTF-8")],
+)
+def test_bad_json_message_files_are_clear_errors(
+    tmp_path: Path, content: str | bytes | None, fragment: str
+) -> None:
+    path = tmp_path / "m.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(UsageError, match=fragment):
+        spec(json_message=path)
+
+
+def test_template_placeholders() -> None:
+    encode = spec(template='{"t": "{thing}", "n": {seq}, "at": {ts}}').encoder("x-1")
+    assert json.loads(encode(12, 99)) == {"t": "x-1", "n": 12, "at": 99}
+    assert spec(template="plain").encoder("x")(1, 2) == b"plain"
+
+
+def test_payload_size_is_exact_and_stays_json() -> None:
+    encode = spec(size=200).encoder("elf-0001")
+    for seq in (0, 9, 12345):
+        payload = encode(seq, 1_700_000_000_000)
+        assert len(payload) == 200
+        assert json.loads(payload)["seq"] == seq
+
+
+def test_limits() -> None:
+    with pytest.raises(UsageError, match="128 KB"):
+        spec(message="x" * (MAX_PAYLOAD_BYTES + 1)).check("t", 0)
+    with pytest.raises(UsageError, match="--payload-size 10"):
+        spec(size=10).check("t", 0)
+    with pytest.raises(UsageError, match="--payload-size"):
+        spec(size=MAX_PAYLOAD_BYTES + 1)
+    assert spec(size=100).check("thing", 999) == 100
+
+
+def test_contradictions(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="cannot be used together"):
+        spec(message="hi", template="x")
+    with pytest.raises(UsageError, match="--stamp"):
+        spec(template="x", stamp=True)
+    arr = tmp_path / "a.json"
+    arr.write_text("[1]")
+    with pytest.raises(UsageError, match="JSON object"):
+        spec(json_message=arr, stamp=True)
+
+
+def test_read_stamp_ignores_other_payloads() -> None:
+    assert read_stamp(b"not json") is None
+    assert read_stamp(b"[1, 2]") is None
+    assert read_stamp(b'{"thing": "t", "seq": "1", "ts": 2}') is None

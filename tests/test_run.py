@@ -1,0 +1,162 @@
+"""`run`: create → send → clean against the local stack, as a CI job calls it (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import assert_one_line_error, iot_client
+from local_fixtures import LocalCli, alive, processes_under
+
+SEND = ("--rate", "2/s", "--duration", "2s", "--qos", "1")
+
+
+def assert_nothing_left(iot: Any) -> None:
+    """Plain boto3: no thing, certificate or policy survived the run."""
+    assert iot.list_things()["things"] == []
+    assert iot.list_certificates()["certificates"] == []
+    assert iot.list_policies()["policies"] == []
+
+
+@pytest.fixture
+def stack(local_cli: LocalCli) -> Iterator[dict[str, Any]]:
+    """A stack started with `local up`, so that moto can be inspected after the run."""
+    up = local_cli("local", "up")
+    assert up.returncode == 0, up.stderr
+    record = local_cli.stack()
+    assert record is not None
+    yield record
+    assert local_cli("local", "down").returncode == 0
+    assert not alive(record["moto"]["pid"])
+    assert not alive(record["mosquitto"]["pid"])
+
+
+def _junit_cases(path: Path) -> dict[str, ET.Element]:
+    return {case.attrib["name"]: case for case in ET.parse(path).getroot().iter("testcase")}
+
+
+def test_run_local_passes_reports_and_leaves_nothing(
+    local_cli: LocalCli, stack: dict[str, Any], tmp_path: Path
+) -> None:
+    report, junit = tmp_path / "report.json", tmp_path / "junit.xml"
+    result = local_cli(
+        "--local", "run", "3", *SEND, "--report", str(report), "--junit", str(junit),
+        "--threshold", "connections.failed==0", "--threshold", "error_rate<1%",
+        "--threshold", "messages.acked>=1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads(report.read_text())
+    assert document["schema"] == "elf-async/report/1"
+    assert document["messages"]["published"] == document["messages"]["scheduled"] > 0
+    assert document["connections"]["succeeded"] == 3
+    assert [t["ok"] for t in document["thresholds"]] == [True, True, True]
+    assert document["run"]["exit_code"] == 0
+    cases = _junit_cases(junit)
+    assert len(cases) == 4
+    assert all(case.find("failure") is None for case in cases.values())
+    assert_nothing_left(iot_client(stack["endpoint_url"]))
+    assert local_cli.stack() == stack  # a stack the run did not start is left running
+    assert not (local_cli.state_dir / "ledger.sqlite3").exists()
+
+
+def test_failing_threshold_exits_3_with_a_junit_failure(
+    local_cli: LocalCli, stack: dict[str, Any], tmp_path: Path
+) -> None:
+    junit = tmp_path / "junit.xml"
+    result = local_cli(
+        "--local", "run", "2", *SEND, "--junit", str(junit),
+        "--threshold", "messages.acked>=1000000", "--threshold", "connections.failed==0",
+    )  # fmt: skip
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "messages.acked>=1000000" in result.stderr
+    cases = _junit_cases(junit)
+    assert cases["messages.acked>=1000000"].find("failure") is not None
+    assert cases["connections.failed==0"].find("failure") is None
+    assert cases["run 2"].find("failure") is None
+    assert_nothing_left(iot_client(stack["endpoint_url"]))
+
+
+def test_run_local_starts_and_stops_an_ephemeral_stack(local_cli: LocalCli, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    result = local_cli("run", "2", "--local", *SEND, "--report", str(report))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(report.read_text())["messages"]["acked"] > 0
+    assert local_cli.stack() is None
+    assert processes_under(tmp_path) == set()
+
+
+def test_bad_threshold_is_a_usage_error_before_anything_starts(
+    local_cli: LocalCli, tmp_path: Path
+) -> None:
+    result = local_cli("run", "2", "--local", "--threshold", "ack.p99<fast")
+    assert_one_line_error(result, 2, "ack.p99<fast")
+    assert local_cli.stack() is None
+    assert processes_under(tmp_path) == set()
+
+
+def _wait_for_clients(stack: dict[str, Any], state_dir: Path, count: int) -> None:
+    """Until mosquitto's log shows `count` clients connected (the send phase runs)."""
+    log = state_dir / "local" / "mosquitto" / "mosquitto.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if log.read_text(errors="replace").count("New client connected") >= count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no {count} clients connected to port {stack['mosquitto']['port']}")
+
+
+def test_sigterm_mid_run_still_cleans_up(
+    local_cli: LocalCli, stack: dict[str, Any], tmp_path: Path
+) -> None:
+    report = tmp_path / "report.json"
+    process = local_cli.popen(
+        "--local", "run", "3", "--rate", "1/s", "--duration", "10m", "--qos", "1",
+        "--report", str(report),
+    )  # fmt: skip
+    try:
+        _wait_for_clients(stack, local_cli.state_dir, 3)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 143, stderr
+    assert json.loads(report.read_text())["run"]["exit_code"] == 143
+    assert_nothing_left(iot_client(stack["endpoint_url"]))
+
+
+def test_second_ctrl_c_aborts_and_prints_the_clean_command(
+    local_cli: LocalCli, stack: dict[str, Any]
+) -> None:
+    process = local_cli.popen(
+        "--local", "run", "5", "--rate", "1/s", "--duration", "10m", "--qos", "1"
+    )
+    try:
+        _wait_for_clients(stack, local_cli.state_dir, 5)
+        process.send_signal(signal.SIGINT)
+        assert process.stderr is not None
+        seen = []
+        for line in process.stderr:  # the first Ctrl-C is taken: the second one aborts
+            seen.append(line)
+            if "Ctrl-C again aborts" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stderr = "".join(seen) + rest
+    assert process.returncode == 130, stderr
+    command = stderr.split("finish it later with: ", 1)[1].strip().splitlines()[0]
+    assert command == f"elf-async --state-dir {local_cli.state_dir} --local clean"
+    cleaned = local_cli("--local", "clean")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert_nothing_left(iot_client(stack["endpoint_url"]))

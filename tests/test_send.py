@@ -1,0 +1,237 @@
+"""`send` against a real mosquitto with mutual TLS; an independent paho subscriber counts.
+
+Things are created through `create --cert-mode ca` with the CA mosquitto trusts, so each
+client proves its own identity.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Cli, assert_one_line_error
+from mqtt_fixtures import FixtureCA, Observer
+
+from elf_async.broker import Mosquitto
+
+
+@pytest.fixture
+def fleet(cli: Cli, test_ca: FixtureCA) -> Cli:
+    """Three ready things signed by the test CA."""
+    result = cli(
+        "create", "3", "--cert-mode", "ca", "--ca-cert", str(test_ca.cert_file),
+        "--ca-key", str(test_ca.key_file), "--key-type", "ec",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return cli
+
+
+def things_of(cli: Cli) -> list[str]:
+    return sorted(p.stem for p in (cli.state_dir / "certs").glob("*.crt"))
+
+
+def send(
+    cli: Cli, broker: Mosquitto, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return cli(
+        "send", "--mqtt-endpoint", f"127.0.0.1:{broker.port}", "--ca-file", str(broker.ca_file),
+        *args, timeout=timeout,
+    )  # fmt: skip
+
+
+def load(path: Path) -> dict[str, Any]:
+    report = json.loads(path.read_text())
+    assert report["schema"] == "elf-async/report/1"
+    return report
+
+
+@pytest.mark.parametrize("qos", ["0", "1"])
+def test_independent_subscriber_sees_exactly_what_was_published(
+    fleet: Cli, mosquitto: Mosquitto, observer: Callable[..., Observer], tmp_path: Path, qos: str
+) -> None:
+    watcher = observer("elf/#", qos=1)
+    report_file = tmp_path / "report.json"
+    result = send(fleet, mosquitto, "--rate", "20/s", "--duration", "2", "--qos", qos,
+                  "--report", str(report_file))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = load(report_file)
+    per_thing = {t["name"]: t for t in report["things"]}
+    assert sorted(per_thing) == things_of(fleet)
+    expected = sum(t["published"] for t in per_thing.values())
+    watcher.settle(expected)
+    counts = watcher.counts()
+    for name, row in per_thing.items():
+        assert row["scheduled"] == row["published"] == 40  # rate x duration
+        assert counts.get(f"elf/{name}") == row["published"]
+        docs = watcher.documents(f"elf/{name}")
+        assert sorted(d["seq"] for d in docs) == list(range(40))
+        assert {d["thing"] for d in docs} == {name}
+        assert all(d["msg"] == "IoT ELF Hello" for d in docs)
+    messages = report["messages"]
+    assert messages["published"] == messages["scheduled"] == 120
+    assert messages["failed"] == messages["unsent"] == 0
+    if qos == "1":
+        assert messages["acked"] == 120
+        assert report["latency_ms"]["ack"]["count"] == 120
+    assert report["connections"]["succeeded"] == 3
+    assert len(report["series"]) >= 2
+    for key in ("p50", "p90", "p99", "p999", "max"):
+        assert key in report["latency_ms"]["lag"]
+
+
+def _rogue_certificate(cli: Cli, name: str, rogue: FixtureCA) -> None:
+    """Replace a thing's certificate with one for the same key from a CA the broker distrusts."""
+    from elf_async.certs import load_private_key, thing_files, write_public
+
+    key_file, cert_file = thing_files(cli.state_dir, name)
+    write_public(cert_file, rogue.ca.sign(load_private_key(key_file).public_key(), name))
+
+
+def test_a_certificate_from_another_ca_is_a_failed_connection_not_a_crash(
+    fleet: Cli, mosquitto: Mosquitto, rogue_ca: FixtureCA, tmp_path: Path
+) -> None:
+    bad, *good = things_of(fleet)
+    _rogue_certificate(fleet, bad, rogue_ca)
+    report_file = tmp_path / "report.json"
+    result = send(
+        fleet, mosquitto, "--rate", "5/s", "--duration", "1", "--report", str(report_file)
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == "elf-async: error: 1 things could not connect"
+    report = load(report_file)
+    rows = {t["name"]: t for t in report["things"]}
+    assert "does not trust the CA" in rows[bad]["error"]
+    assert rows[bad]["published"] == 0
+    assert all(rows[name]["published"] == rows[name]["acked"] == 5 for name in good)
+    assert report["connections"]["things_failed"] == 1
+    assert any("UNKNOWN_CA" in reason for reason in report["connections"]["errors"])
+
+
+def test_broker_restart_mid_send_reconnects_and_loses_no_acknowledged_message(
+    fleet: Cli, mosquitto: Mosquitto, test_ca: FixtureCA, observer: Callable[..., Observer],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    watcher = observer("elf/#", qos=1)
+    report_file = tmp_path / "report.json"
+    process = fleet.popen(
+        "send", "--mqtt-endpoint", f"127.0.0.1:{mosquitto.port}", "--ca-file",
+        str(mosquitto.ca_file), "--rate", "10/s", "--duration", "6", "--drain", "10s",
+        "--report", str(report_file),
+    )  # fmt: skip
+    try:
+        time.sleep(3)
+        mosquitto.stop()
+        time.sleep(0.5)
+        restarted = Mosquitto.start(
+            directory=mosquitto.directory, ca=test_ca.ca, port=mosquitto.port, persistence=True
+        )
+        try:
+            _, stderr = process.communicate(timeout=60)
+            assert process.returncode == 0, stderr
+            report = load(report_file)
+            assert report["connections"]["reconnects"] >= 3
+            messages = report["messages"]
+            assert messages["acked"] == messages["published"] == messages["scheduled"] == 180
+            watcher.settle(180, timeout=20)
+            for row in report["things"]:
+                seqs = {d["seq"] for d in watcher.documents(f"elf/{row['name']}")}
+                assert seqs == set(range(row["acked"]))  # duplicates allowed, loss not
+        finally:
+            restarted.stop()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_sigint_mid_send_still_writes_a_valid_report(
+    fleet: Cli, mosquitto: Mosquitto, tmp_path: Path, observer: Callable[..., Observer]
+) -> None:
+    report_file = tmp_path / "report.json"
+    watcher = observer("elf/#")
+    process = fleet.popen(
+        "send", "--mqtt-endpoint", f"127.0.0.1:{mosquitto.port}", "--ca-file",
+        str(mosquitto.ca_file), "--rate", "10/s", "--duration", "60", "--report", str(report_file),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not watcher.counts() and time.monotonic() < deadline:  # mid-send, not mid-start
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    report = load(report_file)
+    assert report["outcome"] == "interrupted"
+    messages = report["messages"]
+    assert 0 < messages["published"] < 1800
+    assert messages["acked"] == messages["published"]
+
+
+def test_seed_compatibility(
+    fleet: Cli, mosquitto: Mosquitto, observer: Callable[..., Observer]
+) -> None:
+    watcher = observer("elf/#")
+    result = send(
+        fleet, mosquitto, "hi", "--topic", "elf", "--append-thing-name", "--duration", "3"
+    )
+    assert result.returncode == 0, result.stderr
+    watcher.settle(9)
+    for name in things_of(fleet):
+        docs = watcher.documents(f"elf/{name}")
+        assert len(docs) == 3  # one a second
+        assert all(doc["msg"] == "hi" for doc in docs)
+
+
+def test_every_bad_input_is_one_line_and_exit_2(
+    fleet: Cli, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{oops")
+    big_json = tmp_path / "big.json"
+    big_json.write_text(json.dumps({"msg": "x" * 130 * 1024}))
+    cases = [
+        (["--qos", "2"], "QoS 0 and 1"),
+        (["--rate", "fast"], "--rate"),
+        (["--rate", "101/s"], "100/s per connection"),
+        (["--rate", "1/s", "--total-rate", "3/s"], "cannot be used together"),
+        (["--duration", "-1"], "--duration"),
+        (["--count", "3", "--duration", "2"], "cannot be used together"),
+        (["--topic", "elf/+"], "wildcards"),
+        (["--topic", "a/b/c/d/e/f/g/h/i"], "slashes"),
+        (["--topic", "x" * 300], "bytes"),
+        (["--topic", "elf/{nope}"], "unknown placeholder"),
+        (["--json-message", str(tmp_path / "missing.json")], "no such file"),
+        (["--json-message", str(bad_json)], "invalid JSON"),
+        (["--payload-size", str(200 * 1024)], "--payload-size"),
+        (["--payload-size", "10"], "--payload-size 10"),
+        (["--json-message", str(big_json)], "128 KB"),
+        (["--things", "4"], "the fleet has 3"),
+        (["--things", "0"], "--things"),
+        (["--max-inflight", "101"], "--max-inflight"),
+        (["--connect-rate", "501/s"], "500"),
+        (["--mqtt-endpoint", "host:99999"], "out of range"),
+        (["--ca-file", str(tmp_path / "nope.pem")], "--ca-file"),
+        (["--report", str(tmp_path / "no" / "dir.json")], "does not exist"),
+        (["--drain", "soon"], "--drain"),
+    ]
+    endpoint = f"127.0.0.1:{mosquitto.port}"
+    with ThreadPoolExecutor(4) as pool:  # each run is a fresh interpreter: in parallel
+        results = pool.map(
+            lambda args: fleet("send", "--mqtt-endpoint", endpoint, *args, timeout=120),
+            [args for args, _ in cases],
+        )
+        for result, (_, fragment) in zip(results, cases, strict=True):
+            assert_one_line_error(result, 2, fragment)

@@ -1,0 +1,115 @@
+"""`subscribe` against a real mosquitto with mutual TLS, fed by mosquitto_pub (not elf-async)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Cli, assert_one_line_error
+from mqtt_fixtures import FixtureCA
+
+from elf_async.broker import Mosquitto
+from elf_async.subscriber import SequenceTracker
+
+
+def test_sequence_tracker_counts_loss_duplicates_and_order() -> None:
+    tracker = SequenceTracker()
+    for seq in (5, 6, 8, 7, 7, 10, 6):
+        tracker.add(seq)
+    assert tracker.received == 7
+    assert tracker.duplicates == 2
+    assert tracker.out_of_order == 1  # 7 after 8
+    assert tracker.lost == 1  # 9
+    assert tracker.above == {10}  # memory stays small
+
+
+@pytest.fixture
+def fleet(cli: Cli, test_ca: FixtureCA) -> Cli:
+    result = cli(
+        "create", "4", "--cert-mode", "ca", "--ca-cert", str(test_ca.cert_file),
+        "--ca-key", str(test_ca.key_file), "--key-type", "ec",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return cli
+
+
+def _publish(broker: Mosquitto, key: Path, cert: Path, topic: str, payloads: list[str]) -> None:
+    """mosquitto_pub, one line per message, QoS 1."""
+    subprocess.run(
+        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "--cafile",
+         str(broker.ca_file), "--cert", str(cert), "--key", str(key), "-t", topic, "-q", "1",
+         "-i", "feeder", "-l"],
+        input="\n".join(payloads) + "\n", text=True, check=True, timeout=30,
+    )  # fmt: skip
+
+
+def _wait_subscribed(broker: Mosquitto, clients: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if broker.log_file.read_text().count("New client connected") >= clients:
+            time.sleep(0.5)  # the SUBSCRIBE follows the CONNACK
+            return
+        time.sleep(0.1)
+    raise TimeoutError("subscribers did not connect")
+
+
+def test_counts_received_lost_duplicated_out_of_order_and_latency(
+    fleet: Cli, mosquitto: Mosquitto, test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    report_file = tmp_path / "sub.json"
+    process = fleet.popen(
+        "subscribe", "--mqtt-endpoint", f"127.0.0.1:{mosquitto.port}", "--ca-file",
+        str(mosquitto.ca_file), "--things", "2", "--client-offset", "2", "--duration", "8",
+        "--report", str(report_file),
+    )  # fmt: skip
+    try:
+        _wait_subscribed(mosquitto, 2)
+        now = int(time.time() * 1000)
+        names = sorted(p.stem for p in (fleet.state_dir / "certs").glob("*.crt"))
+        key, cert = test_ca.client_cert(tmp_path, "feeder")
+
+        def doc(thing: str, seq: int) -> str:
+            return json.dumps({"msg": "m", "thing": thing, "seq": seq, "ts": now})
+
+        _publish(mosquitto, key, cert, f"elf/{names[0]}", [doc(names[0], s) for s in range(5)])
+        _publish(
+            mosquitto, key, cert, f"elf/{names[1]}",
+            [doc(names[1], s) for s in (0, 1, 3, 2, 2, 5)] + ["not json"],
+        )  # fmt: skip
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+    assert f"elf/{names[0]} (" in stdout  # each message printed: topic, size, payload
+    report: dict[str, Any] = json.loads(report_file.read_text())
+    assert report["schema"] == "elf-async/report/1"
+    rows = {row["name"]: row for row in report["things"]}
+    assert rows[names[0]] == {
+        "name": names[0], "received": 5, "unique": 5, "lost": 0, "duplicates": 0,
+        "out_of_order": 0,
+    }  # fmt: skip
+    assert rows[names[1]]["received"] == 6
+    assert rows[names[1]]["lost"] == 1  # 4
+    assert rows[names[1]]["duplicates"] == 1
+    assert rows[names[1]]["out_of_order"] == 1
+    assert report["messages"]["unstamped"] == 1
+    assert report["latency_ms"]["end_to_end"]["count"] == 11
+    assert {s["name"] for s in report["subscribers"]} == set(names[2:])  # connected as others
+
+
+def test_bad_input(fleet: Cli, mosquitto: Mosquitto) -> None:
+    endpoint = f"127.0.0.1:{mosquitto.port}"
+    for args, fragment in [
+        (["--qos", "2"], "QoS 0 and 1"),
+        (["--topic", "elf/#/x"], "last level"),
+        (["--things", "3", "--client-offset", "2"], "the fleet has 4"),
+        (["--duration", "later"], "--duration"),
+    ]:
+        result = fleet("subscribe", "--mqtt-endpoint", endpoint, *args, timeout=60)
+        assert_one_line_error(result, 2, fragment)

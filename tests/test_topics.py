@@ -1,0 +1,54 @@
+"""Topic templates and the limits AWS IoT puts on topics."""
+
+from __future__ import annotations
+
+import pytest
+
+from elf_async.errors import UsageError
+from elf_async.topics import TopicTemplate, outside_root, validate_topic
+
+
+def test_placeholders_render_per_thing() -> None:
+    template = TopicTemplate("elf/{fleet}/{index}/{thing}", fleet="f1")
+    assert template.check("elf-0003", 3) == "elf/f1/3/elf-0003"
+
+
+@pytest.mark.parametrize(
+    ("topic", "fragment"),
+    [
+        ("elf/+", "wildcards"),
+        ("elf/#", "wildcards"),
+        ("a/" * 8 + "x", "slashes"),
+        ("x" * 257, "bytes"),
+        ("$SYS/x", "reserved"),
+    ],
+)
+def test_refused_topics(topic: str, fragment: str) -> None:
+    with pytest.raises(UsageError, match=fragment):
+        validate_topic(topic)
+
+
+def test_rules_prefix_does_not_count_as_slashes() -> None:
+    validate_topic("$aws/rules/my_rule/a/b/c/d/e/f/g/h")
+
+
+def test_unknown_placeholder_and_broken_braces() -> None:
+    with pytest.raises(UsageError, match="unknown placeholder"):
+        TopicTemplate("elf/{name}", fleet="f")
+    with pytest.raises(UsageError, match="--topic"):
+        TopicTemplate("elf/{thing", fleet="f")
+
+
+def test_filters_allow_whole_level_wildcards_only() -> None:
+    validate_topic("elf/+/x/#", filter=True)
+    with pytest.raises(UsageError, match="whole level"):
+        validate_topic("elf/a+", filter=True)
+    with pytest.raises(UsageError, match="last level"):
+        validate_topic("elf/#/x", filter=True)
+
+
+def test_outside_root() -> None:
+    assert not outside_root("elf/thing-1", "elf")
+    assert outside_root("other/thing-1", "elf")
+    assert outside_root("elfish/x", "elf")
+    assert not outside_root("$aws/things/t/shadow/update", "elf")
