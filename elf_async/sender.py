@@ -68,6 +68,7 @@ class Publisher:
         self.scheduled = 0  # messages due so far
         self.next_seq = 0  # next message never published
         self.published = 0
+        self.last_published_at = 0.0  # monotonic
         self.acked = 0
         self.failed = 0
         self.retransmitted = 0
@@ -113,6 +114,7 @@ class Publisher:
                 return
             self.published += 1
             self.next_seq = seq + 1
+            self.last_published_at = now
             record_lag(now - due)
             due += self.interval
 
@@ -226,6 +228,9 @@ class Sender:
                 window = await self._publish(live, stop)
                 self._phase = "draining"
                 await self._drain(live, stop)
+                # A publisher that fell behind and caught up late stretches the window.
+                last = max(p.last_published_at for p in live) - self._start
+                window = max(window, last)
             self._phase = "disconnecting"
             await asyncio.gather(*(p.link.close() for p in self.publishers if p.link))
         finally:
@@ -266,7 +271,7 @@ class Sender:
                 await connecting
 
     async def _publish(self, live: list[Publisher], stop: StopSignal) -> float:
-        """Run the schedule until its end or a stop; returns the seconds it covered."""
+        """Run the schedule until its end or a stop; returns the seconds it spans."""
         self._keepers = [asyncio.create_task(self._keep_connected(p, stop)) for p in live]
         scheduler = asyncio.create_task(self._schedule(live))
         stopped = asyncio.create_task(stop.event.wait())
@@ -275,10 +280,12 @@ class Sender:
         finally:
             stopped.cancel()
             scheduler.cancel()
-        end = max((p.schedule.phase + p.schedule.total / p.schedule.rate for p in live), default=0)
+        # The fleet's schedule spans total/rate seconds: phases only shift each thing within
+        # its first interval, so a run that keeps its schedule achieves exactly its target.
+        span = max((p.schedule.total / p.schedule.rate for p in live), default=0)
         if stop.event.is_set():
-            return max(0.0, min(time.monotonic() - self._start, end))
-        return end
+            return max(0.0, min(time.monotonic() - self._start, span))
+        return span
 
     async def _schedule(self, live: list[Publisher]) -> None:
         """The open loop: mark each message due at its time, whatever the broker does."""
