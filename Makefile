@@ -38,8 +38,9 @@ demo: deps
 	$(BIN)/elf-async --state-dir .elf-demo run 50 --local --rate 5/s --duration 10s
 
 bench: deps
-	$(BIN)/python benchmarks/provision.py
-	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/provision.py --out provision.json
+	$(BIN)/python benchmarks/throughput.py --clients 500 --seconds 6 --rounds 2 --no-broker-count --out throughput.json
+	$(BIN)/python benchmarks/connect.py --counts 500 5000 --out connect.json
 
 clean-venv:
 	rm -rf $(VENV)

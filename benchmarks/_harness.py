@@ -1,0 +1,301 @@
+"""Shared benchmark plumbing: cached test PKI, a mutual-TLS mosquitto, CPU clocks, cleanup.
+
+Certificates are expensive (RSA-2048 keys take ~50 ms each) so they are generated once and
+cached under the system temp dir; every process the harness starts is tracked by PID and
+stopped in `Processes.close()` (called from `finally`, so Ctrl-C cleans up too).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from elf_async.broker import Mosquitto  # noqa: E402
+from elf_async.certs import (  # noqa: E402
+    CertificateAuthority,
+    KeyType,
+    generate_key,
+    key_pem,
+    write_private,
+    write_public,
+)
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+DEFAULT_CACHE = Path(tempfile.gettempdir()) / "elf-async-bench-pki"
+KEY_POOL = 500  # distinct keys; beyond that, certificates (one per client) share keys
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFiles:
+    id: str
+    cert: str
+    key: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"id": self.id, "cert": self.cert, "key": self.key}
+
+
+def _make_key(key_type: KeyType) -> str:
+    return key_pem(generate_key(key_type))
+
+
+class Pki:
+    """A cached test CA and client certificates signed by it (one certificate per client)."""
+
+    def __init__(self, cache: Path = DEFAULT_CACHE) -> None:
+        self.cache = cache
+        cache.mkdir(parents=True, exist_ok=True)
+        ca_cert, ca_key = cache / "ca.crt", cache / "ca.key"
+        if ca_cert.exists() and ca_key.exists():
+            self.ca = CertificateAuthority.load(ca_cert, ca_key)
+        else:
+            self.ca = CertificateAuthority.create("elf-async bench CA")
+            write_private(ca_key, key_pem(self.ca.key))
+            write_public(ca_cert, self.ca.cert_pem)
+        self.ca_file = ca_cert
+
+    def clients(
+        self, count: int, key_type: KeyType = "rsa", prefix: str = "bench"
+    ) -> list[ClientFiles]:
+        """`count` clients named `<prefix>-<i>`, each with its own certificate."""
+        base = self.cache / key_type
+        keys_dir, certs_dir = base / "keys", base / "certs"
+        pool = min(count, KEY_POOL)
+        missing = [j for j in range(pool) if not (keys_dir / f"k{j:04d}.pem").exists()]
+        if missing:
+            print(
+                f"generating {len(missing)} {key_type} keys (cached in {keys_dir})", file=sys.stderr
+            )
+            with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool_ex:
+                for j, pem in zip(
+                    missing, pool_ex.map(_make_key, [key_type] * len(missing)), strict=True
+                ):
+                    write_private(keys_dir / f"k{j:04d}.pem", pem)
+        out: list[ClientFiles] = []
+        loaded: dict[int, Any] = {}
+        for i in range(count):
+            name = f"{prefix}-{i:05d}"
+            key_file = keys_dir / f"k{i % pool:04d}.pem"
+            cert_file = certs_dir / f"{name}.crt"
+            if not cert_file.exists():
+                j = i % pool
+                if j not in loaded:
+                    loaded[j] = serialization.load_pem_private_key(key_file.read_bytes(), None)
+                write_public(cert_file, self.ca.sign(loaded[j].public_key(), name))
+            out.append(ClientFiles(name, str(cert_file), str(key_file)))
+        return out
+
+
+def raise_fd_limit(wanted: int = 65536) -> int:
+    """Raise RLIMIT_NOFILE (children such as mosquitto inherit it); returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(wanted, hard) if hard != resource.RLIM_INFINITY else wanted
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+system CPU of a live process (all its threads), from /proc/PID/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+class Processes:
+    """Every child the harness starts, stopped by PID (TERM, then KILL) at the end."""
+
+    def __init__(self) -> None:
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.brokers: list[Mosquitto] = []
+
+    def spawn(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(list(argv), start_new_session=True, **kwargs)
+        self.children.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+        with contextlib.suppress(ValueError):
+            self.children.remove(process)
+
+    def close(self) -> None:
+        for process in list(self.children):
+            self.stop(process)
+        for broker in self.brokers:
+            broker.stop()
+
+
+class CountingSubscriber:
+    """An independent subscriber: mosquitto_sub (C, not our code) printing one line per message.
+
+    A thread counts newlines; several can share the load with a `$share/` subscription.
+    """
+
+    def __init__(
+        self,
+        procs: Processes,
+        broker: Mosquitto,
+        files: ClientFiles,
+        ca_file: Path,
+        topic: str,
+        qos: int,
+    ) -> None:
+        argv = [
+            "mosquitto_sub",
+            "-h", broker.host,
+            "-p", str(broker.port),
+            "--cafile", str(ca_file),
+            "--cert", files.cert,
+            "--key", files.key,
+            "-i", files.id,
+            "-t", topic,
+            "-q", str(qos),
+            "-F", "%l",
+        ]  # fmt: skip
+        self.process = procs.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.count = 0
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return
+            self.count += chunk.count(b"\n")
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.process.pid)
+
+
+class BrokerCounter:
+    """mosquitto's own count of PUBLISH packets received (``$SYS``, every ``sys_interval``).
+
+    Checks the publisher's claim against the broker independently of how fast subscribers
+    drain: a broker that accepts more than it can forward drops for slow subscribers.
+    """
+
+    TOPIC = "$SYS/broker/publish/messages/received"
+
+    def __init__(self, procs: Processes, broker: Mosquitto, files: ClientFiles, ca_file: Path):
+        argv = [
+            "mosquitto_sub",
+            "-h", broker.host,
+            "-p", str(broker.port),
+            "--cafile", str(ca_file),
+            "--cert", files.cert,
+            "--key", files.key,
+            "-i", files.id,
+            "-t", self.TOPIC,
+            "-F", "%p",
+        ]  # fmt: skip
+        self.process = procs.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.value: int | None = None
+        self.updated_at = 0.0
+        self.quiet_since = 0.0  # no publisher has run since (monotonic)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                self.value = int(line.strip())
+            except ValueError:
+                continue
+            self.updated_at = time.monotonic()
+
+    def fresh(self, after: float, limit: float = 25.0) -> int | None:
+        """The first value published after monotonic time `after` (None if none came)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if self.updated_at > after:
+                return self.value
+            time.sleep(0.1)
+        return None
+
+
+def settled_count(counter: BrokerCounter, after: float, limit: float = 35.0) -> int | None:
+    """The broker's count once it stops moving: a broker that fell behind is still reading."""
+    deadline = time.monotonic() + limit
+    value = counter.fresh(after=after)
+    while value is not None and time.monotonic() < deadline:
+        seen = counter.updated_at
+        following = counter.fresh(after=seen, limit=max(0.0, deadline - time.monotonic()))
+        if following is None or following == value:
+            return value
+        value = following
+    return value
+
+
+def wait_settled(counter: Any, quiet: float = 0.5, limit: float = 15.0) -> None:
+    """Wait until `counter()` stops changing for `quiet` seconds (at most `limit`)."""
+    deadline = time.monotonic() + limit
+    last = counter()
+    last_change = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = counter()
+        if value != last:
+            last, last_change = value, time.monotonic()
+        elif time.monotonic() - last_change >= quiet:
+            return
