@@ -7,6 +7,7 @@ when it is read. Counters are plain ints on each worker, sampled once a second.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,21 @@ class Histogram:
     def merge(self, other: Histogram) -> None:
         self._flush().add(other._flush())
 
+    def encode(self) -> bytes:
+        """The HDR wire form (compressed, base64): how a histogram crosses a process boundary."""
+        return bytes(self._flush().encode())
+
+    @classmethod
+    def decode(cls, data: bytes) -> Histogram:
+        histogram = cls()
+        if data:
+            histogram._hdr.decode_and_add(data)
+        return histogram
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its HDR encoding (the HDR object itself does not pickle)."""
+        return (Histogram.decode, (self.encode(),))
+
     @property
     def count(self) -> int:
         return int(self._flush().get_total_count())
@@ -78,6 +94,21 @@ def merged(histograms: Iterable[Histogram]) -> Histogram:
     for histogram in histograms:
         total.merge(histogram)
     return total
+
+
+def merge_series(parts: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Series of processes that share one time origin, as one: the rows falling in the same
+    second are summed (counts and gauges alike); `t` is the latest of them."""
+    seconds: dict[int, dict[str, Any]] = {}
+    for rows in parts:
+        for row in rows:
+            merged_row = seconds.setdefault(math.ceil(row["t"] - 1e-9), {"t": row["t"]})
+            for name, value in row.items():
+                if name == "t":
+                    merged_row["t"] = max(merged_row["t"], value)
+                else:
+                    merged_row[name] = merged_row.get(name, 0) + value
+    return [seconds[second] for second in sorted(seconds)]
 
 
 @dataclass

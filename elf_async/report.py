@@ -12,7 +12,8 @@ Common to `send` and `subscribe`:
   rate {target_per_s, per_thing_per_s, achieved_per_s, publish_window_s},
   latency_ms {connect, ack (PUBACK - due time), ack_from_send (PUBACK - send time),
   lag (send - due time)}, things [{name, topic, scheduled, published, acked, failed, unsent,
-  reconnects, error}].
+  reconnects, error}]; with --workers N > 1, workers {count, lost [why a worker's counts are
+  missing]} (the counts of all workers summed, their histograms merged, series merged by second).
 `subscribe` adds:
   messages {qos, received, unique, lost, duplicates, out_of_order, unstamped},
   rate {achieved_per_s}, latency_ms {connect, end_to_end (receive time - the message's ts)},
@@ -26,6 +27,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +36,155 @@ from elf_async import __version__
 from elf_async.certs import write_public
 from elf_async.connections import Connector, Endpoint
 from elf_async.errors import UsageError
-from elf_async.sender import SendResult
+from elf_async.metrics import Histogram, merge_series, merged
+from elf_async.sender import SendResult, Shared
 from elf_async.subscriber import SubscribeResult
 
 SCHEMA = "elf-async/report/1"
+
+
+@dataclass
+class ConnectionTally:
+    """A connector's counts, detached from it: they pickle, and several of them add up."""
+
+    attempted: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    reconnects: int = 0
+    things_failed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    connect_time: Histogram = field(default_factory=Histogram)
+
+    @classmethod
+    def of(cls, connector: Connector) -> ConnectionTally:
+        return cls(
+            attempted=connector.attempted,
+            succeeded=connector.succeeded,
+            failed=connector.failed,
+            reconnects=connector.reconnects,
+            things_failed=connector.things_failed,
+            errors=Counter(connector.errors),
+            connect_time=connector.connect_time,
+        )
+
+    @classmethod
+    def merge(cls, parts: Sequence[ConnectionTally]) -> ConnectionTally:
+        return cls(
+            attempted=sum(p.attempted for p in parts),
+            succeeded=sum(p.succeeded for p in parts),
+            failed=sum(p.failed for p in parts),
+            reconnects=sum(p.reconnects for p in parts),
+            things_failed=sum(p.things_failed for p in parts),
+            errors=sum((p.errors for p in parts), Counter()),
+            connect_time=merged(p.connect_time for p in parts),
+        )
+
+
+@dataclass
+class ThingTally:
+    """One thing's row of the report."""
+
+    name: str
+    index: int
+    topic: str
+    rate: float
+    scheduled: int
+    published: int
+    acked: int
+    failed: int
+    retransmitted: int
+    reconnects: int
+    error: str | None
+
+
+@dataclass
+class SendTally:
+    """What a send's report is made of: one process's `SendResult`, or several merged."""
+
+    things: list[ThingTally]
+    connections: ConnectionTally
+    shared: Shared
+    series: list[dict[str, Any]]
+    outcome: str
+    started_at: float  # epoch seconds
+    ended_at: float
+    publish_window_s: float
+    target_per_s: float
+    workers: int = 1
+    lost: list[str] = field(default_factory=list)  # workers whose counts are missing, and why
+
+    @classmethod
+    def of(cls, result: SendResult) -> SendTally:
+        return cls(
+            things=[
+                ThingTally(
+                    name=p.thing.name,
+                    index=p.thing.index,
+                    topic=p.topic,
+                    rate=p.schedule.rate,
+                    scheduled=p.scheduled,
+                    published=p.published,
+                    acked=p.acked,
+                    failed=p.failed,
+                    retransmitted=p.retransmitted,
+                    reconnects=p.reconnects,
+                    error=p.error,
+                )
+                for p in result.publishers
+            ],
+            connections=ConnectionTally.of(result.connector),
+            shared=result.shared,
+            series=result.series.rows,
+            outcome=result.outcome,
+            started_at=result.started_at,
+            ended_at=result.ended_at,
+            publish_window_s=result.publish_window_s,
+            target_per_s=result.target_per_s,
+        )
+
+    @classmethod
+    def merge(
+        cls,
+        parts: Sequence[SendTally],
+        *,
+        missing: Sequence[ThingTally],
+        outcome: str,
+        started_at: float,
+        ended_at: float,
+        target_per_s: float,
+        lost: list[str],
+    ) -> SendTally:
+        """Workers' tallies as one (things in fleet order); `missing` are the rows of things
+        whose worker never reported."""
+        return cls(
+            things=sorted([t for p in parts for t in p.things] + list(missing), key=_fleet_order),
+            connections=ConnectionTally.merge([p.connections for p in parts]),
+            shared=Shared(
+                lag=merged(p.shared.lag for p in parts),
+                ack=merged(p.shared.ack for p in parts),
+                ack_from_send=merged(p.shared.ack_from_send for p in parts),
+            ),
+            series=merge_series(p.series for p in parts),
+            outcome=outcome,
+            started_at=started_at,
+            ended_at=ended_at,
+            publish_window_s=max((p.publish_window_s for p in parts), default=0.0),
+            target_per_s=target_per_s,
+            workers=len(parts) + len(lost),
+            lost=lost,
+        )
+
+    def totals(self) -> dict[str, int]:
+        result = {
+            name: sum(getattr(t, name) for t in self.things)
+            for name in ("scheduled", "published", "acked", "failed", "retransmitted")
+        }
+        result["reconnects"] = self.connections.reconnects
+        return result
+
+
+def _fleet_order(thing: ThingTally) -> int:
+    return thing.index
 
 
 def iso(epoch: float) -> str:
@@ -53,7 +201,7 @@ def base_report(
     fleet_id: str | None,
     things: int,
     endpoint: Endpoint,
-    connector: Connector,
+    connections: ConnectionTally,
     series: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The fields every report has."""
@@ -69,20 +217,20 @@ def base_report(
         "fleet": {"fleet_id": fleet_id, "things": things},
         "endpoint": {"host": endpoint.host, "port": endpoint.port, "alpn": endpoint.alpn},
         "connections": {
-            "attempted": connector.attempted,
-            "succeeded": connector.succeeded,
-            "failed": connector.failed,
-            "reconnects": connector.reconnects,
-            "things_failed": connector.things_failed,
-            "errors": dict(Counter(connector.errors).most_common()),
+            "attempted": connections.attempted,
+            "succeeded": connections.succeeded,
+            "failed": connections.failed,
+            "reconnects": connections.reconnects,
+            "things_failed": connections.things_failed,
+            "errors": dict(connections.errors.most_common()),
         },
-        "latency_ms": {"connect": connector.connect_time.summary_ms()},
+        "latency_ms": {"connect": connections.connect_time.summary_ms()},
         "series": series,
     }
 
 
 def send_report(
-    result: SendResult,
+    result: SendTally,
     *,
     options: dict[str, Any],
     fleet_id: str | None,
@@ -96,14 +244,14 @@ def send_report(
         ended_at=result.ended_at,
         options=options,
         fleet_id=fleet_id,
-        things=len(result.publishers),
+        things=len(result.things),
         endpoint=endpoint,
-        connector=result.connector,
-        series=result.series.rows,
+        connections=result.connections,
+        series=result.series,
     )
     totals = result.totals()
     window = result.publish_window_s
-    per_thing = [p.schedule.rate for p in result.publishers]
+    per_thing = [t.rate for t in result.things]
     report["messages"] = {
         "qos": qos,
         "scheduled": totals["scheduled"],
@@ -127,18 +275,20 @@ def send_report(
     }
     report["things"] = [
         {
-            "name": p.thing.name,
-            "topic": p.topic,
-            "scheduled": p.scheduled,
-            "published": p.published,
-            "acked": p.acked if qos else None,
-            "failed": p.failed,
-            "unsent": p.scheduled - p.published,
-            "reconnects": p.reconnects,
-            "error": p.error,
+            "name": t.name,
+            "topic": t.topic,
+            "scheduled": t.scheduled,
+            "published": t.published,
+            "acked": t.acked if qos else None,
+            "failed": t.failed,
+            "unsent": t.scheduled - t.published,
+            "reconnects": t.reconnects,
+            "error": t.error,
         }
-        for p in result.publishers
+        for t in result.things
     ]
+    if result.workers > 1:
+        report["workers"] = {"count": result.workers, "lost": result.lost}
     return report
 
 
@@ -159,7 +309,7 @@ def subscribe_report(
         fleet_id=fleet_id,
         things=len(result.watches),
         endpoint=endpoint,
-        connector=result.connector,
+        connections=ConnectionTally.of(result.connector),
         series=result.series.rows,
     )
     trackers = result.trackers

@@ -14,7 +14,7 @@ import contextlib
 import heapq
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,6 +204,10 @@ class Sender:
     drain: float
     on_tick: Callable[[Snapshot], None] = lambda snapshot: None
     series: Series = field(default_factory=lambda: Series(SERIES_FIELDS))
+    # Several processes sending one schedule (`send --workers`) share the series' time origin
+    # (monotonic) and are told when to start once all are connected (`go` returns the instant).
+    clock: float | None = None
+    go: Callable[[], Awaitable[float]] | None = None
     _phase: str = "connecting"
     _start: float = 0.0
     _keepers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -214,15 +218,16 @@ class Sender:
 
     async def run(self, stop: StopSignal) -> SendResult:
         started_at = time.time()
-        clock = time.monotonic()
+        clock = time.monotonic() if self.clock is None else self.clock
         ticker = asyncio.create_task(self._tick(clock))
         try:
             await self._connect_all(stop)
             live = [p for p in self.publishers if p.link is not None]
+            start = time.monotonic() + 0.05 if self.go is None else await self.go()
             window = 0.0
             if live and not stop.event.is_set():
                 self._phase = "sending"
-                self._start = time.monotonic() + 0.05
+                self._start = start
                 for p in live:
                     p.base = self._start + p.schedule.phase
                 window = await self._publish(live, stop)

@@ -1,17 +1,18 @@
-"""A `send` from options to report: check every option before connecting anything, build each
-thing's topic, payload encoder and schedule, run the `Sender`, write the report."""
+"""A `send` from options to report: check every option before connecting anything, plan each
+thing's topic, payload and schedule, run the `Sender` (or `--workers` processes of it), write
+the report."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from elf_async import localstack
 from elf_async.config import Settings
-from elf_async.connections import Connector
+from elf_async.connections import Connector, Endpoint, Identity
 from elf_async.dataplane import (
     AWS_MAX_INFLIGHT,
     AWS_PUBLISH_PER_S,
@@ -21,10 +22,10 @@ from elf_async.dataplane import (
 )
 from elf_async.errors import UsageError
 from elf_async.ledger import Ledger
-from elf_async.payload import build_spec
-from elf_async.report import send_report, write_report
-from elf_async.schedule import plan
-from elf_async.sender import Publisher, Sender, Shared, Snapshot
+from elf_async.payload import PayloadSpec, build_spec
+from elf_async.report import SendTally, send_report, write_report
+from elf_async.schedule import ThingSchedule, plan
+from elf_async.sender import Publisher, Sender, SendResult, Shared, Snapshot
 from elf_async.stopping import StopSignal
 from elf_async.topics import TopicTemplate, outside_root
 from elf_async.units import parse_duration, parse_rate
@@ -54,6 +55,7 @@ class SendRequest:
     drain: str = "5s"
     report: Path | None = None
     connect: ConnectOptions = field(default_factory=ConnectOptions)
+    workers: int = 1
 
     def as_options(self) -> dict[str, Any]:
         """The options for the report (paths as strings)."""
@@ -91,10 +93,50 @@ def _rates(request: SendRequest, things: int) -> float:
     return rate
 
 
-def build_publishers(
+@dataclass(frozen=True, slots=True)
+class ThingPlan:
+    """One thing's part of the run."""
+
+    identity: Identity
+    topic: str
+    schedule: ThingSchedule
+
+
+@dataclass(frozen=True)
+class SendPlan:
+    """Every thing's topic, payload and schedule, checked; it pickles, so workers share it."""
+
+    things: list[ThingPlan]
+    spec: PayloadSpec
+    qos: int
+    window: int  # QoS 1 messages in flight per client
+
+    @property
+    def target_per_s(self) -> float:
+        return sum(t.schedule.rate for t in self.things if t.schedule.total)
+
+    def publishers(self, shared: Shared) -> list[Publisher]:
+        """The publishers of this plan (on the running event loop)."""
+        return [
+            Publisher(
+                t.identity,
+                t.topic,
+                t.schedule,
+                self.spec.encoder(t.identity.name),
+                qos=self.qos,
+                window=self.window,
+                shared=shared,
+            )
+            for t in self.things
+        ]
+
+
+def plan_send(
     request: SendRequest, ledger: Ledger, state_dir: Path, warnings: Warnings
-) -> tuple[list[Publisher], Shared]:
+) -> SendPlan:
     """Every option checked, every thing's topic, payload and schedule ready."""
+    if request.workers < 1:
+        raise UsageError(f"--workers {request.workers}: must be at least 1")
     if request.qos not in (0, 1):
         raise UsageError(f"--qos {request.qos}: AWS IoT supports QoS 0 and 1 only")
     if request.count is not None and request.duration is not None:
@@ -131,28 +173,17 @@ def build_publishers(
     schedules = plan(len(identities), rate, duration=duration, count=request.count)
     longest = max(identities, key=lambda i: len(i.name)).name
     spec.check(longest, max(s.total for s in schedules))
-    shared = Shared()
-    publishers = []
-    for identity, schedule in zip(identities, schedules, strict=True):
-        topic = template.check(identity.name, identity.index)
-        publishers.append(
-            Publisher(
-                identity,
-                topic,
-                schedule,
-                spec.encoder(identity.name),
-                qos=request.qos,
-                window=request.max_inflight,
-                shared=shared,
-            )
-        )
-    outside = [p.topic for p in publishers if outside_root(p.topic, root)]
+    things = [
+        ThingPlan(identity, template.check(identity.name, identity.index), schedule)
+        for identity, schedule in zip(identities, schedules, strict=True)
+    ]
+    outside = [t.topic for t in things if outside_root(t.topic, root)]
     if outside:
         warnings.lines.append(
             f"topic {outside[0]} is outside the fleet policy's topic root {root}/: "
             "AWS IoT will disconnect clients that publish there"
         )
-    return publishers, shared
+    return SendPlan(things, spec, qos=request.qos, window=request.max_inflight)
 
 
 def check_report_path(path: Path | None) -> None:
@@ -176,27 +207,27 @@ async def run_send(
     settings, stack = localstack.resolve(settings)
     with Ledger.open(settings.state_dir) as ledger:
         warnings = Warnings()
-        publishers, shared = build_publishers(request, ledger, settings.state_dir, warnings)
+        send_plan = plan_send(request, ledger, settings.state_dir, warnings)
         for line in warnings.lines:
             warn(line)
         local = (stack.mqtt_host, stack.mqtt_port, stack.ca_file) if stack else None
         endpoint = await resolve_endpoint(settings, ledger, request.connect, local=local)
         fleet_id = ledger.meta().get("fleet_id")
-    connector = Connector(
-        endpoint,
-        rate=request.connect.connect_per_s(),
-        timeout=request.connect.connect_timeout,
-        retries=request.connect.connect_retries,
-        max_inflight=request.max_inflight,
-    )
-    sender = Sender(
-        publishers,
-        connector,
-        shared,
+    setup = SendSetup(
+        endpoint=endpoint,
+        connect_per_s=request.connect.connect_per_s(),
+        connect_timeout=request.connect.connect_timeout,
+        connect_retries=request.connect.connect_retries,
         drain=parse_duration(request.drain, what="--drain"),
-        on_tick=on_tick,
     )
-    result = await sender.run(stop)
+    if request.workers == 1:
+        result = SendTally.of(await send_here(send_plan, setup, stop, on_tick=on_tick))
+    else:
+        from elf_async.workers import send_in_workers  # it imports this module
+
+        result = await send_in_workers(
+            send_plan, setup, request.workers, stop, on_tick=on_tick, verbose=settings.verbose
+        )
     report = send_report(
         result,
         options=request.as_options(),
@@ -207,3 +238,46 @@ async def run_send(
     if request.report is not None:
         write_report(request.report, report)
     return report
+
+
+@dataclass(frozen=True)
+class SendSetup:
+    """How to connect and drain: what a sending process needs besides its plan."""
+
+    endpoint: Endpoint
+    connect_per_s: float
+    connect_timeout: float
+    connect_retries: int
+    drain: float
+
+
+async def send_here(
+    send_plan: SendPlan,
+    setup: SendSetup,
+    stop: StopSignal,
+    *,
+    on_tick: Callable[[Snapshot], None] = lambda snapshot: None,
+    clock: float | None = None,
+    go: Callable[[], Awaitable[float]] | None = None,
+    shared: Shared | None = None,
+) -> SendResult:
+    """The plan's things sent from this process's event loop (`clock`, `go`: see `Sender`;
+    `shared`: histograms the caller wants to watch)."""
+    connector = Connector(
+        setup.endpoint,
+        rate=setup.connect_per_s,
+        timeout=setup.connect_timeout,
+        retries=setup.connect_retries,
+        max_inflight=send_plan.window,
+    )
+    shared = Shared() if shared is None else shared
+    sender = Sender(
+        send_plan.publishers(shared),
+        connector,
+        shared,
+        drain=setup.drain,
+        on_tick=on_tick,
+        clock=clock,
+        go=go,
+    )
+    return await sender.run(stop)

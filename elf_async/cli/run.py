@@ -16,6 +16,7 @@ import typer
 from elf_async import localstack, runner
 from elf_async.cli import _mqtt, create
 from elf_async.cli._common import console_err, run, settings
+from elf_async.cli.send import Workers
 from elf_async.config import Settings
 from elf_async.errors import ThresholdFailed, UsageError
 from elf_async.junit import junit_xml, write_junit
@@ -86,6 +87,7 @@ def command(
     drain: Annotated[
         str, typer.Option(help="On a stop, wait this long for QoS 1 acknowledgements.")
     ] = "5s",
+    workers: Workers = 1,
     mqtt_endpoint: _mqtt.MqttEndpoint = None,
     port: _mqtt.Port = None,
     ca_file: _mqtt.CaFile = None,
@@ -169,6 +171,7 @@ def command(
             json_message=json_message,
             payload_size=payload_size,
             drain=drain,
+            workers=workers,
             connect=_mqtt.connect_options(
                 mqtt_endpoint=mqtt_endpoint,
                 port=port,

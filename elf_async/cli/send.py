@@ -2,8 +2,8 @@
 
 Exit codes: 0 every scheduled message was published (and, at QoS 1, acknowledged) by things
 that all connected; 1 some thing never connected or some message was not published or not
-acknowledged (the report says which); 2 bad input; 130 Ctrl-C; 143 SIGTERM. The report is
-written in every case but bad input.
+acknowledged, or a --workers process died (the report says which); 2 bad input; 130 Ctrl-C;
+143 SIGTERM. The report is written in every case but bad input.
 """
 
 from __future__ import annotations
@@ -21,6 +21,15 @@ from elf_async.mqtt import debug_paho
 from elf_async.sender import Snapshot
 from elf_async.sendjob import SendRequest, run_send
 from elf_async.stopping import StopSignal
+
+Workers = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Processes sharing the things, each with its own event loop: one schedule, "
+        "one live view, one report.",
+    ),
+]
 
 
 def command(
@@ -82,6 +91,7 @@ def command(
         str, typer.Option(help="After the run or Ctrl-C: wait this long for acknowledgements.")
     ] = "5s",
     report: _mqtt.Report = None,
+    workers: Workers = 1,
     mqtt_endpoint: _mqtt.MqttEndpoint = None,
     port: _mqtt.Port = None,
     ca_file: _mqtt.CaFile = None,
@@ -110,6 +120,7 @@ def command(
         max_inflight=max_inflight,
         drain=drain,
         report=report,
+        workers=workers,
         connect=_mqtt.connect_options(
             mqtt_endpoint=mqtt_endpoint,
             port=port,
@@ -155,6 +166,7 @@ def _verdict(report: dict[str, Any]) -> None:
         problems.append(f"{messages['unsent']} messages were due but not published")
     if messages["failed"]:
         problems.append(f"{messages['failed']} messages failed (not acknowledged)")
+    problems += report.get("workers", {}).get("lost", [])
     if problems:
         raise PartialFailure("; ".join(problems))
 

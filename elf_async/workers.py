@@ -1,0 +1,350 @@
+"""`send --workers N`: N processes, each with its own uvloop loop and a share of the things,
+sending one schedule, shown in one live view and reported in one report.
+
+The parent plans once (every option checked, phases spread over the whole fleet) and starts N
+``python -m elf_async._worker`` processes, each in a session of its own so that a terminal's
+Ctrl-C reaches only the parent, which forwards each stop once. A worker gets the things
+round-robin (its load spread over the interval like the fleet's) and 1/N of --connect-rate;
+it connects, says READY and waits for GO, whose wall-clock instant it turns into its own
+monotonic base: the open loop is one schedule across processes. It streams a snapshot a second
+and its tally at the end; the parent sums the counts, merges the HDR histograms and the
+per-second series (one time origin for all) and concatenates the per-thing rows.
+A worker exits when its stdin closes (the parent is gone); the parent kills by PID whatever
+is still running when it leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import pickle
+import signal
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import uvloop
+
+from elf_async.errors import EXIT_RUNTIME
+from elf_async.metrics import Histogram, merged
+from elf_async.mqtt import debug_paho
+from elf_async.report import SendTally, ThingTally
+from elf_async.sender import Shared, Snapshot
+from elf_async.sendjob import SendPlan, SendSetup, send_here
+from elf_async.stopping import StopSignal
+
+GO_DELAY_S = 0.1  # from GO to the first due message: time for every worker to hear GO
+TICK_SLACK_S = 0.25  # the parent's live view ticks this long after the workers' ticks
+URGENT_GRACE_S = 10.0  # after a second signal: time for the workers to disconnect and report
+PHASES = ("connecting", "sending", "draining", "disconnecting")  # Sender's, in order
+_HEADER = struct.Struct("!I")
+
+
+# Messages, pickled in length-prefixed frames. Parent -> worker: a Job, then Go and Stop.
+@dataclass(frozen=True)
+class Job:
+    plan: SendPlan  # this worker's things
+    setup: SendSetup  # with this worker's share of the connect rate
+    origin: float  # epoch seconds: t = 0 of the series, shared by every worker
+    verbose: bool
+
+
+@dataclass(frozen=True)
+class Go:
+    start: float  # epoch seconds at which the schedule starts
+
+
+@dataclass(frozen=True)
+class Stop:
+    signum: int  # the signal the parent received
+
+
+# Worker -> parent: Ready, a Tick a second, Done.
+@dataclass(frozen=True)
+class Ready:
+    pass
+
+
+@dataclass(frozen=True)
+class Tick:
+    snapshot: Snapshot
+    ack: Histogram  # the worker's whole ack histogram: the view's percentiles are merged
+
+
+@dataclass(frozen=True)
+class Done:
+    tally: SendTally
+
+
+def _frame(message: object) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+async def _read(reader: asyncio.StreamReader) -> object:
+    """The next message; `asyncio.IncompleteReadError` at the end of the stream."""
+    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    return pickle.loads(await reader.readexactly(size))
+
+
+def _monotonic(epoch: float) -> float:
+    """This process's monotonic time at wall-clock instant `epoch`."""
+    return time.monotonic() - (time.time() - epoch)
+
+
+# The parent.
+
+
+@dataclass
+class _Worker:
+    """One worker process as the parent sees it."""
+
+    number: int
+    plan: SendPlan
+    process: asyncio.subprocess.Process
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    snapshot: Snapshot | None = None
+    ack: Histogram = field(default_factory=Histogram)
+    tally: SendTally | None = None
+
+    @classmethod
+    async def start(cls, number: int, job: Job) -> _Worker:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "elf_async._worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        worker = cls(number, job.plan, process)
+        worker.send(job)
+        return worker
+
+    def send(self, message: object) -> None:
+        stdin = self.process.stdin
+        if stdin is not None and self.process.returncode is None and not stdin.is_closing():
+            stdin.write(_frame(message))
+
+    async def listen(self) -> None:
+        """Take the worker's messages until it closes its end."""
+        assert self.process.stdout is not None
+        try:
+            while True:
+                message = await _read(self.process.stdout)
+                if isinstance(message, Ready):
+                    self.ready.set()
+                elif isinstance(message, Tick):
+                    self.snapshot, self.ack = message.snapshot, message.ack
+                elif isinstance(message, Done):
+                    self.tally = message.tally
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            self.ready.set()  # a worker that died is not waited for
+        await self.process.wait()
+
+    def kill(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+
+    def lost(self, workers: int) -> str:
+        return (
+            f"worker {self.number + 1} of {workers} exited with code {self.process.returncode} "
+            f"before its report: its {len(self.plan.things)} things are not counted"
+        )
+
+    def missing_rows(self, why: str) -> list[ThingTally]:
+        return [
+            ThingTally(
+                name=t.identity.name,
+                index=t.identity.index,
+                topic=t.topic,
+                rate=t.schedule.rate,
+                scheduled=0,
+                published=0,
+                acked=0,
+                failed=0,
+                retransmitted=0,
+                reconnects=0,
+                error=why,
+            )
+            for t in self.plan.things
+        ]
+
+
+async def send_in_workers(
+    plan: SendPlan,
+    setup: SendSetup,
+    workers: int,
+    stop: StopSignal,
+    *,
+    on_tick: Callable[[Snapshot], None],
+    verbose: bool,
+) -> SendTally:
+    """The plan sent by `workers` processes (no more than there are things), merged."""
+    count = min(workers, len(plan.things))
+    origin = time.time()
+    share = dataclasses.replace(setup, connect_per_s=setup.connect_per_s / count)
+    started: list[_Worker] = []
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        for number in range(count):
+            part = dataclasses.replace(plan, things=plan.things[number::count])
+            started.append(await _Worker.start(number, Job(part, share, origin, verbose)))
+        listeners = [asyncio.create_task(w.listen()) for w in started]
+        tasks += listeners
+        tasks.append(asyncio.create_task(_forward_stops(stop, started)))
+        tasks.append(asyncio.create_task(_show(started, _monotonic(origin), plan, on_tick)))
+        await asyncio.gather(*(w.ready.wait() for w in started))
+        go = Go(time.time() + GO_DELAY_S)
+        for worker in started:
+            worker.send(go)
+        await asyncio.gather(*listeners)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for worker in started:
+            worker.kill()
+            await worker.process.wait()
+            if worker.process.stdin is not None:
+                worker.process.stdin.close()
+    lost = [(w, w.lost(count)) for w in started if w.tally is None]
+    return SendTally.merge(
+        [w.tally for w in started if w.tally is not None],
+        missing=[row for w, why in lost for row in w.missing_rows(why)],
+        outcome=stop.outcome,
+        started_at=origin,
+        ended_at=time.time(),
+        target_per_s=plan.target_per_s,
+        lost=[why for _, why in lost],
+    )
+
+
+async def _forward_stops(stop: StopSignal, workers: list[_Worker]) -> None:
+    """The first signal asks every worker to stop (and drain), a second one to hurry; a
+    worker that has not finished URGENT_GRACE_S later is killed (and reported lost)."""
+    for event in (stop.event, stop.urgent):
+        await event.wait()
+        message = Stop(stop.signal or signal.SIGINT)
+        for worker in workers:
+            worker.send(message)
+    await asyncio.sleep(URGENT_GRACE_S)
+    for worker in workers:
+        worker.kill()
+
+
+async def _show(
+    workers: list[_Worker], clock: float, plan: SendPlan, on_tick: Callable[[Snapshot], None]
+) -> None:
+    """Once a second, just after the workers' own ticks: their latest snapshots as one."""
+    second = 1
+    while True:
+        await asyncio.sleep(max(0.0, clock + second + TICK_SLACK_S - time.monotonic()))
+        snapshots = [w.snapshot for w in workers if w.snapshot is not None]
+        ack = merged(w.ack for w in workers)
+        on_tick(
+            Snapshot(
+                phase=min((s.phase for s in snapshots), key=PHASES.index, default=PHASES[0]),
+                elapsed=second,
+                things=len(plan.things),
+                connected=sum(s.connected for s in snapshots),
+                connect_failed=sum(s.connect_failed for s in snapshots),
+                totals=_summed(s.totals for s in snapshots),
+                last_second=_summed(s.last_second for s in snapshots),
+                target_per_s=plan.target_per_s,
+                ack_p50_ms=ack.percentile_ms(50),
+                ack_p99_ms=ack.percentile_ms(99),
+            )
+        )
+        second += 1
+
+
+def _summed(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts of several workers added up (the time stamp of a row is not a count)."""
+    total: dict[str, Any] = {}
+    for row in rows:
+        for name, value in row.items():
+            if name != "t":
+                total[name] = total.get(name, 0) + value
+    return total
+
+
+# The worker.
+
+
+class _ForwardedStop(StopSignal):
+    """A StopSignal fired by the parent's Stop messages instead of signal handlers."""
+
+    def forward(self, signum: int) -> None:
+        self._received(signal.Signals(signum))
+
+
+def worker_main() -> None:
+    """Entry of ``python -m elf_async._worker``: messages on stdin/stdout, logs on stderr."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # stops come from the parent, as messages
+    channel = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print cannot corrupt a frame
+    uvloop.run(_work(channel))
+
+
+async def _work(channel: IO[bytes]) -> None:
+    def send(message: object) -> None:
+        channel.write(_frame(message))
+        channel.flush()
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    job = await _read(reader)
+    assert isinstance(job, Job)
+    if job.verbose:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+        debug_paho(True)
+    stop = _ForwardedStop()
+    go: asyncio.Future[float] = loop.create_future()
+    listener = asyncio.create_task(_listen(reader, stop, go))
+
+    async def ready() -> float:
+        """Connected: tell the parent, then wait for GO (or a stop)."""
+        send(Ready())
+        stopped = asyncio.create_task(stop.event.wait())
+        waiting: list[asyncio.Future[Any]] = [go, stopped]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        return _monotonic(go.result()) if go.done() else time.monotonic()
+
+    shared = Shared()
+    result = await send_here(
+        job.plan,
+        job.setup,
+        stop,
+        on_tick=lambda snapshot: send(Tick(snapshot, shared.ack)),
+        clock=_monotonic(job.origin),
+        go=ready,
+        shared=shared,
+    )
+    send(Done(SendTally.of(result)))
+    listener.cancel()
+
+
+async def _listen(
+    reader: asyncio.StreamReader, stop: _ForwardedStop, go: asyncio.Future[float]
+) -> None:
+    """The parent's messages; the end of stdin means the parent is gone: exit at once."""
+    while True:
+        try:
+            message = await _read(reader)
+        except asyncio.IncompleteReadError:
+            os._exit(EXIT_RUNTIME)
+        if isinstance(message, Go) and not go.done():
+            go.set_result(message.start)
+        elif isinstance(message, Stop):
+            stop.forward(message.signum)

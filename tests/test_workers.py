@@ -1,0 +1,228 @@
+"""`send --workers N` against a real mosquitto with mutual TLS: one schedule over several
+processes, one merged report; an independent paho subscriber counts what arrived."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import Cli, assert_one_line_error
+from local_fixtures import LocalCli, alive
+from mqtt_fixtures import FixtureCA, Observer
+from test_send import load, send, things_of
+
+from elf_async.broker import Mosquitto
+from elf_async.metrics import Histogram, merge_series, merged
+
+
+def test_histograms_cross_processes_and_merge_exactly() -> None:
+    a, b = Histogram(), Histogram()
+    for ms in range(1, 101):
+        a.record(ms / 1000)
+    for ms in range(101, 201):
+        b.record(ms / 1000)
+    copies = [pickle.loads(pickle.dumps(h)) for h in (a, b)]
+    assert [h.summary_ms() for h in copies] == [a.summary_ms(), b.summary_ms()]
+    total = merged(copies)
+    assert total.count == 200
+    assert total.percentile_ms(50) == pytest.approx(100, rel=0.01)  # not the mean of p50s
+    assert pickle.loads(pickle.dumps(Histogram())).count == 0
+
+
+def test_series_of_workers_merge_by_second() -> None:
+    first = [{"t": 1, "published": 3, "connected": 2}, {"t": 1.4, "published": 1, "connected": 0}]
+    second = [{"t": 1, "published": 5, "connected": 2}, {"t": 2, "published": 4, "connected": 2},
+              {"t": 2.2, "published": 1, "connected": 0}]  # fmt: skip
+    assert merge_series([first, second]) == [
+        {"t": 1, "published": 8, "connected": 4},
+        {"t": 2, "published": 5, "connected": 2},
+        {"t": 2.2, "published": 1, "connected": 0},
+    ]
+
+
+@pytest.fixture
+def fleet4(cli: Cli, test_ca: FixtureCA) -> Cli:
+    """Four ready things signed by the test CA: two per worker."""
+    result = cli(
+        "create", "4", "--cert-mode", "ca", "--ca-cert", str(test_ca.cert_file),
+        "--ca-key", str(test_ca.key_file), "--key-type", "ec",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return cli
+
+
+def children(pid: int) -> set[int]:
+    """The direct children of `pid` (Linux /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_two_workers_publish_the_schedule_and_merge_one_report(
+    fleet4: Cli, mosquitto: Mosquitto, observer: Callable[..., Observer], tmp_path: Path
+) -> None:
+    watcher = observer("elf/#", qos=1)
+    report_file = tmp_path / "report.json"
+    result = send(fleet4, mosquitto, "--workers", "2", "--rate", "20/s", "--duration", "2",
+                  "--qos", "1", "--report", str(report_file))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = load(report_file)
+    assert report["options"]["workers"] == 2
+    assert report["workers"] == {"count": 2, "lost": []}
+    rows = report["things"]
+    assert [t["name"] for t in rows] == things_of(fleet4)  # fleet order, as with one worker
+    watcher.settle(160)
+    counts = watcher.counts()
+    for row in rows:
+        assert row["scheduled"] == row["published"] == row["acked"] == 40  # rate x duration
+        assert counts.get(f"elf/{row['name']}") == row["published"]
+        docs = watcher.documents(f"elf/{row['name']}")
+        assert sorted(d["seq"] for d in docs) == list(range(40))
+    messages = report["messages"]
+    assert messages["scheduled"] == messages["published"] == messages["acked"] == 160
+    assert messages["failed"] == messages["unsent"] == 0
+    latency = report["latency_ms"]
+    assert latency["ack"]["count"] == latency["ack_from_send"]["count"] == 160
+    assert latency["lag"]["count"] == 160
+    assert latency["connect"]["count"] == 4
+    assert report["connections"]["succeeded"] == report["connections"]["attempted"] == 4
+    series = report["series"]
+    assert sum(row["published"] for row in series) == 160  # merged by second, nothing lost
+    assert sum(row["acked"] for row in series) == 160
+    assert [row["t"] for row in series] == sorted(row["t"] for row in series)
+    assert report["rate"]["target_per_s"] == 80
+
+
+def test_sigint_with_two_workers_writes_a_merged_report_and_leaves_no_worker(
+    fleet4: Cli, mosquitto: Mosquitto, observer: Callable[..., Observer], tmp_path: Path
+) -> None:
+    report_file = tmp_path / "report.json"
+    watcher = observer("elf/#")
+    process = fleet4.popen(
+        "send", "--mqtt-endpoint", f"127.0.0.1:{mosquitto.port}", "--ca-file",
+        str(mosquitto.ca_file), "--workers", "2", "--rate", "10/s", "--duration", "60",
+        "--report", str(report_file),
+    )  # fmt: skip
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while len(watcher.counts()) < 4 and time.monotonic() < deadline:  # every worker sends
+            time.sleep(0.05)
+        workers = children(process.pid)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in workers:  # never leave one behind, even when the test fails
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert len(workers) == 2
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert not [pid for pid in workers if alive(pid)]
+    report = load(report_file)
+    assert report["outcome"] == "interrupted"
+    assert report["workers"] == {"count": 2, "lost": []}
+    messages = report["messages"]
+    assert 0 < messages["published"] < 2400
+    assert messages["acked"] == messages["published"]
+    assert all(row["published"] > 0 for row in report["things"])
+    assert report["latency_ms"]["ack"]["count"] == messages["acked"]
+
+
+def test_a_worker_that_dies_is_a_runtime_failure_reported_with_the_others_counts(
+    fleet4: Cli, mosquitto: Mosquitto, observer: Callable[..., Observer], tmp_path: Path
+) -> None:
+    report_file = tmp_path / "report.json"
+    watcher = observer("elf/#")
+    process = fleet4.popen(
+        "send", "--mqtt-endpoint", f"127.0.0.1:{mosquitto.port}", "--ca-file",
+        str(mosquitto.ca_file), "--workers", "2", "--rate", "10/s", "--duration", "3",
+        "--report", str(report_file),
+    )  # fmt: skip
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while len(watcher.counts()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = children(process.pid)
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    assert "exited with code -9" in stderr.splitlines()[-1]
+    report = load(report_file)
+    assert len(report["workers"]["lost"]) == 1
+    rows = report["things"]
+    lost = [row for row in rows if row["error"]]
+    kept = [row for row in rows if not row["error"]]
+    assert len(lost) == len(kept) == 2
+    assert all(row["published"] == row["acked"] == 30 for row in kept)
+    assert report["messages"]["published"] == 60
+
+
+def test_workers_exit_when_the_parent_is_killed(
+    fleet4: Cli, mosquitto: Mosquitto, observer: Callable[..., Observer]
+) -> None:
+    watcher = observer("elf/#")
+    process = fleet4.popen(
+        "send", "--mqtt-endpoint", f"127.0.0.1:{mosquitto.port}", "--ca-file",
+        str(mosquitto.ca_file), "--workers", "2", "--rate", "10/s", "--duration", "60",
+    )  # fmt: skip
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while len(watcher.counts()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = children(process.pid)
+        process.kill()  # no chance to clean up: the workers must notice on their own
+        process.wait()
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(workers) == 2
+        assert not [pid for pid in workers if alive(pid)]
+    finally:
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_run_passes_workers_to_its_send(local_cli: LocalCli, tmp_path: Path) -> None:
+    report_file = tmp_path / "report.json"
+    result = local_cli(
+        "--local", "run", "2", "--workers", "2", "--rate", "2/s", "--duration", "2s",
+        "--report", str(report_file),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(report_file.read_text())
+    assert report["workers"] == {"count": 2, "lost": []}
+    assert report["messages"]["published"] == report["messages"]["acked"] == 8
+
+
+@pytest.mark.parametrize("value", ["0", "two"])
+def test_bad_workers_is_one_line_and_exit_2(fleet4: Cli, mosquitto: Mosquitto, value: str) -> None:
+    result = send(fleet4, mosquitto, "--workers", value)
+    assert_one_line_error(result, 2, "--workers")
