@@ -16,14 +16,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 deps: $(STAMP) mosquitto
 
-# mosquitto is the local data plane; install it with apt-get when we can.
+# mosquitto is the local data plane; its clients (mosquitto_pub/_sub) are the independent
+# witnesses in tests and benchmarks. Installed with apt-get when we can.
 mosquitto:
-	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	@if { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 && command -v mosquitto_pub >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing mosquitto with apt-get"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+		echo "installing mosquitto and mosquitto-clients with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
 	else \
-		echo "mosquitto is missing: install it (Debian/Ubuntu: sudo apt-get install mosquitto; macOS: brew install mosquitto)" >&2; exit 1; \
+		echo "mosquitto is missing: install it (Debian/Ubuntu: sudo apt-get install mosquitto mosquitto-clients; macOS: brew install mosquitto)" >&2; exit 1; \
 	fi
 
 lint: $(STAMP)
