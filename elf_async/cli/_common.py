@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -61,6 +62,27 @@ ApiRateOption = Annotated[
     list[str] | None,
     typer.Option(help="Pace one API, e.g. CreateThing=30/s (repeatable).", show_default=False),
 ]
+# Fleet options that create and run share.
+CertModeOption = Annotated[
+    str | None,
+    typer.Option(
+        help="aws: AWS makes key and certificate; csr: key made here, AWS signs a CSR; "
+        "ca: key made here, certificate signed by --ca-cert and registered. [default: aws]"
+    ),
+]
+KeyTypeOption = Annotated[
+    str | None, typer.Option(help="rsa (2048) or ec (P-256), for csr and ca. [default: rsa]")
+]
+CaCertOption = Annotated[Path | None, typer.Option(help="CA certificate for --cert-mode ca.")]
+CaKeyOption = Annotated[Path | None, typer.Option(help="CA private key for --cert-mode ca.")]
+RegisterCaOption = Annotated[
+    bool, typer.Option(help="Register --ca-cert in AWS IoT first (clean removes it).")
+]
+TopicRootOption = Annotated[
+    str | None, typer.Option(help="Topics the fleet policy allows. [default: elf]")
+]
+MaxThingsOption = Annotated[int, typer.Option(help="COUNT above this needs --yes.")]
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Skip the --max-things check.")]
 
 
 def api_rates(items: list[str] | None) -> dict[str, float]:

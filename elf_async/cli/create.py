@@ -13,7 +13,15 @@ from elf_async import localstack
 from elf_async.certs import KeyType
 from elf_async.cli._common import (
     ApiRateOption,
+    CaCertOption,
+    CaKeyOption,
+    CertModeOption,
     ConcurrencyOption,
+    KeyTypeOption,
+    MaxThingsOption,
+    RegisterCaOption,
+    TopicRootOption,
+    YesOption,
     api_rates,
     print_api_table,
     run,
@@ -47,28 +55,16 @@ def command(
     prefix: Annotated[
         str | None, typer.Option(help="Thing name prefix [default: elf-<fleet id>].")
     ] = None,
-    cert_mode: Annotated[
-        str | None,
-        typer.Option(
-            help="aws: AWS makes key and certificate; csr: key made here, AWS signs a CSR; "
-            "ca: key made here, certificate signed by --ca-cert and registered. [default: aws]"
-        ),
-    ] = None,
-    key_type: Annotated[
-        str | None, typer.Option(help="rsa (2048) or ec (P-256), for csr and ca. [default: rsa]")
-    ] = None,
-    ca_cert: Annotated[Path | None, typer.Option(help="CA certificate for --cert-mode ca.")] = None,
-    ca_key: Annotated[Path | None, typer.Option(help="CA private key for --cert-mode ca.")] = None,
-    register_ca: Annotated[
-        bool, typer.Option(help="Register --ca-cert in AWS IoT first (clean removes it).")
-    ] = False,
-    topic_root: Annotated[
-        str | None, typer.Option(help="Topics the fleet policy allows. [default: elf]")
-    ] = None,
+    cert_mode: CertModeOption = None,
+    key_type: KeyTypeOption = None,
+    ca_cert: CaCertOption = None,
+    ca_key: CaKeyOption = None,
+    register_ca: RegisterCaOption = False,
+    topic_root: TopicRootOption = None,
     concurrency: ConcurrencyOption = 16,
     api_rate: ApiRateOption = None,
-    max_things: Annotated[int, typer.Option(help="COUNT above this needs --yes.")] = 10_000,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the --max-things check.")] = False,
+    max_things: MaxThingsOption = 10_000,
+    yes: YesOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Create COUNT things, or finish the things an interrupted create left unfinished."""

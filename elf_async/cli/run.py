@@ -15,7 +15,21 @@ import typer
 
 from elf_async import localstack, runner
 from elf_async.cli import _mqtt, create
-from elf_async.cli._common import console_err, run, settings
+from elf_async.cli._common import (
+    ApiRateOption,
+    CaCertOption,
+    CaKeyOption,
+    CertModeOption,
+    ConcurrencyOption,
+    KeyTypeOption,
+    MaxThingsOption,
+    RegisterCaOption,
+    TopicRootOption,
+    YesOption,
+    console_err,
+    run,
+    settings,
+)
 from elf_async.cli.send import Workers
 from elf_async.config import Settings
 from elf_async.errors import ThresholdFailed, UsageError
@@ -118,25 +132,16 @@ def command(
             help="Use the local stack; start one for this run (and stop it after) if none runs.",
         ),
     ] = False,
-    cert_mode: Annotated[
-        str | None, typer.Option(help="aws, csr or ca, as for create. [default: aws]")
-    ] = None,
-    key_type: Annotated[str | None, typer.Option(help="rsa or ec, for csr and ca.")] = None,
-    ca_cert: Annotated[Path | None, typer.Option(help="CA certificate for --cert-mode ca.")] = None,
-    ca_key: Annotated[Path | None, typer.Option(help="CA private key for --cert-mode ca.")] = None,
-    register_ca: Annotated[
-        bool, typer.Option(help="Register --ca-cert in AWS IoT first (clean removes it).")
-    ] = False,
-    topic_root: Annotated[
-        str | None, typer.Option(help="Topics the fleet policy allows. [default: elf]")
-    ] = None,
-    concurrency: Annotated[int, typer.Option(help="AWS calls in flight.", min=1, max=256)] = 16,
-    api_rate: Annotated[
-        list[str] | None,
-        typer.Option(help="Pace one API, e.g. CreateThing=30/s (repeatable).", show_default=False),
-    ] = None,
-    max_things: Annotated[int, typer.Option(help="COUNT above this needs --yes.")] = 10_000,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the --max-things check.")] = False,
+    cert_mode: CertModeOption = None,
+    key_type: KeyTypeOption = None,
+    ca_cert: CaCertOption = None,
+    ca_key: CaKeyOption = None,
+    register_ca: RegisterCaOption = False,
+    topic_root: TopicRootOption = None,
+    concurrency: ConcurrencyOption = 16,
+    api_rate: ApiRateOption = None,
+    max_things: MaxThingsOption = 10_000,
+    yes: YesOption = False,
 ) -> None:
     """Create COUNT things, send from all of them, clean up: the clean-up always runs.
 
