@@ -135,6 +135,7 @@ def run_peer(
         if scenario.get("profile_dir"):
             # Sampling costs CPU on a small machine: profile runs are not measurement runs.
             out = Path(scenario["profile_dir"]) / f"{peer.replace(':', '-')}-qos{scenario['qos']}"
+            out.parent.mkdir(parents=True, exist_ok=True)
             spy = procs.spawn(
                 ["py-spy", "record", "--pid", str(process.pid), "--native", "--rate", "250",
                  "--duration", str(max(1, int(scenario["seconds"]) - 1)), "--format", "raw",

@@ -20,7 +20,6 @@ from elf_async.mqtt import (
     ConnectFailed,
     Link,
     MessageCallback,
-    PublishCallback,
     tls_context,
 )
 from elf_async.mqtt import connect as mqtt_connect
@@ -96,7 +95,6 @@ class Connector:
     async def _attempt(
         self,
         thing: Identity,
-        on_publish: PublishCallback | None,
         on_message: MessageCallback | None,
     ) -> Link:
         last = self._last_attempt.get(thing.name)
@@ -115,7 +113,6 @@ class Connector:
                 context=self._context(thing),
                 within=self.timeout,
                 max_inflight=self.max_inflight,
-                on_publish=on_publish,
                 on_message=on_message,
             )
         except ConnectFailed as exc:
@@ -130,7 +127,6 @@ class Connector:
         self,
         thing: Identity,
         *,
-        on_publish: PublishCallback | None = None,
         on_message: MessageCallback | None = None,
     ) -> Link:
         """First connection of a thing: a few retries, none for a permanent refusal.
@@ -140,7 +136,7 @@ class Connector:
         attempt = 0
         while True:
             try:
-                link = await self._attempt(thing, on_publish, on_message)
+                link = await self._attempt(thing, on_message)
             except ConnectFailed as exc:
                 if exc.permanent or attempt >= self.retries:
                     self.things_failed += 1
@@ -154,7 +150,6 @@ class Connector:
         self,
         thing: Identity,
         *,
-        on_publish: PublishCallback | None = None,
         on_message: MessageCallback | None = None,
     ) -> Link:
         """Reconnect after the broker dropped a thing: retry with backoff until cancelled."""
@@ -162,7 +157,7 @@ class Connector:
         attempt = 0
         while True:
             try:
-                return await self._attempt(thing, on_publish, on_message)
+                return await self._attempt(thing, on_message)
             except ConnectFailed:
                 await asyncio.sleep(backoff_delay(attempt, base=0.5, cap=RECONNECT_CAP))
                 attempt += 1

@@ -4,8 +4,9 @@ Each connection is an aiomqtt 2.x client (paho underneath, driven by the event l
 things aiomqtt does not give are added here, in one place, through its paho client:
 - the real reason of a refused connection: a TLS alert from the broker (unknown CA, no
   certificate) reaches aiomqtt only as "Operation timed out", while paho logs it;
-- a hot path without a per-message await: publishing through paho directly and learning of
-  PUBACKs from paho's ``on_publish`` callback (aiomqtt's ``publish()`` costs ~150-200 µs).
+- a hot path without a per-message await: `send` frames PUBLISH packets and reads PUBACKs
+  itself on the connection's socket (elf_async.fastpath; aiomqtt's ``publish()`` costs
+  ~150-200 µs, paho's own ``publish()`` and reader cap QoS 1 far lower than that path).
 """
 
 from __future__ import annotations
@@ -42,8 +43,6 @@ def debug_paho(enabled: bool) -> None:
     _PAHO_LOGGER.setLevel(logging.DEBUG if enabled else logging.CRITICAL)
 
 
-PublishCallback = Callable[[int], None]
-"""Called with the message id paho acknowledged (PUBACK for QoS 1)."""
 MessageCallback = Callable[[str, bytes | bytearray], None]
 """Called with the topic and payload of each message received."""
 
@@ -174,7 +173,6 @@ async def connect(
     context: ssl.SSLContext,
     within: float,
     max_inflight: int = 100,
-    on_publish: PublishCallback | None = None,
     on_message: MessageCallback | None = None,
 ) -> Link:
     """Open one mutual-TLS MQTT 3.1.1 connection (clean session) or raise `ConnectFailed`."""
@@ -249,8 +247,6 @@ async def connect(
         raise explain(detail)
     connected = True
     inner.on_log = None  # paho formats every log line when on_log is set: not on the hot path
-    # No on_publish at all for QoS 0: paho builds two objects per message to call it.
-    inner.on_publish = None if on_publish is None else lambda _c, _u, mid, _r, _p: on_publish(mid)
     if on_message is not None:
         inner.on_message = lambda _c, _u, message: on_message(message.topic, message.payload)
     return Link(client, lost)

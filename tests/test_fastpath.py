@@ -1,0 +1,162 @@
+"""The Wire on a real TLS socket pair: framing, a write the socket refuses, PUBACKs in bulk.
+
+The peer is a plain blocking TLS socket in this process: it reads only when told, so a batch
+larger than the socket buffers really blocks the Wire's non-blocking write.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from mqtt_fixtures import FixtureCA
+from paho.mqtt.enums import CallbackAPIVersion
+
+from elf_async.fastpath import Wire, remaining_length
+
+
+@dataclass
+class Pair:
+    """A paho client whose socket is one end of a TLS pair; `peer` is the other end."""
+
+    client: paho.Client
+    peer: ssl.SSLSocket
+    registered: list[bool] = field(default_factory=list)  # register/unregister write calls
+    disconnects: list[Any] = field(default_factory=list)
+
+    def wait_writable(self) -> None:
+        sock = self.client._sock
+        assert sock is not None
+        _, writable, _ = select.select([], [sock], [], 10)
+        assert writable, "the socket never became writable"
+
+    def wait_readable(self) -> None:
+        sock = self.client._sock
+        assert isinstance(sock, ssl.SSLSocket)
+        if not sock.pending():
+            readable, _, _ = select.select([sock], [], [], 10)
+            assert readable, "nothing arrived"
+
+    def read_exactly(self, size: int) -> bytes:
+        data = bytearray()
+        while len(data) < size:
+            chunk = self.peer.recv(size - len(data))
+            assert chunk, "the client closed the connection"
+            data += chunk
+        return bytes(data)
+
+
+@pytest.fixture
+def pair(test_ca: FixtureCA, tmp_path: Path) -> Iterator[Pair]:
+    key_file, cert_file = test_ca.client_cert(tmp_path, "peer")
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert_file, key_file)
+    client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_context.check_hostname = False
+    client_context.verify_mode = ssl.CERT_NONE  # framing under test, not trust (a client cert)
+    near, far = socket.socketpair()
+    for sock in (near, far):  # small buffers: a few hundred KB fill them
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    wrapped: list[ssl.SSLSocket] = []
+    server = threading.Thread(
+        target=lambda: wrapped.append(server_context.wrap_socket(far, server_side=True))
+    )
+    server.start()
+    tls = client_context.wrap_socket(near)
+    server.join(10)
+    tls.setblocking(False)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="wire-test")
+    result = Pair(client, wrapped[0])
+    client._sock = tls
+    client.on_socket_register_write = lambda *_: result.registered.append(True)
+    client.on_socket_unregister_write = lambda *_: result.registered.append(False)
+    client.on_disconnect = lambda *args: result.disconnects.append(args[3])
+    try:
+        yield result
+    finally:
+        client._sock_close()
+        result.peer.close()
+
+
+def publish_packet(topic: str, mid: int, payload: bytes) -> bytes:
+    """A QoS 1 PUBLISH as the MQTT 3.1.1 spec frames it (independent of the Wire)."""
+    body = len(topic).to_bytes(2, "big") + topic.encode() + mid.to_bytes(2, "big") + payload
+    return bytes([0x32]) + remaining_length(len(body)) + body
+
+
+def test_a_refused_write_is_kept_and_finished_when_writable_and_pubacks_read_in_bulk(
+    pair: Pair,
+) -> None:
+    acked: list[int] = []
+    sent: list[str] = []
+    drained: list[bool] = []
+    wire: Wire[str] = Wire(
+        pair.client,
+        "elf/t",
+        1,
+        on_ack=acked.append,
+        on_sent=sent.append,
+        on_drained=lambda: drained.append(True),
+    )
+    payloads = [bytes([65 + i % 26]) * 100_000 for i in range(20)]  # 2 MB in one batch
+    for mid, payload in enumerate(payloads, start=1):
+        wire.publish(payload, mid)
+    wire.send("batch")
+    assert wire.busy, "2 MB went into 32 KB socket buffers without blocking"
+    assert sent == []
+    assert wire.unsent == "batch"
+    assert pair.registered == [True]  # asked for writability through paho
+
+    expected = b"".join(publish_packet("elf/t", m, p) for m, p in enumerate(payloads, start=1))
+    reader = threading.Thread(target=lambda: received.append(pair.read_exactly(len(expected))))
+    received: list[bytes] = []
+    reader.start()
+    while wire.busy:
+        pair.wait_writable()
+        assert pair.client.loop_write() == paho.MQTT_ERR_SUCCESS  # what aiomqtt's callback calls
+    reader.join(10)
+    assert received == [expected]
+    assert sent == ["batch"]
+    assert drained == [True]
+    assert pair.registered[-1] is False  # unregistered once drained
+
+    pair.client._ping_t = 1.0  # a PINGREQ is out
+    pair.peer.sendall(b"".join(b"\x40\x02" + m.to_bytes(2, "big") for m in range(1, 21)))
+    pair.peer.sendall(b"\xd0\x00")  # PINGRESP: handed to paho
+    while len(acked) < 20 or pair.client._ping_t:
+        pair.wait_readable()
+        assert pair.client.loop_read() == paho.MQTT_ERR_SUCCESS
+    assert acked == list(range(1, 21))
+    assert wire.outstanding == 0
+
+    pair.peer.close()  # the broker goes away: paho's own error path, on_disconnect runs
+    while not pair.disconnects:
+        pair.wait_readable()
+        pair.client.loop_read()
+    assert wire.dead
+    assert len(pair.disconnects) == 1
+    assert pair.disconnects[0].is_failure
+
+
+def test_qos0_frames_without_packet_ids(pair: Pair) -> None:
+    sent: list[int] = []
+    wire: Wire[int] = Wire(
+        pair.client, "a/b", 0, on_ack=lambda mid: None, on_sent=sent.append, on_drained=lambda: None
+    )
+    wire.publish(b"x" * 200, 7)
+    wire.publish(b"y", 8)
+    wire.send(2)
+    assert sent == [2]
+    assert not wire.busy
+    expected = b"\x30" + remaining_length(205) + b"\x00\x03a/b" + b"x" * 200
+    expected += b"\x30\x06\x00\x03a/by"
+    assert pair.read_exactly(len(expected)) == expected

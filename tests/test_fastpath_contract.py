@@ -1,0 +1,58 @@
+"""The send hot path leans on private paho-mqtt and aiomqtt internals: if an upgrade moves
+them, these fail with a message saying what to adapt (elf_async/fastpath.py, elf_async/mqtt.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import version
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from elf_async.fastpath import PAHO_INTERNALS, _in_packet
+
+PAHO = f"paho-mqtt {version('paho-mqtt')}"
+AIOMQTT = f"aiomqtt {version('aiomqtt')}"
+
+
+def test_paho_still_has_every_private_attribute_the_wire_uses() -> None:
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    missing = [name for name in PAHO_INTERNALS if not hasattr(client, name)]
+    assert not missing, f"{PAHO} lacks {missing}: adapt elf_async/fastpath.py before upgrading"
+
+
+def test_paho_reader_state_has_the_shape_the_wire_hands_packets_in() -> None:
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    assert set(client._in_packet) == set(_in_packet(0, bytearray())), (
+        f"{PAHO} changed its incoming packet state (_in_packet): adapt elf_async/fastpath.py"
+    )
+
+
+def test_paho_queued_packets_still_record_how_far_they_were_written() -> None:
+    source = inspect.getsource(paho.Client._packet_write)
+    assert "packet['pos']" in source or 'packet["pos"]' in source, (
+        f"{PAHO} no longer tracks partly written packets by 'pos': the Wire uses it to "
+        "avoid writing inside one of paho's packets (elf_async/fastpath.py)"
+    )
+
+
+def test_aiomqtt_socket_callbacks_call_paho_loop_read_and_loop_write_by_name() -> None:
+    reader = inspect.getsource(aiomqtt.Client._on_socket_open)
+    writer = inspect.getsource(aiomqtt.Client._on_socket_register_write)
+    for name, source in (("loop_read", reader), ("loop_write", writer)):
+        assert f"client.{name}()" in source, (
+            f"{AIOMQTT} no longer calls paho's {name} from its socket callbacks: the Wire "
+            "installed on the paho client would never run (elf_async/fastpath.py)"
+        )
+
+
+async def test_aiomqtt_still_exposes_its_paho_client_and_disconnected_future() -> None:
+    client = aiomqtt.Client("127.0.0.1")  # needs a running loop
+    assert isinstance(getattr(client, "_client", None), paho.Client), (
+        f"{AIOMQTT} has no paho client at `_client`: adapt elf_async/mqtt.py (Link.paho)"
+    )
+    assert hasattr(client, "_disconnected"), (
+        f"{AIOMQTT} has no `_disconnected` future: adapt elf_async/mqtt.py (_collect)"
+    )
