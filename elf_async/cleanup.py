@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from elf_async.aws import (
 )
 from elf_async.certs import thing_files
 from elf_async.config import Settings, resolve_target
-from elf_async.errors import AccessDenied, AwsError, UsageError
+from elf_async.errors import AccessDenied, AwsError, ErrorTally, UsageError
 from elf_async.fleet import FLEET_ATTRIBUTE, policy_name
 from elf_async.ledger import LEDGER_FILE, Ledger, ThingRecord
 from elf_async.progress import ProgressSink
@@ -42,12 +41,14 @@ CONFLICTS = frozenset(
 class CleanSummary:
     attempted: int = 0
     removed: int = 0
-    failed: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-    first_error: dict[str, str] = field(default_factory=dict)
+    errors: ErrorTally = field(default_factory=ErrorTally)
     warnings: list[str] = field(default_factory=list)
     forgotten: bool = False  # the ledger and keys were deleted: nothing is left
     elapsed_s: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        return self.errors.total
 
 
 async def _gone_ok(plane: ControlPlane, op: str, *, retry: bool = False, **params: Any) -> None:
@@ -107,9 +108,7 @@ class Cleaner:
         try:
             await work
         except AwsError as exc:
-            self.summary.failed += 1
-            self.summary.errors[exc.code] += 1
-            self.summary.first_error.setdefault(exc.code, f"{name}: {exc}")
+            self.summary.errors.record(name, exc)
             if isinstance(exc, AccessDenied):
                 self._stop = True
             return False
@@ -232,9 +231,7 @@ class CleanResult:
             "failed": s.failed,
             "forgotten": s.forgotten,
             "elapsed_s": round(s.elapsed_s, 3),
-            "errors": {
-                code: {"count": n, "first": s.first_error[code]} for code, n in s.errors.items()
-            },
+            "errors": s.errors.as_json(),
             "warnings": s.warnings,
             "api": self.api,
         }

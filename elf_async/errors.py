@@ -15,6 +15,9 @@ ThresholdFailed         exit 3: the run worked but a --threshold did not hold
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, field
+
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -98,3 +101,25 @@ class ThresholdFailed(ElfError):
     """A --threshold did not hold: exit 3."""
 
     exit_code = EXIT_THRESHOLD
+
+
+@dataclass
+class ErrorTally:
+    """Things that failed for good, by AWS error code, each code with its first occurrence."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    first: dict[str, str] = field(default_factory=dict)  # code -> "thing: message"
+
+    def record(self, name: str, exc: AwsError) -> None:
+        self.counts[exc.code] += 1
+        self.first.setdefault(exc.code, f"{name}: {exc}")
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def lines(self) -> list[str]:
+        return [f"{n}x {code}, first: {self.first[code]}" for code, n in self.counts.most_common()]
+
+    def as_json(self) -> dict[str, dict[str, object]]:
+        return {code: {"count": n, "first": self.first[code]} for code, n in self.counts.items()}

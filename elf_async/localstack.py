@@ -37,7 +37,7 @@ from elf_async.certs import (
 )
 from elf_async.config import DEFAULT_REGION, Settings, Target
 from elf_async.errors import LocalStackError, UsageError
-from elf_async.provision import CreateRequest
+from elf_async.provision import CreateRequest, register_ca
 
 HOST = "127.0.0.1"
 STACK_DIR = "local"
@@ -306,13 +306,7 @@ async def _register_ca(endpoint_url: str, region: str, ca: CertificateAuthority)
     async with connect(target, concurrency=1) as plane:
         # moto builds its URL router lazily: one plain request before anything else.
         await plane.call("ListThings", maxResults=1)
-        response = await plane.call(
-            "RegisterCACertificate",
-            caCertificate=ca.cert_pem,
-            setAsActive=True,
-            allowAutoRegistration=False,
-            certificateMode="SNI_ONLY",
-        )
+        response = await register_ca(plane, ca)
     return str(response["certificateId"])
 
 

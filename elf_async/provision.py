@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -28,7 +27,7 @@ from elf_async.certs import (
     write_public,
 )
 from elf_async.config import Settings, resolve_target
-from elf_async.errors import AccessDenied, AwsError, UsageError
+from elf_async.errors import AccessDenied, AwsError, ErrorTally, UsageError
 from elf_async.fleet import (
     FLEET_ATTRIBUTE,
     INDEX_WIDTH,
@@ -69,12 +68,14 @@ class CreateSummary:
 
     attempted: int = 0
     created: int = 0
-    failed: int = 0
     resumed: bool = False
     stopped_early: str | None = None
-    errors: Counter[str] = field(default_factory=Counter)
-    first_error: dict[str, str] = field(default_factory=dict)  # code -> "thing: message"
+    errors: ErrorTally = field(default_factory=ErrorTally)
     elapsed_s: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        return self.errors.total
 
     @property
     def things_per_s(self) -> float:
@@ -103,6 +104,17 @@ async def ensure_policy(plane: ControlPlane, ledger: Ledger, fleet: Fleet) -> No
     ledger.mark_fleet_resource("policy", fleet.policy, "created", arn=arn)
 
 
+async def register_ca(plane: ControlPlane, ca: CertificateAuthority) -> dict[str, Any]:
+    """RegisterCACertificate, active, in SNI-only mode (no verification certificate needed)."""
+    return await plane.call(
+        "RegisterCACertificate",
+        caCertificate=ca.cert_pem,
+        setAsActive=True,
+        allowAutoRegistration=False,
+        certificateMode="SNI_ONLY",
+    )
+
+
 async def ensure_ca_registered(
     plane: ControlPlane, ledger: Ledger, ca: CertificateAuthority
 ) -> None:
@@ -113,13 +125,7 @@ async def ensure_ca_registered(
         return
     ledger.mark_fleet_resource("ca", name, "intended")
     try:
-        response = await plane.call(
-            "RegisterCACertificate",
-            caCertificate=ca.cert_pem,
-            setAsActive=True,
-            allowAutoRegistration=False,
-            certificateMode="SNI_ONLY",
-        )
+        response = await register_ca(plane, ca)
     except AwsError as exc:
         if exc.code != "ResourceAlreadyExistsException":
             raise
@@ -199,9 +205,7 @@ class Provisioner:
                 )
         except AwsError as exc:
             self.ledger.record_error(name, exc.code, exc.message)
-            self.summary.failed += 1
-            self.summary.errors[exc.code] += 1
-            self.summary.first_error.setdefault(exc.code, f"{name}: {exc}")
+            self.summary.errors.record(name, exc)
             if isinstance(exc, AccessDenied):
                 self._stop = f"stopped early: {exc} (every further thing would fail the same way)"
             return False

@@ -101,8 +101,8 @@ def _print_summary(result: CleanResult, *, quiet: bool) -> None:
         f"{s.elapsed_s:.1f}s, {s.failed} failed"
         + ("; nothing left in AWS, local state deleted" if s.forgotten else "")
     )
-    for code, count in s.errors.most_common():
-        print(f"  {count}x {code}, first: {s.first_error[code]}")
+    for line in s.errors.lines():
+        print(f"  {line}")
     for warning in s.warnings:
         print(f"  warning: {warning}")
     if not quiet:

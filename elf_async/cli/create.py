@@ -155,8 +155,8 @@ def _print_summary(result: CreateResult, *, quiet: bool) -> None:
             "an interrupted create was finished instead of adding new things; "
             "run create again to add more"
         )
-    for code, count in s.errors.most_common():
-        print(f"  {count}x {code}, first: {s.first_error[code]}")
+    for line in s.errors.lines():
+        print(f"  {line}")
     if s.stopped_early:
         print(f"  {s.stopped_early}")
     recovery = result.recovery
@@ -185,9 +185,7 @@ def _as_json(result: CreateResult) -> dict[str, object]:
         "things_in_fleet": result.things_in_fleet,
         "elapsed_s": round(s.elapsed_s, 3),
         "things_per_s": round(s.things_per_s, 3),
-        "errors": {
-            code: {"count": n, "first": s.first_error[code]} for code, n in s.errors.items()
-        },
+        "errors": s.errors.as_json(),
         "stopped_early": s.stopped_early,
         "recovery": {
             "adopted": result.recovery.adopted,
