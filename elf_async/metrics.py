@@ -18,6 +18,7 @@ _LOWEST_US = 1
 _HIGHEST_US = 3_600_000_000  # one hour
 _DIGITS = 3
 _MANTISSA_BITS = 11  # 2048 steps per power of two: finer than 3 significant digits
+_EXACT_BELOW_US = 1 << _MANTISSA_BITS  # smaller values are kept as they are
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
 
@@ -33,19 +34,15 @@ class Histogram:
 
     def record(self, seconds: float) -> None:
         micros = int(seconds * 1_000_000)
-        if micros < _LOWEST_US:
-            micros = _LOWEST_US
-        elif micros > _HIGHEST_US:
-            micros = _HIGHEST_US
-        shift = micros.bit_length() - _MANTISSA_BITS
-        if shift > 0:
+        if micros >= _EXACT_BELOW_US:
+            shift = micros.bit_length() - _MANTISSA_BITS
             micros = (micros >> shift) << shift
         pending = self._pending
         pending[micros] = pending.get(micros, 0) + 1
 
     def _flush(self) -> HdrHistogram:
         for micros, count in self._pending.items():
-            self._hdr.record_value(micros, count)
+            self._hdr.record_value(min(max(micros, _LOWEST_US), _HIGHEST_US), count)
         self._pending.clear()
         return self._hdr
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from elf_async.connections import Connector, Identity
-from elf_async.fastpath import Wire
+from elf_async.fastpath import Readers, Wire
 from elf_async.metrics import Histogram, Series
 from elf_async.mqtt import ConnectFailed, Link
 from elf_async.payload import Encoder
@@ -32,6 +32,7 @@ SERIES_FIELDS = ("scheduled", "published", "acked", "failed", "reconnects")
 _BATCH_BYTES = 1 << 18  # one pump frames at most about this much (then pumps again)
 _TICK = 0.001  # the scheduler's shortest sleep (s): messages due within it go together
 _BURST = 256  # due messages the scheduler hands out before it yields to the event loop
+_WATCH_AFTER = 0.002  # a longer pause of the scheduler: read PUBACKs as they come meanwhile
 
 
 @dataclass
@@ -285,6 +286,7 @@ class Sender:
     # (monotonic) and are told when to start once all are connected (`go` returns the instant).
     clock: float | None = None
     go: Callable[[], Awaitable[float]] | None = None
+    readers: Readers = field(default_factory=Readers)  # the publishing sockets, read together
     _phase: str = "connecting"
     _start: float = 0.0
     _keepers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -316,6 +318,7 @@ class Sender:
             self._phase = "disconnecting"
             await asyncio.gather(*(p.link.close() for p in self.publishers if p.link))
         finally:
+            self.readers.close()
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
@@ -338,7 +341,7 @@ class Sender:
     async def _connect_all(self, stop: StopSignal) -> None:
         async def one(p: Publisher) -> None:
             try:
-                p.link = await self.connector.open(p.thing)
+                self._attach(p, await self.connector.open(p.thing))
             except ConnectFailed as exc:
                 p.error = exc.reason
 
@@ -372,27 +375,35 @@ class Sender:
         """The open loop: mark each message due at its time, whatever the broker does."""
         heap = [(p.base, i) for i, p in enumerate(live) if p.schedule.total]
         heapq.heapify(heap)
-        while heap:
-            now = time.monotonic()
-            due, i = heap[0]
-            if due > now:
-                # Not less than a tick: shorter timers round to zero and the loop would spin.
-                await asyncio.sleep(max(due - now, _TICK))
-                continue
-            for _ in range(_BURST):
-                if not heap or heap[0][0] > now:
-                    break
-                due, i = heapq.heappop(heap)
-                p = live[i]
-                # Everything of this thing due by now (more than one when behind): one batch.
-                caught_up = int((now - p.base) / p.interval) + 1
-                p.scheduled = min(p.schedule.total, max(p.scheduled + 1, caught_up))
-                if p.scheduled < p.schedule.total:
-                    heapq.heappush(heap, (p.base + p.scheduled * p.interval, i))
-                p.pump()
-            else:
-                # Behind schedule: let socket callbacks, timers and signal handlers run.
-                await asyncio.sleep(0)
+        readers = self.readers
+        try:
+            while heap:
+                readers.read()
+                now = time.monotonic()
+                due, i = heap[0]
+                if due > now:
+                    # Not less than a tick: shorter timers round to zero and the loop would spin.
+                    pause = max(due - now, _TICK)
+                    # Ticking: PUBACKs are read on the next tick, not each on its own wake-up.
+                    readers.watching = pause > _WATCH_AFTER
+                    await asyncio.sleep(pause)
+                    continue
+                for _ in range(_BURST):
+                    if not heap or heap[0][0] > now:
+                        break
+                    due, i = heapq.heappop(heap)
+                    p = live[i]
+                    # Everything of this thing due by now (more than one when behind): one batch.
+                    caught_up = int((now - p.base) / p.interval) + 1
+                    p.scheduled = min(p.schedule.total, max(p.scheduled + 1, caught_up))
+                    if p.scheduled < p.schedule.total:
+                        heapq.heappush(heap, (p.base + p.scheduled * p.interval, i))
+                    p.pump()
+                else:
+                    # Behind schedule: let socket callbacks, timers and signal handlers run.
+                    await asyncio.sleep(0)
+        finally:
+            readers.watching = True
 
     async def _keep_connected(self, p: Publisher, stop: StopSignal) -> None:
         """Reconnect a publisher the broker dropped, with backoff, and resume its schedule."""
@@ -403,8 +414,13 @@ class Sender:
             if stop.event.is_set():
                 return
             p.reconnects += 1
-            p.link = await self.connector.reopen(p.thing)
+            self._attach(p, await self.connector.reopen(p.thing))
             p.pump()
+
+    def _attach(self, p: Publisher, link: Link) -> None:
+        p.link = link
+        assert p.wire is not None
+        self.readers.add(p.wire)
 
     async def _drain(self, live: list[Publisher], stop: StopSignal) -> None:
         """Wait up to `drain` s for QoS 1 acknowledgements and, unless stopped, for late

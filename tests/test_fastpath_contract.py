@@ -38,14 +38,20 @@ def test_paho_queued_packets_still_record_how_far_they_were_written() -> None:
     )
 
 
-def test_aiomqtt_socket_callbacks_call_paho_loop_read_and_loop_write_by_name() -> None:
-    reader = inspect.getsource(aiomqtt.Client._on_socket_open)
+def test_aiomqtt_writer_callback_calls_paho_loop_write_by_name() -> None:
     writer = inspect.getsource(aiomqtt.Client._on_socket_register_write)
-    for name, source in (("loop_read", reader), ("loop_write", writer)):
-        assert f"client.{name}()" in source, (
-            f"{AIOMQTT} no longer calls paho's {name} from its socket callbacks: the Wire "
-            "installed on the paho client would never run (elf_async/fastpath.py)"
-        )
+    assert "client.loop_write()" in writer, (
+        f"{AIOMQTT} no longer calls paho's loop_write from its writer callback: the Wire "
+        "installed on the paho client would never finish a refused write (elf_async/fastpath.py)"
+    )
+
+
+def test_aiomqtt_removes_the_reader_by_file_descriptor_when_paho_closes_the_socket() -> None:
+    closer = inspect.getsource(aiomqtt.Client._on_socket_close)
+    assert "remove_reader(fileno)" in closer, (
+        f"{AIOMQTT} no longer removes the socket's reader by file descriptor on close: the "
+        "reader would then read a socket that `Readers` (elf_async/fastpath.py) reads"
+    )
 
 
 async def test_aiomqtt_still_exposes_its_paho_client_and_disconnected_future() -> None:
