@@ -117,11 +117,83 @@ def raise_fd_limit(wanted: int = 65536) -> int:
 
 def cpu_seconds(pid: int) -> float:
     """user+system CPU of a live process (all its threads), from /proc/PID/stat."""
+    stat = _stat(pid)
+    return float("nan") if stat is None else (stat[STAT_UTIME] + stat[STAT_STIME]) / CLOCK_TICKS
+
+
+# Fields of /proc/PID/stat after the command name, as ints: field N of proc(5) is index N - 3;
+# index 0 (the state letter) is 1 for a zombie (exited, not yet reaped), else 0.
+STAT_ZOMBIE, STAT_PPID, STAT_UTIME, STAT_STIME, STAT_CUTIME, STAT_CSTIME, STAT_START = (
+    0, 1, 11, 12, 13, 14, 19,
+)  # fmt: skip
+
+
+def _stat(pid: int) -> list[int] | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return None
+    return [int(fields[0] in ("Z", "X")), *(int(f) for f in fields[1:])]
+
+
+def descendants(pid: int) -> list[tuple[int, int]]:
+    """Every descendant of `pid` (children, grandchildren, ..., zombies included): (pid,
+    start time)."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat is not None:
+                children.setdefault(stat[STAT_PPID], []).append((int(entry.name), stat[STAT_START]))
+    found: list[tuple[int, int]] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child[0])
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> tuple[float, list[tuple[int, int]]]:
+    """user+system CPU of a process and all its descendants, and those descendants.
+
+    A process's CPU is in exactly one place at any time: in its own /proc/PID/stat (utime,
+    stime: every thread, live or exited) while it runs or is a zombie, and in its parent's
+    cutime/cstime once the parent has reaped it with wait() (the kernel adds the child's
+    own and its reaped children's time there). So the tree's total is the process's
+    utime+stime+cutime+cstime plus, for every descendant not yet reaped, its
+    utime+stime+cutime+cstime. Differences of this total between two instants are exact for
+    children that exit in between, provided their parent reaps them before the second
+    reading: `send --workers` does (asyncio waits for each worker before the peer prints
+    RESULT), so at GO the idle workers are counted from their own stat (their connect phase
+    cancels out) and at RESULT from the peer's cutime/cstime. A child reaped while we read
+    would be missed or counted twice: the reading is repeated until the process's
+    cutime/cstime did not change across it.
+    """
+    total, kin = float("nan"), []
+    for _ in range(5):
+        first = _stat(pid)
+        if first is None:
+            return float("nan"), []
+        kin = descendants(pid)
+        ticks = 0
+        for child, start in kin:
+            stat = _stat(child)
+            if stat is not None and stat[STAT_START] == start:
+                ticks += sum(stat[STAT_UTIME : STAT_CSTIME + 1])
+        last = _stat(pid)
+        if last is None:
+            return float("nan"), []
+        total = (ticks + sum(last[STAT_UTIME : STAT_CSTIME + 1])) / CLOCK_TICKS
+        if last[STAT_CUTIME : STAT_CSTIME + 1] == first[STAT_CUTIME : STAT_CSTIME + 1]:
+            break
+    return total, kin
+
+
+def alive(pid: int, start: int) -> bool:
+    """Whether process `pid` is still the one that started at `start` (and not a zombie)."""
+    stat = _stat(pid)
+    return stat is not None and stat[STAT_START] == start and not stat[STAT_ZOMBIE]
 
 
 def rss_kb(pid: int) -> int:
@@ -151,19 +223,29 @@ def machine() -> dict[str, Any]:
 
 
 class Processes:
-    """Every child the harness starts, stopped by PID (TERM, then KILL) at the end."""
+    """Every child the harness starts, and their descendants, stopped by PID (TERM, then KILL)
+    at the end."""
 
     def __init__(self) -> None:
         self.children: list[subprocess.Popen[bytes]] = []
         self.brokers: list[Mosquitto] = []
+        self.kin: dict[int, set[tuple[int, int]]] = {}
 
     def spawn(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(list(argv), start_new_session=True, **kwargs)
         self.children.append(process)
         return process
 
+    def watch(self, process: subprocess.Popen[bytes], kin: list[tuple[int, int]]) -> None:
+        """Remember descendants of `process` (pid, start time) to stop with it."""
+        self.kin.setdefault(process.pid, set()).update(kin)
+
     def stop(self, process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+        # Its descendants too (`send --workers` processes): those seen while it ran and those
+        # alive now, each by PID, checked against its start time so a reused PID is left alone.
+        kin = self.kin.pop(process.pid, set())
         if process.poll() is None:
+            kin.update(descendants(process.pid))
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGTERM)
             try:
@@ -174,6 +256,15 @@ class Processes:
                 process.wait()
         with contextlib.suppress(ValueError):
             self.children.remove(process)
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            left = [(pid, start) for pid, start in kin if alive(pid, start)]
+            for pid, _ in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+            deadline = time.monotonic() + 5.0
+            while left and time.monotonic() < deadline:
+                time.sleep(0.05)
+                left = [(pid, start) for pid, start in left if alive(pid, start)]
 
     def close(self) -> None:
         for process in list(self.children):

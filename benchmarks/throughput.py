@@ -3,13 +3,16 @@
 One invocation starts a mutual-TLS mosquitto on 127.0.0.1 and an independent counting subscriber
 (mosquitto_sub), then runs every publisher in its own process, alternating (ABAB...) so machine
 noise hits all of them alike, over the same clients, QoS, payload and duration. Per run it
-records msg/s published, msg/s the subscriber received, the publisher's CPU seconds
-(/proc/PID/stat between GO and RESULT), messages per CPU-second, and the broker's and
-subscriber's CPU so a saturated broker or subscriber is visible. JSON on stdout (and --out).
+records msg/s published, msg/s the subscriber received, the publisher's CPU seconds (its process
+and every process under it, from /proc between GO and RESULT), messages per CPU-second, and the
+broker's and subscriber's CPU so a saturated broker or subscriber is visible. `--workers 1 2`
+adds `send --workers 2` (peer `elf_async:w2`) next to the in-process elf_async. JSON on stdout
+(and --out).
 
     .venv/bin/python benchmarks/throughput.py --quick
     .venv/bin/python benchmarks/throughput.py --clients 500 --seconds 10 --rounds 3
     .venv/bin/python benchmarks/throughput.py --paced --clients 500 --rate 10 --seconds 60
+    .venv/bin/python benchmarks/throughput.py --peers elf_async --workers 1 2 --rounds 3
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from benchmarks._harness import (
     machine,
     raise_fd_limit,
     settled_count,
+    tree_cpu_seconds,
     wait_settled,
 )
 from elf_async.broker import Mosquitto
@@ -57,6 +61,27 @@ DEFAULT_PEERS = ["paho", "aiomqtt_naive", "gmqtt", "aiomqtt_fast", "elf_async"]
 
 def elf_async_available() -> bool:
     return (ROOT / "elf_async" / "sender.py").exists()
+
+
+def elf_async_workers(peer: str) -> int | None:
+    """How many `send --workers` processes an elf_async peer spec stands for: `elf_async` is
+    the in-process `Sender` (what `send --workers 1` runs), `elf_async:wN` is N workers."""
+    if peer == "elf_async":
+        return 1
+    name, _, variant = peer.partition(":")
+    if name == "elf_async" and variant[:1] == "w" and variant[1:].isdigit():
+        return int(variant[1:])
+    return None
+
+
+def with_workers(peers: list[str], counts: list[int]) -> list[str]:
+    """`peers` with elf_async run once per worker count (in its place, or at the end)."""
+    runs = ["elf_async" if n == 1 else f"elf_async:w{n}" for n in dict.fromkeys(counts)]
+    rest = [p for p in peers if p not in runs and p != "elf_async"]
+    if "elf_async" not in peers:
+        return rest + runs
+    at = len([p for p in peers[: peers.index("elf_async")] if p in rest])
+    return rest[:at] + runs + rest[at:]
 
 
 def read_tagged(process: Any, tag: str, timeout: float) -> dict[str, Any]:
@@ -103,6 +128,8 @@ def run_peer(
         "payload_size": scenario["payload_size"],
         "rate": scenario.get("rate"),
         "variant": scenario.get("variants", {}).get(peer, ""),
+        # Read by the elf_async peers: their open-loop "flat out" schedule per client.
+        "extra": {"flat_out_rate": rate} if (rate := scenario.get("flat_out_rate")) else {},
     }
     config_file = workdir / f"{peer}.json"
     config_file.write_text(json.dumps(config))
@@ -124,7 +151,9 @@ def run_peer(
         received0 = sum(s.count for s in subscriber)
         # Nothing publishes between runs: any $SYS value since the last run settled is exact.
         broker_received0 = counter.fresh(after=counter.quiet_since) if counter else None
-        cpu0 = cpu_seconds(process.pid)
+        # The peer and every process under it (`elf_async:wN` workers): see tree_cpu_seconds.
+        cpu0, kin = tree_cpu_seconds(process.pid)
+        procs.watch(process, kin)
         broker_cpu0 = cpu_seconds(broker.pid)
         sub_cpu0 = sum(s.cpu() for s in subscriber)
         wall0 = time.monotonic()
@@ -139,12 +168,13 @@ def run_peer(
             spy = procs.spawn(
                 ["py-spy", "record", "--pid", str(process.pid), "--native", "--rate", "250",
                  "--duration", str(max(1, int(scenario["seconds"]) - 1)), "--format", "raw",
-                 "-o", f"{out}.txt"],
+                 *(["--subprocesses"] if kin else []), "-o", f"{out}.txt"],
                 stdout=-3, stderr=-3,
                 env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"),
             )  # fmt: skip
         result = read_tagged(process, "RESULT", timeout=scenario["seconds"] + 60)
-        cpu1 = cpu_seconds(process.pid)
+        cpu1, kin1 = tree_cpu_seconds(process.pid)
+        procs.watch(process, kin1)
         wall1 = time.monotonic()
         broker_cpu1 = cpu_seconds(broker.pid)
         sub_cpu1 = sum(s.cpu() for s in subscriber)
@@ -190,6 +220,7 @@ def run_peer(
         "publish_seconds": round(seconds, 3),
         "msg_per_s": round(published / seconds, 1) if seconds else None,
         "received_per_s": round(received / seconds, 1) if seconds else None,
+        "publisher_processes": 1 + len(kin),
         "publisher_cpu_s": round(cpu, 3),
         "publisher_self_cpu_s": round(float(result.get("self_cpu", 0.0)), 3),
         "msg_per_cpu_s": round(published / cpu, 1) if cpu > 0 else None,
@@ -248,6 +279,17 @@ def summarize(rows: list[dict[str, Any]], peers: list[str], focus: list[str]) ->
                     summary[me]["msg_per_cpu_s"] / summary[other]["msg_per_cpu_s"], 3
                 ),
             }
+    # `send --workers N` against one process (the in-process peer: what --workers 1 runs).
+    if "elf_async" in summary:
+        one = summary["elf_async"]
+        for peer, mine in summary.items():
+            n = elf_async_workers(peer)
+            if n is None or n == 1:  # `elf_async:w1` is in the ratios above
+                continue
+            ratios[f"elf_async({n} workers)/elf_async(1 worker)"] = {
+                key: round(mine[key] / one[key], 3)
+                for key in ("msg_per_s", "msg_per_cpu_s", "received_per_s")
+            }
     return {"per_peer": summary, "ratios": ratios}
 
 
@@ -259,6 +301,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="ABAB... rounds per scenario")
     parser.add_argument("--payload-size", type=int, default=100)
     parser.add_argument("--peers", nargs="+", default=None, help=f"default: {DEFAULT_PEERS}")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="run elf_async once per count: 1 = in-process, N > 1 = `send --workers N` "
+        "(peer elf_async:wN); e.g. --workers 1 2",
+    )
     parser.add_argument("--key-type", choices=["rsa", "ec"], default="rsa")
     parser.add_argument(
         "--subscribers", type=int, default=4, help="mosquitto_sub processes sharing the count"
@@ -268,6 +319,13 @@ def main() -> None:
     )
     parser.add_argument("--paced", action="store_true", help="the paced headline case instead")
     parser.add_argument("--rate", type=float, default=10.0, help="paced: msg/s per client")
+    parser.add_argument(
+        "--flat-out-rate",
+        type=float,
+        default=100.0,
+        help="flat out: elf-async's open-loop schedule, msg/s per client (default AWS's 100/s; "
+        "500 clients x 100/s is within one process's reach: raise it to find elf-async's limit)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument(
         "--no-broker-count",
@@ -289,6 +347,10 @@ def main() -> None:
     if args.paced:
         peers = args.peers or [p for p in ("elf_async", "aiomqtt_fast", "gmqtt") if p in peers]
         args.qos = [1] if args.qos == [0, 1] else args.qos
+    if args.workers:
+        if min(args.workers) < 1 or not elf_async_available():
+            parser.error("--workers: counts of at least 1, and elf_async present")
+        peers = with_workers(peers, args.workers)
     raise_fd_limit()
     pki = Pki(args.cache_dir) if args.cache_dir else Pki()
     clients = pki.clients(args.clients, args.key_type)
@@ -322,6 +384,7 @@ def main() -> None:
                     "seconds": args.seconds,
                     "payload_size": args.payload_size,
                     "rate": args.rate if args.paced else None,
+                    "flat_out_rate": None if args.paced else args.flat_out_rate,
                     "profile_dir": str(args.py_spy) if args.py_spy else None,
                 }
                 topic = "bench/#" if args.subscribers == 1 else "$share/count/bench/#"

@@ -5,6 +5,8 @@ open-loop schedule, Sender with drain), minus the ledger and the CLI. Connecting
 GO (as for every peer), so the harness charges only the publish phase. "Flat out" means a rate
 above what the process can do (`flat_out_rate` per thing, default AWS's 100/s), stopped after
 `seconds` as a Ctrl-C would; "paced" is the real schedule for `seconds`, then the drain.
+
+Variant `wN` (peer `elf_async:w2`): `send --workers N` instead, see `elf_async_workers`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ class PreConnectedSender(Sender):
 
 async def run() -> None:
     config = load_config()
+    if config.variant:
+        from benchmarks.peers.elf_async_workers import run_workers
+
+        await run_workers(config)
+        return
     flat_out = config.rate is None
     # Flat out = every thing at AWS's per-connection limit (100/s): far above what the paho
     # hot path can publish, so it runs behind schedule and catches up as fast as it can.
