@@ -14,24 +14,18 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import aioboto3
-from aiobotocore.config import AioConfig
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionError,
-    HTTPClientError,
-    NoCredentialsError,
-    NoRegionError,
-    PartialCredentialsError,
-    ProfileNotFound,
-)
+from typing import TYPE_CHECKING, Any, Protocol
 
 from elf_async.config import Target
 from elf_async.errors import AccessDenied, AwsError, CredentialsError, FleetMismatch, UsageError
 from elf_async.pacing import RateLimiter, backoff_delay
+
+# aioboto3/aiobotocore/botocore take most of a second to import: they are imported where a
+# control-plane call is actually made, so commands that need none (`--help`, `send` with a
+# known endpoint, `local status`...) start fast. tests/test_send.py guards this.
+if TYPE_CHECKING:
+    import aioboto3
+    from botocore.exceptions import ClientError
 
 # AWS's default quotas in calls per second (see aws-iot-facts). Adjustable per account:
 # `--api-rate NAME=RATE` overrides the pacing of any of them.
@@ -162,6 +156,14 @@ class IotControlPlane:
         `retry_codes` are error codes to retry like transient ones (e.g. the conflict that
         DetachThingPrincipal's propagation delay causes).
         """
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionError,
+            HTTPClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
         method = getattr(self._client, snake_case(operation))
         stats = self.stats.of(operation)
         limiter = self.limiter(operation)
@@ -224,6 +226,9 @@ def _is_server_error(exc: ClientError) -> bool:
 
 
 def _session(target: Target) -> aioboto3.Session:
+    import aioboto3
+    from botocore.exceptions import ProfileNotFound
+
     try:
         return aioboto3.Session(profile_name=target.profile, region_name=target.region)
     except ProfileNotFound as exc:
@@ -232,6 +237,9 @@ def _session(target: Target) -> aioboto3.Session:
 
 def configured_region(profile: str | None) -> str | None:
     """The region the AWS config or environment names, if any."""
+    import aioboto3
+    from botocore.exceptions import ProfileNotFound
+
     try:
         name = aioboto3.Session(profile_name=profile).region_name
     except ProfileNotFound as exc:
@@ -244,6 +252,9 @@ async def connect(
     target: Target, *, concurrency: int = 16, api_rates: Mapping[str, float] | None = None
 ) -> AsyncIterator[IotControlPlane]:
     """An `IotControlPlane` for `target`; the HTTP pool is as large as the concurrency."""
+    from aiobotocore.config import AioConfig
+    from botocore.exceptions import NoRegionError
+
     config = AioConfig(
         max_pool_connections=max(10, concurrency),
         retries={"total_max_attempts": 1},  # we retry ourselves, per API
@@ -263,6 +274,13 @@ async def connect(
 
 async def caller_account(target: Target) -> str:
     """The account id of the credentials (STS GetCallerIdentity needs no permission)."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
     try:
         async with _session(target).client("sts", endpoint_url=target.endpoint_url) as sts:
             identity = await sts.get_caller_identity()

@@ -2,8 +2,8 @@
 
 The first Ctrl-C or SIGTERM stops the phase in progress (create is cancelled, send drains
 and reports) and the clean-up still runs; a second one aborts the clean-up, leaving the
-ledger for a later `clean`. A failed phase, a crash in one, or a failed threshold all go
-through the same clean-up.
+ledger for a later `clean`. A failed phase, a crash in one, a lost --workers process, or a
+failed threshold all go through the same clean-up.
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ async def run(
                 result.report = await _unless(stop.urgent, send(settings, stop))
                 if result.report is not None:
                     result.verdicts = evaluate(thresholds, result.report)
+                    _check_complete(result.report)
         except Exception as exc:  # any failure, even a bug, still goes through clean-up
             result.error, result.failed_phase = exc, phase
         if not stop.urgent.is_set() and Ledger.exists(settings.state_dir):
@@ -147,6 +148,14 @@ async def run(
         announcer.cancel()
     result.elapsed_s = time.monotonic() - started
     return result
+
+
+def _check_complete(report: dict[str, Any]) -> None:
+    """A lost --workers process leaves its things uncounted: thresholds over the rest would
+    judge a partial measurement, so the run fails whatever they say (as `send` does)."""
+    lost = report.get("workers", {}).get("lost", [])
+    if lost:
+        raise PartialFailure("the measurement is incomplete: " + "; ".join(lost))
 
 
 async def _clean(

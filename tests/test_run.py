@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import time
 import xml.etree.ElementTree as ET
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 from conftest import assert_one_line_error, iot_client
 from local_fixtures import LocalCli, alive, processes_under
+from test_workers import children
 
 SEND = ("--rate", "2/s", "--duration", "2s", "--qos", "1")
 
@@ -160,3 +163,52 @@ def test_second_ctrl_c_aborts_and_prints_the_clean_command(
     cleaned = local_cli("--local", "clean")
     assert cleaned.returncode == 0, cleaned.stderr
     assert_nothing_left(iot_client(stack["endpoint_url"]))
+
+
+def test_a_lost_worker_fails_the_run_even_when_the_thresholds_pass(
+    local_cli: LocalCli, stack: dict[str, Any], tmp_path: Path
+) -> None:
+    """A worker killed mid-send leaves its things uncounted: CI must not see a pass."""
+    report, junit = tmp_path / "report.json", tmp_path / "junit.xml"
+    process = local_cli.popen(
+        "--local", "run", "4", "--workers", "2", "--rate", "5/s", "--duration", "8s",
+        "--qos", "1", "--threshold", "messages.acked>=1", "--report", str(report),
+        "--junit", str(junit),
+    )  # fmt: skip
+    workers: set[int] = set()
+    try:
+        _wait_for_clients(stack, local_cli.state_dir, 4)  # both workers are sending
+        workers = {
+            pid
+            for pid in children(process.pid)
+            if b"elf_async._worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        }
+        assert len(workers) == 2
+        os.kill(min(workers), signal.SIGKILL)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    assert re.fullmatch(
+        r"elf-async: error: the measurement is incomplete: worker [12] of 2 exited with code -9 "
+        r"before its report: its 2 things are not counted",
+        stderr.splitlines()[-1],
+    ), stderr
+    document = json.loads(report.read_text())
+    assert len(document["workers"]["lost"]) == 1
+    assert [t["ok"] for t in document["thresholds"]] == [True]  # thresholds alone would pass
+    assert document["run"]["exit_code"] == 1
+    assert "the measurement is incomplete" in document["run"]["failure"]
+    cases = _junit_cases(junit)
+    failure = cases["run 4"].find("failure")
+    assert failure is not None
+    assert "exited with code -9" in failure.attrib["message"]
+    assert cases["messages.acked>=1"].find("failure") is None
+    assert_nothing_left(iot_client(stack["endpoint_url"]))  # still cleaned up
+    assert not [pid for pid in workers if alive(pid)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -150,6 +151,43 @@ def test_broker_restart_mid_send_reconnects_and_loses_no_acknowledged_message(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+AWS_SDK = ("aioboto3", "aiobotocore", "botocore", "boto3")
+
+
+def sdk_imports(importtime: str) -> list[str]:
+    """The AWS SDK modules named in `python -X importtime` output."""
+    return [
+        line
+        for line in importtime.splitlines()
+        if line.startswith("import time:") and line.split("|")[-1].strip().split(".")[0] in AWS_SDK
+    ]
+
+
+def test_the_cli_imports_no_aws_sdk_until_it_calls_aws() -> None:
+    """Importing aioboto3/botocore takes most of a second: only a control-plane call may."""
+    probe = f"import sys, elf_async.cli; print([m for m in {AWS_SDK!r} if m in sys.modules])"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_send_to_a_given_endpoint_imports_no_aws_sdk(
+    fleet: Cli, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A real send (its worker included) that needs no DescribeEndpoint never loads the SDK."""
+    report_file = tmp_path / "report.json"
+    result = fleet(
+        "send", "--mqtt-endpoint", f"127.0.0.1:{mosquitto.port}", "--ca-file",
+        str(mosquitto.ca_file), "--count", "2", "--workers", "2", "--report", str(report_file),
+        env={"PYTHONPROFILEIMPORTTIME": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "import time:" in result.stderr  # the probe works
+    assert sdk_imports(result.stderr) == []
+    assert load(report_file)["messages"]["acked"] == 6
 
 
 def test_sigint_mid_send_still_writes_a_valid_report(
