@@ -32,6 +32,7 @@ SERIES_FIELDS = ("scheduled", "published", "acked", "failed", "reconnects")
 _BATCH_BYTES = 1 << 18  # one pump frames at most about this much (then pumps again)
 _TICK = 0.001  # the scheduler's shortest sleep (s): messages due within it go together
 _BURST = 256  # due messages the scheduler hands out before it yields to the event loop
+HOUSEKEEPING_INTERVAL = 1.0  # as aiomqtt's own: paho's keep-alive timers need no finer
 _WATCH_AFTER = 0.002  # a longer pause of the scheduler: read PUBACKs as they come meanwhile
 
 
@@ -299,6 +300,7 @@ class Sender:
         started_at = time.time()
         clock = time.monotonic() if self.clock is None else self.clock
         ticker = asyncio.create_task(self._tick(clock))
+        housekeeper = asyncio.create_task(self._housekeeping())
         try:
             await self._connect_all(stop)
             live = [p for p in self.publishers if p.link is not None]
@@ -319,9 +321,10 @@ class Sender:
             await asyncio.gather(*(p.link.close() for p in self.publishers if p.link))
         finally:
             self.readers.close()
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            for task in (ticker, housekeeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for p in self.publishers:
             p.abandon()
         self._sample(time.monotonic() - clock)
@@ -418,9 +421,23 @@ class Sender:
             p.pump()
 
     def _attach(self, p: Publisher, link: Link) -> None:
+        """A publisher's new connection: read with the others, kept alive by `_housekeeping`."""
         p.link = link
         assert p.wire is not None
         self.readers.add(p.wire)
+        own_timer = link.client._misc_task  # aiomqtt's once-a-second task for this client
+        if own_timer is not None:
+            own_timer.cancel()
+
+    async def _housekeeping(self) -> None:
+        """paho's timers (PINGREQ when idle, a PINGRESP that never came) for every connection
+        in one pass a second; aiomqtt runs a task per client for it: 500 wake-ups a second."""
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            for p in self.publishers:
+                link = p.link
+                if link is not None and not link.lost.done():
+                    link.paho.loop_misc()
 
     async def _drain(self, live: list[Publisher], stop: StopSignal) -> None:
         """Wait up to `drain` s for QoS 1 acknowledgements and, unless stopped, for late

@@ -62,3 +62,7 @@ async def test_aiomqtt_still_exposes_its_paho_client_and_disconnected_future() -
     assert hasattr(client, "_disconnected"), (
         f"{AIOMQTT} has no `_disconnected` future: adapt elf_async/mqtt.py (_collect)"
     )
+    assert hasattr(client, "_misc_task"), (
+        f"{AIOMQTT} has no `_misc_task`: adapt elf_async/sender.py (Sender._attach), which "
+        "replaces each publisher's keep-alive task with one pass for all"
+    )

@@ -1,0 +1,45 @@
+"""The sender in-process against a real mosquitto: what only shows over time on a live link."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mqtt_fixtures import FixtureCA
+
+from elf_async import mqtt
+from elf_async.broker import Mosquitto
+from elf_async.connections import Connector, Endpoint, Identity
+from elf_async.payload import build_spec
+from elf_async.schedule import ThingSchedule
+from elf_async.sender import Publisher, Sender, Shared
+from elf_async.stopping import StopSignal
+
+
+async def test_an_idle_publisher_is_kept_alive_without_its_own_timer_task(
+    mosquitto: Mosquitto, test_ca: FixtureCA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiomqtt's per-client keep-alive task is replaced by one pass a second for all
+    publishers: with a 3 s keep-alive, mosquitto drops a client silent for 4.5 s (it checks
+    lazily, within seconds), so 12 s between two messages pass without a reconnect only if
+    PINGREQs go out meanwhile (paho sends one 3-4 s after the last packet)."""
+    monkeypatch.setattr(mqtt, "KEEPALIVE", 3)
+    key_file, cert_file = test_ca.client_cert(tmp_path, "idle-thing")
+    endpoint = Endpoint("127.0.0.1", mosquitto.port, mosquitto.ca_file.read_text())
+    connector = Connector(endpoint, rate=10.0, timeout=10.0, retries=0)
+    shared = Shared()
+    spec = build_spec(message=None, json_message=None, template=None, size=None, stamp=None)
+    publisher = Publisher(
+        Identity("idle-thing", 0, key_file, cert_file),
+        "elf/idle-thing",
+        ThingSchedule(rate=1 / 12, phase=0.0, total=2),
+        spec.encoder("idle-thing"),
+        qos=1,
+        window=10,
+        shared=shared,
+    )
+    result = await Sender([publisher], connector, shared, drain=5.0).run(StopSignal())
+
+    assert connector.reconnects == 0, connector.errors
+    assert (publisher.published, publisher.acked, publisher.failed) == (2, 2, 0)
+    assert result.outcome == "completed"
