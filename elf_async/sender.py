@@ -327,7 +327,7 @@ class Sender:
                     await task
         for p in self.publishers:
             p.abandon()
-        self._sample(time.monotonic() - clock)
+        self._sample(time.monotonic() - clock, totals(self.publishers, self.connector))
         return SendResult(
             publishers=self.publishers,
             connector=self.connector,
@@ -464,24 +464,23 @@ class Sender:
         second = 1
         while True:
             await asyncio.sleep(max(0.0, clock + second - time.monotonic()))
-            row = self._sample(second)
-            self.on_tick(self._snapshot(second, row))
+            now = totals(self.publishers, self.connector)
+            row = self._sample(second, now)
+            self.on_tick(self._snapshot(second, row, now))
             second += 1
 
-    def _sample(self, second: float) -> dict[str, Any]:
+    def _sample(self, second: float, now: dict[str, int]) -> dict[str, Any]:
         connected = sum(1 for p in self.publishers if p.link is not None)
-        return self.series.sample(
-            second, totals(self.publishers, self.connector), connected=connected
-        )
+        return self.series.sample(second, now, connected=connected)
 
-    def _snapshot(self, second: float, row: dict[str, Any]) -> Snapshot:
+    def _snapshot(self, second: float, row: dict[str, Any], now: dict[str, int]) -> Snapshot:
         return Snapshot(
             phase=self._phase,
             elapsed=second,
             things=len(self.publishers),
             connected=row["connected"],
             connect_failed=self.connector.things_failed,
-            totals=totals(self.publishers, self.connector),
+            totals=now,
             last_second=row,
             target_per_s=self.target_per_s,
             ack_p50_ms=self.shared.ack.percentile_ms(50),
