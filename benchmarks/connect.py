@@ -7,6 +7,13 @@ client CPU ms per connect, client and broker RSS growth per idle connection, and
 ratios of the same run. JSON on stdout (and --out). The fd limit is raised in-process; the
 worker and mosquitto inherit it.
 
+Each row also gives the rates the CPU allows: ``broker_bound`` (mosquitto is one thread) and
+``cpu_bound`` (all cores busy with client and broker, nothing else running); a rate ratio
+cannot beat the ratio of those. ``phases`` (--phases N, 0 for none) is where the client's CPU
+goes in one connect, measured one connection at a time in this process (thread CPU time, no
+contention) through elf-async's own TLS setup (`elf_async.mqtt.ClientTls`), next to what a
+context of its own per thing costs (``own_context_ms``, the design before).
+
     .venv/bin/python benchmarks/connect.py --counts 500 5000
     .venv/bin/python benchmarks/connect.py --quick
 """
@@ -17,6 +24,8 @@ import argparse
 import json
 import os
 import signal
+import socket
+import ssl
 import sys
 import tempfile
 import time
@@ -38,6 +47,60 @@ from benchmarks._harness import (
 )
 from benchmarks.throughput import read_tagged
 from elf_async.broker import Mosquitto
+from elf_async.mqtt import ClientTls
+
+
+def _connect_packet(client_id: str) -> bytes:
+    """MQTT 3.1.1 CONNECT, clean session, keep-alive 60 s."""
+    cid = client_id.encode()
+    variable = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(cid).to_bytes(2, "big") + cid
+    return bytes([0x10, len(variable)]) + variable
+
+
+def phases(pki: Pki, key_type: str, count: int, workdir: Path) -> dict[str, Any]:
+    """Client CPU ms per step of a connect, `count` connections one after the other."""
+    clients = pki.clients(count, key_type)  # type: ignore[arg-type]
+    broker = Mosquitto.start(directory=workdir / f"phases-{key_type}", ca=pki.ca)
+    ca_pem = pki.ca_file.read_text()
+    clock = time.thread_time
+    spent = dict.fromkeys(("tcp_ms", "chain_and_ssl_ms", "handshake_ms", "connack_ms"), 0.0)
+    own = 0.0
+    keep: list[ssl.SSLSocket] = []
+    try:
+        tls = ClientTls(ca_pem=ca_pem, alpn=False)
+        for spec in clients:
+            start = clock()
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca_pem)
+            context.load_cert_chain(spec.cert, spec.key)
+            own += clock() - start
+            del context
+            thing = tls.identity(cert_file=Path(spec.cert), key_file=Path(spec.key))
+            t0 = clock()
+            sock = socket.create_connection((broker.host, broker.port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            t1 = clock()
+            tls_sock = thing.wrap_socket(
+                sock, server_hostname=broker.host, do_handshake_on_connect=False
+            )
+            t2 = clock()
+            tls_sock.do_handshake()
+            t3 = clock()
+            tls_sock.sendall(_connect_packet(spec.id))
+            if tls_sock.recv(4)[:1] != b"\x20":
+                raise RuntimeError(f"{spec.id}: no CONNACK")
+            t4 = clock()
+            keep.append(tls_sock)
+            for key, seconds in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                spent[key] += seconds
+        version = keep[-1].version() if keep else None
+    finally:
+        for tls_sock in keep:
+            tls_sock.close()
+        broker.stop()
+    row: dict[str, Any] = {k: round(1000 * v / count, 3) for k, v in spent.items()}
+    row["total_ms"] = round(sum(row.values()), 3)
+    row["own_context_ms"] = round(1000 * own / count, 3)
+    return {"key_type": key_type, "connections": count, "tls": version, **row}
 
 
 def one_run(
@@ -90,6 +153,8 @@ def one_run(
         broker.stop()
         procs.brokers.remove(broker)
     connected = int(result["connected"])
+    client_ms = result.get("cpu_ms_per_connect") or 0.0
+    broker_ms = 1000 * broker_cpu / connected if connected else 0.0
     return {
         "key_type": key_type,
         "connections": count,
@@ -98,6 +163,12 @@ def one_run(
         "broker_cpu_ms_per_connect": round(1000 * broker_cpu / connected, 3) if connected else None,
         "broker_rss_kb_per_connection": (
             round((broker_rss1 - broker_rss0) / connected, 2) if connected else None
+        ),
+        "broker_bound_connects_per_s": round(1000 / broker_ms, 1) if broker_ms else None,
+        "cpu_bound_connects_per_s": (
+            round(1000 * (os.cpu_count() or 1) / (client_ms + broker_ms), 1)
+            if client_ms + broker_ms
+            else None
         ),
     }
 
@@ -112,6 +183,9 @@ def main() -> None:
     parser.add_argument(
         "--connect-rate", type=float, default=1000.0, help="elf-async Connector's CONNECT rate"
     )
+    parser.add_argument(
+        "--phases", type=int, default=200, help="connections for the per-step CPU split (0: none)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 200 connections")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -123,8 +197,12 @@ def main() -> None:
     pki = Pki()
     procs = Processes()
     rows: list[dict[str, Any]] = []
+    split: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="elf-connect-") as tmp:
+            for key_type in args.key_types if args.phases > 0 else []:
+                split.append(phases(pki, key_type, args.phases, Path(tmp)))
+                print(f"phases {json.dumps(split[-1])}", file=sys.stderr)
             for count in args.counts:
                 for variant in args.variants:
                     for key_type in args.key_types:
@@ -154,6 +232,12 @@ def main() -> None:
                 ratios[f"{variant}@{count} ec/rsa connects_per_s"] = round(
                     pick["ec"]["connects_per_s"] / pick["rsa"]["connects_per_s"], 3
                 )
+            if "rsa" in pick and "ec" in pick and pick["rsa"].get("cpu_bound_connects_per_s"):
+                ratios[f"{variant}@{count} ec/rsa cpu_bound"] = round(
+                    pick["ec"]["cpu_bound_connects_per_s"]
+                    / pick["rsa"]["cpu_bound_connects_per_s"],
+                    3,
+                )
     report = {
         "benchmark": "elf-async/connect/1",
         "machine": machine(),
@@ -162,6 +246,7 @@ def main() -> None:
         "connect_rate": args.connect_rate,
         "runs": rows,
         "ratios": ratios,
+        "phases": split,
     }
     text = json.dumps(report, indent=2)
     print(text)

@@ -8,7 +8,6 @@ reconnect is counted, and the connect time goes into a histogram.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,10 +16,10 @@ from pathlib import Path
 from elf_async.metrics import Histogram
 from elf_async.mqtt import (
     ALPN_PORT,
+    ClientTls,
     ConnectFailed,
     Link,
     MessageCallback,
-    tls_context,
 )
 from elf_async.mqtt import connect as mqtt_connect
 from elf_async.pacing import RateLimiter, backoff_delay
@@ -73,24 +72,14 @@ class Connector:
     connect_time: Histogram = field(default_factory=Histogram)
     errors: Counter[str] = field(default_factory=Counter)
     _limiter: RateLimiter = field(init=False)
-    _contexts: dict[str, ssl.SSLContext] = field(default_factory=dict)
+    _tls: ClientTls = field(init=False)
     _last_attempt: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._limiter = RateLimiter(self.rate, name="CONNECT")
-
-    def _context(self, thing: Identity) -> ssl.SSLContext:
-        """One TLS context per thing, built on first use and reused for its reconnects."""
-        context = self._contexts.get(thing.name)
-        if context is None:
-            context = tls_context(
-                ca_pem=self.endpoint.ca_pem,
-                cert_file=thing.cert_file,
-                key_file=thing.key_file,
-                alpn=self.endpoint.alpn,
-            )
-            self._contexts[thing.name] = context
-        return context
+        # One TLS context per executor thread for all things; each attempt loads the thing's
+        # certificate and key in that thread, off the event loop (see ClientTls).
+        self._tls = ClientTls(ca_pem=self.endpoint.ca_pem, alpn=self.endpoint.alpn)
 
     async def _attempt(
         self,
@@ -110,7 +99,7 @@ class Connector:
                 host=self.endpoint.host,
                 port=self.endpoint.port,
                 client_id=thing.name,
-                context=self._context(thing),
+                tls=self._tls.identity(cert_file=thing.cert_file, key_file=thing.key_file),
                 within=self.timeout,
                 max_inflight=self.max_inflight,
                 on_message=on_message,

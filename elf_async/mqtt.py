@@ -22,11 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiomqtt
 import paho.mqtt.client as paho
 from aiomqtt.exceptions import MqttConnectError
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from elf_async.errors import UsageError
 
@@ -78,18 +80,119 @@ def read_ca(ca_file: Path) -> str:
     return text
 
 
-def tls_context(*, ca_pem: str, cert_file: Path, key_file: Path, alpn: bool) -> ssl.SSLContext:
-    """Verify the broker against `ca_pem`, prove the thing's identity with its own certificate."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca_pem)
+def certificate_kind(cert_pem: bytes) -> str | None:
+    """``rsa`` or ``ec``: the slot OpenSSL files this certificate (and its key) under in a
+    context; None for another kind or what does not parse (such a thing gets its own context)."""
     try:
-        context.load_cert_chain(certfile=cert_file, keyfile=key_file)
-    except FileNotFoundError as exc:
-        raise UsageError(f"{exc.filename}: missing (run `elf-async create` again?)") from exc
-    except (ssl.SSLError, OSError) as exc:
-        raise UsageError(f"{cert_file}: the certificate or its key cannot be used ({exc})") from exc
-    if alpn:
-        context.set_alpn_protocols([AWS_ALPN])
-    return context
+        key = x509.load_pem_x509_certificate(cert_pem).public_key()
+    except ValueError:
+        return None
+    if isinstance(key, rsa.RSAPublicKey):
+        return "rsa"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "ec"
+    return None
+
+
+class ClientTls:
+    """TLS for every thing of one endpoint: verify the broker against `ca_pem` (and its host
+    name), present each thing's own certificate; ALPN x-amzn-mqtt-ca when `alpn`.
+
+    The stdlib gives a connection its certificate only through its `ssl.SSLContext`, and a
+    context of its own per thing is dear: with OpenSSL 3.0, ~0.6 ms CPU to build with the CAs
+    and ~17 KB kept for as long as the connection lives (measured with benchmarks/connect.py).
+    But OpenSSL's ``SSL_new`` copies the context's certificates and keys into the connection
+    it creates, so one context serves many things in turn: load a thing's chain, create its
+    connection; loading the next thing's chain leaves that connection alone. Two rules keep
+    each thing on its own identity:
+
+    - a context holds one certificate per key kind, and a TLS 1.3 client presents any it
+      holds that the server accepts: a context only ever sees certificates and keys of one
+      kind (`certificate_kind`; anything else gets a context of its own, used once, and a
+      context a load failed on is dropped);
+    - the load and the creation must not interleave with another thing's: contexts are per
+      thread, as paho loads (`ThingTls.wrap_socket`), connects and shakes hands in one
+      executor thread.
+    """
+
+    def __init__(self, *, ca_pem: str, alpn: bool) -> None:
+        self._ca_pem = ca_pem
+        self._alpn = alpn
+        self._local = threading.local()
+        self.new_context()  # a CA that OpenSSL refuses fails here, before any connection
+
+    def new_context(self) -> ssl.SSLContext:
+        """Hostname checking, CERT_REQUIRED, TLS 1.2 at least; no certificate yet."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self._ca_pem)
+        if self._alpn:
+            context.set_alpn_protocols([AWS_ALPN])
+        return context
+
+    def context(self, kind: str | None) -> ssl.SSLContext:
+        """This thread's context for keys of `kind`; a new one each time for None."""
+        if kind is None:
+            return self.new_context()
+        contexts: dict[str, ssl.SSLContext] | None = getattr(self._local, "contexts", None)
+        if contexts is None:
+            contexts = self._local.contexts = {}
+        context = contexts.get(kind)
+        if context is None:
+            context = contexts[kind] = self.new_context()
+        return context
+
+    def forget(self, kind: str | None) -> None:
+        """Drop this thread's context for `kind` (a failed load may have left a stray slot)."""
+        contexts: dict[str, ssl.SSLContext] | None = getattr(self._local, "contexts", None)
+        if contexts is not None and kind is not None:
+            contexts.pop(kind, None)
+
+    def identity(self, *, cert_file: Path, key_file: Path) -> ThingTls:
+        return ThingTls(self, cert_file, key_file)
+
+
+class ThingTls:
+    """One thing's side of `ClientTls`, handed to aiomqtt/paho in place of an `ssl.SSLContext`:
+    paho only reads ``check_hostname`` and calls ``wrap_socket`` (in its connect, in the
+    executor thread), and each call loads the thing's chain right before the SSL object is
+    made. `failure` says why the certificate or key could not be used (a usage error, not a
+    connection failure)."""
+
+    __slots__ = ("_tls", "cert_file", "failure", "key_file")
+    check_hostname = True  # the context checks it; tells paho not to match it again
+
+    def __init__(self, tls: ClientTls, cert_file: Path, key_file: Path) -> None:
+        self._tls = tls
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.failure: UsageError | None = None
+
+    def wrap_socket(
+        self,
+        sock: socket.socket,
+        server_hostname: str | None = None,
+        do_handshake_on_connect: bool = True,
+    ) -> ssl.SSLSocket:
+        kind = None
+        try:
+            kind = certificate_kind(self.cert_file.read_bytes())
+            context = self._tls.context(kind)
+            context.load_cert_chain(certfile=self.cert_file, keyfile=self.key_file)
+        except OSError as exc:  # ssl.SSLError included
+            self._tls.forget(kind)
+            if isinstance(exc, FileNotFoundError):
+                missing = exc.filename or next(
+                    (f for f in (self.cert_file, self.key_file) if not f.exists()), self.cert_file
+                )
+                self.failure = UsageError(f"{missing}: missing (run `elf-async create` again?)")
+            else:
+                self.failure = UsageError(
+                    f"{self.cert_file}: the certificate or its key cannot be used ({exc})"
+                )
+            sock.close()
+            raise
+        return context.wrap_socket(
+            sock, server_hostname=server_hostname, do_handshake_on_connect=do_handshake_on_connect
+        )
 
 
 class ConnectFailed(Exception):
@@ -170,7 +273,7 @@ async def connect(
     host: str,
     port: int,
     client_id: str,
-    context: ssl.SSLContext,
+    tls: ThingTls,
     within: float,
     max_inflight: int = 100,
     on_message: MessageCallback | None = None,
@@ -181,7 +284,7 @@ async def connect(
         host,
         port,
         identifier=client_id,
-        tls_context=context,
+        tls_context=cast("ssl.SSLContext", tls),  # duck-typed: see ThingTls
         timeout=within,
         keepalive=KEEPALIVE,
         clean_session=True,
@@ -232,6 +335,8 @@ async def connect(
             await enter
         _abandon(inner)
         _collect(client)
+        if tls.failure is not None:
+            raise tls.failure
         reason = failed.result()
         if "SSL" not in reason and "alert" not in reason.lower():
             reason = "the broker closed the connection before CONNACK " + (
@@ -243,6 +348,8 @@ async def connect(
     if error is not None:
         _abandon(inner)
         _collect(client)
+        if tls.failure is not None:
+            raise tls.failure
         detail = errors[-1] if errors and "timed out" in str(error) else error
         raise explain(detail)
     connected = True

@@ -66,3 +66,12 @@ async def test_aiomqtt_still_exposes_its_paho_client_and_disconnected_future() -
         f"{AIOMQTT} has no `_misc_task`: adapt elf_async/sender.py (Sender._attach), which "
         "replaces each publisher's keep-alive task with one pass for all"
     )
+
+
+def test_paho_wraps_its_socket_through_the_context_it_was_given() -> None:
+    source = inspect.getsource(paho.Client._ssl_wrap_socket)
+    for needed in ("self._ssl_context.wrap_socket(", "check_hostname"):
+        assert needed in source, (
+            f"{PAHO}'s _ssl_wrap_socket no longer uses {needed!r}: elf_async.mqtt.ThingTls, "
+            "handed to paho as its TLS context, relies on it"
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ from mqtt_fixtures import FixtureCA
 
 from elf_async import mqtt
 from elf_async.broker import Mosquitto
+from elf_async.certs import generate_key, key_pem, write_private, write_public
 from elf_async.connections import Connector, Endpoint, Identity
 from elf_async.payload import build_spec
 from elf_async.schedule import ThingSchedule
@@ -43,3 +46,29 @@ async def test_an_idle_publisher_is_kept_alive_without_its_own_timer_task(
     assert connector.reconnects == 0, connector.errors
     assert (publisher.published, publisher.acked, publisher.failed) == (2, 2, 0)
     assert result.outcome == "completed"
+
+
+async def test_a_mixed_rsa_and_ec_fleet_connects_each_thing_with_its_own_certificate(
+    mosquitto: Mosquitto, test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    """TLS contexts are shared between things (elf_async.mqtt.ClientTls): every thing must
+    still present its own certificate. mosquitto names each client by its certificate's CN
+    (use_identity_as_username), and the CN is the thing name."""
+    things = []
+    for index in range(12):
+        name = f"mixed-{index:02d}"
+        key = generate_key("rsa" if index % 2 else "ec")
+        key_file, cert_file = tmp_path / f"{name}.key", tmp_path / f"{name}.crt"
+        write_private(key_file, key_pem(key))
+        write_public(cert_file, test_ca.ca.sign(key.public_key(), name))
+        things.append(Identity(name, index, key_file, cert_file))
+    endpoint = Endpoint("127.0.0.1", mosquitto.port, mosquitto.ca_file.read_text())
+    connector = Connector(endpoint, rate=1000.0, timeout=10.0, retries=0)
+
+    links = await asyncio.gather(*(connector.open(thing) for thing in things))
+    try:
+        log = mosquitto.log_file.read_text()
+        presented = dict(re.findall(r" as (mixed-\d+) \(.*?u'([^']*)'\)", log))
+        assert presented == {thing.name: thing.name for thing in things}
+    finally:
+        await asyncio.gather(*(link.close() for link in links))
