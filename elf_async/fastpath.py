@@ -338,11 +338,12 @@ class Wire(Generic[Token]):
 class Readers:
     """The publishing sockets of one event loop, in one epoll set of their own, read together.
 
-    Waking the event loop once per PUBACK costs more than reading it: at 500 things x 10/s
-    that is 5,000 wake-ups a second, measured at a third of the publisher's CPU. While the
-    scheduler ticks (every millisecond or so), it calls `read` once per tick instead, and
-    PUBACKs are read up to one tick late (their measured latency includes that). Otherwise
-    the set is `watching`: the loop reads it as soon as any socket is readable.
+    At 500 things x 10/s, reading each PUBACK when its socket becomes readable means 5,000
+    event-loop wake-ups a second. While the scheduler ticks (every millisecond or so), it calls
+    `read` once per tick instead: measured, 39.7-40.6 % of one core against 43.8-43.9 % (two
+    alternated 20 s rounds). PUBACKs are then read up to one tick late, and their measured
+    latency includes that (p50 0.51-0.56 ms against 0.46-0.47 ms on loopback). Otherwise the
+    set is `watching`: the loop reads it as soon as any socket is readable.
     """
 
     def __init__(self) -> None:
