@@ -123,7 +123,7 @@ class Wire(Generic[Token]):
         self._head_for = -1
         self._parts: list[bytes] = []  # framed, not yet handed to `send`
         self.size = 0  # bytes in `_parts`
-        self._unsent = memoryview(b"")
+        self._unsent: bytes | memoryview = b""
         self._batch: Token | None = None  # the batch `_unsent` belongs to
         self._received = bytearray()
         self.outstanding = 0  # QoS 1 messages framed and not yet acknowledged
@@ -176,27 +176,9 @@ class Wire(Generic[Token]):
         it is all in the kernel (now, or later from the writer callback)."""
         if self._batch is not None:
             raise RuntimeError("send() while the previous batch is unsent")
-        data = b"".join(self._parts)
+        self._unsent = b"".join(self._parts)
         self._parts.clear()
         self.size = 0
-        client = self._client
-        if not client._out_packet and len(data) <= _WRITE_CHUNK:
-            # The usual case: the socket takes the whole batch at once.
-            try:
-                written = self._tls.write(data)
-            except _NOT_NOW:
-                written = 0  # kept below, written when the socket is writable
-            except OSError as exc:
-                self._lost("failed to send on socket: %s", exc)
-                return
-            if written == len(data):
-                client._last_msg_out = time.monotonic()
-                self._on_sent(batch)
-                if client._registered_write:
-                    client._call_socket_unregister_write()
-                return
-            data = data[written:]
-        self._unsent = memoryview(data)
         self._batch = batch
         self._flush()
 
@@ -215,7 +197,10 @@ class Wire(Generic[Token]):
         data = self._unsent
         while data:
             try:
-                written = self._tls.write(data[:_WRITE_CHUNK])
+                # Whole when it fits, the usual case: no view, no slice.
+                written = self._tls.write(
+                    data if len(data) <= _WRITE_CHUNK else memoryview(data)[:_WRITE_CHUNK]
+                )
             except _NOT_NOW:
                 self._unsent = data
                 client._call_socket_register_write()
@@ -223,7 +208,7 @@ class Wire(Generic[Token]):
             except OSError as exc:
                 self._lost("failed to send on socket: %s", exc)
                 return
-            data = data[written:]
+            data = memoryview(data)[written:] if written < len(data) else b""
         self._unsent = data
         batch, self._batch = self._batch, None
         if batch is not None:
@@ -275,7 +260,8 @@ class Wire(Generic[Token]):
                 break
         client._last_bytes_received = time.monotonic()
         if len(received) == 4 and received[0] == _PUBACK and received[1] == 2:
-            # The usual case at paced rates: exactly one PUBACK.
+            # Exactly one PUBACK, the usual read at paced rates. Through `_handle` a message
+            # costs ~1.5 µs more (measured in-process, publish and PUBACK: 16-17 against 18-19).
             mid = received[2] << 8 | received[3]
             received.clear()
             if self.outstanding:
@@ -391,12 +377,10 @@ class Readers:
         wires = self._wires
         for fd, _ in self._epoll.poll(0):
             wire = wires.get(fd)
-            if wire is None or wire.dead:
+            if wire is None or wire.loop_read() == paho.MQTT_ERR_NO_CONN:
                 # Closed sockets leave the set by themselves: a descriptor still here has
                 # its socket open elsewhere (not ours to read).
                 self._forget(fd)
-                continue
-            wire.loop_read()
 
     def _forget(self, fd: int) -> None:
         self._wires.pop(fd, None)

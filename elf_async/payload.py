@@ -46,10 +46,7 @@ class PayloadSpec:
             body = json.dumps(base)[:-1]
             head = body + (", " if base else "") + f'"thing": {json.dumps(thing)}, "seq": '
             prefix = head.encode()
-            size = self.size
-            if size is not None:  # one call per message, not two: this is the hot path
-                return lambda seq, ts: (prefix + b'%d, "ts": %d}' % (seq, ts)).ljust(size)
-            return lambda seq, ts: prefix + b'%d, "ts": %d}' % (seq, ts)
+            return self._padded(lambda seq, ts: prefix + b'%d, "ts": %d}' % (seq, ts))
         if self.template is not None:
             pieces = _TEMPLATE_SLOTS.split(self.template.replace("{thing}", thing))
             return self._padded(_template_encoder(pieces))

@@ -47,6 +47,35 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def children(pid: int) -> set[int]:
+    """The direct children of `pid` (Linux /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+@contextlib.contextmanager
+def reaping(process: subprocess.Popen[Any]) -> Iterator[set[int]]:
+    """A set for the worker PIDs the test finds: on the way out, even when the test fails,
+    the CLI process and every one of those workers still alive are killed."""
+    workers: set[int] = set()
+    try:
+        yield workers
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 @dataclass
 class LocalCli:
     """`python -m elf_async --state-dir DIR ...` as a user runs it, with no AWS anywhere."""

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import assert_one_line_error, iot_client
-from local_fixtures import LocalCli, alive, processes_under
-from test_workers import children
+from local_fixtures import LocalCli, alive, children, processes_under, reaping
 
 SEND = ("--rate", "2/s", "--duration", "2s", "--qos", "1")
 
@@ -175,10 +174,9 @@ def test_a_lost_worker_fails_the_run_even_when_the_thresholds_pass(
         "--qos", "1", "--threshold", "messages.acked>=1", "--report", str(report),
         "--junit", str(junit),
     )  # fmt: skip
-    workers: set[int] = set()
-    try:
+    with reaping(process) as workers:
         _wait_for_clients(stack, local_cli.state_dir, 4)  # both workers are sending
-        workers = {
+        workers |= {
             pid
             for pid in children(process.pid)
             if b"elf_async._worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -186,13 +184,6 @@ def test_a_lost_worker_fails_the_run_even_when_the_thresholds_pass(
         assert len(workers) == 2
         os.kill(min(workers), signal.SIGKILL)
         _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for pid in workers:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
     assert process.returncode == 1, stderr
     assert "Traceback" not in stderr
     assert re.fullmatch(

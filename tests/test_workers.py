@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Cli, assert_one_line_error
-from local_fixtures import LocalCli, alive
+from local_fixtures import LocalCli, alive, children, reaping
 from mqtt_fixtures import FixtureCA, Observer
 from test_send import load, send, things_of
 
@@ -55,19 +55,6 @@ def fleet4(cli: Cli, test_ca: FixtureCA) -> Cli:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return cli
-
-
-def children(pid: int) -> set[int]:
-    """The direct children of `pid` (Linux /proc)."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.add(int(stat.parent.name))
-    return found
 
 
 def test_two_workers_publish_the_schedule_and_merge_one_report(
@@ -115,21 +102,13 @@ def test_sigint_with_two_workers_writes_a_merged_report_and_leaves_no_worker(
         str(mosquitto.ca_file), "--workers", "2", "--rate", "10/s", "--duration", "60",
         "--report", str(report_file),
     )  # fmt: skip
-    workers: set[int] = set()
-    try:
+    with reaping(process) as workers:
         deadline = time.monotonic() + 60
         while len(watcher.counts()) < 4 and time.monotonic() < deadline:  # every worker sends
             time.sleep(0.05)
-        workers = children(process.pid)
+        workers |= children(process.pid)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for pid in workers:  # never leave one behind, even when the test fails
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
     assert len(workers) == 2
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
@@ -154,22 +133,14 @@ def test_a_worker_that_dies_is_a_runtime_failure_reported_with_the_others_counts
         str(mosquitto.ca_file), "--workers", "2", "--rate", "10/s", "--duration", "3",
         "--report", str(report_file),
     )  # fmt: skip
-    workers: set[int] = set()
-    try:
+    with reaping(process) as workers:
         deadline = time.monotonic() + 60
         while len(watcher.counts()) < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
-        workers = children(process.pid)
+        workers |= children(process.pid)
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
         _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for pid in workers:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
     assert process.returncode == 1, stderr
     assert "Traceback" not in stderr
     assert "exited with code -9" in stderr.splitlines()[-1]
@@ -191,12 +162,11 @@ def test_workers_exit_when_the_parent_is_killed(
         "send", "--mqtt-endpoint", f"127.0.0.1:{mosquitto.port}", "--ca-file",
         str(mosquitto.ca_file), "--workers", "2", "--rate", "10/s", "--duration", "60",
     )  # fmt: skip
-    workers: set[int] = set()
-    try:
+    with reaping(process) as workers:
         deadline = time.monotonic() + 60
         while len(watcher.counts()) < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
-        workers = children(process.pid)
+        workers |= children(process.pid)
         process.kill()  # no chance to clean up: the workers must notice on their own
         process.wait()
         deadline = time.monotonic() + 10
@@ -204,10 +174,6 @@ def test_workers_exit_when_the_parent_is_killed(
             time.sleep(0.05)
         assert len(workers) == 2
         assert not [pid for pid in workers if alive(pid)]
-    finally:
-        for pid in workers:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 def test_run_passes_workers_to_its_send(local_cli: LocalCli, tmp_path: Path) -> None:

@@ -33,6 +33,39 @@ class PreConnectedSender(Sender):
         return None
 
 
+def result_document(
+    totals: dict[str, int],
+    shared: Shared,
+    *,
+    qos: int,
+    publish_seconds: float,
+    drain_seconds: float,
+    self_cpu: float,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """What an elf-async peer reports (in-process, or `send --workers` merged)."""
+    return {
+        "published": totals["published"],
+        "acked": totals["acked"] if qos else totals["published"],
+        "publish_seconds": publish_seconds,
+        "drain_seconds": drain_seconds,
+        "self_cpu": self_cpu,
+        "lag_ms": {
+            key: shared.lag.percentile_ms(p)
+            for key, p in (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
+        },
+        "ack_ms": {
+            key: shared.ack_from_send.percentile_ms(p) for key, p in (("p50", 50.0), ("p99", 99.0))
+        },
+        "extra": {
+            **extra,
+            "scheduled": totals["scheduled"],
+            "failed": totals["failed"],
+            "reconnects": totals["reconnects"],
+        },
+    }
+
+
 async def run() -> None:
     config = load_config()
     if config.variant:
@@ -86,26 +119,15 @@ async def run() -> None:
     totals = result.totals()
     # The stop timer fires late if the scheduler starves the loop: then the real span counts.
     publish_seconds = (marks.get("stop", done) - start) if flat_out else result.publish_window_s
-    lag = {
-        key: shared.lag.percentile_ms(p)
-        for key, p in (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
-    }
-    ack = {key: shared.ack_from_send.percentile_ms(p) for key, p in (("p50", 50.0), ("p99", 99.0))}
-    out: dict[str, Any] = {
-        "published": totals["published"],
-        "acked": totals["acked"] if config.qos else totals["published"],
-        "publish_seconds": publish_seconds,
-        "drain_seconds": done - start - publish_seconds,
-        "self_cpu": self_cpu() - cpu0,
-        "lag_ms": lag,
-        "ack_ms": ack,
-        "extra": {
-            "scheduled": totals["scheduled"],
-            "failed": totals["failed"],
-            "reconnects": totals["reconnects"],
-            "rate_per_thing": rate,
-        },
-    }
+    out = result_document(
+        totals,
+        shared,
+        qos=config.qos,
+        publish_seconds=publish_seconds,
+        drain_seconds=done - start - publish_seconds,
+        self_cpu=self_cpu() - cpu0,
+        extra={"rate_per_thing": rate},
+    )
     emit("RESULT", out)
     await wait_line_async()
 

@@ -32,9 +32,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from benchmarks.peers._common import PeerConfig, emit, wait_line_async
+from benchmarks.peers.elf_async_send import result_document
 from elf_async import workers
 from elf_async.connections import Endpoint, Identity
 from elf_async.payload import build_spec
@@ -187,32 +188,20 @@ async def run_workers(config: PeerConfig) -> None:
     # own window: it runs on to the last byte the kernel took, which after a QoS 0 flood is
     # long after the stop; the in-process peer counts that as drain too).
     publish_seconds = marks.get("stop", done) - start if flat_out else tally.publish_window_s
-    lag = {
-        key: tally.shared.lag.percentile_ms(p)
-        for key, p in (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
-    }
-    ack = {
-        key: tally.shared.ack_from_send.percentile_ms(p)
-        for key, p in (("p50", 50.0), ("p99", 99.0))
-    }
-    out: dict[str, Any] = {
-        "published": totals["published"],
-        "acked": totals["acked"] if config.qos else totals["published"],
-        "publish_seconds": publish_seconds,
-        "drain_seconds": max(0.0, done - start - publish_seconds),
-        "self_cpu": cpu,
-        "lag_ms": lag,
-        "ack_ms": ack,
-        "extra": {
+    out = result_document(
+        totals,
+        tally.shared,
+        qos=config.qos,
+        publish_seconds=publish_seconds,
+        drain_seconds=max(0.0, done - start - publish_seconds),
+        self_cpu=cpu,
+        extra={
             "workers": tally.workers,
             "workers_lost": tally.lost,
             "workers_window_s": round(tally.publish_window_s, 3),
             "worker_pids": [w.process.pid for w in GATE.workers],
-            "scheduled": totals["scheduled"],
-            "failed": totals["failed"],
-            "reconnects": totals["reconnects"],
             "rate_per_thing": rate,
         },
-    }
+    )
     emit("RESULT", out)
     await wait_line_async()
