@@ -16,6 +16,7 @@ from pathlib import Path
 from elf_async.metrics import Histogram
 from elf_async.mqtt import (
     ALPN_PORT,
+    KEEPALIVE,
     ClientTls,
     ConnectFailed,
     Link,
@@ -64,6 +65,7 @@ class Connector:
     timeout: float
     retries: int  # extra attempts in the initial connect phase
     max_inflight: int = 100
+    keepalive: int = KEEPALIVE  # seconds
     attempted: int = 0  # CONNECT attempts, reconnections included
     succeeded: int = 0
     failed: int = 0  # attempts that failed; attempted == succeeded + failed once settled
@@ -101,6 +103,7 @@ class Connector:
                 client_id=thing.name,
                 tls=self._tls.identity(cert_file=thing.cert_file, key_file=thing.key_file),
                 within=self.timeout,
+                keepalive=self.keepalive,
                 max_inflight=self.max_inflight,
                 on_message=on_message,
             )

@@ -12,12 +12,13 @@ from elf_async.config import Settings, resolve_target
 from elf_async.connections import Endpoint, Identity
 from elf_async.errors import RuntimeFailure, UsageError
 from elf_async.ledger import Ledger
-from elf_async.mqtt import DEFAULT_PORT, default_ca_file, parse_endpoint, read_ca
+from elf_async.mqtt import DEFAULT_PORT, KEEPALIVE, default_ca_file, parse_endpoint, read_ca
 from elf_async.units import parse_rate
 
 AWS_CONNECT_PER_S = 500.0  # per account
 AWS_PUBLISH_PER_S = 100.0  # per connection
 AWS_MAX_INFLIGHT = 100  # unacknowledged QoS 1 messages per client
+AWS_KEEPALIVE_S = (30, 1200)  # AWS clamps the keep-alive to this range
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,18 @@ class ConnectOptions:
     connect_rate: str = "100/s"
     connect_timeout: float = 10.0
     connect_retries: int = 3
+    keepalive: int = KEEPALIVE  # seconds
     allow_over_aws_limits: bool = False
+
+    def __post_init__(self) -> None:
+        low, high = AWS_KEEPALIVE_S
+        if self.keepalive < 1 or self.keepalive > 65535:
+            raise UsageError(f"--keepalive {self.keepalive}s: MQTT allows 1 to 65535 seconds")
+        if not low <= self.keepalive <= high and not self.allow_over_aws_limits:
+            raise UsageError(
+                f"--keepalive {self.keepalive}s: AWS IoT clamps the keep-alive to {low}-{high} s "
+                "(pass --allow-over-aws-limits to use it anyway, e.g. against a local broker)"
+            )
 
     def connect_per_s(self) -> float:
         rate = parse_rate(self.connect_rate, what="--connect-rate")

@@ -130,8 +130,35 @@ class Wire(Generic[Token]):
         self._on_ack = on_ack
         self._on_sent = on_sent
         self._on_drained = on_drained
+        self.idle_writes = 0  # writer callbacks that found nothing to write (a spinning writer)
+        self._loop = asyncio.get_running_loop()
         client.loop_read = self.loop_read  # type: ignore[method-assign]
         client.loop_write = self.loop_write  # type: ignore[method-assign]
+        self._own_writer_registration()
+
+    def _own_writer_registration(self) -> None:
+        """Register and unregister the writer on the loop at once, as paho asks.
+
+        aiomqtt defers the registration (``call_soon_threadsafe``, as paho may ask from its
+        connect thread) but removes it at once. When paho queues a packet (PINGREQ, a reply,
+        DISCONNECT) in the same loop pass in which we write it out, the deferred registration
+        lands after the removal: the writer then fires on every pass, forever, at 100 % CPU.
+        From here on every request comes from the loop's thread, so the Wire does it itself.
+        """
+        client, loop, fd = self._client, self._loop, self._sock.fileno()
+
+        def register(_client: paho.Client, _userdata: Any, sock: Any) -> None:
+            loop.add_writer(sock.fileno(), self.loop_write)
+
+        def unregister(_client: paho.Client, _userdata: Any, sock: Any) -> None:
+            if sock.fileno() >= 0:
+                loop.remove_writer(sock.fileno())
+
+        client.on_socket_register_write = register
+        client.on_socket_unregister_write = unregister
+        loop.remove_writer(fd)  # whatever aiomqtt left there
+        if client._registered_write:
+            loop.add_writer(fd, self.loop_write)
 
     @property
     def fileno(self) -> int:
@@ -224,6 +251,8 @@ class Wire(Generic[Token]):
         if self.dead:
             return paho.MQTT_ERR_NO_CONN
         was_busy = self.busy
+        if not was_busy and not self._client._out_packet:
+            self.idle_writes += 1
         self._flush()
         if was_busy and not self.busy and not self.dead:
             self._on_drained()

@@ -35,7 +35,7 @@ from elf_async.errors import UsageError
 DEFAULT_PORT = 8883
 ALPN_PORT = 443
 AWS_ALPN = "x-amzn-mqtt-ca"  # MQTT with X.509 on port 443
-KEEPALIVE = 60  # AWS clamps keep-alive to 30-1200 s
+KEEPALIVE = 60  # seconds; AWS clamps keep-alive to 30-1200 s
 _PAHO_LOGGER = logging.getLogger("elf_async.paho")
 _PAHO_LOGGER.setLevel(logging.CRITICAL)  # its errors are captured and explained instead
 
@@ -275,6 +275,7 @@ async def connect(
     client_id: str,
     tls: ThingTls,
     within: float,
+    keepalive: int = KEEPALIVE,
     max_inflight: int = 100,
     on_message: MessageCallback | None = None,
 ) -> Link:
@@ -286,7 +287,7 @@ async def connect(
         identifier=client_id,
         tls_context=cast("ssl.SSLContext", tls),  # duck-typed: see ThingTls
         timeout=within,
-        keepalive=KEEPALIVE,
+        keepalive=keepalive,
         clean_session=True,
         max_inflight_messages=max_inflight,
         logger=_PAHO_LOGGER,

@@ -218,6 +218,7 @@ async def run_send(
         connect_per_s=request.connect.connect_per_s(),
         connect_timeout=request.connect.connect_timeout,
         connect_retries=request.connect.connect_retries,
+        keepalive=request.connect.keepalive,
         drain=parse_duration(request.drain, what="--drain"),
     )
     if request.workers == 1:
@@ -248,6 +249,7 @@ class SendSetup:
     connect_per_s: float
     connect_timeout: float
     connect_retries: int
+    keepalive: int
     drain: float
 
 
@@ -268,6 +270,7 @@ async def send_here(
         rate=setup.connect_per_s,
         timeout=setup.connect_timeout,
         retries=setup.connect_retries,
+        keepalive=setup.keepalive,
         max_inflight=send_plan.window,
     )
     shared = Shared() if shared is None else shared

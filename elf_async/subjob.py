@@ -87,6 +87,7 @@ async def run_subscribe(
         rate=request.connect.connect_per_s(),
         timeout=request.connect.connect_timeout,
         retries=request.connect.connect_retries,
+        keepalive=request.connect.keepalive,
     )
     subscriber = Subscriber(
         watches,

@@ -6,6 +6,7 @@ larger than the socket buffers really blocks the Wire's non-blocking write.
 
 from __future__ import annotations
 
+import asyncio
 import select
 import socket
 import ssl
@@ -20,7 +21,9 @@ import pytest
 from mqtt_fixtures import FixtureCA
 from paho.mqtt.enums import CallbackAPIVersion
 
+from elf_async.broker import Mosquitto
 from elf_async.fastpath import Wire, remaining_length
+from elf_async.mqtt import ClientTls, connect
 
 
 @dataclass
@@ -29,7 +32,6 @@ class Pair:
 
     client: paho.Client
     peer: ssl.SSLSocket
-    registered: list[bool] = field(default_factory=list)  # register/unregister write calls
     disconnects: list[Any] = field(default_factory=list)
 
     def wait_writable(self) -> None:
@@ -77,8 +79,6 @@ def pair(test_ca: FixtureCA, tmp_path: Path) -> Iterator[Pair]:
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="wire-test")
     result = Pair(client, wrapped[0])
     client._sock = tls
-    client.on_socket_register_write = lambda *_: result.registered.append(True)
-    client.on_socket_unregister_write = lambda *_: result.registered.append(False)
     client.on_disconnect = lambda *args: result.disconnects.append(args[3])
     try:
         yield result
@@ -93,19 +93,19 @@ def publish_packet(topic: str, mid: int, payload: bytes) -> bytes:
     return bytes([0x32]) + remaining_length(len(body)) + body
 
 
-def test_a_refused_write_is_kept_and_finished_when_writable_and_pubacks_read_in_bulk(
+async def test_a_refused_write_is_kept_and_finished_when_writable_and_pubacks_read_in_bulk(
     pair: Pair,
 ) -> None:
     acked: list[int] = []
     sent: list[str] = []
-    drained: list[bool] = []
+    drained = asyncio.Event()
     wire: Wire[str] = Wire(
         pair.client,
         "elf/t",
         1,
         on_ack=acked.append,
         on_sent=sent.append,
-        on_drained=lambda: drained.append(True),
+        on_drained=drained.set,
     )
     payloads = [bytes([65 + i % 26]) * 100_000 for i in range(20)]  # 2 MB in one batch
     for mid, payload in enumerate(payloads, start=1):
@@ -114,20 +114,18 @@ def test_a_refused_write_is_kept_and_finished_when_writable_and_pubacks_read_in_
     assert wire.busy, "2 MB went into 32 KB socket buffers without blocking"
     assert sent == []
     assert wire.unsent == "batch"
-    assert pair.registered == [True]  # asked for writability through paho
+    assert pair.client._registered_write  # the Wire's writer is on the loop
 
     expected = b"".join(publish_packet("elf/t", m, p) for m, p in enumerate(payloads, start=1))
     reader = threading.Thread(target=lambda: received.append(pair.read_exactly(len(expected))))
     received: list[bytes] = []
     reader.start()
-    while wire.busy:
-        pair.wait_writable()
-        assert pair.client.loop_write() == paho.MQTT_ERR_SUCCESS  # what aiomqtt's callback calls
-    reader.join(10)
+    await asyncio.wait_for(drained.wait(), 10)  # the loop's writer callback finished it
+    await asyncio.to_thread(reader.join, 10)
     assert received == [expected]
     assert sent == ["batch"]
-    assert drained == [True]
-    assert pair.registered[-1] is False  # unregistered once drained
+    assert not pair.client._registered_write  # unregistered once drained
+    assert wire.idle_writes == 0
 
     pair.client._ping_t = 1.0  # a PINGREQ is out
     pair.peer.sendall(b"".join(b"\x40\x02" + m.to_bytes(2, "big") for m in range(1, 21)))
@@ -147,7 +145,7 @@ def test_a_refused_write_is_kept_and_finished_when_writable_and_pubacks_read_in_
     assert pair.disconnects[0].is_failure
 
 
-def test_qos0_frames_without_packet_ids(pair: Pair) -> None:
+async def test_qos0_frames_without_packet_ids(pair: Pair) -> None:
     sent: list[int] = []
     wire: Wire[int] = Wire(
         pair.client, "a/b", 0, on_ack=lambda mid: None, on_sent=sent.append, on_drained=lambda: None
@@ -160,3 +158,44 @@ def test_qos0_frames_without_packet_ids(pair: Pair) -> None:
     expected = b"\x30" + remaining_length(205) + b"\x00\x03a/b" + b"x" * 200
     expected += b"\x30\x06\x00\x03a/by"
     assert pair.read_exactly(len(expected)) == expected
+
+
+async def test_a_packet_paho_queues_in_the_pass_the_wire_writes_leaves_no_writer_spinning(
+    mosquitto: Mosquitto, test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    """paho queues a packet of its own (here a SUBSCRIBE; in a run the PINGREQ) and asks for
+    the writer; in the same loop pass the Wire writes a batch and paho's packet after it,
+    which removes the writer. aiomqtt added writers one pass late: the late writer then fired
+    on every pass, with nothing to write, forever (100 % of a core)."""
+    key_file, cert_file = test_ca.client_cert(tmp_path, "race-thing")
+    endpoint = f"127.0.0.1:{mosquitto.port}"
+    tls = ClientTls(ca_pem=mosquitto.ca_file.read_text(), alpn=False)
+    link = await connect(
+        host="127.0.0.1",
+        port=mosquitto.port,
+        client_id="race-thing",
+        tls=tls.identity(cert_file=cert_file, key_file=key_file),
+        within=10,
+    )
+    sent: list[int] = []
+    subscribed = asyncio.Event()
+    wire: Wire[int] = Wire(
+        link.paho,
+        "elf/race",
+        0,
+        on_ack=lambda mid: None,
+        on_sent=sent.append,
+        on_drained=lambda: None,
+    )
+    link.paho.on_subscribe = lambda *args: subscribed.set()
+    try:
+        link.paho.subscribe("elf/race-replies", qos=0)  # paho asks for the writer...
+        wire.publish(b"x", 0)
+        wire.send(1)  # ...and the Wire writes first, then paho's SUBSCRIBE
+        await asyncio.wait_for(subscribed.wait(), 10)  # the SUBACK: the broker got both
+        for _ in range(1000):  # a thousand loop passes with nothing to write
+            await asyncio.sleep(0)
+        assert sent == [1], endpoint
+        assert wire.idle_writes == 0, f"the writer fired {wire.idle_writes} times for nothing"
+    finally:
+        await link.close()

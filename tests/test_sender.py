@@ -6,10 +6,8 @@ import asyncio
 import re
 from pathlib import Path
 
-import pytest
 from mqtt_fixtures import FixtureCA
 
-from elf_async import mqtt
 from elf_async.broker import Mosquitto
 from elf_async.certs import generate_key, key_pem, write_private, write_public
 from elf_async.connections import Connector, Endpoint, Identity
@@ -20,16 +18,15 @@ from elf_async.stopping import StopSignal
 
 
 async def test_an_idle_publisher_is_kept_alive_without_its_own_timer_task(
-    mosquitto: Mosquitto, test_ca: FixtureCA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mosquitto: Mosquitto, test_ca: FixtureCA, tmp_path: Path
 ) -> None:
     """aiomqtt's per-client keep-alive task is replaced by one pass a second for all
     publishers: with a 3 s keep-alive, mosquitto drops a client silent for 4.5 s (it checks
     lazily, within seconds), so 12 s between two messages pass without a reconnect only if
     PINGREQs go out meanwhile (paho sends one 3-4 s after the last packet)."""
-    monkeypatch.setattr(mqtt, "KEEPALIVE", 3)
     key_file, cert_file = test_ca.client_cert(tmp_path, "idle-thing")
     endpoint = Endpoint("127.0.0.1", mosquitto.port, mosquitto.ca_file.read_text())
-    connector = Connector(endpoint, rate=10.0, timeout=10.0, retries=0)
+    connector = Connector(endpoint, rate=10.0, timeout=10.0, retries=0, keepalive=3)
     shared = Shared()
     spec = build_spec(message=None, json_message=None, template=None, size=None, stamp=None)
     publisher = Publisher(
@@ -72,3 +69,36 @@ async def test_a_mixed_rsa_and_ec_fleet_connects_each_thing_with_its_own_certifi
         assert presented == {thing.name: thing.name for thing in things}
     finally:
         await asyncio.gather(*(link.close() for link in links))
+
+
+async def test_a_qos0_send_across_many_keepalives_never_wakes_the_writer_for_nothing(
+    mosquitto: Mosquitto, test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    """At QoS 0 nothing comes back, so paho sends a PINGREQ every keep-alive (1 s here) while
+    the Wire writes PUBLISHes: the writer must be registered exactly while something waits to
+    be written. It used to stay registered after a PINGREQ, firing on every loop pass."""
+    endpoint = Endpoint("127.0.0.1", mosquitto.port, mosquitto.ca_file.read_text())
+    connector = Connector(endpoint, rate=1000.0, timeout=10.0, retries=0, keepalive=1)
+    shared = Shared()
+    spec = build_spec(message=None, json_message=None, template=None, size=None, stamp=None)
+    publishers = []
+    for index in range(20):
+        name = f"ka-{index:02d}"
+        key_file, cert_file = test_ca.client_cert(tmp_path, name)
+        publishers.append(
+            Publisher(
+                Identity(name, index, key_file, cert_file),
+                f"elf/{name}",
+                ThingSchedule(rate=20.0, phase=index / 400, total=120),  # 6 s: six keep-alives
+                spec.encoder(name),
+                qos=0,
+                window=10,
+                shared=shared,
+            )
+        )
+    await Sender(publishers, connector, shared, drain=5.0).run(StopSignal())
+
+    assert connector.reconnects == 0, connector.errors
+    assert [p.published for p in publishers] == [120] * 20
+    idle = sum(p.wire.idle_writes for p in publishers if p.wire is not None)
+    assert idle == 0, f"the writer fired {idle} times with nothing to write"

@@ -12,6 +12,12 @@ import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, NoSuchOption
 
 from elf_async import __version__
+from elf_async.compat import unverified_versions
+
+if (_unverified := unverified_versions()) is not None:  # before anything imports paho
+    sys.stderr.write(f"error: {_unverified}\n")
+    sys.exit(2)  # EXIT_USAGE: the installation is wrong, not the run
+
 from elf_async.cli import clean, create, local, run, send, status, subscribe
 from elf_async.cli._common import console_err, set_verbose, verbose_requested
 from elf_async.config import Settings

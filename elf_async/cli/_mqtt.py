@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from elf_async.dataplane import ConnectOptions
+from elf_async.errors import UsageError
 from elf_async.units import parse_duration
 
 MqttEndpoint = Annotated[
@@ -36,6 +37,10 @@ ConnectRate = Annotated[
     str, typer.Option(help="New connections per second (AWS: 500/s per account).")
 ]
 ConnectTimeout = Annotated[str, typer.Option(help="Time for one connect (TCP, TLS, CONNACK).")]
+Keepalive = Annotated[
+    str,
+    typer.Option(help="MQTT keep-alive: a PINGREQ after this long without traffic (AWS: 30s-20m)."),
+]
 ConnectRetries = Annotated[
     int, typer.Option(min=0, help="Extra attempts for a thing's first connection.")
 ]
@@ -64,6 +69,7 @@ def connect_options(
     connect_rate: str,
     connect_timeout: str,
     connect_retries: int,
+    keepalive: str,
     allow_over_aws_limits: bool,
 ) -> ConnectOptions:
     return ConnectOptions(
@@ -73,5 +79,12 @@ def connect_options(
         connect_rate=connect_rate,
         connect_timeout=parse_duration(connect_timeout, what="--connect-timeout"),
         connect_retries=connect_retries,
+        keepalive=_whole_seconds(parse_duration(keepalive, what="--keepalive"), "--keepalive"),
         allow_over_aws_limits=allow_over_aws_limits,
     )
+
+
+def _whole_seconds(seconds: float, what: str) -> int:
+    if seconds != int(seconds):
+        raise UsageError(f"{what} {seconds:g}s: MQTT counts it in whole seconds")
+    return int(seconds)

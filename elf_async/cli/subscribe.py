@@ -55,6 +55,7 @@ def command(
     connect_rate: _mqtt.ConnectRate = "100/s",
     connect_timeout: _mqtt.ConnectTimeout = "10s",
     connect_retries: _mqtt.ConnectRetries = 3,
+    keepalive: _mqtt.Keepalive = "60s",
     allow_over_aws_limits: _mqtt.AllowOverLimits = False,
 ) -> None:
     """Subscribe as each thing and print what arrives (topic, size, payload)."""
@@ -76,6 +77,7 @@ def command(
             connect_rate=connect_rate,
             connect_timeout=connect_timeout,
             connect_retries=connect_retries,
+            keepalive=keepalive,
             allow_over_aws_limits=allow_over_aws_limits,
         ),
     )
