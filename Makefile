@@ -31,6 +31,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check elf_async tests benchmarks
 	$(BIN)/ruff format --check elf_async tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: deps lint
 	$(BIN)/pytest -q

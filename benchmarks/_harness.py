@@ -29,15 +29,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from elf_async.broker import Mosquitto  # noqa: E402
-from elf_async.certs import (  # noqa: E402
+from elf_async.controlplane.certs import (  # noqa: E402
     CertificateAuthority,
     KeyType,
     generate_key,
     key_pem,
-    write_private,
-    write_public,
 )
+from elf_async.files import write_private, write_public  # noqa: E402
+from elf_async.local.mosquitto import Mosquitto  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "elf-async-bench-pki"

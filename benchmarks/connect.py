@@ -46,8 +46,8 @@ from benchmarks._harness import (
     rss_kb,
 )
 from benchmarks.throughput import read_tagged
-from elf_async.broker import Mosquitto
-from elf_async.mqtt import ClientTls
+from elf_async.dataplane.mqtt import ClientTls
+from elf_async.local.mosquitto import Mosquitto
 
 
 def _connect_packet(client_id: str) -> bytes:

@@ -47,7 +47,7 @@ from benchmarks._harness import (
     tree_cpu_seconds,
     wait_settled,
 )
-from elf_async.broker import Mosquitto
+from elf_async.local.mosquitto import Mosquitto
 
 PEERS: dict[str, str] = {
     "paho": "benchmarks.peers.paho_bare",

@@ -1,7 +1,7 @@
 """The paho-mqtt and aiomqtt versions the send hot path is verified against.
 
-The hot path (elf_async.fastpath) takes over private parts of paho's and aiomqtt's clients, so
-another release can break it silently (paho 2.1 names ``_last_msg_in`` what 2.2 names
+The hot path (elf_async.dataplane.takeover) takes over private parts of paho's and aiomqtt's
+clients, so another release can break it silently (paho 2.1 names ``_last_msg_in`` what 2.2 names
 ``_last_bytes_received``: the keep-alive would break without an error). The CLI checks the
 installed versions first and refuses with one line; tests/test_fastpath_contract.py checks
 the behaviour on what is installed. Keep these ranges and pyproject.toml's pins in step.

@@ -18,8 +18,9 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from elf_async.broker import Mosquitto
-from elf_async.certs import CertificateAuthority, generate_key, key_pem, write_private, write_public
+from elf_async.controlplane.certs import CertificateAuthority, generate_key, key_pem
+from elf_async.files import write_private, write_public
+from elf_async.local.mosquitto import Mosquitto
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mqtt_fixtures import FixtureCA
 
-from elf_async.broker import Mosquitto
+from elf_async.local.mosquitto import Mosquitto
 
 
 def _pub(broker: Mosquitto, key: Path, cert: Path) -> subprocess.CompletedProcess[str]:

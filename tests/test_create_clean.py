@@ -26,7 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from elf_async.certs import CertificateAuthority, key_pem, write_private, write_public
+from elf_async.controlplane.certs import CertificateAuthority, key_pem
+from elf_async.files import write_private, write_public
 
 PROXY = Path(__file__).with_name("throttle_proxy.py")
 

@@ -21,9 +21,9 @@ import pytest
 from mqtt_fixtures import FixtureCA
 from paho.mqtt.enums import CallbackAPIVersion
 
-from elf_async.broker import Mosquitto
-from elf_async.fastpath import Wire, remaining_length
-from elf_async.mqtt import ClientTls, connect
+from elf_async.dataplane.mqtt import ClientTls, connect
+from elf_async.dataplane.takeover import Wire, remaining_length
+from elf_async.local.mosquitto import Mosquitto
 
 
 @dataclass

@@ -11,7 +11,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from elf_async.fastpath import PAHO_INTERNALS, _in_packet
+from elf_async.dataplane.takeover import PAHO_INTERNALS, _in_packet
 
 PAHO = f"paho-mqtt {version('paho-mqtt')}"
 AIOMQTT = f"aiomqtt {version('aiomqtt')}"

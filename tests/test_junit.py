@@ -5,8 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from elf_async.junit import junit_xml, write_junit
-from elf_async.thresholds import evaluate, parse_all
+from elf_async.report.junit import junit_xml, write_junit
+from elf_async.report.thresholds import evaluate, parse_all
 
 REPORT = {
     "messages": {"qos": 1, "scheduled": 100, "acked": 100},

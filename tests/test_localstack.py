@@ -10,7 +10,8 @@ from pathlib import Path
 from conftest import assert_one_line_error, iot_client
 from local_fixtures import LocalCli, alive
 
-from elf_async.certs import CertificateAuthority, generate_key, key_pem, write_private, write_public
+from elf_async.controlplane.certs import CertificateAuthority, generate_key, key_pem
+from elf_async.files import write_private, write_public
 
 
 def _status(local_cli: LocalCli) -> dict[str, object]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from elf_async.dataplane.payload import MAX_PAYLOAD_BYTES, build_spec, read_stamp
 from elf_async.errors import UsageError
-from elf_async.payload import MAX_PAYLOAD_BYTES, build_spec, read_stamp
 
 
 def spec(**options: object):  # type: ignore[no-untyped-def]

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from conftest import BLOCKING_LIMIT_S, MotoServer, blocking_guard
 
-from elf_async.cleanup import clean_fleet
 from elf_async.config import Settings
+from elf_async.controlplane.clean import clean_fleet
+from elf_async.controlplane.create import CreateRequest, create_fleet
 from elf_async.progress import NoProgress
-from elf_async.provision import CreateRequest, create_fleet
 
 
 async def test_create_and_clean_in_process(

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from elf_async.config import Settings, resolve_target
+from elf_async.controlplane.fleet import policy_document, prefix_problem, topic_root_problem
+from elf_async.controlplane.ledger import Ledger
 from elf_async.errors import FleetMismatch, LedgerError, UsageError
-from elf_async.fleet import policy_document, prefix_problem, topic_root_problem
-from elf_async.ledger import Ledger
 from elf_async.pacing import RateLimiter, backoff_delay
 from elf_async.units import parse_api_rate, parse_duration, parse_rate
 

@@ -179,7 +179,7 @@ def test_a_lost_worker_fails_the_run_even_when_the_thresholds_pass(
         workers |= {
             pid
             for pid in children(process.pid)
-            if b"elf_async._worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"elf_async.jobs._worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
         }
         assert len(workers) == 2
         os.kill(min(workers), signal.SIGKILL)

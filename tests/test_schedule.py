@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from elf_async.schedule import ThingSchedule, messages_in, phase_of, plan
+from elf_async.dataplane.schedule import ThingSchedule, messages_in, phase_of, plan
 
 
 def test_due_times_are_start_plus_phase_plus_k_over_rate() -> None:

@@ -20,7 +20,7 @@ import pytest
 from conftest import Cli, assert_one_line_error
 from mqtt_fixtures import FixtureCA, Observer
 
-from elf_async.broker import Mosquitto
+from elf_async.local.mosquitto import Mosquitto
 
 
 @pytest.fixture
@@ -89,7 +89,8 @@ def test_independent_subscriber_sees_exactly_what_was_published(
 
 def _rogue_certificate(cli: Cli, name: str, rogue: FixtureCA) -> None:
     """Replace a thing's certificate with one for the same key from a CA the broker distrusts."""
-    from elf_async.certs import load_private_key, thing_files, write_public
+    from elf_async.controlplane.certs import load_private_key, thing_files
+    from elf_async.files import write_public
 
     key_file, cert_file = thing_files(cli.state_dir, name)
     write_public(cert_file, rogue.ca.sign(load_private_key(key_file).public_key(), name))

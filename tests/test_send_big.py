@@ -10,7 +10,7 @@ from conftest import Cli
 from mqtt_fixtures import Observer
 from test_send import fleet, load, send, things_of
 
-from elf_async.broker import Mosquitto
+from elf_async.local.mosquitto import Mosquitto
 
 __all__ = ["fleet"]  # the fixture, imported for pytest
 

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from mqtt_fixtures import FixtureCA
 
-from elf_async.broker import Mosquitto
-from elf_async.certs import generate_key, key_pem, write_private, write_public
-from elf_async.connections import Connector, Endpoint, Identity
-from elf_async.payload import build_spec
-from elf_async.schedule import ThingSchedule
-from elf_async.sender import Publisher, Sender, Shared
+from elf_async.controlplane.certs import generate_key, key_pem
+from elf_async.dataplane.connections import Connector, Endpoint, Identity
+from elf_async.dataplane.payload import build_spec
+from elf_async.dataplane.schedule import ThingSchedule
+from elf_async.dataplane.sender import Publisher, Sender, Shared
+from elf_async.files import write_private, write_public
+from elf_async.local.mosquitto import Mosquitto
 from elf_async.stopping import StopSignal
 
 

@@ -12,8 +12,8 @@ import pytest
 from conftest import Cli, assert_one_line_error
 from mqtt_fixtures import FixtureCA
 
-from elf_async.broker import Mosquitto
-from elf_async.subscriber import SequenceTracker
+from elf_async.dataplane.subscriber import SequenceTracker
+from elf_async.local.mosquitto import Mosquitto
 
 
 def test_sequence_tracker_counts_loss_duplicates_and_order() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from elf_async.errors import UsageError
-from elf_async.thresholds import evaluate, parse, parse_all
+from elf_async.report.thresholds import evaluate, parse, parse_all
 
 REPORT: dict[str, Any] = {
     "schema": "elf-async/report/1",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from elf_async.dataplane.topics import TopicTemplate, outside_root, validate_topic
 from elf_async.errors import UsageError
-from elf_async.topics import TopicTemplate, outside_root, validate_topic
 
 
 def test_placeholders_render_per_thing() -> None:

@@ -17,7 +17,7 @@ from local_fixtures import LocalCli, alive, children, reaping
 from mqtt_fixtures import FixtureCA, Observer
 from test_send import load, send, things_of
 
-from elf_async.broker import Mosquitto
+from elf_async.local.mosquitto import Mosquitto
 from elf_async.metrics import Histogram, merge_series, merged
 
 

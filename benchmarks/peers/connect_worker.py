@@ -76,8 +76,8 @@ async def open_asyncio(config: PeerConfig, keep: list[Any], gate: asyncio.Semaph
 
 
 async def open_elf_async(config: PeerConfig, keep: list[Any]) -> tuple[int, dict[str, Any]]:
-    from elf_async.connections import Connector, Endpoint, Identity
-    from elf_async.mqtt import ConnectFailed
+    from elf_async.dataplane.connections import Connector, Endpoint, Identity
+    from elf_async.dataplane.mqtt import ConnectFailed
 
     endpoint = Endpoint(config.host, config.port, Path(config.ca_file).read_text())  # noqa: ASYNC240 - before timing
     rate = float(config.extra.get("connect_rate", 10_000))

@@ -19,10 +19,10 @@ from typing import Any
 import uvloop
 
 from benchmarks.peers._common import emit, load_config, self_cpu, wait_line_async
-from elf_async.connections import Connector, Endpoint, Identity
-from elf_async.payload import build_spec
-from elf_async.schedule import plan
-from elf_async.sender import Publisher, Sender, Shared
+from elf_async.dataplane.connections import Connector, Endpoint, Identity
+from elf_async.dataplane.payload import build_spec
+from elf_async.dataplane.schedule import plan
+from elf_async.dataplane.sender import Publisher, Sender, Shared
 from elf_async.stopping import StopSignal
 
 

@@ -1,8 +1,8 @@
-"""Peer (5, `elf_async:wN`): elf-async's `send --workers N`, i.e. `elf_async.workers`.
+"""Peer (5, `elf_async:wN`): elf-async's `send --workers N`, i.e. `elf_async.jobs.workers`.
 
 The real machinery, not a copy of it. The plan is built here as the `elf_async` peer builds its
 publishers (same schedule, payload, QoS, window, drain, connect rate); `send_in_workers` starts
-N ``python -m elf_async._worker`` processes, deals the things out round-robin and merges their
+N ``python -m elf_async.jobs._worker`` processes, deals the things out round-robin and merges their
 tallies. `w1` is one worker process (not what `send --workers 1` runs, which is in-process: the
 `elf_async` peer), to see what the split itself costs.
 
@@ -11,7 +11,7 @@ workers' `Go` is held back until the harness has had READY and said GO. A `_Work
 does it: its `ready` event, when `send_in_workers` awaits it, also waits for the harness (the one
 place between "every worker connected" and the `Go` message the parent sends). Everything else
 (Go at one wall-clock instant, Stop forwarding, drain, Done, merging, killing by PID) is
-`elf_async.workers` unchanged.
+`elf_async.jobs.workers` unchanged.
 
 Flat out: as the `elf_async` peer, every thing scheduled at `flat_out_rate` (AWS's 100/s) and
 stopped `seconds` after GO as a Ctrl-C would (the parent forwards the stop to every worker).
@@ -36,11 +36,11 @@ from typing import Literal
 
 from benchmarks.peers._common import PeerConfig, emit, wait_line_async
 from benchmarks.peers.elf_async_send import result_document
-from elf_async import workers
-from elf_async.connections import Endpoint, Identity
-from elf_async.payload import build_spec
-from elf_async.schedule import plan
-from elf_async.sendjob import SendPlan, SendSetup, ThingPlan
+from elf_async.dataplane.connections import Endpoint, Identity
+from elf_async.dataplane.payload import build_spec
+from elf_async.dataplane.plan import SendPlan, SendSetup, ThingPlan
+from elf_async.dataplane.schedule import plan
+from elf_async.jobs import workers
 from elf_async.stopping import StopSignal
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from elf_async.dataplane import ConnectOptions
+from elf_async.dataplane.options import ConnectOptions
 from elf_async.errors import UsageError
 from elf_async.units import parse_duration
 

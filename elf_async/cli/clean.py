@@ -9,8 +9,6 @@ from typing import Annotated
 
 import typer
 
-from elf_async import localstack
-from elf_async.cleanup import CleanResult, clean_fleet, forget_local
 from elf_async.cli._common import (
     ApiRateOption,
     ConcurrencyOption,
@@ -19,9 +17,11 @@ from elf_async.cli._common import (
     run,
     settings,
 )
+from elf_async.cli._progress import progress_for
+from elf_async.controlplane.clean import CleanResult, clean_fleet, forget_local
+from elf_async.controlplane.ledger import Ledger
 from elf_async.errors import PartialFailure, UsageError
-from elf_async.ledger import Ledger
-from elf_async.progress import progress_for
+from elf_async.local import stack as localstack
 
 
 def command(

@@ -9,8 +9,6 @@ from typing import Annotated
 
 import typer
 
-from elf_async import localstack
-from elf_async.certs import KeyType
 from elf_async.cli._common import (
     ApiRateOption,
     CaCertOption,
@@ -27,10 +25,12 @@ from elf_async.cli._common import (
     run,
     settings,
 )
+from elf_async.cli._progress import progress_for
+from elf_async.controlplane.certs import KeyType
+from elf_async.controlplane.create import CERT_MODES, CreateRequest, CreateResult, create_fleet
+from elf_async.controlplane.fleet import prefix_problem, topic_root_problem
 from elf_async.errors import PartialFailure, UsageError
-from elf_async.fleet import prefix_problem, topic_root_problem
-from elf_async.progress import progress_for
-from elf_async.provision import CERT_MODES, CreateRequest, CreateResult, create_fleet
+from elf_async.local import stack as localstack
 
 KEY_TYPES: tuple[KeyType, ...] = ("rsa", "ec")
 

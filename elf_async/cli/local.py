@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from elf_async import localstack
 from elf_async.cli._common import console_err, settings
+from elf_async.controlplane.ledger import Ledger
 from elf_async.errors import LedgerError
-from elf_async.ledger import Ledger
+from elf_async.local import stack as localstack
 
 app = typer.Typer(
     name="local",

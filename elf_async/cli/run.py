@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 import typer
 
-from elf_async import localstack, runner
 from elf_async.cli import _mqtt, create
 from elf_async.cli._common import (
     ApiRateOption,
@@ -30,17 +29,19 @@ from elf_async.cli._common import (
     run,
     settings,
 )
+from elf_async.cli._live import print_summary
+from elf_async.cli._progress import progress_for
 from elf_async.cli.send import Workers
 from elf_async.config import Settings
+from elf_async.controlplane.ledger import Ledger
 from elf_async.errors import ThresholdFailed, UsageError
-from elf_async.junit import junit_xml, write_junit
-from elf_async.ledger import Ledger
-from elf_async.live import print_summary
-from elf_async.progress import progress_for
-from elf_async.report import write_report
-from elf_async.sendjob import SendRequest, run_send
+from elf_async.jobs import run as runner
+from elf_async.jobs.send import SendRequest, run_send
+from elf_async.local import stack as localstack
+from elf_async.report.document import write_report
+from elf_async.report.junit import junit_xml, write_junit
+from elf_async.report.thresholds import parse_all
 from elf_async.stopping import StopSignal
-from elf_async.thresholds import parse_all
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:

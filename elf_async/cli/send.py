@@ -15,11 +15,11 @@ import typer
 
 from elf_async.cli import _mqtt
 from elf_async.cli._common import console_err, run, settings
+from elf_async.cli._live import Fields, LiveView, ms, print_summary
+from elf_async.dataplane.mqtt import debug_paho
+from elf_async.dataplane.sender import Snapshot
 from elf_async.errors import PartialFailure
-from elf_async.live import Fields, LiveView, ms, print_summary
-from elf_async.mqtt import debug_paho
-from elf_async.sender import Snapshot
-from elf_async.sendjob import SendRequest, run_send
+from elf_async.jobs.send import SendRequest, run_send
 from elf_async.stopping import StopSignal
 
 Workers = Annotated[

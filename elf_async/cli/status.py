@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from elf_async.cli._common import settings
-from elf_async.fleet_status import fleet_status
+from elf_async.controlplane.status import fleet_status
 
 
 def command(

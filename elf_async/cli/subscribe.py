@@ -13,11 +13,11 @@ import typer
 
 from elf_async.cli import _mqtt
 from elf_async.cli._common import console_err, run, settings
+from elf_async.cli._live import LiveView, ms, print_summary
+from elf_async.dataplane.mqtt import debug_paho
 from elf_async.errors import PartialFailure
-from elf_async.live import LiveView, ms, print_summary
-from elf_async.mqtt import debug_paho
+from elf_async.jobs.subscribe import SubscribeRequest, run_subscribe
 from elf_async.stopping import StopSignal
-from elf_async.subjob import SubscribeRequest, run_subscribe
 
 
 def command(

@@ -1,10 +1,10 @@
 """`send`: a mutual-TLS publisher per thing on one event loop, open-loop schedule, honest counts.
 
 The hot path is `Publisher.pump`: it frames the due messages on the connection's `Wire`
-(elf_async.fastpath: own PUBLISH framing, one write per pump, PUBACKs read in bulk; no await
-per message) and keeps at most `window` QoS 1 messages unacknowledged; PUBACKs arrive through
-`Publisher.acked_mid`. A message counts as published once its bytes are in the kernel. A
-publisher that falls behind (broker slow, connection lost) owes its missed messages and sends
+(elf_async.dataplane.takeover: own PUBLISH framing, one write per pump, PUBACKs read in bulk;
+no await per message) and keeps at most `window` QoS 1 messages unacknowledged; PUBACKs arrive
+through `Publisher.acked_mid`. A message counts as published once its bytes are in the kernel.
+A publisher that falls behind (broker slow, connection lost) owes its missed messages and sends
 them when it can; each message's lag behind its due time is measured. Messages unacknowledged
 when a connection drops are sent again after the reconnect.
 """
@@ -20,12 +20,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from elf_async.connections import Connector, Identity
-from elf_async.fastpath import Readers, Wire
+from elf_async.dataplane.connections import Connector, Identity
+from elf_async.dataplane.mqtt import ConnectFailed, Link
+from elf_async.dataplane.payload import Encoder
+from elf_async.dataplane.schedule import ThingSchedule
+from elf_async.dataplane.takeover import Readers, Wire
 from elf_async.metrics import Histogram, Series
-from elf_async.mqtt import ConnectFailed, Link
-from elf_async.payload import Encoder
-from elf_async.schedule import ThingSchedule
 from elf_async.stopping import StopSignal
 
 SERIES_FIELDS = ("scheduled", "published", "acked", "failed", "reconnects")

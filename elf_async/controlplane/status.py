@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from elf_async.ledger import Ledger
+from elf_async.controlplane.ledger import Ledger
 
 
 def fleet_status(state_dir: Path) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 sending one schedule, shown in one live view and reported in one report.
 
 The parent plans once (every option checked, phases spread over the whole fleet) and starts N
-``python -m elf_async._worker`` processes, each in a session of its own so that a terminal's
+``python -m elf_async.jobs._worker`` processes, each in a session of its own so that a terminal's
 Ctrl-C reaches only the parent, which forwards each stop once. A worker gets the things
 round-robin (its load spread over the interval like the fleet's) and 1/N of --connect-rate;
 it connects, says READY and waits for GO, whose wall-clock instant it turns into its own
@@ -31,12 +31,12 @@ from typing import IO, Any
 
 import uvloop
 
+from elf_async.dataplane.mqtt import debug_paho
+from elf_async.dataplane.plan import SendPlan, SendSetup, send_here
+from elf_async.dataplane.sender import Shared, Snapshot
 from elf_async.errors import EXIT_RUNTIME
 from elf_async.metrics import Histogram, merged
-from elf_async.mqtt import debug_paho
-from elf_async.report import SendTally, ThingTally
-from elf_async.sender import Shared, Snapshot
-from elf_async.sendjob import SendPlan, SendSetup, send_here
+from elf_async.report.document import SendTally, ThingTally
 from elf_async.stopping import StopSignal
 
 GO_DELAY_S = 0.1  # from GO to the first due message: time for every worker to hear GO
@@ -118,7 +118,7 @@ class _Worker:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "elf_async._worker",
+            "elf_async.jobs._worker",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             start_new_session=True,
@@ -288,7 +288,7 @@ class _ForwardedStop(StopSignal):
 
 
 def worker_main() -> None:
-    """Entry of ``python -m elf_async._worker``: messages on stdin/stdout, logs on stderr."""
+    """Entry of ``python -m elf_async.jobs._worker``: messages on stdin/stdout, logs on stderr."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # stops come from the parent, as messages
     channel = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print cannot corrupt a frame

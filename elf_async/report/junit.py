@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
-from elf_async.thresholds import Verdict
+from elf_async.report.thresholds import Verdict
 
 SUITE = "elf-async"
 

@@ -13,8 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elf_async.metrics import Histogram
-from elf_async.mqtt import (
+from elf_async.dataplane.mqtt import (
     ALPN_PORT,
     KEEPALIVE,
     ClientTls,
@@ -22,7 +21,8 @@ from elf_async.mqtt import (
     Link,
     MessageCallback,
 )
-from elf_async.mqtt import connect as mqtt_connect
+from elf_async.dataplane.mqtt import connect as mqtt_connect
+from elf_async.metrics import Histogram
 from elf_async.pacing import RateLimiter, backoff_delay
 
 CLIENT_ID_INTERVAL = 1.0  # AWS: one CONNECT per second per client ID

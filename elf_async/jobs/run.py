@@ -15,8 +15,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from elf_async.cleanup import CleanResult, clean_fleet
 from elf_async.config import Settings
+from elf_async.controlplane.clean import CleanResult, clean_fleet
+from elf_async.controlplane.create import CreateRequest, CreateResult, create_fleet
+from elf_async.controlplane.ledger import Ledger
 from elf_async.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -26,11 +28,9 @@ from elf_async.errors import (
     ElfError,
     PartialFailure,
 )
-from elf_async.ledger import Ledger
 from elf_async.progress import ProgressSink
-from elf_async.provision import CreateRequest, CreateResult, create_fleet
+from elf_async.report.thresholds import Threshold, Verdict, evaluate
 from elf_async.stopping import StopSignal
-from elf_async.thresholds import Threshold, Verdict, evaluate
 
 T = TypeVar("T")
 # The send phase: sends from every thing of the fleet, drains once the StopSignal fires

@@ -26,18 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from elf_async.aws import connect
-from elf_async.broker import Mosquitto, _accepts, _free_port, _tail, find_mosquitto
-from elf_async.certs import (
-    CertificateAuthority,
-    ensure_private_dir,
-    key_pem,
-    write_private,
-    write_public,
-)
 from elf_async.config import DEFAULT_REGION, Settings, Target
+from elf_async.controlplane.aws import connect
+from elf_async.controlplane.certs import CertificateAuthority, key_pem
+from elf_async.controlplane.create import CreateRequest, register_ca
 from elf_async.errors import LocalStackError, UsageError
-from elf_async.provision import CreateRequest, register_ca
+from elf_async.files import ensure_private_dir, write_private, write_public
+from elf_async.local.mosquitto import Mosquitto, _accepts, _free_port, _tail, find_mosquitto
 
 HOST = "127.0.0.1"
 STACK_DIR = "local"

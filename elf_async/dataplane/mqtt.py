@@ -5,7 +5,7 @@ things aiomqtt does not give are added here, in one place, through its paho clie
 - the real reason of a refused connection: a TLS alert from the broker (unknown CA, no
   certificate) reaches aiomqtt only as "Operation timed out", while paho logs it;
 - a hot path without a per-message await: `send` frames PUBLISH packets and reads PUBACKs
-  itself on the connection's socket (elf_async.fastpath; aiomqtt's ``publish()`` costs
+  itself on the connection's socket (elf_async.dataplane.takeover; aiomqtt's ``publish()`` costs
   ~150-200 µs, paho's own ``publish()`` and reader cap QoS 1 far lower than that path).
 """
 

@@ -13,8 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from elf_async.aws import ControlPlane, api_report, check_account, configured_region, connect
-from elf_async.certs import (
+from elf_async.config import Settings, resolve_target
+from elf_async.controlplane.aws import (
+    ControlPlane,
+    api_report,
+    check_account,
+    configured_region,
+    connect,
+)
+from elf_async.controlplane.certs import (
     CertificateAuthority,
     KeyType,
     PrivateKey,
@@ -23,12 +30,8 @@ from elf_async.certs import (
     load_private_key,
     make_csr,
     thing_files,
-    write_private,
-    write_public,
 )
-from elf_async.config import Settings, resolve_target
-from elf_async.errors import AccessDenied, AwsError, ErrorTally, UsageError
-from elf_async.fleet import (
+from elf_async.controlplane.fleet import (
     FLEET_ATTRIBUTE,
     INDEX_WIDTH,
     default_prefix,
@@ -36,9 +39,11 @@ from elf_async.fleet import (
     policy_document,
     policy_name,
 )
-from elf_async.ledger import Ledger, ThingRecord
+from elf_async.controlplane.ledger import Ledger, ThingRecord
+from elf_async.controlplane.recovery import RecoveryResult, resolve_cert_intents
+from elf_async.errors import AccessDenied, AwsError, ErrorTally, UsageError
+from elf_async.files import write_private, write_public
 from elf_async.progress import ProgressSink
-from elf_async.recovery import RecoveryResult, resolve_cert_intents
 
 CertMode = Literal["aws", "csr", "ca"]
 CERT_MODES: tuple[CertMode, ...] = ("aws", "csr", "ca")

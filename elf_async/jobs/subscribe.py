@@ -9,17 +9,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from elf_async import localstack
 from elf_async.config import Settings
-from elf_async.connections import Connector
-from elf_async.dataplane import ConnectOptions, ready_identities, resolve_endpoint
+from elf_async.controlplane.ledger import Ledger
+from elf_async.dataplane.connections import Connector
+from elf_async.dataplane.options import ConnectOptions
+from elf_async.dataplane.subscriber import Subscriber, Watch
+from elf_async.dataplane.topics import TopicTemplate
 from elf_async.errors import UsageError
-from elf_async.ledger import Ledger
-from elf_async.report import subscribe_report, write_report
-from elf_async.sendjob import DEFAULT_DURATION, check_report_path
+from elf_async.jobs.send import DEFAULT_DURATION, check_report_path
+from elf_async.jobs.target import ready_identities, resolve_endpoint
+from elf_async.local import stack as localstack
+from elf_async.report.document import subscribe_report, write_report
 from elf_async.stopping import StopSignal
-from elf_async.subscriber import Subscriber, Watch
-from elf_async.topics import TopicTemplate
 from elf_async.units import parse_duration
 
 

@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from elf_async import __version__
-from elf_async.certs import write_public
-from elf_async.connections import Connector, Endpoint
+from elf_async.dataplane.connections import Connector, Endpoint
+from elf_async.dataplane.sender import SendResult, Shared
+from elf_async.dataplane.subscriber import SubscribeResult
 from elf_async.errors import UsageError
+from elf_async.files import write_public
 from elf_async.metrics import Histogram, merge_series, merged
-from elf_async.sender import SendResult, Shared
-from elf_async.subscriber import SubscribeResult
 
 SCHEMA = "elf-async/report/1"
 

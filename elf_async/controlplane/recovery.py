@@ -22,16 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from elf_async.aws import ControlPlane
-from elf_async.certs import (
+from elf_async.controlplane.aws import ControlPlane
+from elf_async.controlplane.certs import (
     common_name,
     load_private_key,
     own_public_key_der,
     public_key_der,
     thing_files,
 )
+from elf_async.controlplane.ledger import Ledger, ThingRecord
 from elf_async.errors import AwsError
-from elf_async.ledger import Ledger, ThingRecord
 
 log = logging.getLogger(__name__)
 WINDOW_BEFORE_S = 300.0  # clock skew between this machine and AWS

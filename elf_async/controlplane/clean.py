@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from elf_async.aws import (
+from elf_async.config import Settings, resolve_target
+from elf_async.controlplane.aws import (
     NOT_FOUND_CODES,
     ControlPlane,
     api_report,
@@ -23,13 +24,12 @@ from elf_async.aws import (
     configured_region,
     connect,
 )
-from elf_async.certs import thing_files
-from elf_async.config import Settings, resolve_target
+from elf_async.controlplane.certs import thing_files
+from elf_async.controlplane.fleet import FLEET_ATTRIBUTE, policy_name
+from elf_async.controlplane.ledger import LEDGER_FILE, Ledger, ThingRecord
+from elf_async.controlplane.recovery import resolve_cert_intents
 from elf_async.errors import AccessDenied, AwsError, ErrorTally, UsageError
-from elf_async.fleet import FLEET_ATTRIBUTE, policy_name
-from elf_async.ledger import LEDGER_FILE, Ledger, ThingRecord
 from elf_async.progress import ProgressSink
-from elf_async.recovery import resolve_cert_intents
 
 # DetachThingPrincipal propagates asynchronously: what follows may conflict for a while.
 CONFLICTS = frozenset(

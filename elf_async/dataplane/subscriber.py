@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from elf_async.connections import Connector, Identity
+from elf_async.dataplane.connections import Connector, Identity
+from elf_async.dataplane.mqtt import ConnectFailed, Link
+from elf_async.dataplane.payload import read_stamp
 from elf_async.metrics import Histogram, Series
-from elf_async.mqtt import ConnectFailed, Link
-from elf_async.payload import read_stamp
 from elf_async.stopping import StopSignal
 
 SERIES_FIELDS = ("received", "lost", "duplicates")

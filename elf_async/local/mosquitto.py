@@ -17,14 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elf_async.certs import (
-    CertificateAuthority,
-    generate_key,
-    key_pem,
-    write_private,
-    write_public,
-)
+from elf_async.controlplane.certs import CertificateAuthority, generate_key, key_pem
 from elf_async.errors import LocalStackError
+from elf_async.files import write_private, write_public
 
 _INSTALL_HINT = (
     "mosquitto is not installed: sudo apt-get install mosquitto (Debian/Ubuntu) "

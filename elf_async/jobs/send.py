@@ -5,29 +5,25 @@ the report."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from elf_async import localstack
 from elf_async.config import Settings
-from elf_async.connections import Connector, Endpoint, Identity
-from elf_async.dataplane import (
-    AWS_MAX_INFLIGHT,
-    AWS_PUBLISH_PER_S,
-    ConnectOptions,
-    ready_identities,
-    resolve_endpoint,
-)
+from elf_async.controlplane.ledger import Ledger
+from elf_async.dataplane.options import AWS_MAX_INFLIGHT, AWS_PUBLISH_PER_S, ConnectOptions
+from elf_async.dataplane.payload import build_spec
+from elf_async.dataplane.plan import SendPlan, SendSetup, ThingPlan, send_here
+from elf_async.dataplane.schedule import plan
+from elf_async.dataplane.sender import Snapshot
+from elf_async.dataplane.topics import TopicTemplate, outside_root
 from elf_async.errors import UsageError
-from elf_async.ledger import Ledger
-from elf_async.payload import PayloadSpec, build_spec
-from elf_async.report import SendTally, send_report, write_report
-from elf_async.schedule import ThingSchedule, plan
-from elf_async.sender import Publisher, Sender, SendResult, Shared, Snapshot
+from elf_async.jobs.target import ready_identities, resolve_endpoint
+from elf_async.jobs.workers import send_in_workers
+from elf_async.local import stack as localstack
+from elf_async.report.document import SendTally, send_report, write_report
 from elf_async.stopping import StopSignal
-from elf_async.topics import TopicTemplate, outside_root
 from elf_async.units import parse_duration, parse_rate
 
 DEFAULT_RATE = "1/s"  # the seed's pace
@@ -91,44 +87,6 @@ def _rates(request: SendRequest, things: int) -> float:
             "--allow-over-aws-limits)"
         )
     return rate
-
-
-@dataclass(frozen=True, slots=True)
-class ThingPlan:
-    """One thing's part of the run."""
-
-    identity: Identity
-    topic: str
-    schedule: ThingSchedule
-
-
-@dataclass(frozen=True)
-class SendPlan:
-    """Every thing's topic, payload and schedule, checked; it pickles, so workers share it."""
-
-    things: list[ThingPlan]
-    spec: PayloadSpec
-    qos: int
-    window: int  # QoS 1 messages in flight per client
-
-    @property
-    def target_per_s(self) -> float:
-        return sum(t.schedule.rate for t in self.things if t.schedule.total)
-
-    def publishers(self, shared: Shared) -> list[Publisher]:
-        """The publishers of this plan (on the running event loop)."""
-        return [
-            Publisher(
-                t.identity,
-                t.topic,
-                t.schedule,
-                self.spec.encoder(t.identity.name),
-                qos=self.qos,
-                window=self.window,
-                shared=shared,
-            )
-            for t in self.things
-        ]
 
 
 def plan_send(
@@ -224,8 +182,6 @@ async def run_send(
     if request.workers == 1:
         result = SendTally.of(await send_here(send_plan, setup, stop, on_tick=on_tick))
     else:
-        from elf_async.workers import send_in_workers  # it imports this module
-
         result = await send_in_workers(
             send_plan, setup, request.workers, stop, on_tick=on_tick, verbose=settings.verbose
         )
@@ -239,48 +195,3 @@ async def run_send(
     if request.report is not None:
         write_report(request.report, report)
     return report
-
-
-@dataclass(frozen=True)
-class SendSetup:
-    """How to connect and drain: what a sending process needs besides its plan."""
-
-    endpoint: Endpoint
-    connect_per_s: float
-    connect_timeout: float
-    connect_retries: int
-    keepalive: int
-    drain: float
-
-
-async def send_here(
-    send_plan: SendPlan,
-    setup: SendSetup,
-    stop: StopSignal,
-    *,
-    on_tick: Callable[[Snapshot], None] = lambda snapshot: None,
-    clock: float | None = None,
-    go: Callable[[], Awaitable[float]] | None = None,
-    shared: Shared | None = None,
-) -> SendResult:
-    """The plan's things sent from this process's event loop (`clock`, `go`: see `Sender`;
-    `shared`: histograms the caller wants to watch)."""
-    connector = Connector(
-        setup.endpoint,
-        rate=setup.connect_per_s,
-        timeout=setup.connect_timeout,
-        retries=setup.connect_retries,
-        keepalive=setup.keepalive,
-        max_inflight=send_plan.window,
-    )
-    shared = Shared() if shared is None else shared
-    sender = Sender(
-        send_plan.publishers(shared),
-        connector,
-        shared,
-        drain=setup.drain,
-        on_tick=on_tick,
-        clock=clock,
-        go=go,
-    )
-    return await sender.run(stop)

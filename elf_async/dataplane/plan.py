@@ -1,0 +1,97 @@
+"""A send's plan (every thing's identity, topic, schedule; the payload; QoS and window) and
+how to connect: all a sending process needs. Both pickle, so `send --workers` processes share
+them; `send_here` runs a plan on the running event loop."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from elf_async.dataplane.connections import Connector, Endpoint, Identity
+from elf_async.dataplane.payload import PayloadSpec
+from elf_async.dataplane.schedule import ThingSchedule
+from elf_async.dataplane.sender import Publisher, Sender, SendResult, Shared, Snapshot
+from elf_async.stopping import StopSignal
+
+
+@dataclass(frozen=True, slots=True)
+class ThingPlan:
+    """One thing's part of the run."""
+
+    identity: Identity
+    topic: str
+    schedule: ThingSchedule
+
+
+@dataclass(frozen=True)
+class SendPlan:
+    """Every thing's topic, payload and schedule, checked; it pickles, so workers share it."""
+
+    things: list[ThingPlan]
+    spec: PayloadSpec
+    qos: int
+    window: int  # QoS 1 messages in flight per client
+
+    @property
+    def target_per_s(self) -> float:
+        return sum(t.schedule.rate for t in self.things if t.schedule.total)
+
+    def publishers(self, shared: Shared) -> list[Publisher]:
+        """The publishers of this plan (on the running event loop)."""
+        return [
+            Publisher(
+                t.identity,
+                t.topic,
+                t.schedule,
+                self.spec.encoder(t.identity.name),
+                qos=self.qos,
+                window=self.window,
+                shared=shared,
+            )
+            for t in self.things
+        ]
+
+
+@dataclass(frozen=True)
+class SendSetup:
+    """How to connect and drain: what a sending process needs besides its plan."""
+
+    endpoint: Endpoint
+    connect_per_s: float
+    connect_timeout: float
+    connect_retries: int
+    keepalive: int
+    drain: float
+
+
+async def send_here(
+    send_plan: SendPlan,
+    setup: SendSetup,
+    stop: StopSignal,
+    *,
+    on_tick: Callable[[Snapshot], None] = lambda snapshot: None,
+    clock: float | None = None,
+    go: Callable[[], Awaitable[float]] | None = None,
+    shared: Shared | None = None,
+) -> SendResult:
+    """The plan's things sent from this process's event loop (`clock`, `go`: see `Sender`;
+    `shared`: histograms the caller wants to watch)."""
+    connector = Connector(
+        setup.endpoint,
+        rate=setup.connect_per_s,
+        timeout=setup.connect_timeout,
+        retries=setup.connect_retries,
+        keepalive=setup.keepalive,
+        max_inflight=send_plan.window,
+    )
+    shared = Shared() if shared is None else shared
+    sender = Sender(
+        send_plan.publishers(shared),
+        connector,
+        shared,
+        drain=setup.drain,
+        on_tick=on_tick,
+        clock=clock,
+        go=go,
+    )
+    return await sender.run(stop)

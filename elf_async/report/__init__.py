@@ -1,0 +1,1 @@
+"""Reports: the JSON document, thresholds, JUnit."""
