@@ -4,7 +4,7 @@ seed's way (a sequential boto3 loop making the same calls), in one run.
 Scenarios (N things each, default 200):
 - unpaced: moto as it is (no quotas), elf-async with its pacing lifted (--api-rate ...=1000/s)
   against the sequential loop: what concurrency buys when the server is the only limit.
-- quotas: the throttling proxy (tests/throttle_proxy.py) enforcing AWS's default quotas per
+- quotas: the throttling proxy (tests/support/throttle_proxy.py) enforcing AWS's default quotas per
   API in front of moto; elf-async with its default pacing against the sequential loop
   (botocore standard retries): how close each gets to the quotas, and how often it is throttled.
 
@@ -34,7 +34,7 @@ import boto3
 from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
-PROXY = ROOT / "tests" / "throttle_proxy.py"
+PROXY = ROOT / "tests" / "support" / "throttle_proxy.py"
 ENV = {
     "AWS_ACCESS_KEY_ID": "bench",
     "AWS_SECRET_ACCESS_KEY": "bench",

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import assert_one_line_error
+from support.fixtures import assert_one_line_error
 
 from elf_async.compat import unverified_versions
 

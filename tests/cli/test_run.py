@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_one_line_error, iot_client
-from local_fixtures import LocalCli, alive, children, processes_under, reaping
+from support.fixtures import assert_one_line_error, iot_client
+from support.local import LocalCli, alive, children, processes_under, reaping
 
 SEND = ("--rate", "2/s", "--duration", "2s", "--qos", "1")
 

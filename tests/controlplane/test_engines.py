@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BLOCKING_LIMIT_S, MotoServer, blocking_guard
+from support.fixtures import BLOCKING_LIMIT_S, MotoServer, blocking_guard
 
 from elf_async.config import Settings
 from elf_async.controlplane.clean import clean_fleet

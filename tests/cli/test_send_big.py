@@ -6,9 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Cli
-from mqtt_fixtures import Observer
-from test_send import fleet, load, send, things_of
+from support.fixtures import Cli
+from support.mqtt import Observer
+from support.send import fleet, load, send, things_of
 
 from elf_async.local.mosquitto import Mosquitto
 

@@ -7,8 +7,8 @@ import stat
 import subprocess
 from pathlib import Path
 
-from conftest import assert_one_line_error, iot_client
-from local_fixtures import LocalCli, alive
+from support.fixtures import assert_one_line_error, iot_client
+from support.local import LocalCli, alive
 
 from elf_async.controlplane.certs import CertificateAuthority, generate_key, key_pem
 from elf_async.files import write_private, write_public

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from support.fixtures import (
     Cli,
     MotoServer,
     assert_one_line_error,
@@ -22,14 +25,11 @@ from conftest import (
     stop_process,
     wait_for_port,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from elf_async.controlplane.certs import CertificateAuthority, key_pem
 from elf_async.files import write_private, write_public
 
-PROXY = Path(__file__).with_name("throttle_proxy.py")
+PROXY = Path(__file__).parents[1] / "support" / "throttle_proxy.py"
 
 
 def fleet_things(iot: Any) -> list[dict[str, Any]]:

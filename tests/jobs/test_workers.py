@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Cli, assert_one_line_error
-from local_fixtures import LocalCli, alive, children, reaping
-from mqtt_fixtures import FixtureCA, Observer
-from test_send import load, send, things_of
+from support.fixtures import Cli, assert_one_line_error
+from support.local import LocalCli, alive, children, reaping
+from support.mqtt import FixtureCA, Observer
+from support.send import load, send, things_of
 
 from elf_async.local.mosquitto import Mosquitto
 from elf_async.metrics import Histogram, merge_series, merged

@@ -14,43 +14,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import Cli, assert_one_line_error
-from mqtt_fixtures import FixtureCA, Observer
+from support.fixtures import Cli, assert_one_line_error
+from support.mqtt import FixtureCA, Observer
+from support.send import load, send, things_of
 
 from elf_async.local.mosquitto import Mosquitto
-
-
-@pytest.fixture
-def fleet(cli: Cli, test_ca: FixtureCA) -> Cli:
-    """Three ready things signed by the test CA."""
-    result = cli(
-        "create", "3", "--cert-mode", "ca", "--ca-cert", str(test_ca.cert_file),
-        "--ca-key", str(test_ca.key_file), "--key-type", "ec",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return cli
-
-
-def things_of(cli: Cli) -> list[str]:
-    return sorted(p.stem for p in (cli.state_dir / "certs").glob("*.crt"))
-
-
-def send(
-    cli: Cli, broker: Mosquitto, *args: str, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return cli(
-        "send", "--mqtt-endpoint", f"127.0.0.1:{broker.port}", "--ca-file", str(broker.ca_file),
-        *args, timeout=timeout,
-    )  # fmt: skip
-
-
-def load(path: Path) -> dict[str, Any]:
-    report = json.loads(path.read_text())
-    assert report["schema"] == "elf-async/report/1"
-    return report
 
 
 @pytest.mark.parametrize("qos", ["0", "1"])

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAKE_AWS_ENV
+
+from support.fixtures import FAKE_AWS_ENV
 
 
 def processes_under(directory: Path) -> set[int]:

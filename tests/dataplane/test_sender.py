@@ -6,7 +6,7 @@ import asyncio
 import re
 from pathlib import Path
 
-from mqtt_fixtures import FixtureCA
+from support.mqtt import FixtureCA
 
 from elf_async.controlplane.certs import generate_key, key_pem
 from elf_async.dataplane.connections import Connector, Endpoint, Identity

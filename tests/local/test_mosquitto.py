@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from mqtt_fixtures import FixtureCA
+from support.mqtt import FixtureCA
 
 from elf_async.local.mosquitto import Mosquitto
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Cli, assert_one_line_error
-from mqtt_fixtures import FixtureCA
+from support.fixtures import Cli, assert_one_line_error
+from support.mqtt import FixtureCA
 
 from elf_async.dataplane.subscriber import SequenceTracker
 from elf_async.local.mosquitto import Mosquitto

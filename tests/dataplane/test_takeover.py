@@ -18,8 +18,8 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from mqtt_fixtures import FixtureCA
 from paho.mqtt.enums import CallbackAPIVersion
+from support.mqtt import FixtureCA
 
 from elf_async.dataplane.mqtt import ClientTls, connect
 from elf_async.dataplane.takeover import Wire, remaining_length

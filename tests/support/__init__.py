@@ -1,0 +1,1 @@
+"""What the tests share: fixtures, helpers, an independent MQTT observer, a throttling proxy."""

@@ -1,0 +1,45 @@
+"""`send` through the CLI on a fleet the broker trusts: the fixture and helpers the send,
+send-big and workers tests share."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from elf_async.local.mosquitto import Mosquitto
+from support.fixtures import Cli
+from support.mqtt import FixtureCA
+
+
+@pytest.fixture
+def fleet(cli: Cli, test_ca: FixtureCA) -> Cli:
+    """Three ready things signed by the test CA."""
+    result = cli(
+        "create", "3", "--cert-mode", "ca", "--ca-cert", str(test_ca.cert_file),
+        "--ca-key", str(test_ca.key_file), "--key-type", "ec",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return cli
+
+
+def things_of(cli: Cli) -> list[str]:
+    return sorted(p.stem for p in (cli.state_dir / "certs").glob("*.crt"))
+
+
+def send(
+    cli: Cli, broker: Mosquitto, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return cli(
+        "send", "--mqtt-endpoint", f"127.0.0.1:{broker.port}", "--ca-file", str(broker.ca_file),
+        *args, timeout=timeout,
+    )  # fmt: skip
+
+
+def load(path: Path) -> dict[str, Any]:
+    report = json.loads(path.read_text())
+    assert report["schema"] == "elf-async/report/1"
+    return report
