@@ -18,6 +18,7 @@ from elf_async.live import LiveView, ms, print_summary
 from elf_async.mqtt import debug_paho
 from elf_async.stopping import StopSignal
 from elf_async.subjob import SubscribeRequest, run_subscribe
+from elf_async.verdict import subscribe_problems
 
 
 def command(
@@ -113,6 +114,6 @@ def command(
     if exit_code is not None:
         console_err(f"{result['outcome']}" + (f", report in {report}" if report else ""))
         raise typer.Exit(exit_code)
-    failed = result["connections"]["things_failed"]
-    if failed:
-        raise PartialFailure(f"{failed} subscribers could not connect")
+    problems = subscribe_problems(result)
+    if problems:
+        raise PartialFailure("; ".join(problems))
