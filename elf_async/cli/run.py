@@ -147,9 +147,10 @@ def command(
 ) -> None:
     """Create COUNT things, send from all of them, clean up: the clean-up always runs.
 
-    Exit codes: 0 ok, 1 runtime failure (a lost --workers process included: the measurement
-    is incomplete), 2 bad input, 3 a threshold failed, 130 Ctrl-C, 143 SIGTERM. A second
-    Ctrl-C aborts the clean-up and prints the command that finishes it.
+    Exit codes: 0 ok, 1 runtime failure, send's own verdict included (a thing that never
+    connected, a message not sent or not acknowledged, a lost --workers process), 2 bad
+    input, 3 a threshold failed (1 wins when both), 130 Ctrl-C, 143 SIGTERM. A second Ctrl-C
+    aborts the clean-up and prints the command that finishes it.
     """
     opts = settings(ctx)
     thresholds = parse_all(threshold or [])

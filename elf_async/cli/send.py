@@ -1,9 +1,10 @@
 """`elf-async send [MESSAGE]`: publish from every thing over its own mutual-TLS connection.
 
 Exit codes: 0 every scheduled message was published (and, at QoS 1, acknowledged) by things
-that all connected; 1 some thing never connected or some message was not published or not
-acknowledged, or a --workers process died (the report says which); 2 bad input; 130 Ctrl-C;
-143 SIGTERM. The report is written in every case but bad input.
+that all connected; 1 some thing never connected (it owes its whole schedule) or some message
+was not published or not acknowledged, or a --workers process died (the report says which;
+elf_async.report.verdict decides); 2 bad input; 130 Ctrl-C; 143 SIGTERM. The report is written in
+every case but bad input.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from elf_async.dataplane.mqtt import debug_paho
 from elf_async.dataplane.sender import Snapshot
 from elf_async.errors import PartialFailure
 from elf_async.jobs.send import SendRequest, run_send
+from elf_async.report.verdict import send_problems
 from elf_async.stopping import StopSignal
 
 Workers = Annotated[
@@ -156,19 +158,7 @@ def command(
             f"{result['outcome']}: stopped early" + (f", report in {report}" if report else "")
         )
         raise typer.Exit(exit_code)
-    _verdict(result)
-
-
-def _verdict(report: dict[str, Any]) -> None:
-    messages, connections = report["messages"], report["connections"]
-    problems = []
-    if connections["things_failed"]:
-        problems.append(f"{connections['things_failed']} things could not connect")
-    if messages["unsent"]:
-        problems.append(f"{messages['unsent']} messages were due but not published")
-    if messages["failed"]:
-        problems.append(f"{messages['failed']} messages failed (not acknowledged)")
-    problems += report.get("workers", {}).get("lost", [])
+    problems = send_problems(result)
     if problems:
         raise PartialFailure("; ".join(problems))
 

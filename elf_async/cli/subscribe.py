@@ -17,6 +17,7 @@ from elf_async.cli._live import LiveView, ms, print_summary
 from elf_async.dataplane.mqtt import debug_paho
 from elf_async.errors import PartialFailure
 from elf_async.jobs.subscribe import SubscribeRequest, run_subscribe
+from elf_async.report.verdict import subscribe_problems
 from elf_async.stopping import StopSignal
 
 
@@ -115,6 +116,6 @@ def command(
     if exit_code is not None:
         console_err(f"{result['outcome']}" + (f", report in {report}" if report else ""))
         raise typer.Exit(exit_code)
-    failed = result["connections"]["things_failed"]
-    if failed:
-        raise PartialFailure(f"{failed} subscribers could not connect")
+    problems = subscribe_problems(result)
+    if problems:
+        raise PartialFailure("; ".join(problems))

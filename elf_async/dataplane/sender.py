@@ -6,7 +6,9 @@ no await per message) and keeps at most `window` QoS 1 messages unacknowledged; 
 through `Publisher.acked_mid`. A message counts as published once its bytes are in the kernel.
 A publisher that falls behind (broker slow, connection lost) owes its missed messages and sends
 them when it can; each message's lag behind its due time is measured. Messages unacknowledged
-when a connection drops are sent again after the reconnect.
+when a connection drops are sent again after the reconnect. A thing that never connects owes
+every message of its schedule (up to the stop, when the run is stopped early): what the fleet
+did not send is counted as unsent, never left out of the plan.
 """
 
 from __future__ import annotations
@@ -273,6 +275,12 @@ def totals(publishers: list[Publisher], connector: Connector) -> dict[str, int]:
     return result
 
 
+def _span(publishers: list[Publisher]) -> float:
+    """The seconds the fleet's schedule spans, total/rate: phases only shift each thing within
+    its first interval, so a run that keeps its schedule achieves exactly its target."""
+    return max((p.schedule.total / p.schedule.rate for p in publishers), default=0.0)
+
+
 @dataclass
 class Sender:
     """Runs one `send`: connect phase, open-loop publishing, drain, disconnect."""
@@ -291,6 +299,7 @@ class Sender:
     _phase: str = "connecting"
     _start: float = 0.0
     _keepers: list[asyncio.Task[None]] = field(default_factory=list)
+    _unconnected: list[Publisher] = field(default_factory=list)  # never connected: owe all
 
     @property
     def target_per_s(self) -> float:
@@ -301,9 +310,13 @@ class Sender:
         clock = time.monotonic() if self.clock is None else self.clock
         ticker = asyncio.create_task(self._tick(clock))
         housekeeper = asyncio.create_task(self._housekeeping())
+        # The things that never connected owe what fell due up to this many seconds into the
+        # schedule (at the stop), the whole schedule for None, nothing if it never started.
+        owed_until: float | None = -1.0
         try:
             await self._connect_all(stop)
             live = [p for p in self.publishers if p.link is not None]
+            self._unconnected = [p for p in self.publishers if p.link is None]
             start = time.monotonic() + 0.05 if self.go is None else await self.go()
             window = 0.0
             if live and not stop.event.is_set():
@@ -312,11 +325,15 @@ class Sender:
                 for p in live:
                     p.base = self._start + p.schedule.phase
                 window = await self._publish(live, stop)
+                owed_until = time.monotonic() - self._start if stop.event.is_set() else None
                 self._phase = "draining"
                 await self._drain(live, stop)
                 # A publisher that fell behind and caught up late stretches the window.
                 last = max(p.last_published_at for p in live) - self._start
                 window = max(window, last)
+            elif not stop.event.is_set():
+                # Nothing connected: no need to wait out a schedule that every thing owes.
+                window, owed_until = _span(self.publishers), None
             self._phase = "disconnecting"
             await asyncio.gather(*(p.link.close() for p in self.publishers if p.link))
         finally:
@@ -327,6 +344,7 @@ class Sender:
                     await task
         for p in self.publishers:
             p.abandon()
+        self._owe_unconnected(owed_until)
         self._sample(time.monotonic() - clock, totals(self.publishers, self.connector))
         return SendResult(
             publishers=self.publishers,
@@ -367,9 +385,7 @@ class Sender:
         finally:
             stopped.cancel()
             scheduler.cancel()
-        # The fleet's schedule spans total/rate seconds: phases only shift each thing within
-        # its first interval, so a run that keeps its schedule achieves exactly its target.
-        span = max((p.schedule.total / p.schedule.rate for p in live), default=0)
+        span = _span(self.publishers)
         if stop.event.is_set():
             return max(0.0, min(time.monotonic() - self._start, span))
         return span
@@ -407,6 +423,13 @@ class Sender:
                     await asyncio.sleep(0)
         finally:
             readers.watching = True
+
+    def _owe_unconnected(self, elapsed: float | None) -> None:
+        """A thing that never connected owes every message that fell due while the schedule
+        ran, as if its publisher were stalled: those due by `elapsed` seconds into the
+        schedule (negative: none), or the whole schedule for None."""
+        for p in self._unconnected:
+            p.scheduled = p.schedule.total if elapsed is None else p.schedule.due_by(elapsed)
 
     async def _keep_connected(self, p: Publisher, stop: StopSignal) -> None:
         """Reconnect a publisher the broker dropped, with backoff, and resume its schedule."""
@@ -464,6 +487,8 @@ class Sender:
         second = 1
         while True:
             await asyncio.sleep(max(0.0, clock + second - time.monotonic()))
+            if self._phase == "sending":
+                self._owe_unconnected(time.monotonic() - self._start)
             now = totals(self.publishers, self.connector)
             row = self._sample(second, now)
             self.on_tick(self._snapshot(second, row, now))

@@ -2,8 +2,10 @@
 
 The first Ctrl-C or SIGTERM stops the phase in progress (create is cancelled, send drains
 and reports) and the clean-up still runs; a second one aborts the clean-up, leaving the
-ledger for a later `clean`. A failed phase, a crash in one, a lost --workers process, or a
-failed threshold all go through the same clean-up.
+ledger for a later `clean`. A failed phase, a crash in one, or a failed threshold all go
+through the same clean-up. The send phase fails by `send`'s own verdict (elf_async.report.verdict:
+a thing that never connected, a message not sent or not acknowledged, a lost --workers
+process); the thresholds add to it, they never replace it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from elf_async.errors import (
 )
 from elf_async.progress import ProgressSink
 from elf_async.report.thresholds import Threshold, Verdict, evaluate
+from elf_async.report.verdict import send_problems
 from elf_async.stopping import StopSignal
 
 T = TypeVar("T")
@@ -67,6 +70,11 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
+        """The first that applies: a signal (130, 143); a failed phase (its error's code,
+        1 for a crash), send's own verdict included (`elf_async.report.verdict`: things that never
+        connected, messages not sent or not acknowledged, a lost worker); a failed threshold
+        (3); else 0. A run passes only when send's verdict and every threshold pass, and a
+        load that did not happen is not a threshold miss: 1 wins over 3."""
         if self.signal is not None:
             return signal_exit_code(self.signal)
         if self.error is not None:
@@ -138,7 +146,8 @@ async def run(
                 result.report = await _unless(stop.urgent, send(settings, stop))
                 if result.report is not None:
                     result.verdicts = evaluate(thresholds, result.report)
-                    _check_complete(result.report)
+                    if not stop.event.is_set():  # stopped: the signal is the verdict
+                        _check_send(result)
         except Exception as exc:  # any failure, even a bug, still goes through clean-up
             result.error, result.failed_phase = exc, phase
         if not stop.urgent.is_set() and Ledger.exists(settings.state_dir):
@@ -150,12 +159,16 @@ async def run(
     return result
 
 
-def _check_complete(report: dict[str, Any]) -> None:
-    """A lost --workers process leaves its things uncounted: thresholds over the rest would
-    judge a partial measurement, so the run fails whatever they say (as `send` does)."""
-    lost = report.get("workers", {}).get("lost", [])
-    if lost:
-        raise PartialFailure("the measurement is incomplete: " + "; ".join(lost))
+def _check_send(result: RunResult) -> None:
+    """`send`'s own verdict (elf_async.report.verdict), with create's unresolved certificates: a
+    thing that never connected, a message not sent or not acknowledged, a lost --workers
+    process. Thresholds over such a run would judge a load that did not happen, so the run
+    fails whatever they say."""
+    assert result.report is not None
+    unresolved = result.create.recovery.unresolved if result.create else []
+    problems = send_problems(result.report, unresolved=unresolved)
+    if problems:
+        raise PartialFailure("; ".join(problems))
 
 
 async def _clean(

@@ -19,7 +19,10 @@ Common to `send` and `subscribe`:
   rate {achieved_per_s}, latency_ms {connect, end_to_end (receive time - the message's ts)},
   things [{name, received, unique, lost, duplicates, out_of_order}] per sending thing,
   subscribers [{name, topic, received, reconnects, error}].
-Counts are exact: `acked` <= `published` <= `scheduled`; `unsent` = scheduled - published.
+Counts are exact: `acked` <= `published` <= `scheduled`; `unsent` = scheduled - published. A
+thing that never connected owes its whole schedule (what fell due until the stop, when stopped
+early): it counts in `scheduled` and `unsent`. Whether the counts pass is decided in
+elf_async.report.verdict.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.fixtures import assert_one_line_error, iot_client
+from support.fixtures import assert_one_line_error, free_port, iot_client
 from support.local import LocalCli, alive, children, processes_under, reaping
 
 SEND = ("--rate", "2/s", "--duration", "2s", "--qos", "1")
@@ -203,3 +203,41 @@ def test_a_lost_worker_fails_the_run_even_when_the_thresholds_pass(
     assert cases["messages.acked>=1"].find("failure") is None
     assert_nothing_left(iot_client(stack["endpoint_url"]))  # still cleaned up
     assert not [pid for pid in workers if alive(pid)]
+
+
+def test_a_run_whose_things_cannot_connect_fails_and_owes_every_message(
+    local_cli: LocalCli, stack: dict[str, Any], tmp_path: Path
+) -> None:
+    """Nothing listens on the MQTT port: no message is sent, so the run fails (exit 1, not
+    the 3 of its failed threshold), every message is owed, and the fleet is still cleaned."""
+    report, junit = tmp_path / "report.json", tmp_path / "junit.xml"
+    result = local_cli(
+        "--local", "run", "3", "--rate", "2/s", "--duration", "2s", "--qos", "1",
+        "--mqtt-endpoint", f"127.0.0.1:{free_port()}", "--connect-retries", "0",
+        "--threshold", "achieved_rate>=99%", "--threshold", "connections.attempted>=3",
+        "--report", str(report), "--junit", str(junit),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    problems = "3 things could not connect; 12 messages were due but not published"
+    assert result.stderr.splitlines()[-1] == f"elf-async: error: {problems}"
+    assert f"run failed: send failed: {problems}" in result.stdout
+    document = json.loads(report.read_text())
+    messages = document["messages"]
+    assert messages["scheduled"] == 12  # 3 things x 2/s x 2 s: the whole schedule is owed
+    assert (messages["published"], messages["acked"], messages["failed"]) == (0, 0, 0)
+    assert messages["unsent"] == messages["scheduled"]
+    assert [(t["scheduled"], t["unsent"]) for t in document["things"]] == [(4, 4)] * 3
+    assert document["connections"]["things_failed"] == 3
+    assert document["rate"]["achieved_per_s"] == 0
+    assert [t["ok"] for t in document["thresholds"]] == [False, True]
+    assert document["run"]["exit_code"] == 1
+    assert document["run"]["failure"] == f"send failed: {problems}"
+    assert document["run"]["cleaned"] is True
+    cases = _junit_cases(junit)
+    failure = cases["run 3"].find("failure")
+    assert failure is not None
+    assert failure.attrib["message"] == f"send failed: {problems}"
+    assert cases["achieved_rate>=99%"].find("failure") is not None
+    assert cases["connections.attempted>=3"].find("failure") is None
+    assert_nothing_left(iot_client(stack["endpoint_url"]))

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from support.fixtures import Cli, assert_one_line_error
+from support.fixtures import Cli, assert_one_line_error, free_port
 from support.mqtt import FixtureCA, Observer
 from support.send import load, send, things_of
 
@@ -77,14 +77,48 @@ def test_a_certificate_from_another_ca_is_a_failed_connection_not_a_crash(
     )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1] == "elf-async: error: 1 things could not connect"
+    assert result.stderr.splitlines()[-1] == (
+        "elf-async: error: 1 things could not connect; 5 messages were due but not published"
+    )
     report = load(report_file)
     rows = {t["name"]: t for t in report["things"]}
     assert "does not trust the CA" in rows[bad]["error"]
     assert rows[bad]["published"] == 0
+    assert rows[bad]["scheduled"] == rows[bad]["unsent"] == 5  # it owes its whole schedule
+    assert report["messages"]["unsent"] == 5
     assert all(rows[name]["published"] == rows[name]["acked"] == 5 for name in good)
     assert report["connections"]["things_failed"] == 1
     assert any("UNKNOWN_CA" in reason for reason in report["connections"]["errors"])
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_things_that_cannot_connect_owe_their_whole_schedule(
+    fleet: Cli, tmp_path: Path, workers: str
+) -> None:
+    """Nothing listens on the port: every thing owes every message, and the report says so
+    (unsent == scheduled, achieved 0/s) instead of a send that planned nothing."""
+    report_file = tmp_path / "report.json"
+    result = fleet(
+        "send", "--mqtt-endpoint", f"127.0.0.1:{free_port()}", "--rate", "5/s",
+        "--duration", "1", "--connect-retries", "0", "--workers", workers,
+        "--report", str(report_file), timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "elf-async: error: 3 things could not connect; 15 messages were due but not published"
+    )
+    report = load(report_file)
+    messages = report["messages"]
+    assert messages["scheduled"] == 15  # 3 things x 5/s x 1 s
+    assert (messages["published"], messages["acked"], messages["failed"]) == (0, 0, 0)
+    assert messages["unsent"] == messages["scheduled"]
+    for row in report["things"]:
+        assert (row["scheduled"], row["published"], row["unsent"]) == (5, 0, 5)
+        assert "connection refused" in row["error"]
+    assert report["connections"]["things_failed"] == 3
+    assert report["rate"]["target_per_s"] == 15
+    assert report["rate"]["achieved_per_s"] == 0
 
 
 def test_broker_restart_mid_send_reconnects_and_loses_no_acknowledged_message(

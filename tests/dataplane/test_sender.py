@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 from pathlib import Path
 
 from support.mqtt import FixtureCA
@@ -12,7 +14,7 @@ from elf_async.controlplane.certs import generate_key, key_pem
 from elf_async.dataplane.connections import Connector, Endpoint, Identity
 from elf_async.dataplane.payload import build_spec
 from elf_async.dataplane.schedule import ThingSchedule
-from elf_async.dataplane.sender import Publisher, Sender, Shared
+from elf_async.dataplane.sender import Publisher, Sender, Shared, Snapshot
 from elf_async.files import write_private, write_public
 from elf_async.local.mosquitto import Mosquitto
 from elf_async.stopping import StopSignal
@@ -103,3 +105,49 @@ async def test_a_qos0_send_across_many_keepalives_never_wakes_the_writer_for_not
     assert [p.published for p in publishers] == [120] * 20
     idle = sum(p.wire.idle_writes for p in publishers if p.wire is not None)
     assert idle == 0, f"the writer fired {idle} times with nothing to write"
+
+
+async def test_a_thing_that_never_connected_owes_what_fell_due_until_the_stop(
+    mosquitto: Mosquitto, test_ca: FixtureCA, rogue_ca: FixtureCA, tmp_path: Path
+) -> None:
+    """One thing connects, one is refused (a certificate from a CA the broker distrusts);
+    Ctrl-C once a second has passed: the refused thing owes what fell due by then, as the
+    connected one had to send it, not its whole schedule and not nothing."""
+    endpoint = Endpoint("127.0.0.1", mosquitto.port, mosquitto.ca_file.read_text())
+    connector = Connector(endpoint, rate=100.0, timeout=10.0, retries=0)
+    shared = Shared()
+    spec = build_spec(message=None, json_message=None, template=None, size=None, stamp=None)
+    publishers = []
+    for index, (name, ca) in enumerate([("good-thing", test_ca), ("refused-thing", rogue_ca)]):
+        key_file, cert_file = ca.client_cert(tmp_path, name)
+        publishers.append(
+            Publisher(
+                Identity(name, index, key_file, cert_file),
+                f"elf/{name}",
+                ThingSchedule(rate=20.0, phase=index / 40, total=20 * 600),
+                spec.encoder(name),
+                qos=1,
+                window=100,
+                shared=shared,
+            )
+        )
+    good, refused = publishers
+
+    with StopSignal() as stop:
+
+        def interrupt_once_sending(snapshot: Snapshot) -> None:
+            if snapshot.totals["acked"] and not stop.event.is_set():
+                os.kill(os.getpid(), signal.SIGINT)  # taken by StopSignal's handler
+
+        sender = Sender(publishers, connector, shared, drain=5.0, on_tick=interrupt_once_sending)
+        result = await sender.run(stop)
+
+    assert result.outcome == "interrupted"
+    assert refused.error is not None
+    assert good.error is None
+    assert (refused.published, refused.acked, refused.failed) == (0, 0, 0)
+    assert 0 < refused.scheduled < refused.schedule.total
+    assert abs(refused.scheduled - good.scheduled) <= 1  # one open-loop schedule for both
+    totals = result.totals()
+    assert totals["acked"] <= totals["published"] <= totals["scheduled"]
+    assert totals["scheduled"] - totals["published"] >= refused.scheduled
