@@ -30,6 +30,7 @@ from aiomqtt.exceptions import MqttConnectError
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from elf_async.dataplane.takeover import abandon, collect_disconnection, paho_client
 from elf_async.errors import UsageError
 
 DEFAULT_PORT = 8883
@@ -246,7 +247,7 @@ class Link:
 
     @property
     def paho(self) -> paho.Client:
-        return self.client._client
+        return paho_client(self.client)
 
     async def subscribe(self, topic: str, qos: int, *, within: float) -> None:
         codes = await self.client.subscribe(topic, qos=qos, timeout=within)
@@ -258,14 +259,7 @@ class Link:
         if not self.lost.done():
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError, OSError):
                 await asyncio.wait_for(self.client.__aexit__(None, None, None), within)
-        _collect(self.client)
-
-
-def _collect(client: aiomqtt.Client) -> None:
-    """Retrieve aiomqtt's disconnection error so that asyncio does not log it as unhandled."""
-    disconnected = client._disconnected
-    if disconnected.done() and not disconnected.cancelled():
-        disconnected.exception()
+        collect_disconnection(self.client)
 
 
 async def connect(
@@ -292,7 +286,7 @@ async def connect(
         max_inflight_messages=max_inflight,
         logger=_PAHO_LOGGER,
     )
-    inner: paho.Client = client._client
+    inner = paho_client(client)
     inner.connect_timeout = within
     errors: list[str] = []
     failed: asyncio.Future[str] = loop.create_future()
@@ -327,15 +321,15 @@ async def connect(
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         enter.cancel()
-        _abandon(inner)
+        abandon(inner)
         raise
     if not enter.done():
         # The broker closed the connection before CONNACK (a TLS alert after the handshake).
         enter.cancel()
         with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
             await enter
-        _abandon(inner)
-        _collect(client)
+        abandon(inner)
+        collect_disconnection(client)
         if tls.failure is not None:
             raise tls.failure
         reason = failed.result()
@@ -347,8 +341,8 @@ async def connect(
         raise explain(reason)
     error = enter.exception()
     if error is not None:
-        _abandon(inner)
-        _collect(client)
+        abandon(inner)
+        collect_disconnection(client)
         if tls.failure is not None:
             raise tls.failure
         detail = errors[-1] if errors and "timed out" in str(error) else error
@@ -358,15 +352,3 @@ async def connect(
     if on_message is not None:
         inner.on_message = lambda _c, _u, message: on_message(message.topic, message.payload)
     return Link(client, lost)
-
-
-def _abandon(inner: paho.Client) -> None:
-    """Close the socket of a connection that never completed, and cut paho off from the event
-    loop first: paho's connect may still finish in its executor thread, and its socket
-    callbacks must not reach a loop that is closed by then (they would print a traceback)."""
-    inner.on_socket_open = None
-    inner.on_socket_close = None
-    inner.on_socket_register_write = None
-    inner.on_socket_unregister_write = None
-    with contextlib.suppress(Exception):
-        inner._sock_close()

@@ -26,7 +26,7 @@ from elf_async.dataplane.connections import Connector, Identity
 from elf_async.dataplane.mqtt import ConnectFailed, Link
 from elf_async.dataplane.payload import Encoder
 from elf_async.dataplane.schedule import ThingSchedule
-from elf_async.dataplane.takeover import Readers, Wire
+from elf_async.dataplane.takeover import Takeover, Wire
 from elf_async.metrics import Histogram, Series
 from elf_async.stopping import StopSignal
 
@@ -34,7 +34,6 @@ SERIES_FIELDS = ("scheduled", "published", "acked", "failed", "reconnects")
 _BATCH_BYTES = 1 << 18  # one pump frames at most about this much (then pumps again)
 _TICK = 0.001  # the scheduler's shortest sleep (s): messages due within it go together
 _BURST = 256  # due messages the scheduler hands out before it yields to the event loop
-HOUSEKEEPING_INTERVAL = 1.0  # as aiomqtt's own: paho's keep-alive timers need no finer
 _WATCH_AFTER = 0.002  # a longer pause of the scheduler: read PUBACKs as they come meanwhile
 
 
@@ -96,20 +95,17 @@ class Publisher:
     def link(self) -> Link | None:
         return self._link
 
-    @link.setter
-    def link(self, link: Link | None) -> None:
-        """Every publishing connection gets its Wire: all its PUBLISHes go through it."""
+    def attach(self, link: Link, takeover: Takeover) -> None:
+        """A new connection, taken over: all its PUBLISHes go through its Wire."""
         self._link = link
-        self.wire = None
-        if link is not None:
-            self.wire = Wire(
-                link.paho,
-                self.topic,
-                self.qos,
-                on_ack=self.acked_mid,
-                on_sent=self._sent,
-                on_drained=self._schedule_pump,
-            )
+        self.wire = takeover.install(
+            link.client,
+            self.topic,
+            self.qos,
+            on_ack=self.acked_mid,
+            on_sent=self._sent,
+            on_drained=self._schedule_pump,
+        )
 
     @property
     def owed(self) -> bool:
@@ -210,7 +206,7 @@ class Publisher:
         unless acknowledged; at QoS 0 nothing tracks them, so its new messages are owed again.
         """
         unsent = self.wire.unsent if self.wire is not None else None
-        self.link = None
+        self._link, self.wire = None, None
         if unsent is not None:
             if self.qos:
                 self._sent(unsent)
@@ -295,7 +291,7 @@ class Sender:
     # (monotonic) and are told when to start once all are connected (`go` returns the instant).
     clock: float | None = None
     go: Callable[[], Awaitable[float]] | None = None
-    readers: Readers = field(default_factory=Readers)  # the publishing sockets, read together
+    takeover: Takeover = field(default_factory=Takeover)  # the connections' I/O, read together
     _phase: str = "connecting"
     _start: float = 0.0
     _keepers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -309,7 +305,6 @@ class Sender:
         started_at = time.time()
         clock = time.monotonic() if self.clock is None else self.clock
         ticker = asyncio.create_task(self._tick(clock))
-        housekeeper = asyncio.create_task(self._housekeeping())
         # The things that never connected owe what fell due up to this many seconds into the
         # schedule (at the stop), the whole schedule for None, nothing if it never started.
         owed_until: float | None = -1.0
@@ -337,11 +332,10 @@ class Sender:
             self._phase = "disconnecting"
             await asyncio.gather(*(p.link.close() for p in self.publishers if p.link))
         finally:
-            self.readers.close()
-            for task in (ticker, housekeeper):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            self.takeover.close()
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
         for p in self.publishers:
             p.abandon()
         self._owe_unconnected(owed_until)
@@ -362,7 +356,7 @@ class Sender:
     async def _connect_all(self, stop: StopSignal) -> None:
         async def one(p: Publisher) -> None:
             try:
-                self._attach(p, await self.connector.open(p.thing))
+                p.attach(await self.connector.open(p.thing), self.takeover)
             except ConnectFailed as exc:
                 p.error = exc.reason
 
@@ -394,7 +388,7 @@ class Sender:
         """The open loop: mark each message due at its time, whatever the broker does."""
         heap = [(p.base, i) for i, p in enumerate(live) if p.schedule.total]
         heapq.heapify(heap)
-        readers = self.readers
+        readers = self.takeover.readers
         try:
             while heap:
                 readers.read()
@@ -440,27 +434,8 @@ class Sender:
             if stop.event.is_set():
                 return
             p.reconnects += 1
-            self._attach(p, await self.connector.reopen(p.thing))
+            p.attach(await self.connector.reopen(p.thing), self.takeover)
             p.pump()
-
-    def _attach(self, p: Publisher, link: Link) -> None:
-        """A publisher's new connection: read with the others, kept alive by `_housekeeping`."""
-        p.link = link
-        assert p.wire is not None
-        self.readers.add(p.wire)
-        own_timer = link.client._misc_task  # aiomqtt's once-a-second task for this client
-        if own_timer is not None:
-            own_timer.cancel()
-
-    async def _housekeeping(self) -> None:
-        """paho's timers (PINGREQ when idle, a PINGRESP that never came) for every connection
-        in one pass a second; aiomqtt runs a task per client for it: 500 wake-ups a second."""
-        while True:
-            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
-            for p in self.publishers:
-                link = p.link
-                if link is not None and not link.lost.done():
-                    link.paho.loop_misc()
 
     async def _drain(self, live: list[Publisher], stop: StopSignal) -> None:
         """Wait up to `drain` s for QoS 1 acknowledgements and, unless stopped, for late

@@ -1,4 +1,14 @@
-"""A publisher connection's own socket I/O, under its aiomqtt client.
+"""The hot path's takeover of aiomqtt and paho: the one module that touches their private parts.
+
+`Takeover.install` hands a connected aiomqtt client's socket to a `Wire`: the Wire registers
+its own writer, `Readers` reads the socket (aiomqtt's reader is removed), and one keep-alive
+pass a second (`Takeover`) replaces aiomqtt's task per client. `PRIVATE_NAMES` lists every
+private name of paho-mqtt, aiomqtt and CPython used here; the versions these are verified
+against are pinned (elf_async/compat.py), and tests/dataplane/test_takeover_contract.py checks
+the behaviour on the installed versions over a real TLS connection. Linux uses one epoll set
+for all publishing sockets; elsewhere each socket gets a reader of its own on the loop.
+
+A publisher connection's own socket I/O, under its aiomqtt client.
 
 paho writes one PUBLISH per ``send()`` and reads one TLS record (one PUBACK, three ``recv()``
 calls) per readiness event: measured, that caps any paho-based publisher well below gmqtt
@@ -31,26 +41,35 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
+import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 
 Token = TypeVar("Token")
 
-PAHO_INTERNALS = (
-    "_sock",
-    "_out_packet",
-    "_in_packet",
-    "_packet_handle",
-    "_loop_rc_handle",
-    "_call_socket_register_write",
-    "_call_socket_unregister_write",
-    "_registered_write",
-    "_last_msg_out",
-    "_last_bytes_received",
-    "_easy_log",
-)
-"""paho-mqtt private attributes a Wire relies on (tests/test_fastpath_contract.py checks them)."""
+PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
+    "paho.mqtt.client.Client": (
+        "_sock",
+        "_out_packet",
+        "_in_packet",
+        "_packet_handle",
+        "_loop_rc_handle",
+        "_call_socket_register_write",
+        "_call_socket_unregister_write",
+        "_registered_write",
+        "_last_msg_out",
+        "_last_bytes_received",
+        "_easy_log",
+        "_sock_close",
+    ),
+    "aiomqtt.Client": ("_client", "_misc_task", "_disconnected"),
+    "ssl.SSLSocket": ("_sslobj",),
+}
+"""Every private name of another package this module uses, by the class that owns it."""
+
+HAVE_EPOLL = hasattr(select, "epoll")
+KEEPALIVE_PASS_S = 1.0  # as aiomqtt's own task per client: paho's keep-alive timers need no finer
 
 _PUBACK = 0x40
 _WRITE_CHUNK = 1 << 16  # a write OpenSSL refused is retried with the same bytes: keep them few
@@ -258,6 +277,12 @@ class Wire(Generic[Token]):
             self._on_drained()
         return _OK
 
+    def keep_alive(self) -> None:
+        """Run paho's timers: a PINGREQ after a keep-alive without traffic, a close when its
+        PINGRESP never came."""
+        if not self.dead:
+            self._client.loop_misc()
+
     # --- reading -------------------------------------------------------------------------
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """The reader callback: read every TLS record there is, then handle the packets.
@@ -361,7 +386,8 @@ class Readers:
     set is `watching`: the loop reads it as soon as any socket is readable.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, epoll: bool = HAVE_EPOLL) -> None:
+        self._use_epoll = epoll
         self._epoll: select.epoll | None = None  # made on first use, on the running loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wires: dict[int, Wire[Any]] = {}
@@ -369,7 +395,13 @@ class Readers:
 
     def add(self, wire: Wire[Any]) -> None:
         """Read `wire` here from now on, instead of through aiomqtt's reader callback (which
-        aiomqtt registered to read the CONNACK, and removes by descriptor on close)."""
+        aiomqtt registered to read the CONNACK, and removes by descriptor on close). Without
+        epoll, the loop reads each socket on its own readiness."""
+        if not self._use_epoll:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(wire.fileno)
+            loop.add_reader(wire.fileno, wire.loop_read)
+            return
         if self._epoll is None:
             self._loop = asyncio.get_running_loop()
             self._epoll = select.epoll()
@@ -425,3 +457,79 @@ class Readers:
         self._epoll.close()
         self._epoll = None
         self._wires.clear()
+
+
+class Takeover:
+    """The hot path's hold on the publishing connections of one event loop: their Wires,
+    their reading (`readers`), and their keep-alive (one pass a second for all, instead of
+    aiomqtt's task per client: at 500 clients, 500 wake-ups a second)."""
+
+    def __init__(self, *, epoll: bool = HAVE_EPOLL) -> None:
+        self.readers = Readers(epoll=epoll)
+        self._wires: list[Wire[Any]] = []
+        self._keeper: asyncio.Task[None] | None = None
+
+    def install(
+        self,
+        client: aiomqtt.Client,
+        topic: str,
+        qos: int,
+        *,
+        on_ack: Callable[[int], None],
+        on_sent: Callable[[Token], None],
+        on_drained: Callable[[], None],
+    ) -> Wire[Token]:
+        """Take over a connected client: from now on all its I/O goes through the Wire."""
+        wire: Wire[Token] = Wire(
+            client._client, topic, qos, on_ack=on_ack, on_sent=on_sent, on_drained=on_drained
+        )
+        self.readers.add(wire)
+        own_timer = client._misc_task  # aiomqtt's keep-alive task for this client
+        if own_timer is not None:
+            own_timer.cancel()
+        self._wires.append(wire)
+        if self._keeper is None:
+            self._keeper = asyncio.get_running_loop().create_task(self._keep_alive())
+        return wire
+
+    async def _keep_alive(self) -> None:
+        """paho's timers (a PINGREQ when idle, a PINGRESP that never came) for every live
+        connection; a connection paho closed leaves the pass."""
+        while True:
+            await asyncio.sleep(KEEPALIVE_PASS_S)
+            self._wires = [wire for wire in self._wires if not wire.dead]
+            for wire in self._wires:
+                wire.keep_alive()
+
+    def close(self) -> None:
+        """Stop reading and keeping alive (the connections are closed or abandoned)."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            self._keeper = None
+        self.readers.close()
+        self._wires.clear()
+
+
+def paho_client(client: aiomqtt.Client) -> paho.Client:
+    """The paho client under an aiomqtt client."""
+    inner: paho.Client = client._client
+    return inner
+
+
+def collect_disconnection(client: aiomqtt.Client) -> None:
+    """Retrieve aiomqtt's disconnection error so that asyncio does not log it as unhandled."""
+    disconnected = client._disconnected
+    if disconnected.done() and not disconnected.cancelled():
+        disconnected.exception()
+
+
+def abandon(inner: paho.Client) -> None:
+    """Close the socket of a connection that never completed, and cut paho off from the event
+    loop first: paho's connect may still finish in its executor thread, and its socket
+    callbacks must not reach a loop that is closed by then (they would print a traceback)."""
+    inner.on_socket_open = None
+    inner.on_socket_close = None
+    inner.on_socket_register_write = None
+    inner.on_socket_unregister_write = None
+    with contextlib.suppress(OSError):
+        inner._sock_close()

@@ -33,5 +33,4 @@ def test_big_payloads_arrive_exactly_once_each(
     for name in things_of(fleet):
         docs = watcher.documents(f"elf/{name}")
         assert sorted(d["seq"] for d in docs) == list(range(40))
-    with watcher._lock:
-        assert {len(p) for ps in watcher.messages.values() for p in ps} == {100_000}
+    assert watcher.payload_sizes() == {100_000}

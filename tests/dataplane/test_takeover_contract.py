@@ -1,77 +1,210 @@
-"""The send hot path leans on private paho-mqtt and aiomqtt internals: if an upgrade moves
-them, these fail with a message saying what to adapt (elf_async/fastpath.py, elf_async/mqtt.py).
+"""The takeover's contract with the installed paho-mqtt and aiomqtt, checked by behaviour.
+
+The hot path (elf_async/dataplane/takeover.py) leans on private parts of both; their versions
+are pinned (elf_async/compat.py). Each test drives a real connection, made by elf-async's own
+connect, to a minimal broker on a real TLS socket (tests/support/mqtt_peer.py) that records
+what crossed the wire: if an upgrade moves what the takeover relies on, these fail.
 """
 
 from __future__ import annotations
 
-import inspect
+import asyncio
+import ssl
+from collections.abc import Iterator
 from importlib.metadata import version
+from pathlib import Path
 
 import aiomqtt
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from support.mqtt import FixtureCA
+from support.mqtt_peer import DISCONNECT, EOF, PINGREQ, PUBLISH, MqttPeer, mqtt_peer
 
-from elf_async.dataplane.takeover import PAHO_INTERNALS, _in_packet
+from elf_async.dataplane.mqtt import ClientTls, Link, connect
+from elf_async.dataplane.takeover import PRIVATE_NAMES, Takeover, Wire
 
-PAHO = f"paho-mqtt {version('paho-mqtt')}"
-AIOMQTT = f"aiomqtt {version('aiomqtt')}"
-
-
-def test_paho_still_has_every_private_attribute_the_wire_uses() -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2)
-    missing = [name for name in PAHO_INTERNALS if not hasattr(client, name)]
-    assert not missing, f"{PAHO} lacks {missing}: adapt elf_async/fastpath.py before upgrading"
+VERSIONS = f"paho-mqtt {version('paho-mqtt')}, aiomqtt {version('aiomqtt')}"
+TOPIC = "elf/contract-thing"
 
 
-def test_paho_reader_state_has_the_shape_the_wire_hands_packets_in() -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2)
-    assert set(client._in_packet) == set(_in_packet(0, bytearray())), (
-        f"{PAHO} changed its incoming packet state (_in_packet): adapt elf_async/fastpath.py"
+@pytest.fixture
+def peer(test_ca: FixtureCA, tmp_path: Path) -> Iterator[MqttPeer]:
+    with mqtt_peer(test_ca, tmp_path) as broker:
+        yield broker
+
+
+async def _connect(peer: MqttPeer, ca: FixtureCA, tmp_path: Path, *, keepalive: int) -> Link:
+    key_file, cert_file = ca.client_cert(tmp_path, "contract-thing")
+    tls = ClientTls(ca_pem=ca.cert_file.read_text(), alpn=False)
+    return await connect(
+        host="127.0.0.1",
+        port=peer.port,
+        client_id="contract-thing",
+        tls=tls.identity(cert_file=cert_file, key_file=key_file),
+        within=10,
+        keepalive=keepalive,
     )
 
 
-def test_paho_queued_packets_still_record_how_far_they_were_written() -> None:
-    source = inspect.getsource(paho.Client._packet_write)
-    assert "packet['pos']" in source or 'packet["pos"]' in source, (
-        f"{PAHO} no longer tracks partly written packets by 'pos': the Wire uses it to "
-        "avoid writing inside one of paho's packets (elf_async/fastpath.py)"
+async def _wait_at_peer(peer: MqttPeer, what: str, predicate: object) -> None:
+    await asyncio.to_thread(peer.wait_for, what, predicate, 15)  # type: ignore[arg-type]
+
+
+def test_every_private_name_the_takeover_lists_exists_on_the_installed_versions() -> None:
+    """A precise message before the behaviour tests below fail less precisely."""
+    tls = ssl.create_default_context().wrap_socket(
+        __import__("socket").socket(), server_hostname="x", do_handshake_on_connect=False
     )
+    owners = {
+        "paho.mqtt.client.Client": paho.Client(CallbackAPIVersion.VERSION2),
+        "ssl.SSLSocket": tls,
+    }
+    try:
+        missing = [
+            f"{owner}.{name}"
+            for owner, names in PRIVATE_NAMES.items()
+            if owner in owners
+            for name in names
+            if not hasattr(owners[owner], name)
+        ]
+    finally:
+        tls.close()
+    assert not missing, f"{VERSIONS} lacks {missing}: adapt elf_async/dataplane/takeover.py"
 
 
-def test_aiomqtt_writer_callback_calls_paho_loop_write_by_name() -> None:
-    writer = inspect.getsource(aiomqtt.Client._on_socket_register_write)
-    assert "client.loop_write()" in writer, (
-        f"{AIOMQTT} no longer calls paho's loop_write from its writer callback: the Wire "
-        "installed on the paho client would never finish a refused write (elf_async/fastpath.py)"
-    )
-
-
-def test_aiomqtt_removes_the_reader_by_file_descriptor_when_paho_closes_the_socket() -> None:
-    closer = inspect.getsource(aiomqtt.Client._on_socket_close)
-    assert "remove_reader(fileno)" in closer, (
-        f"{AIOMQTT} no longer removes the socket's reader by file descriptor on close: the "
-        "reader would then read a socket that `Readers` (elf_async/fastpath.py) reads"
-    )
-
-
-async def test_aiomqtt_still_exposes_its_paho_client_and_disconnected_future() -> None:
+async def test_aiomqtt_client_has_the_names_the_takeover_lists() -> None:
     client = aiomqtt.Client("127.0.0.1")  # needs a running loop
-    assert isinstance(getattr(client, "_client", None), paho.Client), (
-        f"{AIOMQTT} has no paho client at `_client`: adapt elf_async/mqtt.py (Link.paho)"
-    )
-    assert hasattr(client, "_disconnected"), (
-        f"{AIOMQTT} has no `_disconnected` future: adapt elf_async/mqtt.py (_collect)"
-    )
-    assert hasattr(client, "_misc_task"), (
-        f"{AIOMQTT} has no `_misc_task`: adapt elf_async/sender.py (Sender._attach), which "
-        "replaces each publisher's keep-alive task with one pass for all"
-    )
+    missing = [n for n in PRIVATE_NAMES["aiomqtt.Client"] if not hasattr(client, n)]
+    assert not missing, f"{VERSIONS} lacks {missing}: adapt elf_async/dataplane/takeover.py"
 
 
-def test_paho_wraps_its_socket_through_the_context_it_was_given() -> None:
-    source = inspect.getsource(paho.Client._ssl_wrap_socket)
-    for needed in ("self._ssl_context.wrap_socket(", "check_hostname"):
-        assert needed in source, (
-            f"{PAHO}'s _ssl_wrap_socket no longer uses {needed!r}: elf_async.mqtt.ThingTls, "
-            "handed to paho as its TLS context, relies on it"
+@pytest.mark.parametrize("epoll", [True, False], ids=["epoll", "per-socket-readers"])
+async def test_a_publish_goes_out_framed_and_its_puback_comes_back(
+    peer: MqttPeer, test_ca: FixtureCA, tmp_path: Path, epoll: bool
+) -> None:
+    link = await _connect(peer, test_ca, tmp_path, keepalive=60)
+    takeover = Takeover(epoll=epoll)
+    acked: asyncio.Queue[int] = asyncio.Queue()
+    sent: list[str] = []
+    try:
+        wire: Wire[str] = takeover.install(
+            link.client, TOPIC, 1, on_ack=acked.put_nowait, on_sent=sent.append,
+            on_drained=lambda: None,
+        )  # fmt: skip
+        wire.publish(b"hello", 7)
+        wire.send("batch")
+        assert await asyncio.wait_for(acked.get(), 15) == 7
+        assert sent == ["batch"]
+        publish = next(p for p in peer.packets if p.command & 0xF0 == PUBLISH)
+        assert publish.command == 0x32  # PUBLISH, QoS 1
+        assert publish.body == len(TOPIC).to_bytes(2, "big") + TOPIC.encode() + b"\x00\x07hello"
+        if not epoll:
+            takeover.readers.read()  # a no-op without epoll: the loop read it
+    finally:
+        takeover.close()
+        await link.close()
+
+
+async def test_traffic_both_ways_keeps_the_connection_alive_without_pingreq(
+    peer: MqttPeer, test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    """paho decides to ping from the last byte out and the last byte in: the Wire writes and
+    reads past paho, so it must update exactly the names paho reads (paho 2.1 and 2.2 name
+    them differently), or paho pings a busy connection."""
+    link = await _connect(peer, test_ca, tmp_path, keepalive=1)
+    takeover = Takeover()
+    acked: asyncio.Queue[int] = asyncio.Queue()
+    try:
+        wire: Wire[int] = takeover.install(
+            link.client, TOPIC, 1, on_ack=acked.put_nowait, on_sent=lambda batch: None,
+            on_drained=lambda: None,
+        )  # fmt: skip
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 3.5  # three and a half keep-alives of continuous traffic
+        mid = 0
+        while loop.time() < until:
+            mid = mid % 65535 + 1
+            wire.publish(b"x", mid)
+            wire.send(mid)
+            assert await asyncio.wait_for(acked.get(), 15) == mid
+        assert PINGREQ not in peer.kinds(), "paho pinged a connection that had traffic"
+        assert not link.lost.done()
+    finally:
+        takeover.close()
+        await link.close()
+
+
+async def test_an_idle_connection_pings_and_the_pingresp_reaches_paho(
+    peer: MqttPeer, test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    """The keep-alive pass runs paho's timers; PINGRESPs go from the Wire to paho's own
+    handler. Were one lost, paho would close the connection one keep-alive after its ping."""
+    link = await _connect(peer, test_ca, tmp_path, keepalive=1)
+    takeover = Takeover()
+    try:
+        takeover.install(
+            link.client, TOPIC, 1, on_ack=lambda mid: None, on_sent=lambda batch: None,
+            on_drained=lambda: None,
+        )  # fmt: skip
+        await _wait_at_peer(peer, "three PINGREQs", lambda kinds: kinds.count(PINGREQ) >= 3)
+        assert not link.lost.done(), link.lost.result()
+        assert EOF not in peer.kinds()
+    finally:
+        takeover.close()
+        await link.close()
+
+
+async def test_a_broker_that_never_answers_pings_is_dropped_by_paho(
+    test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    with mqtt_peer(test_ca, tmp_path, answer_pings=False) as silent:
+        link = await _connect(silent, test_ca, tmp_path, keepalive=1)
+        takeover = Takeover()
+        try:
+            wire: Wire[int] = takeover.install(
+                link.client, TOPIC, 1, on_ack=lambda mid: None, on_sent=lambda batch: None,
+                on_drained=lambda: None,
+            )  # fmt: skip
+            reason = await asyncio.wait_for(link.lost, 15)
+            assert wire.dead, reason
+            assert PINGREQ in silent.kinds()
+        finally:
+            takeover.close()
+            await link.close()
+
+
+async def test_close_sends_disconnect_through_the_wire(
+    peer: MqttPeer, test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    link = await _connect(peer, test_ca, tmp_path, keepalive=60)
+    takeover = Takeover()
+    try:
+        takeover.install(
+            link.client, TOPIC, 0, on_ack=lambda mid: None, on_sent=lambda batch: None,
+            on_drained=lambda: None,
+        )  # fmt: skip
+        await link.close()
+        await _wait_at_peer(
+            peer, "DISCONNECT, then the end", lambda kinds: kinds[-2:] == [DISCONNECT, EOF]
         )
+    finally:
+        takeover.close()
+
+
+async def test_the_broker_dropping_the_connection_reaches_the_link(
+    peer: MqttPeer, test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    link = await _connect(peer, test_ca, tmp_path, keepalive=60)
+    takeover = Takeover()
+    try:
+        wire: Wire[int] = takeover.install(
+            link.client, TOPIC, 1, on_ack=lambda mid: None, on_sent=lambda batch: None,
+            on_drained=lambda: None,
+        )  # fmt: skip
+        peer.drop()
+        reason = await asyncio.wait_for(link.lost, 15)
+        assert wire.dead, reason
+    finally:
+        takeover.close()
+        await link.close()

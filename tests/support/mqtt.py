@@ -114,6 +114,11 @@ class Observer:
         with self._lock:
             return {topic: len(payloads) for topic, payloads in self.messages.items()}
 
+    def payload_sizes(self) -> set[int]:
+        """The distinct sizes of every payload received."""
+        with self._lock:
+            return {len(payload) for payloads in self.messages.values() for payload in payloads}
+
     def documents(self, topic: str) -> list[dict[str, Any]]:
         """Every payload on `topic` parsed as JSON (fails if one does not parse)."""
         with self._lock:
