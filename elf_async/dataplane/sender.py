@@ -46,8 +46,11 @@ class Shared:
     ack_from_send: Histogram = field(default_factory=Histogram)  # PUBACK time - send time
 
 
-Batch = tuple[int, int, int]
-"""What one pump wrote: first new seq, new messages, resent messages."""
+Resent = tuple[tuple[int, bool], ...]
+"""Messages framed again (resent first in a batch): seq, and whether it was published before
+(a message cut off before all its bytes reached the kernel was not)."""
+Batch = tuple[int, int, Resent]
+"""What one pump framed, in order: the resent messages, then `new` messages from seq `first`."""
 
 
 class Publisher:
@@ -86,7 +89,7 @@ class Publisher:
         self.retransmitted = 0
         self.reconnects = 0
         self.inflight: dict[int, tuple[int, float, bytes]] = {}  # mid -> seq, sent at, payload
-        self.resend: deque[tuple[int, bytes]] = deque()
+        self.resend: deque[tuple[int, bytes, bool]] = deque()  # seq, payload, published before
         self._pump_pending = False
         self.halted = False  # after a stop: publish nothing more, only collect PUBACKs
         self._loop = asyncio.get_running_loop()
@@ -135,13 +138,16 @@ class Publisher:
         inflight, window, qos = self.inflight, self.window, self.qos
         publish = wire.publish
         now = time.monotonic()
-        resent = 0
-        while self.resend and len(inflight) < window and wire.size < _BATCH_BYTES:
-            seq, payload = self.resend.popleft()
-            mid = self._new_mid()
-            publish(payload, mid)
-            inflight[mid] = (seq, now, payload)
-            resent += 1
+        resent: Resent = ()
+        if self.resend:
+            again = []
+            while self.resend and len(inflight) < window and wire.size < _BATCH_BYTES:
+                seq, payload, published = self.resend.popleft()
+                mid = self._new_mid()
+                publish(payload, mid)
+                inflight[mid] = (seq, now, payload)
+                again.append((seq, published))
+            resent = tuple(again)
         first = seq = self.next_seq
         end = self.scheduled
         if seq < end:
@@ -170,18 +176,25 @@ class Publisher:
             self._pump_pending = True
             self._loop.call_soon(self.pump)
 
-    def _sent(self, batch: Batch) -> None:
-        """The Wire handed a pump's batch to the kernel: now its messages are published."""
+    def _sent(self, batch: Batch, start: int, stop: int) -> None:
+        """Messages `start` to `stop` of a batch are entirely in the kernel: published now
+        (or, for a message published before, retransmitted)."""
         first, new, resent = batch
         now = time.monotonic()
-        self.retransmitted += resent
-        if not new:
-            return
-        self.published += new
-        self.last_published_at = now
         record_lag = self.shared.lag.record
-        due = self.base + first * self.interval
-        for _ in range(new):
+        for seq, published_before in resent[start:stop]:
+            if published_before:
+                self.retransmitted += 1
+            else:
+                self.published += 1
+                record_lag(now - (self.base + seq * self.interval))
+        lo, hi = max(start - len(resent), 0), stop - len(resent)
+        if hi <= lo:
+            return
+        self.published += hi - lo
+        self.last_published_at = now
+        due = self.base + (first + lo) * self.interval
+        for _ in range(hi - lo):
             record_lag(now - due)
             due += self.interval
 
@@ -199,29 +212,35 @@ class Publisher:
             self._schedule_pump()
 
     def connection_lost(self) -> None:
-        """Unacknowledged messages will be sent again on the next connection.
-
-        A batch cut short by the loss: at QoS 1 its messages are in flight like the others (the
-        broker may have acknowledged some already), so they count as published and are resent
-        unless acknowledged; at QoS 0 nothing tracks them, so its new messages are owed again.
-        """
-        unsent = self.wire.unsent if self.wire is not None else None
+        """Unacknowledged messages will be sent again on the next connection."""
+        self._requeue()
         self._link, self.wire = None, None
-        if unsent is not None:
+
+    def _requeue(self) -> None:
+        """Put what the connection did not finish back in line, counted by the bytes the
+        kernel took: a message of a cut batch whose bytes did not all get there was never
+        published. At QoS 1 every unacknowledged message is resent (published or not); at
+        QoS 0 only the never published ones are owed again (at most once: no duplicates)."""
+        cut = self.wire.unsent if self.wire is not None else None
+        never: set[int] = set()
+        if cut is not None:
+            (first, new, resent), done = cut
+            never.update(seq for seq, published in resent[done:] if not published)
+            new_done = max(done - len(resent), 0)
             if self.qos:
-                self._sent(unsent)
+                never.update(range(first + new_done, first + new))
             else:
-                self.next_seq = unsent[0]
+                self.next_seq = first + new_done
         for seq, _, payload in sorted(self.inflight.values()):
-            self.resend.append((seq, payload))
+            self.resend.append((seq, payload, seq not in never))
         self.inflight.clear()
 
     def abandon(self) -> None:
-        """At the end: what was never acknowledged has failed."""
-        if self.qos:
-            self.failed += len(self.inflight) + len(self.resend)
-            self.inflight.clear()
-            self.resend.clear()
+        """At the end: a published message never acknowledged has failed; one never
+        published stays unsent (due, not published)."""
+        self._requeue()
+        self.failed += sum(1 for _, _, published in self.resend if published)
+        self.resend.clear()
 
 
 @dataclass

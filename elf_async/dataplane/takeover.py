@@ -34,6 +34,7 @@ itself fails a read or a write, so aiomqtt and `Link.lost` see a lost connection
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import select
 import ssl
@@ -124,7 +125,7 @@ class Wire(Generic[Token]):
         qos: int,
         *,
         on_ack: Callable[[int], None],
-        on_sent: Callable[[Token], None],
+        on_sent: Callable[[Token, int, int], None],
         on_drained: Callable[[], None],
     ) -> None:
         sock = client._sock
@@ -142,8 +143,12 @@ class Wire(Generic[Token]):
         self._head_for = -1
         self._parts: list[bytes] = []  # framed, not yet handed to `send`
         self.size = 0  # bytes in `_parts`
+        self._ends: list[int] = []  # where each message framed into `_parts` ends
         self._unsent: bytes | memoryview = b""
         self._batch: Token | None = None  # the batch `_unsent` belongs to
+        self._batch_ends: list[int] = []  # where each of its messages ends, in bytes
+        self._batch_size = 0
+        self._done = 0  # its messages entirely in the kernel (and reported to `on_sent`)
         self._received = bytearray()
         self.outstanding = 0  # QoS 1 messages framed and not yet acknowledged
         self._on_ack = on_ack
@@ -194,9 +199,10 @@ class Wire(Generic[Token]):
         return self._batch is not None
 
     @property
-    def unsent(self) -> Token | None:
-        """The batch whose bytes have not all reached the kernel (after a loss: never will)."""
-        return self._batch
+    def unsent(self) -> tuple[Token, int] | None:
+        """The batch whose bytes have not all reached the kernel (after a loss: never will),
+        and how many of its messages, in framing order, did."""
+        return None if self._batch is None else (self._batch, self._done)
 
     # --- writing -------------------------------------------------------------------------
     def publish(self, payload: bytes, mid: int) -> None:
@@ -215,18 +221,32 @@ class Wire(Generic[Token]):
             parts.append(mid.to_bytes(2, "big"))
             self.outstanding += 1
         parts.append(payload)
-        self.size += len(self._head) + len(payload)
+        self.size += len(self._head) + len(payload) + (2 if self._qos else 0)
+        self._ends.append(self.size)
 
     def send(self, batch: Token) -> None:
-        """Write what was framed since the last `send` as one batch; `on_sent(batch)` once
-        it is all in the kernel (now, or later from the writer callback)."""
+        """Write what was framed since the last `send` as one batch.
+
+        A message counts once all its bytes are in the kernel: ``on_sent(batch, start, stop)``
+        says that messages ``start`` to ``stop`` (in framing order) just got there: all of
+        them at once now, the usual case, or in steps as the writer callback finishes them.
+        """
         if self._batch is not None:
             raise RuntimeError("send() while the previous batch is unsent")
         self._unsent = b"".join(self._parts)
         self._parts.clear()
         self.size = 0
-        self._batch = batch
+        self._batch, self._batch_ends, self._ends = batch, self._ends, []
+        self._batch_size, self._done = len(self._unsent), 0
         self._flush()
+
+    def _progress(self, unwritten: int) -> None:
+        """Report the messages a partial write completed (rare: the socket was full)."""
+        done = bisect.bisect_right(self._batch_ends, self._batch_size - unwritten)
+        if done > self._done and self._batch is not None:
+            start, self._done = self._done, done
+            self._client._last_msg_out = time.monotonic()
+            self._on_sent(self._batch, start, done)
 
     def _lost(self, message: str, exc: OSError) -> MQTTErrorCode:
         """Through paho's error path: the socket is closed and ``on_disconnect`` runs."""
@@ -249,9 +269,12 @@ class Wire(Generic[Token]):
                 )
             except _NOT_NOW:
                 self._unsent = data
+                self._progress(len(data))
                 client._call_socket_register_write()
                 return
             except OSError as exc:
+                self._unsent = data
+                self._progress(len(data))
                 self._lost("failed to send on socket: %s", exc)
                 return
             data = memoryview(data)[written:] if written < len(data) else b""
@@ -259,7 +282,7 @@ class Wire(Generic[Token]):
         batch, self._batch = self._batch, None
         if batch is not None:
             client._last_msg_out = time.monotonic()
-            self._on_sent(batch)
+            self._on_sent(batch, self._done, len(self._batch_ends))
         if own:
             paho.Client.loop_write(client)  # registers and unregisters for itself
         elif client._registered_write:
@@ -295,6 +318,8 @@ class Wire(Generic[Token]):
             return paho.MQTT_ERR_NO_CONN
         tls, received, buffer = self._tls, self._received, _READ_BUFFER
         many = self.outstanding > 1
+        failure: OSError | None = None
+        closed = False
         for _ in range(_READS_PER_EVENT):
             try:
                 count = tls.read(_READ_SIZE, buffer)
@@ -306,13 +331,23 @@ class Wire(Generic[Token]):
             except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
                 count = 0
             except OSError as exc:
-                return self._lost("failed to receive on socket: %s", exc)
+                failure = exc
+                break
             if not count:
-                return client._loop_rc_handle(paho.MQTT_ERR_CONN_LOST)
+                closed = True
+                break
             received += _READ_VIEW[:count]
             if not many and not tls.pending():
                 break
         client._last_bytes_received = time.monotonic()
+        if failure is not None or closed:
+            # What came before the close still counts (PUBACKs the broker sent, then left).
+            self._handle(received)
+            if self.dead:
+                return paho.MQTT_ERR_NO_CONN
+            if failure is not None:
+                return self._lost("failed to receive on socket: %s", failure)
+            return client._loop_rc_handle(paho.MQTT_ERR_CONN_LOST)
         if len(received) == 4 and received[0] == _PUBACK and received[1] == 2:
             # Exactly one PUBACK, the usual read at paced rates. Through `_handle` a message
             # costs ~1.5 µs more (measured in-process, publish and PUBACK: 16-17 against 18-19).
@@ -476,7 +511,7 @@ class Takeover:
         qos: int,
         *,
         on_ack: Callable[[int], None],
-        on_sent: Callable[[Token], None],
+        on_sent: Callable[[Token, int, int], None],
         on_drained: Callable[[], None],
     ) -> Wire[Token]:
         """Take over a connected client: from now on all its I/O goes through the Wire."""

@@ -97,14 +97,14 @@ async def test_a_refused_write_is_kept_and_finished_when_writable_and_pubacks_re
     pair: Pair,
 ) -> None:
     acked: list[int] = []
-    sent: list[str] = []
+    sent: list[tuple[str, int, int]] = []
     drained = asyncio.Event()
     wire: Wire[str] = Wire(
         pair.client,
         "elf/t",
         1,
         on_ack=acked.append,
-        on_sent=sent.append,
+        on_sent=lambda batch, start, stop: sent.append((batch, start, stop)),
         on_drained=drained.set,
     )
     payloads = [bytes([65 + i % 26]) * 100_000 for i in range(20)]  # 2 MB in one batch
@@ -112,8 +112,8 @@ async def test_a_refused_write_is_kept_and_finished_when_writable_and_pubacks_re
         wire.publish(payload, mid)
     wire.send("batch")
     assert wire.busy, "2 MB went into 32 KB socket buffers without blocking"
-    assert sent == []
-    assert wire.unsent == "batch"
+    assert sent == []  # not one of the 100 KB messages is in the kernel yet
+    assert wire.unsent == ("batch", 0)
     assert pair.client._registered_write  # the Wire's writer is on the loop
 
     expected = b"".join(publish_packet("elf/t", m, p) for m, p in enumerate(payloads, start=1))
@@ -123,7 +123,10 @@ async def test_a_refused_write_is_kept_and_finished_when_writable_and_pubacks_re
     await asyncio.wait_for(drained.wait(), 10)  # the loop's writer callback finished it
     await asyncio.to_thread(reader.join, 10)
     assert received == [expected]
-    assert sent == ["batch"]
+    # Reported as they got into the kernel, each message once, in order.
+    assert [batch for batch, _, _ in sent] == ["batch"] * len(sent)
+    assert [start for _, start, _ in sent] == [0] + [stop for _, _, stop in sent[:-1]]
+    assert sent[-1][2] == 20
     assert not pair.client._registered_write  # unregistered once drained
     assert wire.idle_writes == 0
 
@@ -148,7 +151,12 @@ async def test_a_refused_write_is_kept_and_finished_when_writable_and_pubacks_re
 async def test_qos0_frames_without_packet_ids(pair: Pair) -> None:
     sent: list[int] = []
     wire: Wire[int] = Wire(
-        pair.client, "a/b", 0, on_ack=lambda mid: None, on_sent=sent.append, on_drained=lambda: None
+        pair.client,
+        "a/b",
+        0,
+        on_ack=lambda mid: None,
+        on_sent=lambda batch, start, stop: sent.append(batch),
+        on_drained=lambda: None,
     )
     wire.publish(b"x" * 200, 7)
     wire.publish(b"y", 8)
@@ -184,7 +192,7 @@ async def test_a_packet_paho_queues_in_the_pass_the_wire_writes_leaves_no_writer
         "elf/race",
         0,
         on_ack=lambda mid: None,
-        on_sent=sent.append,
+        on_sent=lambda batch, start, stop: sent.append(batch),
         on_drained=lambda: None,
     )
     link.paho.on_subscribe = lambda *args: subscribed.set()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -44,6 +45,19 @@ async def _connect(peer: MqttPeer, ca: FixtureCA, tmp_path: Path, *, keepalive: 
         tls=tls.identity(cert_file=cert_file, key_file=key_file),
         within=10,
         keepalive=keepalive,
+    )
+
+
+def _install(
+    takeover: Takeover,
+    link: Link,
+    *,
+    qos: int = 1,
+    on_ack: Callable[[int], None] = lambda mid: None,
+    on_sent: Callable[[Any, int, int], None] = lambda batch, start, stop: None,
+) -> Wire[Any]:
+    return takeover.install(
+        link.client, TOPIC, qos, on_ack=on_ack, on_sent=on_sent, on_drained=lambda: None
     )
 
 
@@ -88,10 +102,12 @@ async def test_a_publish_goes_out_framed_and_its_puback_comes_back(
     acked: asyncio.Queue[int] = asyncio.Queue()
     sent: list[str] = []
     try:
-        wire: Wire[str] = takeover.install(
-            link.client, TOPIC, 1, on_ack=acked.put_nowait, on_sent=sent.append,
-            on_drained=lambda: None,
-        )  # fmt: skip
+        wire: Wire[str] = _install(
+            takeover,
+            link,
+            on_ack=acked.put_nowait,
+            on_sent=lambda batch, start, stop: sent.append(batch),
+        )
         wire.publish(b"hello", 7)
         wire.send("batch")
         assert await asyncio.wait_for(acked.get(), 15) == 7
@@ -116,10 +132,7 @@ async def test_traffic_both_ways_keeps_the_connection_alive_without_pingreq(
     takeover = Takeover()
     acked: asyncio.Queue[int] = asyncio.Queue()
     try:
-        wire: Wire[int] = takeover.install(
-            link.client, TOPIC, 1, on_ack=acked.put_nowait, on_sent=lambda batch: None,
-            on_drained=lambda: None,
-        )  # fmt: skip
+        wire: Wire[int] = _install(takeover, link, on_ack=acked.put_nowait)
         loop = asyncio.get_running_loop()
         until = loop.time() + 3.5  # three and a half keep-alives of continuous traffic
         mid = 0
@@ -143,10 +156,7 @@ async def test_an_idle_connection_pings_and_the_pingresp_reaches_paho(
     link = await _connect(peer, test_ca, tmp_path, keepalive=1)
     takeover = Takeover()
     try:
-        takeover.install(
-            link.client, TOPIC, 1, on_ack=lambda mid: None, on_sent=lambda batch: None,
-            on_drained=lambda: None,
-        )  # fmt: skip
+        _install(takeover, link)
         await _wait_at_peer(peer, "three PINGREQs", lambda kinds: kinds.count(PINGREQ) >= 3)
         assert not link.lost.done(), link.lost.result()
         assert EOF not in peer.kinds()
@@ -162,10 +172,7 @@ async def test_a_broker_that_never_answers_pings_is_dropped_by_paho(
         link = await _connect(silent, test_ca, tmp_path, keepalive=1)
         takeover = Takeover()
         try:
-            wire: Wire[int] = takeover.install(
-                link.client, TOPIC, 1, on_ack=lambda mid: None, on_sent=lambda batch: None,
-                on_drained=lambda: None,
-            )  # fmt: skip
+            wire: Wire[int] = _install(takeover, link)
             reason = await asyncio.wait_for(link.lost, 15)
             assert wire.dead, reason
             assert PINGREQ in silent.kinds()
@@ -180,10 +187,7 @@ async def test_close_sends_disconnect_through_the_wire(
     link = await _connect(peer, test_ca, tmp_path, keepalive=60)
     takeover = Takeover()
     try:
-        takeover.install(
-            link.client, TOPIC, 0, on_ack=lambda mid: None, on_sent=lambda batch: None,
-            on_drained=lambda: None,
-        )  # fmt: skip
+        _install(takeover, link, qos=0)
         await link.close()
         await _wait_at_peer(
             peer, "DISCONNECT, then the end", lambda kinds: kinds[-2:] == [DISCONNECT, EOF]
@@ -198,10 +202,7 @@ async def test_the_broker_dropping_the_connection_reaches_the_link(
     link = await _connect(peer, test_ca, tmp_path, keepalive=60)
     takeover = Takeover()
     try:
-        wire: Wire[int] = takeover.install(
-            link.client, TOPIC, 1, on_ack=lambda mid: None, on_sent=lambda batch: None,
-            on_drained=lambda: None,
-        )  # fmt: skip
+        wire: Wire[int] = _install(takeover, link)
         peer.drop()
         reason = await asyncio.wait_for(link.lost, 15)
         assert wire.dead, reason
