@@ -209,3 +209,26 @@ async def test_the_broker_dropping_the_connection_reaches_the_link(
     finally:
         takeover.close()
         await link.close()
+
+
+async def test_pubacks_that_arrive_with_the_close_still_count(
+    test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    """The broker acknowledges two messages and closes: all of it is read in one call."""
+    with mqtt_peer(test_ca, tmp_path, close_after_acks=2) as closing:
+        link = await _connect(closing, test_ca, tmp_path, keepalive=60)
+        takeover = Takeover()
+        acked: list[int] = []
+        try:
+            wire = _install(takeover, link, on_ack=acked.append)
+            wire.publish(b"a", 1)
+            wire.publish(b"b", 2)
+            wire.send(0)
+            # Block the loop on purpose until the broker has acknowledged and closed, so
+            # that the client reads the PUBACKs and the close in one go.
+            assert closing.closed.wait(15), "the broker never got both messages"
+            await asyncio.wait_for(link.lost, 15)
+            assert acked == [1, 2]
+        finally:
+            takeover.close()
+            await link.close()

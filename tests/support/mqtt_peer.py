@@ -34,7 +34,10 @@ class MqttPeer:
     port: int
     ca_file: Path
     answer_pings: bool = True
+    close_after_acks: int = 0  # hold PUBACKs until this many, send them at once, then close
+    closed: threading.Event = field(default_factory=threading.Event)
     packets: list[Packet] = field(default_factory=list)
+    _held: list[bytes] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
     _conn: ssl.SSLSocket | None = None
 
@@ -109,13 +112,23 @@ class MqttPeer:
             conn.sendall(b"\x20\x02\x00\x00")
         elif kind == PUBLISH and qos == 1:
             topic_length = int.from_bytes(body[:2], "big")
-            conn.sendall(b"\x40\x02" + body[2 + topic_length : 4 + topic_length])
+            puback = b"\x40\x02" + body[2 + topic_length : 4 + topic_length]
+            if not self.close_after_acks:
+                conn.sendall(puback)
+                return
+            self._held.append(puback)
+            if len(self._held) == self.close_after_acks:
+                conn.sendall(b"".join(self._held))
+                self.drop()
+                self.closed.set()
         elif kind == PINGREQ and self.answer_pings:
             conn.sendall(b"\xd0\x00")
 
 
 @contextmanager
-def mqtt_peer(ca: FixtureCA, directory: Path, *, answer_pings: bool = True) -> Iterator[MqttPeer]:
+def mqtt_peer(
+    ca: FixtureCA, directory: Path, *, answer_pings: bool = True, close_after_acks: int = 0
+) -> Iterator[MqttPeer]:
     """An `MqttPeer` on a free 127.0.0.1 port whose certificate the test CA signed."""
     key = generate_key("ec")
     key_file, cert_file = directory / "peer-server.key", directory / "peer-server.crt"
@@ -124,7 +137,12 @@ def mqtt_peer(ca: FixtureCA, directory: Path, *, answer_pings: bool = True) -> I
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_file, key_file)
     listener = socket.create_server(("127.0.0.1", 0))
-    peer = MqttPeer(listener.getsockname()[1], ca.cert_file, answer_pings=answer_pings)
+    peer = MqttPeer(
+        listener.getsockname()[1],
+        ca.cert_file,
+        answer_pings=answer_pings,
+        close_after_acks=close_after_acks,
+    )
     thread = threading.Thread(target=peer.serve, args=(listener, context), daemon=True)
     thread.start()
     try:
