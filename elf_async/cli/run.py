@@ -37,6 +37,7 @@ from elf_async.controlplane.ledger import Ledger
 from elf_async.errors import ThresholdFailed, UsageError
 from elf_async.jobs import run as runner
 from elf_async.jobs.send import SendRequest, run_send
+from elf_async.jobs.target import Aim, aim
 from elf_async.local import stack as localstack
 from elf_async.report.document import write_report
 from elf_async.report.junit import junit_xml, write_junit
@@ -206,13 +207,11 @@ def command(
                 started, ephemeral = localstack.up(opts.state_dir, region=opts.region)
                 if ephemeral and not opts.quiet:
                     print(f"started a local stack for this run:\n{_describe(started)}")
-            target, stack = localstack.resolve(opts)
-            if stack is not None:
-                request = localstack.for_create(request, stack)
+            aimed = aim(opts)
             result = run(
                 runner.run(
-                    target,
-                    request,
+                    aimed,
+                    aimed.create_request(request),
                     send_step,
                     thresholds,
                     progress=lambda label: progress_for(label, quiet=opts.quiet),
@@ -323,7 +322,7 @@ def _send_step(request: SendRequest) -> runner.SendStep:
     """The send phase: every thing of the new fleet; the report is written by `run` itself."""
     request = dataclasses.replace(request, report=None)
 
-    async def send(settings: Settings, stop: StopSignal) -> dict[str, Any]:
-        return await run_send(settings, request, stop, warn=lambda line: console_err(line))
+    async def send(aimed: Aim, stop: StopSignal) -> dict[str, Any]:
+        return await run_send(aimed, request, stop, warn=lambda line: console_err(line))
 
     return send

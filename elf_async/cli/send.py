@@ -21,6 +21,7 @@ from elf_async.dataplane.mqtt import debug_paho
 from elf_async.dataplane.sender import Snapshot
 from elf_async.errors import PartialFailure
 from elf_async.jobs.send import SendRequest, run_send
+from elf_async.jobs.target import aim
 from elf_async.report.verdict import send_problems
 from elf_async.stopping import StopSignal
 
@@ -135,12 +136,13 @@ def command(
             allow_over_aws_limits=allow_over_aws_limits,
         ),
     )
+    aimed = aim(opts)
     with LiveView("send", quiet=opts.quiet) as view:
 
         async def main() -> tuple[dict[str, Any], int | None]:
             with StopSignal() as stop:
                 result = await run_send(
-                    opts,
+                    aimed,
                     request,
                     stop,
                     on_tick=lambda snapshot: view.update(_fields(snapshot)),

@@ -17,6 +17,7 @@ from elf_async.cli._live import LiveView, ms, print_summary
 from elf_async.dataplane.mqtt import debug_paho
 from elf_async.errors import PartialFailure
 from elf_async.jobs.subscribe import SubscribeRequest, run_subscribe
+from elf_async.jobs.target import aim
 from elf_async.report.verdict import subscribe_problems
 from elf_async.stopping import StopSignal
 
@@ -83,6 +84,8 @@ def command(
         ),
     )
 
+    aimed = aim(opts)
+
     def show(topic: str, payload: bytes | bytearray) -> None:
         text = bytes(payload).decode("utf-8", errors="replace")
         print(f"{topic} ({len(payload)} bytes) {text}", flush=True)
@@ -104,9 +107,9 @@ def command(
         async def main() -> tuple[dict[str, Any], int | None]:
             with StopSignal() as stop:
                 if quiet:
-                    result = await run_subscribe(opts, request, stop, on_tick=tick)
+                    result = await run_subscribe(aimed, request, stop, on_tick=tick)
                 else:
-                    result = await run_subscribe(opts, request, stop, on_message=show)
+                    result = await run_subscribe(aimed, request, stop, on_message=show)
                 return result, stop.exit_code
 
         result, exit_code = run(main())

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from elf_async.config import Settings
 from elf_async.controlplane.ledger import Ledger
 from elf_async.dataplane.options import AWS_MAX_INFLIGHT, AWS_PUBLISH_PER_S, ConnectOptions
 from elf_async.dataplane.payload import build_spec
@@ -19,9 +18,8 @@ from elf_async.dataplane.schedule import plan
 from elf_async.dataplane.sender import Snapshot
 from elf_async.dataplane.topics import TopicTemplate, outside_root
 from elf_async.errors import UsageError
-from elf_async.jobs.target import ready_identities, resolve_endpoint
+from elf_async.jobs.target import Aim, ready_identities, resolve_endpoint
 from elf_async.jobs.workers import send_in_workers
-from elf_async.local import stack as localstack
 from elf_async.report.document import SendTally, send_report, write_report
 from elf_async.stopping import StopSignal
 from elf_async.units import parse_duration, parse_rate
@@ -151,7 +149,7 @@ def check_report_path(path: Path | None) -> None:
 
 
 async def run_send(
-    settings: Settings,
+    aimed: Aim,
     request: SendRequest,
     stop: StopSignal,
     *,
@@ -162,14 +160,13 @@ async def run_send(
 
     Installs no signal handlers: `stop` is the caller's.
     """
-    settings, stack = localstack.resolve(settings)
-    with Ledger.open(settings.state_dir) as ledger:
+    state_dir = aimed.settings.state_dir
+    with Ledger.open(state_dir) as ledger:
         warnings = Warnings()
-        send_plan = plan_send(request, ledger, settings.state_dir, warnings)
+        send_plan = plan_send(request, ledger, state_dir, warnings)
         for line in warnings.lines:
             warn(line)
-        local = (stack.mqtt_host, stack.mqtt_port, stack.ca_file) if stack else None
-        endpoint = await resolve_endpoint(settings, ledger, request.connect, local=local)
+        endpoint = await resolve_endpoint(aimed, ledger, request.connect)
         fleet_id = ledger.meta().get("fleet_id")
     setup = SendSetup(
         endpoint=endpoint,
@@ -183,7 +180,7 @@ async def run_send(
         result = SendTally.of(await send_here(send_plan, setup, stop, on_tick=on_tick))
     else:
         result = await send_in_workers(
-            send_plan, setup, request.workers, stop, on_tick=on_tick, verbose=settings.verbose
+            send_plan, setup, request.workers, stop, on_tick=on_tick, verbose=aimed.settings.verbose
         )
     report = send_report(
         result,

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from elf_async.config import Settings
 from elf_async.controlplane.ledger import Ledger
 from elf_async.dataplane.connections import Connector
 from elf_async.dataplane.options import ConnectOptions
@@ -17,8 +16,7 @@ from elf_async.dataplane.subscriber import Subscriber, Watch
 from elf_async.dataplane.topics import TopicTemplate
 from elf_async.errors import UsageError
 from elf_async.jobs.send import DEFAULT_DURATION, check_report_path
-from elf_async.jobs.target import ready_identities, resolve_endpoint
-from elf_async.local import stack as localstack
+from elf_async.jobs.target import Aim, ready_identities, resolve_endpoint
 from elf_async.report.document import subscribe_report, write_report
 from elf_async.stopping import StopSignal
 from elf_async.units import parse_duration
@@ -69,7 +67,7 @@ def build_watches(request: SubscribeRequest, ledger: Ledger, state_dir: Path) ->
 
 
 async def run_subscribe(
-    settings: Settings,
+    aimed: Aim,
     request: SubscribeRequest,
     stop: StopSignal,
     *,
@@ -77,11 +75,10 @@ async def run_subscribe(
     on_tick: Callable[[dict[str, Any]], None] = lambda row: None,
 ) -> dict[str, Any]:
     """Run one subscribe and return its report (also written to `request.report`)."""
-    settings, stack = localstack.resolve(settings)
-    with Ledger.open(settings.state_dir) as ledger:
-        watches = build_watches(request, ledger, settings.state_dir)
-        local = (stack.mqtt_host, stack.mqtt_port, stack.ca_file) if stack else None
-        endpoint = await resolve_endpoint(settings, ledger, request.connect, local=local)
+    state_dir = aimed.settings.state_dir
+    with Ledger.open(state_dir) as ledger:
+        watches = build_watches(request, ledger, state_dir)
+        endpoint = await resolve_endpoint(aimed, ledger, request.connect)
         fleet_id = ledger.meta().get("fleet_id")
     connector = Connector(
         endpoint,
