@@ -73,23 +73,22 @@ async def resolve_endpoint(aimed: Aim, ledger: Ledger, options: ConnectOptions) 
     The host comes from --mqtt-endpoint, else the local stack, else the ledger's cache, else
     DescribeEndpoint(iot:Data-ATS), whose answer is cached with the fleet.
     """
-    explicit = options.explicit_endpoint()
-    ca_file = options.ca_file
-    if explicit is not None:
-        host, port = explicit
+    ca_file, port = options.ca_file, options.port
+    if options.mqtt_host is not None:
+        host = options.mqtt_host
     elif aimed.stack is not None:
-        host, port = aimed.stack.mqtt_host, aimed.stack.mqtt_port
+        host, port = aimed.stack.mqtt_host, port or aimed.stack.mqtt_port
         ca_file = ca_file or aimed.stack.ca_file
     else:
         meta = ledger.meta()
         cached = meta.get("mqtt_endpoint")
         if cached:
-            host, port = cached, None
+            host = cached
         else:
-            host, port = await _describe_endpoint(aimed.settings, meta), None
+            host = await _describe_endpoint(aimed.settings, meta)
             ledger.set_meta(mqtt_endpoint=host)
     ca_pem = read_ca(ca_file or default_ca_file())
-    return Endpoint(host=host, port=options.port or port or DEFAULT_PORT, ca_pem=ca_pem)
+    return Endpoint(host=host, port=port or DEFAULT_PORT, ca_pem=ca_pem)
 
 
 async def _describe_endpoint(settings: Settings, meta: dict[str, str]) -> str:
