@@ -21,7 +21,7 @@ class Settings:
     endpoint_url: str | None = None
     verbose: bool = False
     quiet: bool = False
-    local: bool = False  # target the embedded local stack (see localstack.resolve)
+    local: bool = False  # target the embedded local stack (resolved by jobs.target.aim)
 
 
 @dataclass(frozen=True, slots=True)

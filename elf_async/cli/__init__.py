@@ -1,4 +1,5 @@
-"""The command line: parse, call, print. Each command lives in a module of its own."""
+"""The command line: parse, call, print. Each command lives in a module of its own; the options
+are parsed and checked once, here (elf_async.cli._options), and the jobs get them typed."""
 
 from __future__ import annotations
 

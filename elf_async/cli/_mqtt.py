@@ -1,4 +1,5 @@
-"""The connection options `send` and `subscribe` share, declared once."""
+"""The command-line options `send`, `subscribe` and `run` share, declared once (parsed in
+elf_async.cli._options)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from elf_async.dataplane.options import ConnectOptions
-from elf_async.errors import UsageError
-from elf_async.units import parse_duration
 
 MqttEndpoint = Annotated[
     str | None,
@@ -59,32 +56,3 @@ Qos = Annotated[int, typer.Option(help="MQTT QoS: 0 or 1 (AWS IoT has no QoS 2).
 Report = Annotated[
     Path | None, typer.Option(help="Write the JSON report (schema elf-async/report/1) here.")
 ]
-
-
-def connect_options(
-    *,
-    mqtt_endpoint: str | None,
-    port: int | None,
-    ca_file: Path | None,
-    connect_rate: str,
-    connect_timeout: str,
-    connect_retries: int,
-    keepalive: str,
-    allow_over_aws_limits: bool,
-) -> ConnectOptions:
-    return ConnectOptions(
-        mqtt_endpoint=mqtt_endpoint,
-        port=port,
-        ca_file=ca_file,
-        connect_rate=connect_rate,
-        connect_timeout=parse_duration(connect_timeout, what="--connect-timeout"),
-        connect_retries=connect_retries,
-        keepalive=_whole_seconds(parse_duration(keepalive, what="--keepalive"), "--keepalive"),
-        allow_over_aws_limits=allow_over_aws_limits,
-    )
-
-
-def _whole_seconds(seconds: float, what: str) -> int:
-    if seconds != int(seconds):
-        raise UsageError(f"{what} {seconds:g}s: MQTT counts it in whole seconds")
-    return int(seconds)

@@ -21,7 +21,7 @@ from elf_async.cli._progress import progress_for
 from elf_async.controlplane.clean import CleanResult, clean_fleet, forget_local
 from elf_async.controlplane.ledger import Ledger
 from elf_async.errors import PartialFailure, UsageError
-from elf_async.local import stack as localstack
+from elf_async.jobs.target import aim
 
 
 def command(
@@ -56,7 +56,7 @@ def command(
     if fleet is None and not Ledger.exists(opts.state_dir):
         print(f"no fleet in {opts.state_dir}: nothing to clean")
         return
-    opts, _ = localstack.resolve(opts)
+    opts = aim(opts).settings
     quiet = opts.quiet or json_output
     result = run(
         clean_fleet(

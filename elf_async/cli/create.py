@@ -30,7 +30,7 @@ from elf_async.controlplane.certs import KeyType
 from elf_async.controlplane.create import CERT_MODES, CreateRequest, CreateResult, create_fleet
 from elf_async.controlplane.fleet import prefix_problem, topic_root_problem
 from elf_async.errors import PartialFailure, UsageError
-from elf_async.local import stack as localstack
+from elf_async.jobs.target import aim
 
 KEY_TYPES: tuple[KeyType, ...] = ("rsa", "ec")
 
@@ -82,9 +82,9 @@ def command(
         max_things=max_things,
         yes=yes,
     )
-    opts, stack = localstack.resolve(settings(ctx))
-    if stack is not None:
-        request = localstack.for_create(request, stack)
+    aimed = aim(settings(ctx))
+    request = aimed.create_request(request)
+    opts = aimed.settings
     result = run(
         create_fleet(opts, request, progress_for("create", quiet=opts.quiet or json_output))
     )

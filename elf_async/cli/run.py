@@ -30,13 +30,15 @@ from elf_async.cli._common import (
     settings,
 )
 from elf_async.cli._live import print_summary
+from elf_async.cli._options import ConnectArgs, SendArgs, parse_send_options
 from elf_async.cli._progress import progress_for
 from elf_async.cli.send import Workers
 from elf_async.config import Settings
 from elf_async.controlplane.ledger import Ledger
 from elf_async.errors import ThresholdFailed, UsageError
 from elf_async.jobs import run as runner
-from elf_async.jobs.send import SendRequest, run_send
+from elf_async.jobs.send import SendOptions, run_send
+from elf_async.jobs.target import Aim, aim
 from elf_async.local import stack as localstack
 from elf_async.report.document import write_report
 from elf_async.report.junit import junit_xml, write_junit
@@ -169,28 +171,30 @@ def command(
         yes=yes,
     )
     send_step = _send_step(
-        SendRequest(
-            message=message,
-            rate=rate,
-            total_rate=total_rate,
-            duration=duration,
-            count=messages,
-            qos=qos,
-            topic=topic,
-            json_message=json_message,
-            payload_size=payload_size,
-            drain=drain,
-            workers=workers,
-            connect=_mqtt.connect_options(
-                mqtt_endpoint=mqtt_endpoint,
-                port=port,
-                ca_file=ca_file,
-                connect_rate=connect_rate,
-                connect_timeout=connect_timeout,
-                connect_retries=connect_retries,
-                keepalive=keepalive,
-                allow_over_aws_limits=allow_over_aws_limits,
-            ),
+        parse_send_options(
+            SendArgs(
+                message=message,
+                rate=rate,
+                total_rate=total_rate,
+                duration=duration,
+                count=messages,
+                qos=qos,
+                topic=topic,
+                json_message=json_message,
+                payload_size=payload_size,
+                drain=drain,
+                workers=workers,
+                connect=ConnectArgs(
+                    mqtt_endpoint=mqtt_endpoint,
+                    port=port,
+                    ca_file=ca_file,
+                    connect_rate=connect_rate,
+                    connect_timeout=connect_timeout,
+                    connect_retries=connect_retries,
+                    keepalive=keepalive,
+                    allow_over_aws_limits=allow_over_aws_limits,
+                ),
+            )
         )
     )
     if Ledger.exists(opts.state_dir):
@@ -206,13 +210,11 @@ def command(
                 started, ephemeral = localstack.up(opts.state_dir, region=opts.region)
                 if ephemeral and not opts.quiet:
                     print(f"started a local stack for this run:\n{_describe(started)}")
-            target, stack = localstack.resolve(opts)
-            if stack is not None:
-                request = localstack.for_create(request, stack)
+            aimed = aim(opts)
             result = run(
                 runner.run(
-                    target,
-                    request,
+                    aimed,
+                    aimed.create_request(request),
                     send_step,
                     thresholds,
                     progress=lambda label: progress_for(label, quiet=opts.quiet),
@@ -319,11 +321,11 @@ def _run_json(result: runner.RunResult) -> dict[str, Any]:
     }
 
 
-def _send_step(request: SendRequest) -> runner.SendStep:
-    """The send phase: every thing of the new fleet; the report is written by `run` itself."""
-    request = dataclasses.replace(request, report=None)
+def _send_step(options: SendOptions) -> runner.SendStep:
+    """The send phase: every thing of the new fleet; the report is written by `run` itself
+    (`options` carry no --report)."""
 
-    async def send(settings: Settings, stop: StopSignal) -> dict[str, Any]:
-        return await run_send(settings, request, stop, warn=lambda line: console_err(line))
+    async def send(aimed: Aim, stop: StopSignal) -> dict[str, Any]:
+        return await run_send(aimed, options, stop, warn=lambda line: console_err(line))
 
     return send

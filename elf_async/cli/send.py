@@ -17,10 +17,12 @@ import typer
 from elf_async.cli import _mqtt
 from elf_async.cli._common import console_err, run, settings
 from elf_async.cli._live import Fields, LiveView, ms, print_summary
+from elf_async.cli._options import ConnectArgs, SendArgs, parse_send_options
 from elf_async.dataplane.mqtt import debug_paho
 from elf_async.dataplane.sender import Snapshot
 from elf_async.errors import PartialFailure
-from elf_async.jobs.send import SendRequest, run_send
+from elf_async.jobs.send import run_send
+from elf_async.jobs.target import aim
 from elf_async.report.verdict import send_problems
 from elf_async.stopping import StopSignal
 
@@ -106,42 +108,45 @@ def command(
     """Publish MESSAGE from each thing at an open-loop rate; measure acks, lag and latency."""
     opts = settings(ctx)
     debug_paho(opts.verbose)
-    request = SendRequest(
-        message=message,
-        things=things,
-        rate=rate,
-        total_rate=total_rate,
-        duration=duration,
-        count=count,
-        qos=qos,
-        topic=topic,
-        append_thing_name=append_thing_name,
-        json_message=json_message,
-        payload_template=payload_template,
-        payload_size=payload_size,
-        stamp=stamp,
-        max_inflight=max_inflight,
-        drain=drain,
-        report=report,
-        workers=workers,
-        connect=_mqtt.connect_options(
-            mqtt_endpoint=mqtt_endpoint,
-            port=port,
-            ca_file=ca_file,
-            connect_rate=connect_rate,
-            connect_timeout=connect_timeout,
-            connect_retries=connect_retries,
-            keepalive=keepalive,
-            allow_over_aws_limits=allow_over_aws_limits,
-        ),
+    options = parse_send_options(
+        SendArgs(
+            message=message,
+            things=things,
+            rate=rate,
+            total_rate=total_rate,
+            duration=duration,
+            count=count,
+            qos=qos,
+            topic=topic,
+            append_thing_name=append_thing_name,
+            json_message=json_message,
+            payload_template=payload_template,
+            payload_size=payload_size,
+            stamp=stamp,
+            max_inflight=max_inflight,
+            drain=drain,
+            report=report,
+            workers=workers,
+            connect=ConnectArgs(
+                mqtt_endpoint=mqtt_endpoint,
+                port=port,
+                ca_file=ca_file,
+                connect_rate=connect_rate,
+                connect_timeout=connect_timeout,
+                connect_retries=connect_retries,
+                keepalive=keepalive,
+                allow_over_aws_limits=allow_over_aws_limits,
+            ),
+        )
     )
+    aimed = aim(opts)
     with LiveView("send", quiet=opts.quiet) as view:
 
         async def main() -> tuple[dict[str, Any], int | None]:
             with StopSignal() as stop:
                 result = await run_send(
-                    opts,
-                    request,
+                    aimed,
+                    options,
                     stop,
                     on_tick=lambda snapshot: view.update(_fields(snapshot)),
                     warn=lambda line: console_err(f"warning: {line}"),

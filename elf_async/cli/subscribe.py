@@ -14,9 +14,11 @@ import typer
 from elf_async.cli import _mqtt
 from elf_async.cli._common import console_err, run, settings
 from elf_async.cli._live import LiveView, ms, print_summary
+from elf_async.cli._options import ConnectArgs, SubscribeArgs, parse_subscribe_options
 from elf_async.dataplane.mqtt import debug_paho
 from elf_async.errors import PartialFailure
-from elf_async.jobs.subscribe import SubscribeRequest, run_subscribe
+from elf_async.jobs.subscribe import run_subscribe
+from elf_async.jobs.target import aim
 from elf_async.report.verdict import subscribe_problems
 from elf_async.stopping import StopSignal
 
@@ -63,25 +65,29 @@ def command(
     opts = settings(ctx)
     debug_paho(opts.verbose)
     quiet = quiet or opts.quiet
-    request = SubscribeRequest(
-        things=things,
-        client_offset=client_offset,
-        topic=topic,
-        append_thing_name=append_thing_name,
-        qos=qos,
-        duration=duration,
-        report=report,
-        connect=_mqtt.connect_options(
-            mqtt_endpoint=mqtt_endpoint,
-            port=port,
-            ca_file=ca_file,
-            connect_rate=connect_rate,
-            connect_timeout=connect_timeout,
-            connect_retries=connect_retries,
-            keepalive=keepalive,
-            allow_over_aws_limits=allow_over_aws_limits,
-        ),
+    options = parse_subscribe_options(
+        SubscribeArgs(
+            things=things,
+            client_offset=client_offset,
+            topic=topic,
+            append_thing_name=append_thing_name,
+            qos=qos,
+            duration=duration,
+            report=report,
+            connect=ConnectArgs(
+                mqtt_endpoint=mqtt_endpoint,
+                port=port,
+                ca_file=ca_file,
+                connect_rate=connect_rate,
+                connect_timeout=connect_timeout,
+                connect_retries=connect_retries,
+                keepalive=keepalive,
+                allow_over_aws_limits=allow_over_aws_limits,
+            ),
+        )
     )
+
+    aimed = aim(opts)
 
     def show(topic: str, payload: bytes | bytearray) -> None:
         text = bytes(payload).decode("utf-8", errors="replace")
@@ -104,9 +110,9 @@ def command(
         async def main() -> tuple[dict[str, Any], int | None]:
             with StopSignal() as stop:
                 if quiet:
-                    result = await run_subscribe(opts, request, stop, on_tick=tick)
+                    result = await run_subscribe(aimed, options, stop, on_tick=tick)
                 else:
-                    result = await run_subscribe(opts, request, stop, on_message=show)
+                    result = await run_subscribe(aimed, options, stop, on_message=show)
                 return result, stop.exit_code
 
         result, exit_code = run(main())

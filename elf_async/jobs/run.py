@@ -17,7 +17,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from elf_async.config import Settings
 from elf_async.controlplane.clean import CleanResult, clean_fleet
 from elf_async.controlplane.create import CreateRequest, CreateResult, create_fleet
 from elf_async.controlplane.ledger import Ledger
@@ -30,6 +29,7 @@ from elf_async.errors import (
     ElfError,
     PartialFailure,
 )
+from elf_async.jobs.target import Aim
 from elf_async.progress import ProgressSink
 from elf_async.report.thresholds import Threshold, Verdict, evaluate
 from elf_async.report.verdict import send_problems
@@ -38,7 +38,7 @@ from elf_async.stopping import StopSignal
 T = TypeVar("T")
 # The send phase: sends from every thing of the fleet, drains once the StopSignal fires
 # (without installing signal handlers of its own), and returns its report.
-SendStep = Callable[[Settings, StopSignal], Coroutine[Any, Any, dict[str, Any]]]
+SendStep = Callable[[Aim, StopSignal], Coroutine[Any, Any, dict[str, Any]]]
 ProgressFactory = Callable[[str], ProgressSink]
 
 
@@ -116,7 +116,7 @@ async def _announce(stop: StopSignal, notify: Callable[[str], None]) -> None:
 
 
 async def run(
-    settings: Settings,
+    aimed: Aim,
     request: CreateRequest,
     send: SendStep,
     thresholds: Sequence[Threshold],
@@ -125,7 +125,9 @@ async def run(
     notify: Callable[[str], None],
     clean_concurrency: int = 16,
 ) -> RunResult:
-    """create → send → clean; the clean-up runs whatever happened before it."""
+    """create → send → clean; the clean-up runs whatever happened before it. `aimed` (with
+    `--local` resolved once by the caller) goes to every phase."""
+    settings = aimed.settings
     started = time.monotonic()
     result = RunResult()
     phase = "create"
@@ -143,7 +145,7 @@ async def run(
                 )
             if not stop.event.is_set():
                 phase = "send"
-                result.report = await _unless(stop.urgent, send(settings, stop))
+                result.report = await _unless(stop.urgent, send(aimed, stop))
                 if result.report is not None:
                     result.verdicts = evaluate(thresholds, result.report)
                     if not stop.event.is_set():  # stopped: the signal is the verdict
@@ -151,7 +153,7 @@ async def run(
         except Exception as exc:  # any failure, even a bug, still goes through clean-up
             result.error, result.failed_phase = exc, phase
         if not stop.urgent.is_set() and Ledger.exists(settings.state_dir):
-            await _clean(settings, result, stop, progress("clean"), clean_concurrency)
+            await _clean(aimed, result, stop, progress("clean"), clean_concurrency)
         result.signal = stop.signal
         result.aborted = stop.urgent.is_set() and Ledger.exists(settings.state_dir)
         announcer.cancel()
@@ -172,7 +174,7 @@ def _check_send(result: RunResult) -> None:
 
 
 async def _clean(
-    settings: Settings,
+    aimed: Aim,
     result: RunResult,
     stop: StopSignal,
     progress: ProgressSink,
@@ -183,7 +185,7 @@ async def _clean(
     try:
         result.clean = await _unless(
             stop.urgent,
-            clean_fleet(settings, fleet_id=None, concurrency=concurrency, progress=progress),
+            clean_fleet(aimed.settings, fleet_id=None, concurrency=concurrency, progress=progress),
         )
     except Exception as exc:
         if result.error is None:

@@ -1,18 +1,44 @@
-"""What `send` and `subscribe` share before any MQTT: the fleet's ready things as MQTT
-identities, the broker endpoint (flag, local stack, cached, else DescribeEndpoint), its trust."""
+"""Where a command's calls go, and what `send` and `subscribe` share before any MQTT.
+
+`aim` is the one place `--local` is resolved: every command calls it once and hands the
+result to its phases. Then the fleet's ready things as MQTT identities, and the broker
+endpoint (flag, local stack, cached, else DescribeEndpoint) with its trust.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from elf_async.config import Settings, resolve_target
 from elf_async.controlplane.aws import configured_region, connect
 from elf_async.controlplane.certs import thing_files
+from elf_async.controlplane.create import CreateRequest
 from elf_async.controlplane.ledger import Ledger
 from elf_async.dataplane.connections import Endpoint, Identity
 from elf_async.dataplane.mqtt import DEFAULT_PORT, default_ca_file, read_ca
 from elf_async.dataplane.options import ConnectOptions
 from elf_async.errors import RuntimeFailure, UsageError
+from elf_async.local import stack as localstack
+
+
+@dataclass(frozen=True, slots=True)
+class Aim:
+    """A command's destinations, `--local` resolved: the settings its control-plane calls use
+    (aimed at the local stack's moto with `--local`) and the local stack, if any."""
+
+    settings: Settings
+    stack: localstack.LocalStack | None = None
+
+    def create_request(self, request: CreateRequest) -> CreateRequest:
+        """`request` as the local stack needs it (its CA signs); unchanged without `--local`."""
+        return request if self.stack is None else localstack.for_create(request, self.stack)
+
+
+def aim(settings: Settings) -> Aim:
+    """Resolve `--local` (once per command): the running stack, or a clear error."""
+    aimed, stack = localstack.resolve(settings)
+    return Aim(aimed, stack)
 
 
 def ready_identities(
@@ -41,35 +67,28 @@ def ready_identities(
     return identities
 
 
-async def resolve_endpoint(
-    settings: Settings,
-    ledger: Ledger,
-    options: ConnectOptions,
-    *,
-    local: tuple[str, int, Path] | None = None,
-) -> Endpoint:
+async def resolve_endpoint(aimed: Aim, ledger: Ledger, options: ConnectOptions) -> Endpoint:
     """Host, port and trusted CAs of the broker.
 
     The host comes from --mqtt-endpoint, else the local stack, else the ledger's cache, else
     DescribeEndpoint(iot:Data-ATS), whose answer is cached with the fleet.
     """
-    explicit = options.explicit_endpoint()
-    ca_file = options.ca_file
-    if explicit is not None:
-        host, port = explicit
-    elif local is not None:
-        host, port, local_ca = local
-        ca_file = ca_file or local_ca
+    ca_file, port = options.ca_file, options.port
+    if options.mqtt_host is not None:
+        host = options.mqtt_host
+    elif aimed.stack is not None:
+        host, port = aimed.stack.mqtt_host, port or aimed.stack.mqtt_port
+        ca_file = ca_file or aimed.stack.ca_file
     else:
         meta = ledger.meta()
         cached = meta.get("mqtt_endpoint")
         if cached:
-            host, port = cached, None
+            host = cached
         else:
-            host, port = await _describe_endpoint(settings, meta), None
+            host = await _describe_endpoint(aimed.settings, meta)
             ledger.set_meta(mqtt_endpoint=host)
     ca_pem = read_ca(ca_file or default_ca_file())
-    return Endpoint(host=host, port=options.port or port or DEFAULT_PORT, ca_pem=ca_pem)
+    return Endpoint(host=host, port=port or DEFAULT_PORT, ca_pem=ca_pem)
 
 
 async def _describe_endpoint(settings: Settings, meta: dict[str, str]) -> str:

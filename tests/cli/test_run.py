@@ -102,6 +102,17 @@ def test_bad_threshold_is_a_usage_error_before_anything_starts(
     assert processes_under(tmp_path) == set()
 
 
+def test_a_bad_send_option_is_a_usage_error_before_anything_starts(
+    local_cli: LocalCli, tmp_path: Path
+) -> None:
+    """Send's options are checked with create's, where they are parsed: a run that could
+    never send starts no stack and creates nothing."""
+    result = local_cli("run", "2", "--local", "--rate", "fast")
+    assert_one_line_error(result, 2, "--rate: 'fast' is not a rate")
+    assert not (local_cli.state_dir / "local").exists()  # no stack was ever started
+    assert processes_under(tmp_path) == set()
+
+
 def _wait_for_clients(stack: dict[str, Any], state_dir: Path, count: int) -> None:
     """Until mosquitto's log shows `count` clients connected (the send phase runs)."""
     log = state_dir / "local" / "mosquitto" / "mosquitto.log"

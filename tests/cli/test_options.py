@@ -1,0 +1,166 @@
+"""Parsing at the edge (elf_async.cli._options): what the user typed becomes typed options in SI
+units, every bad option is one UsageError line, and the report keeps what the user typed."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from elf_async.cli._options import (
+    ConnectArgs,
+    SendArgs,
+    SubscribeArgs,
+    parse_connect_options,
+    parse_send_options,
+    parse_subscribe_options,
+)
+from elf_async.errors import UsageError
+
+
+def test_send_defaults_are_the_documented_ones_in_si_units() -> None:
+    options = parse_send_options(SendArgs())
+    assert (options.rate, options.rate_is_total) == (1.0, False)
+    assert (options.duration, options.count) == (10.0, None)
+    assert (options.drain, options.qos, options.max_inflight, options.workers) == (5.0, 1, 100, 1)
+    connect = options.connect
+    assert (connect.mqtt_host, connect.port, connect.ca_file) == (None, None, None)
+    assert (connect.connect_per_s, connect.connect_timeout, connect.keepalive) == (100.0, 10.0, 60)
+
+
+def test_send_units_become_messages_per_second_and_seconds() -> None:
+    options = parse_send_options(
+        SendArgs(rate="600/m", duration="5m", drain="250ms", connect=ConnectArgs(keepalive="2m"))
+    )
+    assert (options.rate, options.duration, options.drain) == (10.0, 300.0, 0.25)
+    assert options.connect.keepalive == 120
+
+
+def test_a_count_replaces_the_default_duration() -> None:
+    options = parse_send_options(SendArgs(count=3))
+    assert (options.duration, options.count) == (None, 3)
+
+
+def test_a_total_rate_is_left_for_the_fleet_to_share_and_check() -> None:
+    """500/s over the whole fleet may be 5/s per thing: only the fleet's size can tell."""
+    options = parse_send_options(SendArgs(total_rate="500/s"))
+    assert (options.rate, options.rate_is_total) == (500.0, True)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (SendArgs(qos=2), "--qos 2: AWS IoT supports QoS 0 and 1 only"),
+        (SendArgs(rate="fast"), "--rate: 'fast' is not a rate"),
+        (SendArgs(rate="101/s"), "AWS IoT drops publishes above 100/s per connection"),
+        (SendArgs(rate="1/s", total_rate="3/s"), "--rate and --total-rate cannot be used together"),
+        (SendArgs(total_rate="none"), "--total-rate: 'none' is not a rate"),
+        (SendArgs(duration="-1"), "--duration: '-1' is not a duration"),
+        (SendArgs(count=3, duration="2"), "--count and --duration cannot be used together"),
+        (SendArgs(count=0), "--count must be at least 1"),
+        (SendArgs(max_inflight=101), "--max-inflight 101: AWS IoT allows 1 to 100"),
+        (SendArgs(max_inflight=0), "--max-inflight 0"),
+        (SendArgs(drain="soon"), "--drain: 'soon' is not a duration"),
+        (SendArgs(workers=0), "--workers 0: must be at least 1"),
+        (SendArgs(report=Path("/nonexistent/dir/r.json")), "does not exist"),
+        (SendArgs(connect=ConnectArgs(connect_rate="501/s")), "allows 500 connects/s"),
+        (SendArgs(connect=ConnectArgs(connect_timeout="x")), "--connect-timeout: 'x'"),
+        (SendArgs(connect=ConnectArgs(keepalive="1.5s")), "whole seconds"),
+        (SendArgs(connect=ConnectArgs(keepalive="10s")), "clamps the keep-alive to 30-1200 s"),
+        (SendArgs(connect=ConnectArgs(mqtt_endpoint="host:99999")), "out of range"),
+        (SendArgs(connect=ConnectArgs(mqtt_endpoint="a b")), "is not HOST or HOST:PORT"),
+        (SendArgs(connect=ConnectArgs(port=0)), "--port 0 is out of range"),
+        (
+            SendArgs(connect=ConnectArgs(mqtt_endpoint="h:8883", port=443)),
+            "--mqtt-endpoint says port 8883 but --port says 443",
+        ),
+    ],
+)
+def test_every_bad_send_option_is_one_usage_error(args: SendArgs, fragment: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_send_options(args)
+    message = str(caught.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_over_aws_limits_only_when_allowed() -> None:
+    allowed = ConnectArgs(connect_rate="1000/s", keepalive="10s", allow_over_aws_limits=True)
+    options = parse_send_options(SendArgs(rate="500/s", max_inflight=1000, connect=allowed))
+    assert (options.rate, options.max_inflight) == (500.0, 1000)
+    assert (options.connect.connect_per_s, options.connect.keepalive) == (1000.0, 10)
+    with pytest.raises(UsageError, match="MQTT allows 1 to 65535 seconds"):
+        parse_connect_options(dataclasses.replace(allowed, keepalive="70000s"))
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "port", "expected"),
+    [
+        ("broker.example", None, ("broker.example", None)),
+        ("broker.example:443", None, ("broker.example", 443)),
+        ("broker.example", 443, ("broker.example", 443)),
+        ("[::1]:8883", 8883, ("::1", 8883)),
+        (None, 443, (None, 443)),  # --port alone applies to the local, cached or described host
+    ],
+)
+def test_the_broker_is_host_and_port(
+    endpoint: str | None, port: int | None, expected: tuple[str | None, int | None]
+) -> None:
+    connect = parse_connect_options(ConnectArgs(mqtt_endpoint=endpoint, port=port))
+    assert (connect.mqtt_host, connect.port) == expected
+
+
+SEND_AS_GIVEN: dict[str, Any] = {
+    "message": None, "things": 2, "rate": "600/m", "total_rate": None, "duration": None,
+    "count": None, "qos": 1, "topic": None, "append_thing_name": False,
+    "json_message": "a.json", "payload_template": None, "payload_size": None, "stamp": None,
+    "max_inflight": 100, "drain": "5s", "report": "r.json",
+    "connect": {
+        "mqtt_endpoint": "h:1", "port": None, "ca_file": "/x/ca.pem", "connect_rate": "100/s",
+        "connect_timeout": 10.0, "connect_retries": 3, "keepalive": 60,
+        "allow_over_aws_limits": False,
+    },
+    "workers": 1,
+}  # fmt: skip
+
+
+def test_the_report_keeps_what_the_user_typed() -> None:
+    """The report's `options` as before the typed options: the user's strings (paths as text),
+    the connect timeout and keep-alive in seconds."""
+    connect = ConnectArgs(mqtt_endpoint="h:1", ca_file=Path("/x/ca.pem"))
+    options = parse_send_options(
+        SendArgs(
+            things=2, rate="600/m", json_message=Path("a.json"), report=Path("r.json"),
+            connect=connect,
+        )
+    )  # fmt: skip
+    assert options.as_given == SEND_AS_GIVEN
+    subscribe = parse_subscribe_options(SubscribeArgs(duration="5m", connect=connect))
+    assert subscribe.as_given == {
+        "things": None, "client_offset": 0, "topic": None, "append_thing_name": False,
+        "qos": 1, "duration": "5m", "report": None, "connect": SEND_AS_GIVEN["connect"],
+    }  # fmt: skip
+
+
+def test_subscribe_options() -> None:
+    options = parse_subscribe_options(SubscribeArgs(qos=0, duration="2m", client_offset=3))
+    assert (options.qos, options.duration, options.client_offset) == (0, 120.0, 3)
+    assert parse_subscribe_options(SubscribeArgs()).duration == 10.0
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (SubscribeArgs(qos=2), "--qos 2: AWS IoT supports QoS 0 and 1 only"),
+        (SubscribeArgs(client_offset=-1), "--client-offset must be 0 or more"),
+        (SubscribeArgs(duration="later"), "--duration: 'later' is not a duration"),
+        (SubscribeArgs(report=Path("/nonexistent/dir/r.json")), "does not exist"),
+        (SubscribeArgs(connect=ConnectArgs(connect_rate="0/s")), "must be above zero"),
+    ],
+)
+def test_every_bad_subscribe_option_is_one_usage_error(args: SubscribeArgs, fragment: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_subscribe_options(args)
+    assert fragment in str(caught.value)
