@@ -15,6 +15,7 @@ from elf_async.dataplane.options import (
     AWS_CONNECT_PER_S,
     AWS_KEEPALIVE_S,
     AWS_MAX_INFLIGHT,
+    MQTT_PACKET_IDS,
     ConnectOptions,
     Qos,
     check_publish_rate,
@@ -91,9 +92,12 @@ def parse_send_options(args: SendArgs) -> SendOptions:
         raise UsageError("--count and --duration cannot be used together")
     if args.count is not None and args.count < 1:
         raise UsageError("--count must be at least 1")
-    if not 1 <= args.max_inflight <= AWS_MAX_INFLIGHT and not (
-        args.max_inflight >= 1 and connect.allow_over_aws_limits
-    ):
+    if not 1 <= args.max_inflight <= MQTT_PACKET_IDS:
+        raise UsageError(
+            f"--max-inflight {args.max_inflight}: MQTT has {MQTT_PACKET_IDS} packet ids, "
+            "so 1 to that many messages can be in flight"
+        )
+    if args.max_inflight > AWS_MAX_INFLIGHT and not connect.allow_over_aws_limits:
         raise UsageError(
             f"--max-inflight {args.max_inflight}: AWS IoT allows 1 to {AWS_MAX_INFLIGHT}"
         )

@@ -12,6 +12,7 @@ from elf_async.errors import UsageError
 AWS_CONNECT_PER_S = 500.0  # per account
 AWS_PUBLISH_PER_S = 100.0  # per connection
 AWS_MAX_INFLIGHT = 100  # unacknowledged QoS 1 messages per client
+MQTT_PACKET_IDS = 65535  # QoS 1 packet ids: never more in flight on one connection
 AWS_KEEPALIVE_S = (30, 1200)  # AWS clamps the keep-alive to this range
 
 Qos = Literal[0, 1]  # AWS IoT has no QoS 2

@@ -179,7 +179,7 @@ class Publisher:
     def _sent(self, batch: Batch, start: int, stop: int) -> None:
         """Messages `start` to `stop` of a batch are entirely in the kernel: published now
         (or, for a message published before, retransmitted)."""
-        first, new, resent = batch
+        first, _, resent = batch
         now = time.monotonic()
         record_lag = self.shared.lag.record
         for seq, published_before in resent[start:stop]:

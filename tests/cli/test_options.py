@@ -93,6 +93,9 @@ def test_over_aws_limits_only_when_allowed() -> None:
     assert (options.connect.connect_per_s, options.connect.keepalive) == (1000.0, 10)
     with pytest.raises(UsageError, match="MQTT allows 1 to 65535 seconds"):
         parse_connect_options(dataclasses.replace(allowed, keepalive="70000s"))
+    # More than MQTT's packet ids in flight would leave no free id: never, even when allowed.
+    with pytest.raises(UsageError, match="MQTT has 65535 packet ids"):
+        parse_send_options(SendArgs(max_inflight=65536, connect=allowed))
 
 
 @pytest.mark.parametrize(
