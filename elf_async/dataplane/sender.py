@@ -446,8 +446,9 @@ class Sender:
 
     async def _keep_connected(self, p: Publisher, stop: StopSignal) -> None:
         """Reconnect a publisher the broker dropped, with backoff, and resume its schedule."""
-        while p.link is not None:
-            reason = await p.link.lost
+        while (link := p.link) is not None:
+            reason = await link.lost
+            await link.close()  # gone already: only collects aiomqtt's disconnection error
             p.connection_lost()
             self.connector.errors[f"connection lost: {reason}"] += 1
             if stop.event.is_set():

@@ -148,8 +148,9 @@ class Subscriber:
         except ConnectFailed as exc:
             watch.error = exc.reason
             return
-        while watch.link is not None:
-            await watch.link.lost
+        while (link := watch.link) is not None:
+            await link.lost
+            await link.close()  # gone already: only collects aiomqtt's disconnection error
             watch.link = None
             if stop.event.is_set():
                 return

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 from support.mqtt import FixtureCA
+from support.mqtt_peer import mqtt_peer
 
 from elf_async.controlplane.certs import generate_key, key_pem
 from elf_async.dataplane.connections import Connector, Endpoint, Identity
@@ -151,3 +152,38 @@ async def test_a_thing_that_never_connected_owes_what_fell_due_until_the_stop(
     totals = result.totals()
     assert totals["acked"] <= totals["published"] <= totals["scheduled"]
     assert totals["scheduled"] - totals["published"] >= refused.scheduled
+
+
+async def test_a_dropped_connection_leaves_no_unretrieved_exception_behind(
+    test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    """The broker drops a publisher mid-send and never comes back. The old connection's
+    aiomqtt error must be collected: otherwise asyncio prints "Future exception was never
+    retrieved" when it is garbage-collected (the autouse fixture fails the test on it)."""
+    with mqtt_peer(test_ca, tmp_path) as peer:
+        endpoint = Endpoint("127.0.0.1", peer.port, test_ca.cert_file.read_text())
+        connector = Connector(endpoint, rate=100.0, timeout=5.0, retries=0)
+        shared = Shared()
+        spec = build_spec(message=None, json_message=None, template=None, size=None, stamp=None)
+        key_file, cert_file = test_ca.client_cert(tmp_path, "dropped-thing")
+        publisher = Publisher(
+            Identity("dropped-thing", 0, key_file, cert_file),
+            "elf/dropped-thing",
+            ThingSchedule(rate=20.0, phase=0.0, total=20 * 600),
+            spec.encoder("dropped-thing"),
+            qos=1,
+            window=100,
+            shared=shared,
+        )
+        with StopSignal() as stop:
+
+            def drop_then_stop(snapshot: Snapshot) -> None:
+                if publisher.reconnects and not stop.event.is_set():
+                    os.kill(os.getpid(), signal.SIGINT)  # the loss was seen: enough
+                elif snapshot.totals["acked"] and publisher.link is not None:
+                    peer.drop()
+
+            sender = Sender([publisher], connector, shared, drain=1.0, on_tick=drop_then_stop)
+            await sender.run(stop)
+    assert any(reason.startswith("connection lost") for reason in connector.errors)
+    assert publisher.acked <= publisher.published <= publisher.scheduled

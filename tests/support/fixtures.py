@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -151,7 +152,7 @@ class Cli:
         env: Mapping[str, str] | None = None,
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        result = subprocess.run(
             self.args(*args),
             capture_output=True,
             text=True,
@@ -160,6 +161,8 @@ class Cli:
             input=input,
             cwd=self.cwd or self.state_dir.parent,
         )
+        assert UNRETRIEVED not in result.stderr, result.stderr
+        return result
 
     def popen(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -212,3 +215,20 @@ async def no_blocking_calls(caplog: pytest.LogCaptureFixture) -> AsyncIterator[N
     """Fails the test if anything blocked the event loop."""
     with blocking_guard(caplog):
         yield
+
+
+UNRETRIEVED = "never retrieved"  # asyncio's words for an exception nobody looked at
+
+
+@pytest.fixture(autouse=True)
+def no_unretrieved_exceptions(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail a test after which asyncio logged a task's or future's exception that nobody
+    retrieved: users must never see that noise (it is logged when the object is collected)."""
+    yield
+    gc.collect()
+    noise = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "asyncio" and UNRETRIEVED in r.getMessage()
+    ]
+    assert not noise, noise
