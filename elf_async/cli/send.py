@@ -169,8 +169,8 @@ def _fields(snapshot: Snapshot) -> Fields:
         ("phase", snapshot.phase),
         ("connected", f"{snapshot.connected}/{snapshot.things} ({snapshot.connect_failed} failed)"),
         ("msg/s", f"{last['published']} (target {snapshot.target_per_s:g})"),
-        ("published", f"{totals['published']}/{totals['scheduled']} due"),
-        ("acked", str(totals["acked"])),
-        ("errors", f"{totals['failed']} failed, {totals['reconnects']} reconnects"),
+        ("published", f"{totals.published}/{totals.scheduled} due"),
+        ("acked", str(totals.acked)),
+        ("errors", f"{totals.failed} failed, {totals.reconnects} reconnects"),
         ("ack p50/p99", f"{ms(snapshot.ack_p50_ms)} / {ms(snapshot.ack_p99_ms)}"),
     ]

@@ -39,6 +39,7 @@ from elf_async import __version__
 from elf_async.dataplane.connections import Connector, Endpoint
 from elf_async.dataplane.sender import SendResult, Shared
 from elf_async.dataplane.subscriber import SubscribeResult
+from elf_async.dataplane.tally import Totals
 from elf_async.errors import UsageError
 from elf_async.files import write_public
 from elf_async.metrics import Histogram, merge_series, merged
@@ -177,13 +178,8 @@ class SendTally:
             lost=lost,
         )
 
-    def totals(self) -> dict[str, int]:
-        result = {
-            name: sum(getattr(t, name) for t in self.things)
-            for name in ("scheduled", "published", "acked", "failed", "retransmitted")
-        }
-        result["reconnects"] = self.connections.reconnects
-        return result
+    def totals(self) -> Totals:
+        return Totals.of(self.things)
 
 
 def _fleet_order(thing: ThingTally) -> int:
@@ -257,17 +253,17 @@ def send_report(
     per_thing = [t.rate for t in result.things]
     report["messages"] = {
         "qos": qos,
-        "scheduled": totals["scheduled"],
-        "published": totals["published"],
-        "acked": totals["acked"] if qos else None,
-        "failed": totals["failed"],
-        "unsent": totals["scheduled"] - totals["published"],
-        "retransmitted": totals["retransmitted"],
+        "scheduled": totals.scheduled,
+        "published": totals.published,
+        "acked": totals.acked if qos else None,
+        "failed": totals.failed,
+        "unsent": totals.scheduled - totals.published,
+        "retransmitted": totals.retransmitted,
     }
     report["rate"] = {
         "target_per_s": round(result.target_per_s, 3),
         "per_thing_per_s": round(per_thing[0], 3) if per_thing else None,
-        "achieved_per_s": round(totals["published"] / window, 3) if window > 0 else None,
+        "achieved_per_s": round(totals.published / window, 3) if window > 0 else None,
         "publish_window_s": round(window, 3),
     }
     shared = result.shared

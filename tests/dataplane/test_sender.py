@@ -136,7 +136,7 @@ async def test_a_thing_that_never_connected_owes_what_fell_due_until_the_stop(
     with StopSignal() as stop:
 
         def interrupt_once_sending(snapshot: Snapshot) -> None:
-            if snapshot.totals["acked"] and not stop.event.is_set():
+            if snapshot.totals.acked and not stop.event.is_set():
                 os.kill(os.getpid(), signal.SIGINT)  # taken by StopSignal's handler
 
         sender = Sender(publishers, connector, shared, drain=5.0, on_tick=interrupt_once_sending)
@@ -149,5 +149,5 @@ async def test_a_thing_that_never_connected_owes_what_fell_due_until_the_stop(
     assert 0 < refused.scheduled < refused.schedule.total
     assert abs(refused.scheduled - good.scheduled) <= 1  # one open-loop schedule for both
     totals = result.totals()
-    assert totals["acked"] <= totals["published"] <= totals["scheduled"]
-    assert totals["scheduled"] - totals["published"] >= refused.scheduled
+    assert totals.acked <= totals.published <= totals.scheduled
+    assert totals.scheduled - totals.published >= refused.scheduled
