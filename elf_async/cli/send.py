@@ -10,7 +10,7 @@ every case but bad input.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -21,6 +21,7 @@ from elf_async.dataplane.mqtt import debug_paho
 from elf_async.dataplane.sender import Snapshot
 from elf_async.errors import PartialFailure
 from elf_async.jobs.send import SendRequest, run_send
+from elf_async.report.model import SendReport
 from elf_async.report.verdict import send_problems
 from elf_async.stopping import StopSignal
 
@@ -137,7 +138,7 @@ def command(
     )
     with LiveView("send", quiet=opts.quiet) as view:
 
-        async def main() -> tuple[dict[str, Any], int | None]:
+        async def main() -> tuple[SendReport, int | None]:
             with StopSignal() as stop:
                 result = await run_send(
                     opts,

@@ -17,6 +17,7 @@ from elf_async.cli._live import LiveView, ms, print_summary
 from elf_async.dataplane.mqtt import debug_paho
 from elf_async.errors import PartialFailure
 from elf_async.jobs.subscribe import SubscribeRequest, run_subscribe
+from elf_async.report.model import SubscribeReport
 from elf_async.report.verdict import subscribe_problems
 from elf_async.stopping import StopSignal
 
@@ -101,7 +102,7 @@ def command(
                 ]
             )
 
-        async def main() -> tuple[dict[str, Any], int | None]:
+        async def main() -> tuple[SubscribeReport, int | None]:
             with StopSignal() as stop:
                 if quiet:
                     result = await run_subscribe(opts, request, stop, on_tick=tick)

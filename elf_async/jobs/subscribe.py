@@ -20,6 +20,7 @@ from elf_async.jobs.send import DEFAULT_DURATION, check_report_path
 from elf_async.jobs.target import ready_identities, resolve_endpoint
 from elf_async.local import stack as localstack
 from elf_async.report.document import subscribe_report, write_report
+from elf_async.report.model import SubscribeReport
 from elf_async.stopping import StopSignal
 from elf_async.units import parse_duration
 
@@ -75,7 +76,7 @@ async def run_subscribe(
     *,
     on_message: Callable[[str, bytes | bytearray], None] = lambda topic, payload: None,
     on_tick: Callable[[dict[str, Any]], None] = lambda row: None,
-) -> dict[str, Any]:
+) -> SubscribeReport:
     """Run one subscribe and return its report (also written to `request.report`)."""
     settings, stack = localstack.resolve(settings)
     with Ledger.open(settings.state_dir) as ledger:
