@@ -23,6 +23,7 @@ from elf_async.dataplane.connections import Connector, Endpoint, Identity
 from elf_async.dataplane.payload import build_spec
 from elf_async.dataplane.schedule import plan
 from elf_async.dataplane.sender import Publisher, Sender, Shared
+from elf_async.dataplane.tally import Totals
 from elf_async.stopping import StopSignal
 
 
@@ -34,7 +35,7 @@ class PreConnectedSender(Sender):
 
 
 def result_document(
-    totals: dict[str, int],
+    totals: Totals,
     shared: Shared,
     *,
     qos: int,
@@ -45,8 +46,8 @@ def result_document(
 ) -> dict[str, Any]:
     """What an elf-async peer reports (in-process, or `send --workers` merged)."""
     return {
-        "published": totals["published"],
-        "acked": totals["acked"] if qos else totals["published"],
+        "published": totals.published,
+        "acked": totals.acked if qos else totals.published,
         "publish_seconds": publish_seconds,
         "drain_seconds": drain_seconds,
         "self_cpu": self_cpu,
@@ -59,9 +60,9 @@ def result_document(
         },
         "extra": {
             **extra,
-            "scheduled": totals["scheduled"],
-            "failed": totals["failed"],
-            "reconnects": totals["reconnects"],
+            "scheduled": totals.scheduled,
+            "failed": totals.failed,
+            "reconnects": totals.reconnects,
         },
     }
 

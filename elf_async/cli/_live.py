@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import cast
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from elf_async.report.model import LatencySummary, SendReport, SubscribeReport
 
 Fields = list[tuple[str, str]]
 PLAIN_INTERVAL = 5.0
@@ -64,7 +67,7 @@ def ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
 
 
-def print_summary(report: dict[str, Any]) -> None:
+def print_summary(report: SendReport | SubscribeReport) -> None:
     """The end-of-run table, from the report itself (what is printed is what is saved)."""
     table = Table(title=f"elf-async {report['command']}: {report['outcome']}", title_justify="left")
     table.add_column("")
@@ -73,12 +76,14 @@ def print_summary(report: dict[str, Any]) -> None:
         if value is not None:
             table.add_row(f"messages {name}", str(value))
     connections = report["connections"]
-    for name in ("attempted", "succeeded", "failed", "reconnects", "things_failed"):
-        table.add_row(f"connections {name}", str(connections[name]))
+    for name, value in connections.items():
+        if name != "errors":
+            table.add_row(f"connections {name}", str(value))
     for name, value in report["rate"].items():
         if value is not None:
             table.add_row(f"rate {name}", str(value))
-    for name, summary in report["latency_ms"].items():
+    latencies = cast(Mapping[str, LatencySummary], report["latency_ms"])  # each one a summary
+    for name, summary in latencies.items():
         if summary["count"]:
             table.add_row(
                 f"{name} ms p50/p99/max",

@@ -9,7 +9,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -42,6 +42,7 @@ from elf_async.jobs.target import Aim, aim
 from elf_async.local import stack as localstack
 from elf_async.report.document import write_report
 from elf_async.report.junit import junit_xml, write_junit
+from elf_async.report.model import RunReport, RunSummary, SendReport
 from elf_async.report.thresholds import parse_all
 from elf_async.stopping import StopSignal
 
@@ -251,8 +252,11 @@ def _finish(
     """Print the summary, write the report and JUnit, and exit with the documented code."""
     _print_summary(result)
     if report is not None and result.report is not None:
-        document = {**result.report, "thresholds": [v.to_json() for v in result.verdicts]}
-        document["run"] = _run_json(result)
+        document: RunReport = {
+            **result.report,
+            "thresholds": [v.to_json() for v in result.verdicts],
+            "run": _run_json(result),
+        }
         write_report(report, document)
     if junit is not None:
         write_junit(
@@ -309,7 +313,7 @@ def _print_summary(result: runner.RunResult) -> None:
         print(f"run failed: {result.failure}")
 
 
-def _run_json(result: runner.RunResult) -> dict[str, Any]:
+def _run_json(result: runner.RunResult) -> RunSummary:
     create_summary = result.create.summary if result.create else None
     return {
         "exit_code": result.exit_code,
@@ -325,7 +329,7 @@ def _send_step(options: SendOptions) -> runner.SendStep:
     """The send phase: every thing of the new fleet; the report is written by `run` itself
     (`options` carry no --report)."""
 
-    async def send(aimed: Aim, stop: StopSignal) -> dict[str, Any]:
+    async def send(aimed: Aim, stop: StopSignal) -> SendReport:
         return await run_send(aimed, options, stop, warn=lambda line: console_err(line))
 
     return send

@@ -10,7 +10,7 @@ every case but bad input.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -23,6 +23,7 @@ from elf_async.dataplane.sender import Snapshot
 from elf_async.errors import PartialFailure
 from elf_async.jobs.send import run_send
 from elf_async.jobs.target import aim
+from elf_async.report.model import SendReport
 from elf_async.report.verdict import send_problems
 from elf_async.stopping import StopSignal
 
@@ -142,7 +143,7 @@ def command(
     aimed = aim(opts)
     with LiveView("send", quiet=opts.quiet) as view:
 
-        async def main() -> tuple[dict[str, Any], int | None]:
+        async def main() -> tuple[SendReport, int | None]:
             with StopSignal() as stop:
                 result = await run_send(
                     aimed,
@@ -174,8 +175,8 @@ def _fields(snapshot: Snapshot) -> Fields:
         ("phase", snapshot.phase),
         ("connected", f"{snapshot.connected}/{snapshot.things} ({snapshot.connect_failed} failed)"),
         ("msg/s", f"{last['published']} (target {snapshot.target_per_s:g})"),
-        ("published", f"{totals['published']}/{totals['scheduled']} due"),
-        ("acked", str(totals["acked"])),
-        ("errors", f"{totals['failed']} failed, {totals['reconnects']} reconnects"),
+        ("published", f"{totals.published}/{totals.scheduled} due"),
+        ("acked", str(totals.acked)),
+        ("errors", f"{totals.failed} failed, {totals.reconnects} reconnects"),
         ("ack p50/p99", f"{ms(snapshot.ack_p50_ms)} / {ms(snapshot.ack_p99_ms)}"),
     ]

@@ -19,6 +19,7 @@ from elf_async.dataplane.mqtt import debug_paho
 from elf_async.errors import PartialFailure
 from elf_async.jobs.subscribe import run_subscribe
 from elf_async.jobs.target import aim
+from elf_async.report.model import SubscribeReport
 from elf_async.report.verdict import subscribe_problems
 from elf_async.stopping import StopSignal
 
@@ -107,7 +108,7 @@ def command(
                 ]
             )
 
-        async def main() -> tuple[dict[str, Any], int | None]:
+        async def main() -> tuple[SubscribeReport, int | None]:
             with StopSignal() as stop:
                 if quiet:
                     result = await run_subscribe(aimed, options, stop, on_tick=tick)

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from elf_async.dataplane.connections import Connector, Identity
@@ -27,6 +28,7 @@ from elf_async.dataplane.mqtt import ConnectFailed, Link
 from elf_async.dataplane.payload import Encoder
 from elf_async.dataplane.schedule import ThingSchedule
 from elf_async.dataplane.takeover import Takeover, Wire
+from elf_async.dataplane.tally import Totals
 from elf_async.metrics import Histogram, Series
 from elf_async.stopping import StopSignal
 
@@ -243,16 +245,25 @@ class Publisher:
         self.resend.clear()
 
 
+class Phase(StrEnum):
+    """Where a `Sender` is, in this order."""
+
+    CONNECTING = "connecting"
+    SENDING = "sending"
+    DRAINING = "draining"
+    DISCONNECTING = "disconnecting"
+
+
 @dataclass
 class Snapshot:
     """What the live view shows, once a second."""
 
-    phase: str
+    phase: Phase
     elapsed: float
     things: int
     connected: int
     connect_failed: int
-    totals: dict[str, int]
+    totals: Totals
     last_second: dict[str, Any]
     target_per_s: float
     ack_p50_ms: float | None
@@ -274,20 +285,8 @@ class SendResult:
     publish_window_s: float
     target_per_s: float
 
-    def totals(self) -> dict[str, int]:
-        return totals(self.publishers, self.connector)
-
-
-def totals(publishers: list[Publisher], connector: Connector) -> dict[str, int]:
-    result = dict.fromkeys(("scheduled", "published", "acked", "failed", "retransmitted"), 0)
-    for p in publishers:
-        result["scheduled"] += p.scheduled
-        result["published"] += p.published
-        result["acked"] += p.acked
-        result["failed"] += p.failed
-        result["retransmitted"] += p.retransmitted
-    result["reconnects"] = connector.reconnects
-    return result
+    def totals(self) -> Totals:
+        return Totals.of(self.publishers)
 
 
 def _span(publishers: list[Publisher]) -> float:
@@ -311,7 +310,7 @@ class Sender:
     clock: float | None = None
     go: Callable[[], Awaitable[float]] | None = None
     takeover: Takeover = field(default_factory=Takeover)  # the connections' I/O, read together
-    _phase: str = "connecting"
+    _phase: Phase = Phase.CONNECTING
     _start: float = 0.0
     _keepers: list[asyncio.Task[None]] = field(default_factory=list)
     _unconnected: list[Publisher] = field(default_factory=list)  # never connected: owe all
@@ -334,13 +333,13 @@ class Sender:
             start = time.monotonic() + 0.05 if self.go is None else await self.go()
             window = 0.0
             if live and not stop.event.is_set():
-                self._phase = "sending"
+                self._phase = Phase.SENDING
                 self._start = start
                 for p in live:
                     p.base = self._start + p.schedule.phase
                 window = await self._publish(live, stop)
                 owed_until = time.monotonic() - self._start if stop.event.is_set() else None
-                self._phase = "draining"
+                self._phase = Phase.DRAINING
                 await self._drain(live, stop)
                 # A publisher that fell behind and caught up late stretches the window.
                 last = max(p.last_published_at for p in live) - self._start
@@ -348,7 +347,7 @@ class Sender:
             elif not stop.event.is_set():
                 # Nothing connected: no need to wait out a schedule that every thing owes.
                 window, owed_until = _span(self.publishers), None
-            self._phase = "disconnecting"
+            self._phase = Phase.DISCONNECTING
             await asyncio.gather(*(p.link.close() for p in self.publishers if p.link))
         finally:
             self.takeover.close()
@@ -358,7 +357,7 @@ class Sender:
         for p in self.publishers:
             p.abandon()
         self._owe_unconnected(owed_until)
-        self._sample(time.monotonic() - clock, totals(self.publishers, self.connector))
+        self._sample(time.monotonic() - clock, Totals.of(self.publishers))
         return SendResult(
             publishers=self.publishers,
             connector=self.connector,
@@ -482,18 +481,18 @@ class Sender:
         second = 1
         while True:
             await asyncio.sleep(max(0.0, clock + second - time.monotonic()))
-            if self._phase == "sending":
+            if self._phase == Phase.SENDING:
                 self._owe_unconnected(time.monotonic() - self._start)
-            now = totals(self.publishers, self.connector)
+            now = Totals.of(self.publishers)
             row = self._sample(second, now)
             self.on_tick(self._snapshot(second, row, now))
             second += 1
 
-    def _sample(self, second: float, now: dict[str, int]) -> dict[str, Any]:
+    def _sample(self, second: float, now: Totals) -> dict[str, Any]:
         connected = sum(1 for p in self.publishers if p.link is not None)
-        return self.series.sample(second, now, connected=connected)
+        return self.series.sample(second, now.as_dict(), connected=connected)
 
-    def _snapshot(self, second: float, row: dict[str, Any], now: dict[str, int]) -> Snapshot:
+    def _snapshot(self, second: float, row: dict[str, Any], now: Totals) -> Snapshot:
         return Snapshot(
             phase=self._phase,
             elapsed=second,

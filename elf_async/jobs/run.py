@@ -31,6 +31,7 @@ from elf_async.errors import (
 )
 from elf_async.jobs.target import Aim
 from elf_async.progress import ProgressSink
+from elf_async.report.model import SendReport
 from elf_async.report.thresholds import Threshold, Verdict, evaluate
 from elf_async.report.verdict import send_problems
 from elf_async.stopping import StopSignal
@@ -38,7 +39,7 @@ from elf_async.stopping import StopSignal
 T = TypeVar("T")
 # The send phase: sends from every thing of the fleet, drains once the StopSignal fires
 # (without installing signal handlers of its own), and returns its report.
-SendStep = Callable[[Aim, StopSignal], Coroutine[Any, Any, dict[str, Any]]]
+SendStep = Callable[[Aim, StopSignal], Coroutine[Any, Any, SendReport]]
 ProgressFactory = Callable[[str], ProgressSink]
 
 
@@ -55,7 +56,7 @@ class RunResult:
     """What happened, for the summary, the report, JUnit and the exit code."""
 
     create: CreateResult | None = None
-    report: dict[str, Any] | None = None
+    report: SendReport | None = None
     clean: CleanResult | None = None
     verdicts: list[Verdict] = field(default_factory=list)
     error: BaseException | None = None  # the first phase that failed, and why

@@ -19,6 +19,7 @@ from elf_async.dataplane.topics import TopicTemplate, outside_root
 from elf_async.jobs.target import Aim, ready_identities, resolve_endpoint
 from elf_async.jobs.workers import send_in_workers
 from elf_async.report.document import SendTally, send_report, write_report
+from elf_async.report.model import SendReport
 from elf_async.stopping import StopSignal
 
 
@@ -108,7 +109,7 @@ async def run_send(
     *,
     on_tick: Callable[[Snapshot], None] = lambda snapshot: None,
     warn: Callable[[str], None] = lambda line: None,
-) -> dict[str, Any]:
+) -> SendReport:
     """Run one send and return its report (also written to `options.report` when given).
 
     Installs no signal handlers: `stop` is the caller's.

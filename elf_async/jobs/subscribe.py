@@ -16,6 +16,7 @@ from elf_async.dataplane.subscriber import Subscriber, Watch
 from elf_async.dataplane.topics import TopicTemplate
 from elf_async.jobs.target import Aim, ready_identities, resolve_endpoint
 from elf_async.report.document import subscribe_report, write_report
+from elf_async.report.model import SubscribeReport
 from elf_async.stopping import StopSignal
 
 
@@ -60,7 +61,7 @@ async def run_subscribe(
     *,
     on_message: Callable[[str, bytes | bytearray], None] = lambda topic, payload: None,
     on_tick: Callable[[dict[str, Any]], None] = lambda row: None,
-) -> dict[str, Any]:
+) -> SubscribeReport:
     """Run one subscribe and return its report (also written to `options.report`)."""
     state_dir = aimed.settings.state_dir
     with Ledger.open(state_dir) as ledger:

@@ -33,7 +33,8 @@ import uvloop
 
 from elf_async.dataplane.mqtt import debug_paho
 from elf_async.dataplane.plan import SendPlan, SendSetup, send_here
-from elf_async.dataplane.sender import Shared, Snapshot
+from elf_async.dataplane.sender import Phase, Shared, Snapshot
+from elf_async.dataplane.tally import Totals
 from elf_async.errors import EXIT_RUNTIME
 from elf_async.metrics import Histogram, merged
 from elf_async.report.document import SendTally, ThingTally
@@ -42,8 +43,8 @@ from elf_async.stopping import StopSignal
 GO_DELAY_S = 0.1  # from GO to the first due message: time for every worker to hear GO
 TICK_SLACK_S = 0.25  # the parent's live view ticks this long after the workers' ticks
 URGENT_GRACE_S = 10.0  # after a second signal: time for the workers to disconnect and report
-PHASES = ("connecting", "sending", "draining", "disconnecting")  # Sender's, in order
 _HEADER = struct.Struct("!I")
+_PHASES = list(Phase)  # in order: the view shows the earliest any worker is in
 
 
 # Messages, pickled in length-prefixed frames. Parent -> worker: a Job, then Go and Stop.
@@ -252,12 +253,12 @@ async def _show(
         ack = merged(w.ack for w in workers)
         on_tick(
             Snapshot(
-                phase=min((s.phase for s in snapshots), key=PHASES.index, default=PHASES[0]),
+                phase=min((s.phase for s in snapshots), key=_PHASES.index, default=_PHASES[0]),
                 elapsed=second,
                 things=len(plan.things),
                 connected=sum(s.connected for s in snapshots),
                 connect_failed=sum(s.connect_failed for s in snapshots),
-                totals=_summed(s.totals for s in snapshots),
+                totals=Totals.of(s.totals for s in snapshots),
                 last_second=_summed(s.last_second for s in snapshots),
                 target_per_s=plan.target_per_s,
                 ack_p50_ms=ack.percentile_ms(50),

@@ -1,1 +1,1 @@
-"""Reports: the JSON document, thresholds, JUnit."""
+"""Reports: their model (the schema as types), the JSON document, verdicts, thresholds, JUnit."""

@@ -1,28 +1,8 @@
-"""The JSON report of a run, schema ``elf-async/report/1``.
+"""The JSON report of a run, built from what `send` and `subscribe` counted.
 
-Common to `send` and `subscribe`:
-  schema, command, version, outcome ("completed" | "interrupted" | "terminated"),
-  started_at, ended_at (ISO 8601 UTC), duration_s, options (as given), fleet {fleet_id, things},
-  endpoint {host, port, alpn},
-  connections {attempted, succeeded, failed, reconnects, things_failed, errors {reason: count}},
-  latency_ms {<name>: {count, p50, p90, p99, p999, max, mean}} (milliseconds; null when empty),
-  series [{t (seconds since start), <per-second counts>, connected}].
-`send` adds:
-  messages {qos, scheduled, published, acked, failed, unsent, retransmitted},
-  rate {target_per_s, per_thing_per_s, achieved_per_s, publish_window_s},
-  latency_ms {connect, ack (PUBACK - due time), ack_from_send (PUBACK - send time),
-  lag (send - due time)}, things [{name, topic, scheduled, published, acked, failed, unsent,
-  reconnects, error}]; with --workers N > 1, workers {count, lost [why a worker's counts are
-  missing]} (the counts of all workers summed, their histograms merged, series merged by second).
-`subscribe` adds:
-  messages {qos, received, unique, lost, duplicates, out_of_order, unstamped},
-  rate {achieved_per_s}, latency_ms {connect, end_to_end (receive time - the message's ts)},
-  things [{name, received, unique, lost, duplicates, out_of_order}] per sending thing,
-  subscribers [{name, topic, received, reconnects, error}].
-Counts are exact: `acked` <= `published` <= `scheduled`; `unsent` = scheduled - published. A
-thing that never connected owes its whole schedule (what fell due until the stop, when stopped
-early): it counts in `scheduled` and `unsent`. Whether the counts pass is decided in
-elf_async.report.verdict.
+Its layout (schema ``elf-async/report/1``: every field, its type and meaning) is
+elf_async.report.model; this module fills it in. The tallies below are a send's counts detached
+from the live objects, so that `send --workers` can pickle them and add them up.
 """
 
 from __future__ import annotations
@@ -33,17 +13,27 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from elf_async import __version__
 from elf_async.dataplane.connections import Connector, Endpoint
 from elf_async.dataplane.sender import SendResult, Shared
 from elf_async.dataplane.subscriber import SubscribeResult
+from elf_async.dataplane.tally import Totals
 from elf_async.errors import UsageError
 from elf_async.files import write_public
 from elf_async.metrics import Histogram, merge_series, merged
-
-SCHEMA = "elf-async/report/1"
+from elf_async.report.model import (
+    SCHEMA,
+    CommonReport,
+    LatencySummary,
+    RunReport,
+    SendReport,
+    SendSecond,
+    SubscribeReport,
+    SubscribeSecond,
+    Workers,
+)
 
 
 @dataclass
@@ -177,13 +167,8 @@ class SendTally:
             lost=lost,
         )
 
-    def totals(self) -> dict[str, int]:
-        result = {
-            name: sum(getattr(t, name) for t in self.things)
-            for name in ("scheduled", "published", "acked", "failed", "retransmitted")
-        }
-        result["reconnects"] = self.connections.reconnects
-        return result
+    def totals(self) -> Totals:
+        return Totals.of(self.things)
 
 
 def _fleet_order(thing: ThingTally) -> int:
@@ -205,8 +190,7 @@ def base_report(
     things: int,
     endpoint: Endpoint,
     connections: ConnectionTally,
-    series: list[dict[str, Any]],
-) -> dict[str, Any]:
+) -> CommonReport:
     """The fields every report has."""
     return {
         "schema": SCHEMA,
@@ -227,8 +211,20 @@ def base_report(
             "things_failed": connections.things_failed,
             "errors": dict(connections.errors.most_common()),
         },
-        "latency_ms": {"connect": connections.connect_time.summary_ms()},
-        "series": series,
+    }
+
+
+def latency(histogram: Histogram) -> LatencySummary:
+    """A histogram's summary in ms; the statistics are null when it is empty."""
+    summary = histogram.summary_ms()
+    return {
+        "count": histogram.count,
+        "p50": summary["p50"],
+        "p90": summary["p90"],
+        "p99": summary["p99"],
+        "p999": summary["p999"],
+        "max": summary["max"],
+        "mean": summary["mean"],
     }
 
 
@@ -239,8 +235,8 @@ def send_report(
     fleet_id: str | None,
     endpoint: Endpoint,
     qos: int,
-) -> dict[str, Any]:
-    report = base_report(
+) -> SendReport:
+    common = base_report(
         command="send",
         outcome=result.outcome,
         started_at=result.started_at,
@@ -250,49 +246,61 @@ def send_report(
         things=len(result.things),
         endpoint=endpoint,
         connections=result.connections,
-        series=result.series,
     )
     totals = result.totals()
     window = result.publish_window_s
     per_thing = [t.rate for t in result.things]
-    report["messages"] = {
-        "qos": qos,
-        "scheduled": totals["scheduled"],
-        "published": totals["published"],
-        "acked": totals["acked"] if qos else None,
-        "failed": totals["failed"],
-        "unsent": totals["scheduled"] - totals["published"],
-        "retransmitted": totals["retransmitted"],
-    }
-    report["rate"] = {
-        "target_per_s": round(result.target_per_s, 3),
-        "per_thing_per_s": round(per_thing[0], 3) if per_thing else None,
-        "achieved_per_s": round(totals["published"] / window, 3) if window > 0 else None,
-        "publish_window_s": round(window, 3),
-    }
     shared = result.shared
-    report["latency_ms"] |= {
-        "ack": shared.ack.summary_ms(),
-        "ack_from_send": shared.ack_from_send.summary_ms(),
-        "lag": shared.lag.summary_ms(),
-    }
-    report["things"] = [
-        {
-            "name": t.name,
-            "topic": t.topic,
-            "scheduled": t.scheduled,
-            "published": t.published,
-            "acked": t.acked if qos else None,
-            "failed": t.failed,
-            "unsent": t.scheduled - t.published,
-            "reconnects": t.reconnects,
-            "error": t.error,
-        }
-        for t in result.things
-    ]
+    several: _Workers = {}
     if result.workers > 1:
-        report["workers"] = {"count": result.workers, "lost": result.lost}
-    return report
+        several["workers"] = {"count": result.workers, "lost": result.lost}
+    return {
+        **common,
+        "latency_ms": {
+            "connect": latency(result.connections.connect_time),
+            "ack": latency(shared.ack),
+            "ack_from_send": latency(shared.ack_from_send),
+            "lag": latency(shared.lag),
+        },
+        # Series rows are sampled by name from `Totals` (dataplane.sender.SERIES_FIELDS).
+        "series": cast(list[SendSecond], result.series),
+        "messages": {
+            "qos": qos,
+            "scheduled": totals.scheduled,
+            "published": totals.published,
+            "acked": totals.acked if qos else None,
+            "failed": totals.failed,
+            "unsent": totals.scheduled - totals.published,
+            "retransmitted": totals.retransmitted,
+        },
+        "rate": {
+            "target_per_s": round(result.target_per_s, 3),
+            "per_thing_per_s": round(per_thing[0], 3) if per_thing else None,
+            "achieved_per_s": round(totals.published / window, 3) if window > 0 else None,
+            "publish_window_s": round(window, 3),
+        },
+        "things": [
+            {
+                "name": t.name,
+                "topic": t.topic,
+                "scheduled": t.scheduled,
+                "published": t.published,
+                "acked": t.acked if qos else None,
+                "failed": t.failed,
+                "unsent": t.scheduled - t.published,
+                "reconnects": t.reconnects,
+                "error": t.error,
+            }
+            for t in result.things
+        ],
+        **several,
+    }
+
+
+class _Workers(TypedDict, total=False):
+    """`SendReport.workers`, a key that only reports of several workers have."""
+
+    workers: Workers
 
 
 def subscribe_report(
@@ -302,8 +310,9 @@ def subscribe_report(
     fleet_id: str | None,
     endpoint: Endpoint,
     qos: int,
-) -> dict[str, Any]:
-    report = base_report(
+) -> SubscribeReport:
+    connections = ConnectionTally.of(result.connector)
+    common = base_report(
         command="subscribe",
         outcome=result.outcome,
         started_at=result.started_at,
@@ -312,48 +321,54 @@ def subscribe_report(
         fleet_id=fleet_id,
         things=len(result.watches),
         endpoint=endpoint,
-        connections=ConnectionTally.of(result.connector),
-        series=result.series.rows,
+        connections=connections,
     )
     trackers = result.trackers
     received = sum(t.received for t in trackers.values())
-    report["messages"] = {
-        "qos": qos,
-        "received": received,
-        "unique": sum(t.unique for t in trackers.values()),
-        "lost": sum(t.lost for t in trackers.values()),
-        "duplicates": sum(t.duplicates for t in trackers.values()),
-        "out_of_order": sum(t.out_of_order for t in trackers.values()),
-        "unstamped": result.unstamped,
-    }
     window = result.listen_window_s
-    report["rate"] = {"achieved_per_s": round(received / window, 3) if window > 0 else None}
-    report["latency_ms"]["end_to_end"] = result.latency.summary_ms()
-    report["things"] = [
-        {
-            "name": name,
-            "received": t.received,
-            "unique": t.unique,
-            "lost": t.lost,
-            "duplicates": t.duplicates,
-            "out_of_order": t.out_of_order,
-        }
-        for name, t in sorted(trackers.items())
-    ]
-    report["subscribers"] = [
-        {
-            "name": w.identity.name,
-            "topic": w.topic,
-            "received": w.received,
-            "reconnects": w.reconnects,
-            "error": w.error,
-        }
-        for w in result.watches
-    ]
-    return report
+    return {
+        **common,
+        "latency_ms": {
+            "connect": latency(connections.connect_time),
+            "end_to_end": latency(result.latency),
+        },
+        # Series rows are sampled by name (dataplane.subscriber.SERIES_FIELDS).
+        "series": cast(list[SubscribeSecond], result.series.rows),
+        "messages": {
+            "qos": qos,
+            "received": received,
+            "unique": sum(t.unique for t in trackers.values()),
+            "lost": sum(t.lost for t in trackers.values()),
+            "duplicates": sum(t.duplicates for t in trackers.values()),
+            "out_of_order": sum(t.out_of_order for t in trackers.values()),
+            "unstamped": result.unstamped,
+        },
+        "rate": {"achieved_per_s": round(received / window, 3) if window > 0 else None},
+        "things": [
+            {
+                "name": name,
+                "received": t.received,
+                "unique": t.unique,
+                "lost": t.lost,
+                "duplicates": t.duplicates,
+                "out_of_order": t.out_of_order,
+            }
+            for name, t in sorted(trackers.items())
+        ],
+        "subscribers": [
+            {
+                "name": w.identity.name,
+                "topic": w.topic,
+                "received": w.received,
+                "reconnects": w.reconnects,
+                "error": w.error,
+            }
+            for w in result.watches
+        ],
+    }
 
 
-def write_report(path: Path, report: dict[str, Any]) -> None:
+def write_report(path: Path, report: SendReport | SubscribeReport | RunReport) -> None:
     """Write the report atomically: a reader never sees half a file."""
     try:
         write_public(path, json.dumps(report, indent=2) + "\n")

@@ -1,42 +1,65 @@
 """k6-style pass/fail thresholds over a send report: parsed once, evaluated after the run.
 
 An expression is ``METRIC OP NUMBER[UNIT]``: ``ack.p99<250ms``, ``error_rate<0.1%``,
-``achieved_rate>=99%``, ``connections.failed==0``, ``messages.acked>=1000``. METRIC is a
-path into the report (``elf-async/report/1``) or a shorthand:
+``achieved_rate>=99%``, ``connections.failed==0``, ``messages.acked>=1000``. METRIC is the
+path of a numeric field of a send or subscribe report (elf_async.report.model: the metrics are
+read from it, not listed here) or a shorthand:
 
 - ``connect.P``, ``ack.P``, ``ack_from_send.P``, ``lag.P``, ``end_to_end.P`` for
-  ``latency_ms.<name>.P`` (P: p50 p90 p99 p999 max mean, or k6's ``p(99)``, ``p(99.9)``);
-  values in ms, or with a unit ``ms`` or ``s``;
+  ``latency_ms.<name>.P`` (P: p50 p90 p99 p999 max mean count, or k6's ``p(99)``, ``p(99.9)``);
+  durations in ms, or with a unit ``ms`` or ``s``;
 - ``error_rate``: the fraction of scheduled messages that did not get through (not
   acknowledged at QoS 1, not published at QoS 0), a fraction or a ``%``;
 - ``achieved_rate``: ``rate.achieved_per_s / rate.target_per_s``, a fraction or a ``%``.
 
-Metrics are checked against the report schema when parsed, so a typo is a usage error
-before the run rather than a failed threshold after it.
+Metrics are checked against the report model when parsed, so a typo is a usage error before
+the run rather than a failed threshold after it.
 """
 
 from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, is_typeddict
 
 from elf_async.errors import UsageError
+from elf_async.report.model import (
+    LatencySummary,
+    SendLatency,
+    SendReport,
+    SubscribeLatency,
+    SubscribeReport,
+    ThresholdResult,
+    fields_of,
+    non_null,
+)
 
-# The numeric fields of report schema elf-async/report/1 (see report.py), send and subscribe.
-LATENCIES = ("connect", "ack", "ack_from_send", "lag", "end_to_end")
-PERCENTILES = ("p50", "p90", "p99", "p999", "max", "mean")
-COUNTERS = {
-    "messages": (
-        "scheduled", "published", "acked", "failed", "unsent", "retransmitted",
-        "received", "unique", "lost", "duplicates", "out_of_order", "unstamped",
-    ),
-    "connections": ("attempted", "succeeded", "failed", "reconnects", "things_failed"),
-    "rate": ("target_per_s", "per_thing_per_s", "achieved_per_s", "publish_window_s"),
-}  # fmt: skip
+
+def _numeric_paths(part: Any, prefix: str = "") -> Iterator[str]:
+    """The dotted paths of a report part's numbers (booleans and lists' rows are not)."""
+    for field in fields_of(part):
+        hint = non_null(field.type)
+        if is_typeddict(hint):
+            yield from _numeric_paths(hint, f"{prefix}{field.name}.")
+        elif hint in (int, float):
+            yield prefix + field.name
+
+
+# Every numeric field of a send or subscribe report, in the model's order.
+REPORT_METRICS = tuple(
+    dict.fromkeys(
+        path for report in (SendReport, SubscribeReport) for path in _numeric_paths(report)
+    )
+)
+LATENCIES = tuple(
+    dict.fromkeys(f.name for part in (SendLatency, SubscribeLatency) for f in fields_of(part))
+)
+# The statistics of a latency that are durations (ms), not its count.
+DURATIONS = tuple(f.name for f in fields_of(LatencySummary) if non_null(f.type) is float)
 RATIOS = ("error_rate", "achieved_rate")
+KNOWN_METRICS = frozenset(REPORT_METRICS) | frozenset(RATIOS)
 
 _OPERATORS: Mapping[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
@@ -54,13 +77,21 @@ _K6_PERCENTILE = re.compile(r"\.p\((\d+(?:\.\d+)?)\)$")
 _UNIT_SCALE = {"ms": 1.0, "s": 1000.0, "%": 0.01}
 
 
-def _known_paths() -> frozenset[str]:
-    paths = {f"latency_ms.{name}.{p}" for name in LATENCIES for p in PERCENTILES}
-    paths |= {f"{section}.{field}" for section, fields in COUNTERS.items() for field in fields}
-    return frozenset(paths | set(RATIOS))
-
-
-KNOWN_METRICS = _known_paths()
+def _available() -> str:
+    """What a threshold can check, for the error that names an unknown metric: the shorthands,
+    then the report's numeric fields grouped by section."""
+    groups: dict[str, list[str]] = {}
+    for path in REPORT_METRICS:
+        if not path.startswith("latency_ms."):
+            head, _, rest = path.rpartition(".")
+            groups.setdefault(head, []).append(rest)
+    top = groups.pop("", [])
+    fields = top + [f"{head}.{'|'.join(names)}" for head, names in groups.items()]
+    statistics = [f.name for f in fields_of(LatencySummary)]
+    return (
+        f"{', '.join(RATIOS)}, a latency NAME.STAT with NAME {'|'.join(LATENCIES)} and STAT "
+        f"{'|'.join(statistics)} or p(99.9), or a number of the report: {', '.join(fields)}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +115,7 @@ class Verdict:
     value: float | None
     ok: bool
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ThresholdResult:
         return {
             "expr": self.threshold.expr,
             "metric": self.threshold.metric,
@@ -123,13 +154,10 @@ def parse(expr: str) -> Threshold:
     metric = _normalise(match["metric"])
     if metric not in KNOWN_METRICS:
         raise UsageError(
-            f"--threshold {expr!r}: unknown metric {match['metric']!r} (use connect|ack|lag."
-            "p50|p90|p99|p999|max|mean, error_rate, achieved_rate, or a report field such "
-            "as messages.acked, connections.failed, rate.achieved_per_s)"
+            f"--threshold {expr!r}: unknown metric {match['metric']!r} (use {_available()})"
         )
     unit = match["unit"]
-    latency = metric.startswith("latency_ms.")
-    if unit in ("ms", "s") and not latency:
+    if unit in ("ms", "s") and not _is_duration(metric):
         raise UsageError(f"--threshold {expr!r}: {unit} applies to latencies only")
     if unit == "%" and metric not in RATIOS:
         raise UsageError(f"--threshold {expr!r}: % applies to error_rate and achieved_rate only")
@@ -137,12 +165,17 @@ def parse(expr: str) -> Threshold:
     return Threshold(expr=expr.strip(), metric=metric, op=match["op"], limit=limit)
 
 
+def _is_duration(metric: str) -> bool:
+    """A latency statistic in ms (a latency's count is not)."""
+    return metric.startswith("latency_ms.") and metric.rpartition(".")[2] in DURATIONS
+
+
 def parse_all(exprs: Iterable[str]) -> list[Threshold]:
     return [parse(expr) for expr in exprs]
 
 
-def _lookup(report: Mapping[str, Any], path: str) -> float | None:
-    node: Any = report
+def _lookup(report: Mapping[str, object], path: str) -> float | None:
+    node: object = report
     for part in path.split("."):
         if not isinstance(node, Mapping) or part not in node:
             return None
@@ -158,7 +191,7 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def metric_value(report: Mapping[str, Any], metric: str) -> float | None:
+def metric_value(report: Mapping[str, object], metric: str) -> float | None:
     """The value of `metric` in `report`, or None when the report cannot tell."""
     if metric == "error_rate":
         scheduled = _lookup(report, "messages.scheduled")
@@ -170,7 +203,7 @@ def metric_value(report: Mapping[str, Any], metric: str) -> float | None:
     return _lookup(report, metric)
 
 
-def evaluate(thresholds: Sequence[Threshold], report: Mapping[str, Any]) -> list[Verdict]:
+def evaluate(thresholds: Sequence[Threshold], report: Mapping[str, object]) -> list[Verdict]:
     """Check every threshold; missing data fails it (a gate must not pass on nothing)."""
     verdicts = []
     for threshold in thresholds:
@@ -183,6 +216,6 @@ def evaluate(thresholds: Sequence[Threshold], report: Mapping[str, Any]) -> list
 def format_value(metric: str, value: float) -> str:
     if metric in RATIOS:
         return f"{value * 100:.4g}%"
-    if metric.startswith("latency_ms."):
+    if _is_duration(metric):
         return f"{value:.4g} ms"
     return f"{value:g}"

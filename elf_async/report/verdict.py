@@ -3,7 +3,7 @@
 Each function returns the problems found, one human line each; none means a pass. A problem
 is a runtime failure (exit 1): the load did not happen as asked, so thresholds over what did
 happen cannot judge it (`run` applies both and 1 wins over a threshold's 3, see
-`elf_async.runner.RunResult.exit_code`).
+`elf_async.jobs.run.RunResult.exit_code`). The reports are those of elf_async.report.model.
 
 - `send_problems`: `send`'s and `run`'s. A thing that never connected (it owes its whole
   schedule, so its messages are also due but not published), messages due but not published,
@@ -14,13 +14,14 @@ happen cannot judge it (`run` applies both and 1 wins over a threshold's 3, see
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+
+from elf_async.report.model import SendReport, SubscribeReport
 
 
-def send_problems(report: Mapping[str, Any], *, unresolved: Sequence[str] = ()) -> list[str]:
-    """What went wrong in a send report (schema elf-async/report/1); `unresolved` are the
-    warnings of create's recovery (`RecoveryResult.unresolved`), which `run` passes."""
+def send_problems(report: SendReport, *, unresolved: Sequence[str] = ()) -> list[str]:
+    """What went wrong in a send report; `unresolved` are the warnings of create's recovery
+    (`RecoveryResult.unresolved`), which `run` passes."""
     messages, connections = report["messages"], report["connections"]
     problems = []
     if connections["things_failed"]:
@@ -29,14 +30,15 @@ def send_problems(report: Mapping[str, Any], *, unresolved: Sequence[str] = ()) 
         problems.append(f"{messages['unsent']} messages were due but not published")
     if messages["failed"]:
         problems.append(f"{messages['failed']} messages failed (not acknowledged)")
-    lost = report.get("workers", {}).get("lost", [])
+    workers = report.get("workers")
+    lost = workers["lost"] if workers else []
     if lost:
         problems.append("the measurement is incomplete: " + "; ".join(lost))
     problems += [f"create left a certificate unresolved: {line}" for line in unresolved]
     return problems
 
 
-def subscribe_problems(report: Mapping[str, Any]) -> list[str]:
+def subscribe_problems(report: SubscribeReport) -> list[str]:
     """What went wrong in a subscribe report: counts of loss and duplicates are measurements,
     not failures (a threshold judges them); a subscriber that never connected is."""
     failed = report["connections"]["things_failed"]

@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 from support.fixtures import assert_one_line_error, free_port, iot_client
 from support.local import LocalCli, alive, children, processes_under, reaping
+from support.report import assert_conforms
+
+from elf_async.report.model import RunReport
 
 SEND = ("--rate", "2/s", "--duration", "2s", "--qos", "1")
 
@@ -55,6 +58,7 @@ def test_run_local_passes_reports_and_leaves_nothing(
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads(report.read_text())
     assert document["schema"] == "elf-async/report/1"
+    assert_conforms(document, RunReport)
     assert document["messages"]["published"] == document["messages"]["scheduled"] > 0
     assert document["connections"]["succeeded"] == 3
     assert [t["ok"] for t in document["thresholds"]] == [True, True, True]
@@ -203,6 +207,7 @@ def test_a_lost_worker_fails_the_run_even_when_the_thresholds_pass(
         stderr.splitlines()[-1],
     ), stderr
     document = json.loads(report.read_text())
+    assert_conforms(document, RunReport)
     assert len(document["workers"]["lost"]) == 1
     assert [t["ok"] for t in document["thresholds"]] == [True]  # thresholds alone would pass
     assert document["run"]["exit_code"] == 1

@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 from support.fixtures import Cli, assert_one_line_error
 from support.mqtt import FixtureCA
+from support.report import assert_conforms
 
 from elf_async.dataplane.subscriber import SequenceTracker
 from elf_async.local.mosquitto import Mosquitto
+from elf_async.report.model import SubscribeReport
 
 
 def test_sequence_tracker_counts_loss_duplicates_and_order() -> None:
@@ -89,6 +91,7 @@ def test_counts_received_lost_duplicated_out_of_order_and_latency(
     assert f"elf/{names[0]} (" in stdout  # each message printed: topic, size, payload
     report: dict[str, Any] = json.loads(report_file.read_text())
     assert report["schema"] == "elf-async/report/1"
+    assert_conforms(report, SubscribeReport)
     rows = {row["name"]: row for row in report["things"]}
     assert rows[names[0]] == {
         "name": names[0], "received": 5, "unique": 5, "lost": 0, "duplicates": 0,

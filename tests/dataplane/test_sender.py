@@ -137,7 +137,7 @@ async def test_a_thing_that_never_connected_owes_what_fell_due_until_the_stop(
     with StopSignal() as stop:
 
         def interrupt_once_sending(snapshot: Snapshot) -> None:
-            if snapshot.totals["acked"] and not stop.event.is_set():
+            if snapshot.totals.acked and not stop.event.is_set():
                 os.kill(os.getpid(), signal.SIGINT)  # taken by StopSignal's handler
 
         sender = Sender(publishers, connector, shared, drain=5.0, on_tick=interrupt_once_sending)
@@ -150,8 +150,8 @@ async def test_a_thing_that_never_connected_owes_what_fell_due_until_the_stop(
     assert 0 < refused.scheduled < refused.schedule.total
     assert abs(refused.scheduled - good.scheduled) <= 1  # one open-loop schedule for both
     totals = result.totals()
-    assert totals["acked"] <= totals["published"] <= totals["scheduled"]
-    assert totals["scheduled"] - totals["published"] >= refused.scheduled
+    assert totals.acked <= totals.published <= totals.scheduled
+    assert totals.scheduled - totals.published >= refused.scheduled
 
 
 async def test_a_dropped_connection_leaves_no_unretrieved_exception_behind(
@@ -180,7 +180,7 @@ async def test_a_dropped_connection_leaves_no_unretrieved_exception_behind(
             def drop_then_stop(snapshot: Snapshot) -> None:
                 if publisher.reconnects and not stop.event.is_set():
                     os.kill(os.getpid(), signal.SIGINT)  # the loss was seen: enough
-                elif snapshot.totals["acked"] and publisher.link is not None:
+                elif snapshot.totals.acked and publisher.link is not None:
                     peer.drop()
 
             sender = Sender([publisher], connector, shared, drain=1.0, on_tick=drop_then_stop)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from elf_async.errors import UsageError
-from elf_async.report.thresholds import evaluate, parse, parse_all
+from elf_async.report.thresholds import KNOWN_METRICS, REPORT_METRICS, evaluate, parse, parse_all
 
 REPORT: dict[str, Any] = {
     "schema": "elf-async/report/1",
@@ -110,3 +110,36 @@ def test_missing_data_fails_the_threshold() -> None:
     verdicts = evaluate(parse_all(["error_rate<1%", "achieved_rate>=99%", "ack.p99<1s"]), empty)
     assert [(v.value, v.ok) for v in verdicts] == [(None, False)] * 3
     assert "no data" in verdicts[2].describe()
+
+
+def test_the_metrics_are_the_numbers_of_the_report_model() -> None:
+    """Read from elf_async.report.model: numbers at any depth outside lists, not booleans,
+    strings, maps of reasons or run's own sections (thresholds judge the send phase)."""
+    for metric in (
+        "messages.acked", "messages.received", "connections.things_failed", "rate.per_thing_per_s",
+        "latency_ms.ack.p99", "latency_ms.end_to_end.count", "workers.count", "duration_s",
+    ):  # fmt: skip
+        assert metric in REPORT_METRICS
+        assert parse(f"{metric}>=0").metric == metric
+    for path in ("endpoint.alpn", "connections.errors", "things", "schema", "run.exit_code"):
+        assert path not in KNOWN_METRICS
+
+
+def test_an_unknown_metric_lists_what_is_available() -> None:
+    with pytest.raises(UsageError) as caught:
+        parse("messages.gone==0")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "connect|ack|ack_from_send|lag|end_to_end" in message
+    assert "count|p50|p90|p99|p999|max|mean" in message
+    assert "connections.attempted|succeeded|failed|reconnects|things_failed" in message
+    for metric in REPORT_METRICS:
+        assert metric.rpartition(".")[2] in message, metric
+
+
+def test_a_latency_count_is_a_number_not_a_duration() -> None:
+    assert parse("ack.count>=100").metric == "latency_ms.ack.count"
+    with pytest.raises(UsageError, match="latencies only"):
+        parse("ack.count>=100ms")
+    (verdict,) = evaluate(parse_all(["ack.count>=100"]), {"latency_ms": {"ack": {"count": 120}}})
+    assert verdict.describe() == "ack.count>=100: 120 (limit >= 100) ok"

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from elf_async.local.mosquitto import Mosquitto
+from elf_async.report.model import SendReport
 from support.fixtures import Cli
 from support.mqtt import FixtureCA
+from support.report import assert_conforms
 
 
 @pytest.fixture
@@ -40,6 +42,8 @@ def send(
 
 
 def load(path: Path) -> dict[str, Any]:
-    report = json.loads(path.read_text())
+    """A send report, which must have exactly the fields of the model."""
+    report: dict[str, Any] = json.loads(path.read_text())
     assert report["schema"] == "elf-async/report/1"
+    assert_conforms(report, SendReport)
     return report

@@ -1,0 +1,340 @@
+"""The JSON report, schema ``elf-async/report/1``, as types: the one description of its layout.
+
+`elf_async.report.document` builds these, `elf_async.report.verdict` and `thresholds` read
+them (the metric names a threshold may use are this model's numeric fields), and the README's
+report table is `readme_table()` (tests/report/test_model.py keeps them equal). A report is
+JSON, so each part is a TypedDict whose fields carry a one-line description:
+``Annotated[type, "description"]``, read back by `fields_of`. Renaming, removing or retyping a
+field breaks the readers of ``elf-async/report/1``: that takes a new schema number.
+
+Counts are exact: ``acked <= published <= scheduled`` and ``unsent = scheduled - published``.
+A thing that never connected owes its whole schedule (what fell due until the stop, when
+stopped early): it counts in ``scheduled`` and ``unsent``. Whether the counts pass is decided
+in elf_async.report.verdict.
+"""
+
+# No `from __future__ import annotations`: the TypedDicts' annotations are read at run time
+# (Python 3.11 cannot tell NotRequired fields from postponed annotations).
+
+import types
+from dataclasses import dataclass
+from typing import (
+    Annotated,
+    Any,
+    Final,
+    NotRequired,
+    Required,
+    TypedDict,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+    is_typeddict,
+)
+
+SCHEMA: Final = "elf-async/report/1"
+
+# Common to every report.
+
+
+class Fleet(TypedDict):
+    fleet_id: Annotated[str | None, "the fleet's id (null when the ledger has none)"]
+    things: Annotated[int, "things sending (send) or subscribers (subscribe)"]
+
+
+class Broker(TypedDict):
+    host: Annotated[str, "the MQTT endpoint's host name"]
+    port: Annotated[int, "its TLS port"]
+    alpn: Annotated[bool, "whether ALPN x-amzn-mqtt-ca was offered (port 443)"]
+
+
+class Connections(TypedDict):
+    attempted: Annotated[int, "CONNECT attempts, reconnections included"]
+    succeeded: Annotated[int, "attempts that connected"]
+    failed: Annotated[int, "attempts that failed, retried ones included"]
+    reconnects: Annotated[int, "connections the broker dropped that were reopened"]
+    things_failed: Annotated[int, "things (or subscribers) that never connected"]
+    errors: Annotated[dict[str, int], "each failure reason and how often, most frequent first"]
+
+
+class LatencySummary(TypedDict):
+    count: Annotated[int, "durations recorded"]
+    p50: Annotated[float | None, "median, ms (null when nothing was recorded, as below)"]
+    p90: Annotated[float | None, "90th percentile, ms"]
+    p99: Annotated[float | None, "99th percentile, ms"]
+    p999: Annotated[float | None, "99.9th percentile, ms"]
+    max: Annotated[float | None, "longest, ms"]
+    mean: Annotated[float | None, "mean, ms"]
+
+
+class Latency(TypedDict):
+    connect: Annotated[LatencySummary, "a connection attempt's start to its CONNACK"]
+
+
+class CommonReport(TypedDict):
+    schema: Annotated[str, f"`{SCHEMA}`"]
+    command: Annotated[str, "`send` or `subscribe` (`run` writes a send report)"]
+    version: Annotated[str, "elf-async's version"]
+    outcome: Annotated[str, "`completed`, `interrupted` (Ctrl-C) or `terminated` (SIGTERM)"]
+    started_at: Annotated[str, "ISO 8601 UTC"]
+    ended_at: Annotated[str, "ISO 8601 UTC"]
+    duration_s: Annotated[float, "seconds from start to end"]
+    options: Annotated[dict[str, Any], "the options used"]
+    fleet: Annotated[Fleet, "the fleet used; `things` sent (send) or subscribed (subscribe)"]
+    endpoint: Annotated[Broker, "the broker used"]
+    connections: Annotated[
+        Connections,
+        "every CONNECT attempt, reconnections included; `errors` counts reasons (e.g. "
+        "`UNKNOWN_CA`)",
+    ]
+
+
+# `send` (and `run`, whose send phase this is).
+
+
+class SendMessages(TypedDict):
+    qos: Annotated[int, "the QoS used, 0 or 1"]
+    scheduled: Annotated[int, "messages due by the schedule, unconnected things' included"]
+    published: Annotated[int, "messages written to the socket"]
+    acked: Annotated[int | None, "messages the broker acknowledged (null at QoS 0)"]
+    failed: Annotated[int, "QoS 1 messages never acknowledged"]
+    unsent: Annotated[int, "messages due but never published"]
+    retransmitted: Annotated[int, "messages sent again after a reconnect"]
+
+
+class SendRate(TypedDict):
+    target_per_s: Annotated[float, "messages per second the schedule asks of every thing"]
+    per_thing_per_s: Annotated[float | None, "of one thing (null without things)"]
+    achieved_per_s: Annotated[float | None, "published / publish_window_s (null if no window)"]
+    publish_window_s: Annotated[float, "seconds the schedule ran, late catching up included"]
+
+
+class SendLatency(Latency):
+    ack: Annotated[LatencySummary, "PUBACK time - due time"]
+    ack_from_send: Annotated[LatencySummary, "PUBACK time - send time"]
+    lag: Annotated[LatencySummary, "send time - due time"]
+
+
+class SendSecond(TypedDict):
+    t: Annotated[float, "seconds since the start"]
+    scheduled: Annotated[int, "messages that fell due in this second"]
+    published: Annotated[int, "published in this second"]
+    acked: Annotated[int, "acknowledged in this second"]
+    failed: Annotated[int, "failed in this second (at the end)"]
+    reconnects: Annotated[int, "reconnections in this second"]
+    connected: Annotated[int, "connections open"]
+
+
+class SendThing(TypedDict):
+    name: Annotated[str, "the thing"]
+    topic: Annotated[str, "where it published"]
+    scheduled: Annotated[int, "messages due by its schedule"]
+    published: Annotated[int, "written to the socket"]
+    acked: Annotated[int | None, "acknowledged (null at QoS 0)"]
+    failed: Annotated[int, "never acknowledged"]
+    unsent: Annotated[int, "due but never published"]
+    reconnects: Annotated[int, "connections the broker dropped that were reopened"]
+    error: Annotated[str | None, "why it never connected (or why its worker's counts are lost)"]
+
+
+class Workers(TypedDict):
+    count: Annotated[int, "worker processes"]
+    lost: Annotated[list[str], "why a worker's counts are missing, one line each"]
+
+
+class SendReport(CommonReport):
+    latency_ms: Annotated[
+        SendLatency,
+        "HDR histograms in ms: connect (start of an attempt to CONNACK), ack (PUBACK - due "
+        "time), ack_from_send (PUBACK - send time), lag (send - due time)",
+    ]
+    series: Annotated[
+        list[SendSecond],
+        "one row per second: `t` (seconds since the start), that second's counts, `connected`",
+    ]
+    messages: Annotated[
+        SendMessages,
+        "exact counts, `acked ≤ published ≤ scheduled`, `unsent = scheduled - published`; a "
+        "thing that never connected owes its whole schedule (up to the stop when stopped "
+        "early), so it counts in `scheduled` and `unsent`",
+    ]
+    rate: Annotated[
+        SendRate,
+        "the target counts every thing, connected or not (achieved is 0 when none connected)",
+    ]
+    things: Annotated[
+        list[SendThing], "one row per thing, in fleet order; `error`: why it never connected"
+    ]
+    workers: NotRequired[
+        Annotated[Workers, "`send --workers N` with N > 1: `lost` says whose counts are missing"]
+    ]
+
+
+# `subscribe`.
+
+
+class SubscribeMessages(TypedDict):
+    qos: Annotated[int, "the QoS subscribed with, 0 or 1"]
+    received: Annotated[int, "messages delivered, duplicates included"]
+    unique: Annotated[int, "distinct sequence numbers received"]
+    lost: Annotated[int, "sequence numbers missing between the first and the highest received"]
+    duplicates: Annotated[int, "messages received again"]
+    out_of_order: Annotated[int, "messages received after a higher sequence number"]
+    unstamped: Annotated[int, "messages without elf-async's stamp (not judged)"]
+
+
+class SubscribeRate(TypedDict):
+    achieved_per_s: Annotated[float | None, "received per second of listening"]
+
+
+class SubscribeLatency(Latency):
+    end_to_end: Annotated[LatencySummary, "receive time - the message's `ts`"]
+
+
+class SubscribeSecond(TypedDict):
+    t: Annotated[float, "seconds since the start"]
+    received: Annotated[int, "received in this second"]
+    lost: Annotated[int, "newly missing sequence numbers"]
+    duplicates: Annotated[int, "duplicates in this second"]
+    connected: NotRequired[Annotated[int, "connections open (absent from the last row)"]]
+
+
+class SubscribeThing(TypedDict):
+    name: Annotated[str, "the sending thing (from the stamp; the topic when unstamped)"]
+    received: Annotated[int, "its messages received"]
+    unique: Annotated[int, "distinct sequence numbers"]
+    lost: Annotated[int, "missing sequence numbers"]
+    duplicates: Annotated[int, "received again"]
+    out_of_order: Annotated[int, "received after a higher sequence number"]
+
+
+class Subscriber(TypedDict):
+    name: Annotated[str, "the subscribing thing"]
+    topic: Annotated[str, "its topic filter"]
+    received: Annotated[int, "messages it received"]
+    reconnects: Annotated[int, "connections the broker dropped that were reopened"]
+    error: Annotated[str | None, "why it never connected"]
+
+
+class SubscribeReport(CommonReport):
+    latency_ms: Annotated[
+        SubscribeLatency,
+        "HDR histograms in ms: connect, end_to_end (receive time - the message's `ts`)",
+    ]
+    series: Annotated[
+        list[SubscribeSecond],
+        "one row per second: `t`, that second's counts, `connected` (not in the last row)",
+    ]
+    messages: Annotated[
+        SubscribeMessages,
+        "summed over the sending things, each judged by the sequence numbers of its stamps; "
+        "`unstamped` messages are not judged",
+    ]
+    rate: Annotated[SubscribeRate, "received per second of listening"]
+    things: Annotated[list[SubscribeThing], "per sending thing"]
+    subscribers: Annotated[list[Subscriber], "per subscribing connection"]
+
+
+# `run`: the send phase's report, and how the run went.
+
+
+class ThresholdResult(TypedDict):
+    expr: Annotated[str, "the --threshold as given"]
+    metric: Annotated[str, "the report path it reads (or error_rate, achieved_rate)"]
+    value: Annotated[float | None, "the value found (null: no data, which fails)"]
+    limit: Annotated[float, "the limit in the metric's unit (ms, a fraction, a count)"]
+    ok: Annotated[bool, "whether it held"]
+
+
+class RunSummary(TypedDict):
+    exit_code: Annotated[int, "the exit code (see Exit codes)"]
+    failure: Annotated[str | None, "why the run failed, e.g. `send failed: …` (null: it did not)"]
+    elapsed_s: Annotated[float, "seconds from create to the end of clean"]
+    fleet_id: Annotated[str | None, "the fleet created"]
+    created: Annotated[int, "things created"]
+    cleaned: Annotated[bool, "whether nothing is left of the fleet"]
+
+
+class RunReport(SendReport):
+    thresholds: Annotated[
+        list[ThresholdResult], "each `--threshold`: its metric, value (null: no data), verdict"
+    ]
+    run: Annotated[
+        RunSummary,
+        "`exit_code`, `failure` (e.g. `send failed: …`), the fleet created and whether it is gone",
+    ]
+
+
+# Reading the model.
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One field of a TypedDict: its type without the description, and whether it is always
+    present."""
+
+    name: str
+    type: Any
+    description: str
+    required: bool
+
+
+def fields_of(part: Any) -> list[Field]:
+    """A TypedDict's fields in order (a base's first); a field without a description is a
+    TypeError, so every field of the model has one."""
+    result = []
+    for name, hint in get_type_hints(part, include_extras=True).items():
+        required = name in part.__required_keys__
+        if get_origin(hint) in (NotRequired, Required):
+            (hint,) = get_args(hint)
+        if get_origin(hint) is not Annotated or not isinstance(hint.__metadata__[0], str):
+            raise TypeError(f"{part.__name__}.{name} has no description")
+        result.append(Field(name, hint.__origin__, hint.__metadata__[0], required))
+    return result
+
+
+def non_null(hint: Any) -> Any:
+    """`T` for ``T | None``; any other type as it is."""
+    if get_origin(hint) in (Union, types.UnionType):
+        rest = [arg for arg in get_args(hint) if arg is not type(None)]
+        if len(rest) == 1:
+            return rest[0]
+    return hint
+
+
+def shape(hint: Any) -> str:
+    """What a value looks like, by field names: ``{a, b}``, ``[{a, b}]``, or ``{a, b} each
+    {c, d}`` for fields of one shape; nothing for a plain value."""
+    hint = non_null(hint)
+    if get_origin(hint) is list:
+        inner = shape(get_args(hint)[0])
+        return f"[{inner}]" if inner else ""
+    if not is_typeddict(hint):
+        return ""
+    fields = fields_of(hint)
+    kinds = {non_null(f.type) for f in fields}
+    names = ", ".join(f.name for f in fields)
+    if len(kinds) == 1 and is_typeddict(only := kinds.pop()):
+        return f"{{{names}}} each {shape(only)}"
+    return "{" + ", ".join(f"{f.name} {shape(f.type)}".rstrip() for f in fields) + "}"
+
+
+# The README's rows: (label, report, the report whose fields it adds to), in order.
+PARTS: Final[tuple[tuple[str, type, type | None], ...]] = (
+    ("all", CommonReport, None),
+    ("send", SendReport, CommonReport),
+    ("subscribe", SubscribeReport, CommonReport),
+    ("run", RunReport, SendReport),
+)
+
+
+def readme_table() -> str:
+    """The README's report table (markdown): one row per field of a report."""
+    lines = ["| field | in | meaning |", "|---|---|---|"]
+    for label, part, base in PARTS:
+        inherited = {f.name for f in fields_of(base)} if base else set()
+        for f in fields_of(part):
+            if f.name not in inherited:
+                cell = f"{f.name} {shape(f.type)}".rstrip()
+                lines.append(f"| `{cell}` | {label} | {f.description} |")
+    return "\n".join(lines) + "\n"
