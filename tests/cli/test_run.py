@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 from support.fixtures import assert_one_line_error, free_port, iot_client
 from support.local import LocalCli, alive, children, processes_under, reaping
+from support.wait import wait_for_log
 
 SEND = ("--rate", "2/s", "--duration", "2s", "--qos", "1")
 
@@ -102,15 +102,14 @@ def test_bad_threshold_is_a_usage_error_before_anything_starts(
     assert processes_under(tmp_path) == set()
 
 
-def _wait_for_clients(stack: dict[str, Any], state_dir: Path, count: int) -> None:
+def _wait_for_clients(state_dir: Path, count: int) -> None:
     """Until mosquitto's log shows `count` clients connected (the send phase runs)."""
-    log = state_dir / "local" / "mosquitto" / "mosquitto.log"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if log.read_text(errors="replace").count("New client connected") >= count:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"no {count} clients connected to port {stack['mosquitto']['port']}")
+    wait_for_log(
+        state_dir / "local" / "mosquitto" / "mosquitto.log",
+        "New client connected",
+        count=count,
+        timeout=120,
+    )
 
 
 def test_sigterm_mid_run_still_cleans_up(
@@ -122,7 +121,7 @@ def test_sigterm_mid_run_still_cleans_up(
         "--report", str(report),
     )  # fmt: skip
     try:
-        _wait_for_clients(stack, local_cli.state_dir, 3)
+        _wait_for_clients(local_cli.state_dir, 3)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=120)
     finally:
@@ -141,7 +140,7 @@ def test_second_ctrl_c_aborts_and_prints_the_clean_command(
         "--local", "run", "5", "--rate", "1/s", "--duration", "10m", "--qos", "1"
     )
     try:
-        _wait_for_clients(stack, local_cli.state_dir, 5)
+        _wait_for_clients(local_cli.state_dir, 5)
         process.send_signal(signal.SIGINT)
         assert process.stderr is not None
         seen = []
@@ -175,7 +174,7 @@ def test_a_lost_worker_fails_the_run_even_when_the_thresholds_pass(
         "--junit", str(junit),
     )  # fmt: skip
     with reaping(process) as workers:
-        _wait_for_clients(stack, local_cli.state_dir, 4)  # both workers are sending
+        _wait_for_clients(local_cli.state_dir, 4)  # both workers are sending
         workers |= {
             pid
             for pid in children(process.pid)
