@@ -78,6 +78,7 @@ def _config(
     key_file: Path,
     max_inflight: int,
     persistence: bool,
+    log_types: Sequence[str],
 ) -> str:
     lines = [
         f"listener {port} {host}",
@@ -101,6 +102,7 @@ def _config(
         "log_type warning",
         "log_type notice",
         "log_type information",
+        *(f"log_type {kind}" for kind in log_types),
         "connection_messages true",
     ]
     if os.geteuid() == 0:
@@ -140,13 +142,15 @@ class Mosquitto:
         max_inflight: int = 100,
         log_file: Path | None = None,
         persistence: bool = False,
+        log_types: Sequence[str] = (),
     ) -> Mosquitto:
         """Write a server certificate signed by `ca` and the config, then start mosquitto.
 
         Returns once the TLS port accepts connections; raises `LocalStackError` with the
         end of mosquitto's log if it exits first. With no `port`, a free one is chosen
         (and another one tried if it was taken in between). With `persistence`, sessions
-        and queued messages survive a SIGTERM restart (saved in `directory`).
+        and queued messages survive a SIGTERM restart (saved in `directory`). `log_types` adds
+        mosquitto log types, e.g. "debug" to log every packet: tests wait for those lines.
         """
         binary = find_mosquitto()
         directory.mkdir(parents=True, exist_ok=True)
@@ -169,6 +173,7 @@ class Mosquitto:
                 port=chosen,
                 max_inflight=max_inflight,
                 persistence=persistence,
+                log_types=log_types,
                 log_file=log_file or directory / "mosquitto.log",
                 last_attempt=attempt == attempts - 1,
             )
@@ -186,6 +191,7 @@ class Mosquitto:
         port: int,
         max_inflight: int,
         persistence: bool,
+        log_types: Sequence[str],
         log_file: Path,
         last_attempt: bool,
     ) -> Mosquitto | None:
@@ -199,6 +205,7 @@ class Mosquitto:
                 key_file=directory / "server.key",
                 max_inflight=max_inflight,
                 persistence=persistence,
+                log_types=log_types,
             )
         )
         log_file.parent.mkdir(parents=True, exist_ok=True)

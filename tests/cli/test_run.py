@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from support.fixtures import assert_one_line_error, free_port, iot_client
 from support.local import LocalCli, alive, children, processes_under, reaping
 from support.report import assert_conforms
+from support.wait import wait_for_log
 
 from elf_async.report.model import RunReport
 
@@ -117,15 +117,14 @@ def test_a_bad_send_option_is_a_usage_error_before_anything_starts(
     assert processes_under(tmp_path) == set()
 
 
-def _wait_for_clients(stack: dict[str, Any], state_dir: Path, count: int) -> None:
+def _wait_for_clients(state_dir: Path, count: int) -> None:
     """Until mosquitto's log shows `count` clients connected (the send phase runs)."""
-    log = state_dir / "local" / "mosquitto" / "mosquitto.log"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if log.read_text(errors="replace").count("New client connected") >= count:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"no {count} clients connected to port {stack['mosquitto']['port']}")
+    wait_for_log(
+        state_dir / "local" / "mosquitto" / "mosquitto.log",
+        "New client connected",
+        count=count,
+        timeout=120,
+    )
 
 
 def test_sigterm_mid_run_still_cleans_up(
@@ -137,7 +136,7 @@ def test_sigterm_mid_run_still_cleans_up(
         "--report", str(report),
     )  # fmt: skip
     try:
-        _wait_for_clients(stack, local_cli.state_dir, 3)
+        _wait_for_clients(local_cli.state_dir, 3)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=120)
     finally:
@@ -156,7 +155,7 @@ def test_second_ctrl_c_aborts_and_prints_the_clean_command(
         "--local", "run", "5", "--rate", "1/s", "--duration", "10m", "--qos", "1"
     )
     try:
-        _wait_for_clients(stack, local_cli.state_dir, 5)
+        _wait_for_clients(local_cli.state_dir, 5)
         process.send_signal(signal.SIGINT)
         assert process.stderr is not None
         seen = []
@@ -190,7 +189,7 @@ def test_a_lost_worker_fails_the_run_even_when_the_thresholds_pass(
         "--junit", str(junit),
     )  # fmt: skip
     with reaping(process) as workers:
-        _wait_for_clients(stack, local_cli.state_dir, 4)  # both workers are sending
+        _wait_for_clients(local_cli.state_dir, 4)  # both workers are sending
         workers |= {
             pid
             for pid in children(process.pid)

@@ -10,15 +10,15 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from support.fixtures import Cli, assert_one_line_error, free_port
-from support.mqtt import FixtureCA, Observer
+from support.mqtt import FixtureCA, Observer, start_mosquitto
 from support.send import load, send, things_of
+from support.wait import wait_until
 
 from elf_async.local.mosquitto import Mosquitto
 
@@ -132,13 +132,14 @@ def test_broker_restart_mid_send_reconnects_and_loses_no_acknowledged_message(
         str(mosquitto.ca_file), "--rate", "10/s", "--duration", "6", "--drain", "10s",
         "--report", str(report_file),
     )  # fmt: skip
+    things = things_of(fleet)
     try:
-        time.sleep(3)
-        mosquitto.stop()
-        time.sleep(0.5)
-        restarted = Mosquitto.start(
-            directory=mosquitto.directory, ca=test_ca.ca, port=mosquitto.port, persistence=True
+        wait_until(  # mid-send: every thing published through this broker
+            lambda: all(watcher.counts().get(f"elf/{name}") for name in things),
+            what="a message from every thing",
         )
+        mosquitto.stop()  # returns once the process is gone: every connection is cut
+        restarted = start_mosquitto(mosquitto.directory, test_ca, port=mosquitto.port)
         try:
             _, stderr = process.communicate(timeout=60)
             assert process.returncode == 0, stderr
@@ -205,9 +206,7 @@ def test_sigint_mid_send_still_writes_a_valid_report(
         str(mosquitto.ca_file), "--rate", "10/s", "--duration", "60", "--report", str(report_file),
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while not watcher.counts() and time.monotonic() < deadline:  # mid-send, not mid-start
-            time.sleep(0.05)
+        wait_until(lambda: bool(watcher.counts()), what="a message (mid-send, not mid-start)")
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
     finally:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import pytest
 from support.fixtures import Cli, assert_one_line_error
 from support.mqtt import FixtureCA
 from support.report import assert_conforms
+from support.wait import wait_for_log, wait_until
 
 from elf_async.dataplane.subscriber import SequenceTracker
 from elf_async.local.mosquitto import Mosquitto
@@ -49,29 +53,36 @@ def _publish(broker: Mosquitto, key: Path, cert: Path, topic: str, payloads: lis
     )  # fmt: skip
 
 
-def _wait_subscribed(broker: Mosquitto, clients: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if broker.log_file.read_text().count("New client connected") >= clients:
-            time.sleep(0.5)  # the SUBSCRIBE follows the CONNACK
-            return
-        time.sleep(0.1)
-    raise TimeoutError("subscribers did not connect")
+def _wait_subscribed(broker: Mosquitto, clients: list[str]) -> None:
+    """Until the broker has acknowledged each client's SUBSCRIBE (its SUBACK is logged)."""
+    for client in clients:
+        wait_for_log(broker.log_file, rf"Sending SUBACK to {re.escape(client)}$")
 
 
 def test_counts_received_lost_duplicated_out_of_order_and_latency(
     fleet: Cli, mosquitto: Mosquitto, test_ca: FixtureCA, tmp_path: Path
 ) -> None:
+    """Listens until every message fed has been printed, then Ctrl-C: the report counts them."""
     report_file = tmp_path / "sub.json"
     process = fleet.popen(
         "subscribe", "--mqtt-endpoint", f"127.0.0.1:{mosquitto.port}", "--ca-file",
-        str(mosquitto.ca_file), "--things", "2", "--client-offset", "2", "--duration", "8",
+        str(mosquitto.ca_file), "--things", "2", "--client-offset", "2", "--duration", "10m",
         "--report", str(report_file),
     )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stderr is not None
+    printed: list[str] = []
+
+    def read_stdout() -> None:
+        for line in process.stdout or ():
+            printed.append(line)
+
+    reader = threading.Thread(target=read_stdout, daemon=True)
+    reader.start()
     try:
-        _wait_subscribed(mosquitto, 2)
-        now = int(time.time() * 1000)
         names = sorted(p.stem for p in (fleet.state_dir / "certs").glob("*.crt"))
+        _wait_subscribed(mosquitto, names[2:])
+        now = int(time.time() * 1000)
         key, cert = test_ca.client_cert(tmp_path, "feeder")
 
         def doc(thing: str, seq: int) -> str:
@@ -82,16 +93,25 @@ def test_counts_received_lost_duplicated_out_of_order_and_latency(
             mosquitto, key, cert, f"elf/{names[1]}",
             [doc(names[1], s) for s in (0, 1, 3, 2, 2, 5)] + ["not json"],
         )  # fmt: skip
-        stdout, stderr = process.communicate(timeout=60)
+        wait_until(
+            lambda: sum(line.startswith("elf/") for line in printed[:]) >= 12,
+            what="the 12 messages printed by subscribe",
+        )
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+        stderr = process.stderr.read()
+        reader.join(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 0, stderr
+    assert process.returncode == 130, stderr
+    stdout = "".join(printed)
     assert f"elf/{names[0]} (" in stdout  # each message printed: topic, size, payload
     report: dict[str, Any] = json.loads(report_file.read_text())
     assert report["schema"] == "elf-async/report/1"
     assert_conforms(report, SubscribeReport)
+    assert report["outcome"] == "interrupted"
     rows = {row["name"]: row for row in report["things"]}
     assert rows[names[0]] == {
         "name": names[0], "received": 5, "unique": 5, "lost": 0, "duplicates": 0,
@@ -104,6 +124,21 @@ def test_counts_received_lost_duplicated_out_of_order_and_latency(
     assert report["messages"]["unstamped"] == 1
     assert report["latency_ms"]["end_to_end"]["count"] == 11
     assert {s["name"] for s in report["subscribers"]} == set(names[2:])  # connected as others
+
+
+def test_listens_for_its_duration_then_exits_0_with_a_report(
+    fleet: Cli, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    report_file = tmp_path / "sub.json"
+    result = fleet(
+        "subscribe", "--mqtt-endpoint", f"127.0.0.1:{mosquitto.port}", "--ca-file",
+        str(mosquitto.ca_file), "--things", "2", "--duration", "1", "--report", str(report_file),
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(report_file.read_text())
+    assert report["outcome"] == "completed"
+    assert report["messages"]["received"] == 0
 
 
 def test_bad_input(fleet: Cli, mosquitto: Mosquitto) -> None:

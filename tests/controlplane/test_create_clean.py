@@ -25,6 +25,7 @@ from support.fixtures import (
     stop_process,
     wait_for_port,
 )
+from support.wait import wait_until
 
 from elf_async.controlplane.certs import CertificateAuthority, key_pem
 from elf_async.files import write_private, write_public
@@ -235,9 +236,7 @@ def test_account_mismatch_is_refused(cli: Cli, iot: Any) -> None:
 def test_sigkill_mid_create_then_clean_leaves_nothing(cli: Cli, iot: Any) -> None:
     process = cli.popen("create", "200")
     try:
-        deadline = time.monotonic() + 120
-        while len(fleet_things(iot)) < 15 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(fleet_things(iot)) >= 15, what="15 things", timeout=120)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
     finally:
@@ -252,9 +251,7 @@ def test_sigkill_mid_create_then_clean_leaves_nothing(cli: Cli, iot: Any) -> Non
 def test_create_again_finishes_an_interrupted_create(cli: Cli, iot: Any) -> None:
     process = cli.popen("create", "40", "--cert-mode", "csr")
     try:
-        deadline = time.monotonic() + 120
-        while len(fleet_things(iot)) < 10 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(fleet_things(iot)) >= 10, what="10 things", timeout=120)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
     finally:

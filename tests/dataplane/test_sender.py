@@ -6,10 +6,12 @@ import asyncio
 import os
 import re
 import signal
+from collections import Counter
 from pathlib import Path
 
 from support.mqtt import FixtureCA
 from support.mqtt_peer import mqtt_peer
+from support.wait import log_count, wait_until_async
 
 from elf_async.controlplane.certs import generate_key, key_pem
 from elf_async.dataplane.connections import Connector, Endpoint, Identity
@@ -25,28 +27,39 @@ async def test_an_idle_publisher_is_kept_alive_without_its_own_timer_task(
     mosquitto: Mosquitto, test_ca: FixtureCA, tmp_path: Path
 ) -> None:
     """aiomqtt's per-client keep-alive task is replaced by one pass a second for all
-    publishers: with a 3 s keep-alive, mosquitto drops a client silent for 4.5 s (it checks
-    lazily, within seconds), so 12 s between two messages pass without a reconnect only if
-    PINGREQs go out meanwhile (paho sends one 3-4 s after the last packet)."""
+    publishers. A publisher that sent its first message and idles (the next is ten minutes
+    away) must still send a PINGREQ each keep-alive, and paho must get the PINGRESPs: it
+    drops a connection whose PINGRESP has not come by the next keep-alive, so three answered
+    PINGREQs on one connection, with no reconnect, prove both directions."""
     key_file, cert_file = test_ca.client_cert(tmp_path, "idle-thing")
     endpoint = Endpoint("127.0.0.1", mosquitto.port, mosquitto.ca_file.read_text())
-    connector = Connector(endpoint, rate=10.0, timeout=10.0, retries=0, keepalive=3)
+    connector = Connector(endpoint, rate=10.0, timeout=10.0, retries=0, keepalive=2)
     shared = Shared()
     spec = build_spec(message=None, json_message=None, template=None, size=None, stamp=None)
     publisher = Publisher(
         Identity("idle-thing", 0, key_file, cert_file),
         "elf/idle-thing",
-        ThingSchedule(rate=1 / 12, phase=0.0, total=2),
+        ThingSchedule(rate=1 / 600, phase=0.0, total=2),
         spec.encoder("idle-thing"),
         qos=1,
         window=10,
         shared=shared,
     )
-    result = await Sender([publisher], connector, shared, drain=5.0).run(StopSignal())
+
+    def pings_answered() -> int:
+        return log_count(mosquitto.log_file, r"Sending PINGRESP to idle-thing$")
+
+    with StopSignal() as stop:
+        sending = asyncio.create_task(Sender([publisher], connector, shared, drain=5.0).run(stop))
+        await wait_until_async(lambda: pings_answered() >= 3, what="three answered PINGREQs")
+        os.kill(os.getpid(), signal.SIGINT)  # taken by StopSignal's handler
+        result = await sending
 
     assert connector.reconnects == 0, connector.errors
-    assert (publisher.published, publisher.acked, publisher.failed) == (2, 2, 0)
-    assert result.outcome == "completed"
+    assert log_count(mosquitto.log_file, r"New client connected .* as idle-thing ") == 1
+    assert log_count(mosquitto.log_file, r"Received PINGREQ from idle-thing$") >= 3
+    assert (publisher.published, publisher.acked, publisher.failed) == (1, 1, 0)
+    assert result.outcome == "interrupted"
 
 
 async def test_a_mixed_rsa_and_ec_fleet_connects_each_thing_with_its_own_certificate(
@@ -80,7 +93,8 @@ async def test_a_qos0_send_across_many_keepalives_never_wakes_the_writer_for_not
 ) -> None:
     """At QoS 0 nothing comes back, so paho sends a PINGREQ every keep-alive (1 s here) while
     the Wire writes PUBLISHes: the writer must be registered exactly while something waits to
-    be written. It used to stay registered after a PINGREQ, firing on every loop pass."""
+    be written. It used to stay registered after a PINGREQ, firing on every loop pass. The
+    send runs until the broker has answered three PINGREQs from every thing."""
     endpoint = Endpoint("127.0.0.1", mosquitto.port, mosquitto.ca_file.read_text())
     connector = Connector(endpoint, rate=1000.0, timeout=10.0, retries=0, keepalive=1)
     shared = Shared()
@@ -93,18 +107,30 @@ async def test_a_qos0_send_across_many_keepalives_never_wakes_the_writer_for_not
             Publisher(
                 Identity(name, index, key_file, cert_file),
                 f"elf/{name}",
-                ThingSchedule(rate=20.0, phase=index / 400, total=120),  # 6 s: six keep-alives
+                ThingSchedule(rate=20.0, phase=index / 400, total=20 * 600),
                 spec.encoder(name),
                 qos=0,
                 window=10,
                 shared=shared,
             )
         )
-    await Sender(publishers, connector, shared, drain=5.0).run(StopSignal())
+
+    def every_thing_pinged_thrice() -> bool:
+        text = mosquitto.log_file.read_text(errors="replace")
+        answered = Counter(re.findall(r"Sending PINGRESP to (ka-\d\d)$", text, re.MULTILINE))
+        return len(answered) == 20 and min(answered.values()) >= 3
+
+    with StopSignal() as stop:
+        sending = asyncio.create_task(Sender(publishers, connector, shared, drain=5.0).run(stop))
+        await wait_until_async(every_thing_pinged_thrice, what="three PINGRESPs to every thing")
+        os.kill(os.getpid(), signal.SIGINT)  # taken by StopSignal's handler
+        await sending
 
     assert connector.reconnects == 0, connector.errors
-    assert [p.published for p in publishers] == [120] * 20
-    idle = sum(p.wire.idle_writes for p in publishers if p.wire is not None)
+    assert all(0 < p.published == p.scheduled for p in publishers)
+    wires = [p.wire for p in publishers]
+    assert None not in wires  # each still has the Wire that wrote its last connection
+    idle = sum(wire.idle_writes for wire in wires if wire is not None)
     assert idle == 0, f"the writer fired {idle} times with nothing to write"
 
 

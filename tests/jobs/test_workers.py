@@ -7,7 +7,6 @@ import json
 import os
 import pickle
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from support.fixtures import Cli, assert_one_line_error
 from support.local import LocalCli, alive, children, reaping
 from support.mqtt import FixtureCA, Observer
 from support.send import load, send, things_of
+from support.wait import wait_until
 
 from elf_async.local.mosquitto import Mosquitto
 from elf_async.metrics import Histogram, merge_series, merged
@@ -103,9 +103,7 @@ def test_sigint_with_two_workers_writes_a_merged_report_and_leaves_no_worker(
         "--report", str(report_file),
     )  # fmt: skip
     with reaping(process) as workers:
-        deadline = time.monotonic() + 60
-        while len(watcher.counts()) < 4 and time.monotonic() < deadline:  # every worker sends
-            time.sleep(0.05)
+        wait_until(lambda: len(watcher.counts()) == 4, what="a message from every thing")
         workers |= children(process.pid)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
@@ -134,9 +132,7 @@ def test_a_worker_that_dies_is_a_runtime_failure_reported_with_the_others_counts
         "--report", str(report_file),
     )  # fmt: skip
     with reaping(process) as workers:
-        deadline = time.monotonic() + 60
-        while len(watcher.counts()) < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(watcher.counts()) == 4, what="a message from every thing")
         workers |= children(process.pid)
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
@@ -163,17 +159,15 @@ def test_workers_exit_when_the_parent_is_killed(
         str(mosquitto.ca_file), "--workers", "2", "--rate", "10/s", "--duration", "60",
     )  # fmt: skip
     with reaping(process) as workers:
-        deadline = time.monotonic() + 60
-        while len(watcher.counts()) < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(watcher.counts()) == 4, what="a message from every thing")
         workers |= children(process.pid)
         process.kill()  # no chance to clean up: the workers must notice on their own
         process.wait()
-        deadline = time.monotonic() + 10
-        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
         assert len(workers) == 2
-        assert not [pid for pid in workers if alive(pid)]
+        wait_until(
+            lambda: not any(alive(pid) for pid in workers),
+            what="the workers to exit after their parent",
+        )
 
 
 def test_run_passes_workers_to_its_send(local_cli: LocalCli, tmp_path: Path) -> None:

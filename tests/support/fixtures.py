@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from typing import Any
 
 import boto3
 import pytest
+
+from support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_AWS_ENV = {
@@ -42,16 +43,16 @@ def free_port() -> int:
 def wait_for_port(
     port: int, *, timeout: float = 20.0, process: subprocess.Popen[Any] | None = None
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"process exited with {process.returncode} before listening")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+                return True
         except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+            return False
+
+    wait_until(listening, what=f"something to listen on 127.0.0.1:{port}", timeout=timeout)
 
 
 def stop_process(process: subprocess.Popen[Any]) -> None:

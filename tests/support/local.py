@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from support.fixtures import FAKE_AWS_ENV
+from support.wait import wait_until
 
 
 def processes_under(directory: Path) -> set[int]:
@@ -128,6 +128,8 @@ def local_cli(tmp_path: Path) -> Iterator[LocalCli]:
     for pid in leftovers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in leftovers) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(
+        lambda: not any(alive(pid) for pid in leftovers),
+        what=f"the killed leftovers {sorted(leftovers)} to exit",
+        timeout=10,
+    )

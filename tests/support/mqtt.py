@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import pytest
 from elf_async.controlplane.certs import CertificateAuthority, generate_key, key_pem
 from elf_async.files import write_private, write_public
 from elf_async.local.mosquitto import Mosquitto
+from support.wait import wait_until
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,18 @@ def rogue_ca(tmp_path_factory: pytest.TempPathFactory) -> FixtureCA:
     return _make_ca(tmp_path_factory.mktemp("rogue"), "rogue-ca")
 
 
+def start_mosquitto(directory: Path, ca: FixtureCA, port: int | None = None) -> Mosquitto:
+    """The test broker: mutual TLS, persistent sessions, and every packet in its log
+    (`Received PINGREQ from NAME`, `Sending SUBACK to NAME`, ...) for tests to wait for."""
+    return Mosquitto.start(
+        directory=directory, ca=ca.ca, port=port, persistence=True, log_types=("debug",)
+    )
+
+
 @pytest.fixture
 def mosquitto(test_ca: FixtureCA, tmp_path: Path) -> Iterator[Mosquitto]:
     """mosquitto on a free 127.0.0.1 port, `require_certificate true`, stopped by PID."""
-    broker = Mosquitto.start(directory=tmp_path / "mosquitto", ca=test_ca.ca, persistence=True)
+    broker = start_mosquitto(tmp_path / "mosquitto", test_ca)
     try:
         yield broker
     finally:
@@ -124,19 +132,13 @@ class Observer:
         with self._lock:
             return [json.loads(payload) for payload in self.messages[topic]]
 
-    def settle(self, expected_total: int | None = None, timeout: float = 10.0) -> None:
-        """Wait until `expected_total` messages arrived, or until arrivals stop for 0.5 s."""
-        deadline = time.monotonic() + timeout
-        last, last_change = -1, time.monotonic()
-        while time.monotonic() < deadline:
-            total = sum(self.counts().values())
-            if expected_total is not None and total >= expected_total:
-                return
-            if total != last:
-                last, last_change = total, time.monotonic()
-            elif expected_total is None and time.monotonic() - last_change > 0.5:
-                return
-            time.sleep(0.05)
+    def settle(self, expected_total: int, timeout: float = 10.0) -> None:
+        """Wait until `expected_total` messages arrived."""
+        wait_until(
+            lambda: sum(self.counts().values()) >= expected_total,
+            what=f"{expected_total} messages at the observer (it has {self.counts()})",
+            timeout=timeout,
+        )
 
     def stop(self) -> None:
         if self._client is not None:
