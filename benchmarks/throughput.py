@@ -57,10 +57,7 @@ PEERS: dict[str, str] = {
     "elf_async": "benchmarks.peers.elf_async_send",
 }
 DEFAULT_PEERS = ["paho", "aiomqtt_naive", "gmqtt", "aiomqtt_fast", "elf_async"]
-
-
-def elf_async_available() -> bool:
-    return (ROOT / "elf_async" / "sender.py").exists()
+WORKERS_PEER = "benchmarks.peers.elf_async_workers"
 
 
 def elf_async_workers(peer: str) -> int | None:
@@ -133,7 +130,8 @@ def run_peer(
     }
     config_file = workdir / f"{peer}.json"
     config_file.write_text(json.dumps(config))
-    module = PEERS[peer.split(":")[0]]
+    # `elf_async:wN` is `send --workers N`: a peer module of its own.
+    module = WORKERS_PEER if peer.startswith("elf_async:") else PEERS[peer.split(":")[0]]
     if ":" in peer:
         config["variant"] = peer.split(":", 1)[1]
         config_file.write_text(json.dumps(config))
@@ -343,13 +341,13 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.quick:
         args.clients, args.seconds, args.rounds = 100, 5.0, 1
-    peers = args.peers or [p for p in DEFAULT_PEERS if p != "elf_async" or elf_async_available()]
+    peers = args.peers or list(DEFAULT_PEERS)
     if args.paced:
         peers = args.peers or [p for p in ("elf_async", "aiomqtt_fast", "gmqtt") if p in peers]
         args.qos = [1] if args.qos == [0, 1] else args.qos
     if args.workers:
-        if min(args.workers) < 1 or not elf_async_available():
-            parser.error("--workers: counts of at least 1, and elf_async present")
+        if min(args.workers) < 1:
+            parser.error("--workers: counts of at least 1")
         peers = with_workers(peers, args.workers)
     raise_fd_limit()
     pki = Pki(args.cache_dir) if args.cache_dir else Pki()

@@ -1,6 +1,6 @@
 """A send's plan (every thing's identity, topic, schedule; the payload; QoS and window) and
 how to connect: all a sending process needs. Both pickle, so `send --workers` processes share
-them; `send_here` runs a plan on the running event loop."""
+them; `send_here` runs a plan on the running event loop (`sender_for` builds its `Sender`)."""
 
 from __future__ import annotations
 
@@ -70,11 +70,21 @@ async def send_here(
     stop: StopSignal,
     *,
     on_tick: Callable[[Snapshot], None] = lambda snapshot: None,
+) -> SendResult:
+    """The plan's things sent from this process's event loop."""
+    return await sender_for(send_plan, setup, on_tick=on_tick).run(stop)
+
+
+def sender_for(
+    send_plan: SendPlan,
+    setup: SendSetup,
+    *,
+    on_tick: Callable[[Snapshot], None] = lambda snapshot: None,
     clock: float | None = None,
     go: Callable[[], Awaitable[float]] | None = None,
     shared: Shared | None = None,
-) -> SendResult:
-    """The plan's things sent from this process's event loop (`clock`, `go`: see `Sender`;
+) -> Sender:
+    """The `Sender` of a plan, on the running event loop (`clock`, `go`: see `Sender`;
     `shared`: histograms the caller wants to watch)."""
     connector = Connector(
         setup.endpoint,
@@ -85,7 +95,7 @@ async def send_here(
         max_inflight=send_plan.window,
     )
     shared = Shared() if shared is None else shared
-    sender = Sender(
+    return Sender(
         send_plan.publishers(shared),
         connector,
         shared,
@@ -94,4 +104,3 @@ async def send_here(
         clock=clock,
         go=go,
     )
-    return await sender.run(stop)

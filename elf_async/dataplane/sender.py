@@ -319,6 +319,11 @@ class Sender:
     def target_per_s(self) -> float:
         return sum(p.schedule.rate for p in self.publishers if p.schedule.total)
 
+    @property
+    def connected(self) -> int:
+        """Publishers with a live connection (at `go`: the things that will send)."""
+        return sum(1 for p in self.publishers if p.link is not None)
+
     async def run(self, stop: StopSignal) -> SendResult:
         started_at = time.time()
         clock = time.monotonic() if self.clock is None else self.clock
@@ -489,8 +494,7 @@ class Sender:
             second += 1
 
     def _sample(self, second: float, now: Totals) -> dict[str, Any]:
-        connected = sum(1 for p in self.publishers if p.link is not None)
-        return self.series.sample(second, now.as_dict(), connected=connected)
+        return self.series.sample(second, now.as_dict(), connected=self.connected)
 
     def _snapshot(self, second: float, row: dict[str, Any], now: Totals) -> Snapshot:
         return Snapshot(

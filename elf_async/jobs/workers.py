@@ -5,10 +5,13 @@ The parent plans once (every option checked, phases spread over the whole fleet)
 ``python -m elf_async.jobs._worker`` processes, each in a session of its own so that a terminal's
 Ctrl-C reaches only the parent, which forwards each stop once. A worker gets the things
 round-robin (its load spread over the interval like the fleet's) and 1/N of --connect-rate;
-it connects, says READY and waits for GO, whose wall-clock instant it turns into its own
-monotonic base: the open loop is one schedule across processes. It streams a snapshot a second
-and its tally at the end; the parent sums the counts, merges the HDR histograms and the
-per-second series (one time origin for all) and concatenates the per-thing rows.
+it connects, says READY (with how many of its things connected) and waits for GO, whose
+wall-clock instant it turns into its own monotonic base: the open loop is one schedule across
+processes. Between the last READY and GO the parent awaits an optional `before_go` hook, which
+sees each worker as a `WorkerView` (a benchmark holds GO there until its own start signal).
+A worker streams a snapshot a second and its tally at the end; the parent sums the counts,
+merges the HDR histograms and the per-second series (one time origin for all) and concatenates
+the per-thing rows.
 A worker exits when its stdin closes (the parent is gone); the parent kills by PID whatever
 is still running when it leaves.
 """
@@ -25,14 +28,14 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import uvloop
 
 from elf_async.dataplane.mqtt import debug_paho
-from elf_async.dataplane.plan import SendPlan, SendSetup, send_here
+from elf_async.dataplane.plan import SendPlan, SendSetup, sender_for
 from elf_async.dataplane.sender import Phase, Shared, Snapshot
 from elf_async.dataplane.tally import Totals
 from elf_async.errors import EXIT_RUNTIME
@@ -69,7 +72,7 @@ class Stop:
 # Worker -> parent: Ready, a Tick a second, Done.
 @dataclass(frozen=True)
 class Ready:
-    pass
+    connected: int  # the worker's things connected (the others owe their schedule)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,16 @@ def _monotonic(epoch: float) -> float:
 # The parent.
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """One worker as a `before_go` hook sees it: connected, waiting for GO."""
+
+    number: int  # 0-based
+    pid: int
+    things: int  # its share of the plan
+    connected: int  # of those, connected (0 for a worker that died before READY)
+
+
 @dataclass
 class _Worker:
     """One worker process as the parent sees it."""
@@ -110,6 +123,7 @@ class _Worker:
     plan: SendPlan
     process: asyncio.subprocess.Process
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    connected: int = 0
     snapshot: Snapshot | None = None
     ack: Histogram = field(default_factory=Histogram)
     tally: SendTally | None = None
@@ -140,6 +154,7 @@ class _Worker:
             while True:
                 message = await _read(self.process.stdout)
                 if isinstance(message, Ready):
+                    self.connected = message.connected
                     self.ready.set()
                 elif isinstance(message, Tick):
                     self.snapshot, self.ack = message.snapshot, message.ack
@@ -150,6 +165,9 @@ class _Worker:
         finally:
             self.ready.set()  # a worker that died is not waited for
         await self.process.wait()
+
+    def view(self) -> WorkerView:
+        return WorkerView(self.number, self.process.pid, len(self.plan.things), self.connected)
 
     def kill(self) -> None:
         if self.process.returncode is None:
@@ -189,8 +207,13 @@ async def send_in_workers(
     *,
     on_tick: Callable[[Snapshot], None],
     verbose: bool,
+    before_go: Callable[[Sequence[WorkerView]], Awaitable[None]] | None = None,
 ) -> SendTally:
-    """The plan sent by `workers` processes (no more than there are things), merged."""
+    """The plan sent by `workers` processes (no more than there are things), merged.
+
+    `before_go` is awaited once every worker is connected and waiting (or dead), right before
+    GO: the schedule starts `GO_DELAY_S` after it returns. What it raises ends the send (the
+    workers are killed)."""
     count = min(workers, len(plan.things))
     origin = time.time()
     share = dataclasses.replace(setup, connect_per_s=setup.connect_per_s / count)
@@ -205,6 +228,8 @@ async def send_in_workers(
         tasks.append(asyncio.create_task(_forward_stops(stop, started)))
         tasks.append(asyncio.create_task(_show(started, _monotonic(origin), plan, on_tick)))
         await asyncio.gather(*(w.ready.wait() for w in started))
+        if before_go is not None:
+            await before_go([w.view() for w in started])
         go = Go(time.time() + GO_DELAY_S)
         for worker in started:
             worker.send(go)
@@ -315,7 +340,7 @@ async def _work(channel: IO[bytes]) -> None:
 
     async def ready() -> float:
         """Connected: tell the parent, then wait for GO (or a stop)."""
-        send(Ready())
+        send(Ready(sender.connected))
         stopped = asyncio.create_task(stop.event.wait())
         waiting: list[asyncio.Future[Any]] = [go, stopped]
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -323,15 +348,15 @@ async def _work(channel: IO[bytes]) -> None:
         return _monotonic(go.result()) if go.done() else time.monotonic()
 
     shared = Shared()
-    result = await send_here(
+    sender = sender_for(
         job.plan,
         job.setup,
-        stop,
         on_tick=lambda snapshot: send(Tick(snapshot, shared.ack)),
         clock=_monotonic(job.origin),
         go=ready,
         shared=shared,
     )
+    result = await sender.run(stop)
     send(Done(SendTally.of(result)))
     listener.cancel()
 

@@ -1,4 +1,5 @@
-"""A real mosquitto with mutual TLS on the loopback, started and stopped by PID.
+"""A real mosquitto with mutual TLS on the loopback, started and stopped by PID (and known
+again by its start time and command line: elf_async.local.processes).
 
 The local stack and the tests use it as the stand-in for the AWS IoT message broker:
 every client must present a certificate signed by the CA it trusts, as in AWS.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -20,12 +20,15 @@ from pathlib import Path
 from elf_async.controlplane.certs import CertificateAuthority, generate_key, key_pem
 from elf_async.errors import LocalStackError
 from elf_async.files import write_private, write_public
+from elf_async.local import processes
+from elf_async.local.processes import Owned
 
 _INSTALL_HINT = (
     "mosquitto is not installed: sudo apt-get install mosquitto (Debian/Ubuntu) "
     "or brew install mosquitto"
 )
 _START_TIMEOUT = 15.0
+MOSQUITTO_COMMAND = "mosquitto"  # in its command line: how a recorded PID is known again
 
 
 def find_mosquitto() -> str:
@@ -115,11 +118,15 @@ def _config(
 class Mosquitto:
     """A mosquitto process with mutual TLS, started and stopped by PID."""
 
-    pid: int
+    process: Owned
     port: int
     directory: Path
     host: str = "127.0.0.1"
-    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _child: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     @property
     def ca_file(self) -> Path:
@@ -217,7 +224,10 @@ class Mosquitto:
                 stderr=log,
                 start_new_session=True,
             )
-        broker = cls(pid=process.pid, port=port, directory=directory, host=host, _process=process)
+        # Popen returns once the child has exec'd: the command line is mosquitto's already.
+        # None: it exited already (then never ours again; poll() below tells why).
+        owned = processes.own(process.pid, MOSQUITTO_COMMAND) or Owned(process.pid, "exited")
+        broker = cls(process=owned, port=port, directory=directory, host=host, _child=process)
         if log_file != broker.log_file:
             with contextlib.suppress(OSError):
                 broker.log_file.unlink(missing_ok=True)
@@ -241,71 +251,19 @@ class Mosquitto:
         )
 
     @classmethod
-    def attach(cls, *, pid: int, port: int, directory: Path) -> Mosquitto:
+    def attach(cls, *, process: Owned, port: int, directory: Path) -> Mosquitto:
         """A mosquitto started earlier (by another process) that the caller recorded."""
-        return cls(pid=pid, port=port, directory=directory)
+        return cls(process=process, port=port, directory=directory)
 
     def alive(self) -> bool:
-        if self._process is not None:
-            return self._process.poll() is None
-        return _is_mosquitto(self.pid)
+        if self._child is not None:
+            return self._child.poll() is None
+        return processes.is_ours(self.process)
 
     def stop(self, timeout: float = 10) -> None:
-        """SIGTERM by PID, SIGKILL after `timeout`; nothing if the process is gone."""
-        if not self.alive():
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
-        if self._wait(timeout):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        self._wait(timeout)
-
-    def _wait(self, timeout: float) -> bool:
-        if self._process is not None:
-            try:
-                self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return False
-            return True
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not _exists(self.pid):
-                return True
-            time.sleep(0.05)
-        return False
-
-
-def _exists(pid: int) -> bool:
-    """The PID exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return not Path("/proc/self").exists()  # no /proc (macOS): trust kill(0)
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
-
-
-def _is_mosquitto(pid: int) -> bool:
-    """The PID is alive and (where /proc tells) still a mosquitto.
-
-    A recorded PID may have been reused by an unrelated process: never signal that one.
-    An exiting process has an empty command line: it is still ours.
-    """
-    if not _exists(pid):
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return not Path("/proc/self").exists()
-    except OSError:
-        return True
-    return not cmdline or b"mosquitto" in cmdline
+        """SIGTERM by PID, SIGKILL after `timeout`: each only while it is still our mosquitto
+        (elf_async.local.processes.stop); nothing if it is gone."""
+        if self.alive():
+            processes.stop(self.process, timeout)
+        if self._child is not None:
+            self._child.poll()  # reaped by `stop` already, or now

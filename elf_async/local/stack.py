@@ -3,8 +3,8 @@
 `up` starts both on free 127.0.0.1 ports, each in its own session so they outlive the
 command, makes a local CA in ``<state-dir>/local/`` and registers it in moto. What runs is
 recorded in ``<state-dir>/local/stack.json`` with each process's start time, so `down`
-signals exactly those processes and never a recycled PID. With `--local`, commands call
-`resolve` to aim at the running stack instead of AWS.
+signals exactly those processes and never a recycled PID (elf_async.local.processes). With
+`--local`, commands call `resolve` to aim at the running stack instead of AWS.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import fcntl
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -32,12 +31,22 @@ from elf_async.controlplane.certs import CertificateAuthority, key_pem
 from elf_async.controlplane.create import CreateRequest, register_ca
 from elf_async.errors import LocalStackError, UsageError
 from elf_async.files import ensure_private_dir, write_private, write_public
-from elf_async.local.mosquitto import Mosquitto, _accepts, _free_port, _tail, find_mosquitto
+from elf_async.local import processes
+from elf_async.local.mosquitto import (
+    MOSQUITTO_COMMAND,
+    Mosquitto,
+    _accepts,
+    _free_port,
+    _tail,
+    find_mosquitto,
+)
+from elf_async.local.processes import Owned, is_ours
 
 HOST = "127.0.0.1"
 STACK_DIR = "local"
 RECORD = "stack.json"
 RECORD_VERSION = 1
+MOTO_COMMAND = "moto.server"  # in moto's command line: how its recorded PID is known again
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 # moto accepts any credentials; these never leave the machine, unlike a real key id would.
@@ -49,38 +58,30 @@ def stack_dir(state_dir: Path) -> Path:
     return state_dir / STACK_DIR
 
 
-def process_start(pid: int) -> str | None:
-    """An identity of process `pid` that a recycled PID does not share: its start time.
-
-    None when no such process runs (a zombie counts as gone).
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        stat = ""
-    if stat:
-        fields = stat.rpartition(")")[2].split()
-        return None if fields[0] == "Z" else f"ticks:{fields[19]}"
-    result = subprocess.run(  # no /proc (macOS): ps knows the start time
-        ["ps", "-o", "stat=,lstart=", "-p", str(pid)], capture_output=True, text=True, check=False
-    )
-    state, _, started = result.stdout.strip().partition(" ")
-    return None if not state or state.startswith("Z") else f"lstart:{started.strip()}"
-
-
 @dataclass(frozen=True, slots=True)
 class ProcessRecord:
-    """A process the stack started: where it listens and who it is."""
+    """A process the stack started: who it is (elf_async.local.processes) and its port.
 
-    pid: int
+    On disk as ``{"pid", "port", "started"}``; the command word it is known by again follows
+    from its role (`MOTO_COMMAND`, `MOSQUITTO_COMMAND`), so it is not stored."""
+
+    process: Owned
     port: int
-    started: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def alive(self) -> bool:
         """Still the very process we started (not just some process with its PID)."""
-        return process_start(self.pid) == self.started
+        return is_ours(self.process)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pid": self.process.pid, "port": self.port, "started": self.process.started}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], command: str) -> ProcessRecord:
+        return cls(Owned(int(data["pid"]), str(data["started"]), command), int(data["port"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +134,8 @@ class LocalStack:
             "version": RECORD_VERSION,
             "region": self.region,
             "started_at": self.started_at,
-            "moto": dataclasses.asdict(self.moto),
-            "mosquitto": dataclasses.asdict(self.mosquitto),
+            "moto": self.moto.to_json(),
+            "mosquitto": self.mosquitto.to_json(),
             "ca_certificate_id": self.ca_certificate_id,
             "endpoint_url": self.endpoint_url,
             "mqtt_endpoint": f"{self.mqtt_host}:{self.mqtt_port}",
@@ -147,8 +148,8 @@ class LocalStack:
         return cls(
             directory=directory,
             region=str(data["region"]),
-            moto=ProcessRecord(**data["moto"]),
-            mosquitto=ProcessRecord(**data["mosquitto"]),
+            moto=ProcessRecord.from_json(data["moto"], MOTO_COMMAND),
+            mosquitto=ProcessRecord.from_json(data["mosquitto"], MOSQUITTO_COMMAND),
             ca_certificate_id=str(data["ca_certificate_id"]),
             started_at=str(data["started_at"]),
         )
@@ -266,7 +267,7 @@ def _require_moto() -> None:
         )
 
 
-def _start_moto(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _start_moto(directory: Path) -> ProcessRecord:
     """moto in server mode on a free port, in its own session, logging to ``moto.log``."""
     _require_moto()
     log_file = directory / "moto.log"
@@ -280,17 +281,19 @@ def _start_moto(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
                 stderr=log,
                 start_new_session=True,
             )
+        owned = processes.own(process.pid, MOTO_COMMAND)
         deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and process.poll() is None:
+        while owned is not None and time.monotonic() < deadline and process.poll() is None:
             if _accepts(HOST, port):
-                return process, port
+                return ProcessRecord(owned, port)
             time.sleep(0.05)
-        if process.poll() is None:
-            _stop_pid(process.pid, process_start(process.pid))
+        if owned is not None and process.poll() is None:
+            processes.stop(owned, STOP_TIMEOUT_S)
             raise LocalStackError(
                 f"moto did not listen on {HOST}:{port} within {START_TIMEOUT_S:.0f}s: "
                 f"{_tail(log_file)}"
             )
+        process.wait()
         if "in use" not in _tail(log_file) or attempt == 2:
             raise LocalStackError(f"moto exited with code {process.returncode}: {_tail(log_file)}")
     raise AssertionError("unreachable")
@@ -303,13 +306,6 @@ async def _register_ca(endpoint_url: str, region: str, ca: CertificateAuthority)
         await plane.call("ListThings", maxResults=1)
         response = await register_ca(plane, ca)
     return str(response["certificateId"])
-
-
-def _identity(pid: int, port: int) -> ProcessRecord:
-    started = process_start(pid)
-    if started is None:
-        raise LocalStackError(f"process {pid} (port {port}) exited right after it started")
-    return ProcessRecord(pid=pid, port=port, started=started)
 
 
 def up(state_dir: Path, *, region: str | None = None) -> tuple[LocalStack, bool]:
@@ -328,19 +324,19 @@ def up(state_dir: Path, *, region: str | None = None) -> tuple[LocalStack, bool]
             _stop(existing)
         ca = _local_ca(directory)
         region = region or DEFAULT_REGION
-        moto: subprocess.Popen[bytes] | None = None
+        moto: ProcessRecord | None = None
         broker: Mosquitto | None = None
         try:
-            moto, moto_port = _start_moto(directory)
+            moto = _start_moto(directory)
             broker = Mosquitto.start(directory=directory / "mosquitto", ca=ca, host=HOST)
-            endpoint = f"http://{HOST}:{moto_port}"
+            endpoint = f"http://{HOST}:{moto.port}"
             use_local_credentials()
             ca_id = asyncio.run(_register_ca(endpoint, region, ca))
             stack = LocalStack(
                 directory=directory,
                 region=region,
-                moto=_identity(moto.pid, moto_port),
-                mosquitto=_identity(broker.pid, broker.port),
+                moto=moto,
+                mosquitto=ProcessRecord(broker.process, broker.port),
                 ca_certificate_id=ca_id,
                 started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             )
@@ -349,41 +345,16 @@ def up(state_dir: Path, *, region: str | None = None) -> tuple[LocalStack, bool]
             if broker is not None:
                 broker.stop()
             if moto is not None:
-                _stop_pid(moto.pid, process_start(moto.pid))
+                processes.stop(moto.process, STOP_TIMEOUT_S)
             raise
     return stack, True
 
 
-def _same_process(pid: int, started: str) -> bool:
-    """Whether `pid` is still the process `started` identifies; reaps it if it is our child."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    return process_start(pid) == started
-
-
-def _stop_pid(pid: int, started: str | None) -> None:
-    """SIGTERM, then SIGKILL after a while, but only while `pid` is the process `started`
-    identifies: a recycled PID is never signalled."""
-    if started is None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not _same_process(pid, started):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < deadline and _same_process(pid, started):
-            time.sleep(0.05)
-
-
 def _stop(stack: LocalStack) -> None:
-    if stack.mosquitto.alive():
-        Mosquitto.attach(
-            pid=stack.mosquitto.pid, port=stack.mosquitto.port, directory=stack.broker_dir
-        ).stop(STOP_TIMEOUT_S)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(stack.mosquitto.pid, os.WNOHANG)
-    _stop_pid(stack.moto.pid, stack.moto.started)
+    Mosquitto.attach(
+        process=stack.mosquitto.process, port=stack.mosquitto.port, directory=stack.broker_dir
+    ).stop(STOP_TIMEOUT_S)
+    processes.stop(stack.moto.process, STOP_TIMEOUT_S)
     (stack.directory / RECORD).unlink(missing_ok=True)
 
 

@@ -7,7 +7,7 @@ import json
 import os
 import pickle
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,8 +17,14 @@ from support.mqtt import FixtureCA, Observer
 from support.send import load, send, things_of
 from support.wait import wait_until
 
+from elf_async.dataplane.connections import Endpoint, Identity
+from elf_async.dataplane.payload import build_spec
+from elf_async.dataplane.plan import SendPlan, SendSetup, ThingPlan
+from elf_async.dataplane.schedule import ThingSchedule
+from elf_async.jobs.workers import WorkerView, send_in_workers
 from elf_async.local.mosquitto import Mosquitto
 from elf_async.metrics import Histogram, merge_series, merged
+from elf_async.stopping import StopSignal
 
 
 def test_histograms_cross_processes_and_merge_exactly() -> None:
@@ -55,6 +61,81 @@ def fleet4(cli: Cli, test_ca: FixtureCA) -> Cli:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return cli
+
+
+def _plan_and_setup(
+    mosquitto: Mosquitto, test_ca: FixtureCA, rogue_ca: FixtureCA, tmp_path: Path
+) -> tuple[SendPlan, SendSetup]:
+    """Four things at 10/s for 5 messages each, QoS 1; the last one's certificate comes from a
+    CA the broker distrusts, so it never connects."""
+    things = []
+    for index in range(4):
+        name = f"hook-{index}"
+        ca = rogue_ca if index == 3 else test_ca
+        key_file, cert_file = ca.client_cert(tmp_path, name)
+        schedule = ThingSchedule(rate=10.0, phase=index / 40, total=5)
+        identity = Identity(name, index, key_file, cert_file)
+        things.append(ThingPlan(identity, f"elf/{name}", schedule))
+    spec = build_spec(message=None, json_message=None, template=None, size=None, stamp=None)
+    setup = SendSetup(
+        endpoint=Endpoint("127.0.0.1", mosquitto.port, mosquitto.ca_file.read_text()),
+        connect_per_s=100.0,
+        connect_timeout=10.0,
+        connect_retries=0,
+        keepalive=60,
+        drain=5.0,
+    )
+    return SendPlan(things, spec, qos=1, window=10), setup
+
+
+async def test_before_go_sees_each_connected_worker_before_anything_is_sent(
+    mosquitto: Mosquitto,
+    test_ca: FixtureCA,
+    rogue_ca: FixtureCA,
+    observer: Callable[..., Observer],
+    tmp_path: Path,
+) -> None:
+    """The public seam a benchmark holds GO with: every worker has said READY with its real
+    connected count, its process runs under ours, and nothing has been published yet."""
+    plan, setup = _plan_and_setup(mosquitto, test_ca, rogue_ca, tmp_path)
+    watcher = observer("elf/#", qos=1)
+    seen: list[WorkerView] = []
+    published_before_go: list[int] = []
+
+    async def before_go(workers: Sequence[WorkerView]) -> None:
+        seen.extend(workers)
+        assert all(alive(w.pid) and w.pid in children(os.getpid()) for w in workers)
+        published_before_go.append(sum(watcher.counts().values()))
+
+    tally = await send_in_workers(
+        plan, setup, 2, StopSignal(), on_tick=lambda snapshot: None, verbose=False,
+        before_go=before_go,
+    )  # fmt: skip
+    # Round-robin: worker 0 has things 0 and 2, worker 1 things 1 and 3 (3 is refused).
+    assert [(w.number, w.things, w.connected) for w in seen] == [(0, 2, 2), (1, 2, 1)]
+    assert published_before_go == [0]
+    assert not [w.pid for w in seen if alive(w.pid)]
+    totals = tally.totals()
+    assert (totals.published, totals.acked) == (15, 15)
+
+
+async def test_what_before_go_raises_ends_the_send_and_kills_every_worker(
+    mosquitto: Mosquitto, test_ca: FixtureCA, rogue_ca: FixtureCA, tmp_path: Path
+) -> None:
+    plan, setup = _plan_and_setup(mosquitto, test_ca, rogue_ca, tmp_path)
+    pids: list[int] = []
+
+    async def before_go(workers: Sequence[WorkerView]) -> None:
+        pids.extend(w.pid for w in workers)
+        raise RuntimeError("the benchmark said no")
+
+    with pytest.raises(RuntimeError, match="said no"):
+        await send_in_workers(
+            plan, setup, 2, StopSignal(), on_tick=lambda snapshot: None, verbose=False,
+            before_go=before_go,
+        )  # fmt: skip
+    assert len(pids) == 2
+    assert not [pid for pid in pids if alive(pid)]
 
 
 def test_two_workers_publish_the_schedule_and_merge_one_report(

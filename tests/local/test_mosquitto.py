@@ -28,7 +28,7 @@ def test_client_signed_by_the_ca_connects_and_others_are_refused(
 
 def test_attach_and_stop_by_pid(mosquitto: Mosquitto) -> None:
     attached = Mosquitto.attach(
-        pid=mosquitto.pid, port=mosquitto.port, directory=mosquitto.directory
+        process=mosquitto.process, port=mosquitto.port, directory=mosquitto.directory
     )
     assert attached.alive()
     attached.stop()

@@ -1,0 +1,86 @@
+"""What the two elf-async peers share: the plan and setup exactly as `send` builds them, and the
+result document. `elf_async_send` runs the plan in-process (`send --workers 1`),
+`elf_async_workers` through `send --workers N`; neither imports the other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from benchmarks.peers._common import PeerConfig
+from elf_async.dataplane.connections import Endpoint, Identity
+from elf_async.dataplane.payload import build_spec
+from elf_async.dataplane.plan import SendPlan, SendSetup, ThingPlan
+from elf_async.dataplane.schedule import plan
+from elf_async.dataplane.sender import Shared
+from elf_async.dataplane.tally import Totals
+
+CONNECT_PER_S = 1000.0  # connecting is untimed (before GO): as fast as the broker takes it
+
+
+def rate_of(config: PeerConfig) -> float:
+    """Messages per second per thing: the paced rate, or the flat-out schedule."""
+    if config.rate is not None:
+        return float(config.rate)
+    return float(config.extra.get("flat_out_rate", 100.0))
+
+
+def send_plan(config: PeerConfig) -> SendPlan:
+    """Every client as a thing, with the default stamped payload, as `send` plans it."""
+    spec = build_spec(
+        message=None, json_message=None, template=None, size=config.payload_size, stamp=None
+    )
+    schedules = plan(len(config.clients), rate_of(config), duration=config.seconds)
+    return SendPlan(
+        [
+            ThingPlan(Identity(c.id, i, Path(c.key), Path(c.cert)), config.topic(c.id), schedule)
+            for i, (c, schedule) in enumerate(zip(config.clients, schedules, strict=True))
+        ],
+        spec,
+        qos=config.qos,
+        window=config.inflight,
+    )
+
+
+def send_setup(config: PeerConfig) -> SendSetup:
+    return SendSetup(
+        endpoint=Endpoint(config.host, config.port, Path(config.ca_file).read_text()),
+        connect_per_s=CONNECT_PER_S,
+        connect_timeout=30.0,
+        connect_retries=2,
+        keepalive=60,
+        drain=config.drain_seconds,
+    )
+
+
+def result_document(
+    totals: Totals,
+    shared: Shared,
+    *,
+    qos: int,
+    publish_seconds: float,
+    drain_seconds: float,
+    self_cpu: float,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """What an elf-async peer reports (in-process, or `send --workers` merged)."""
+    return {
+        "published": totals.published,
+        "acked": totals.acked if qos else totals.published,
+        "publish_seconds": publish_seconds,
+        "drain_seconds": drain_seconds,
+        "self_cpu": self_cpu,
+        "lag_ms": {
+            key: shared.lag.percentile_ms(p)
+            for key, p in (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
+        },
+        "ack_ms": {
+            key: shared.ack_from_send.percentile_ms(p) for key, p in (("p50", 50.0), ("p99", 99.0))
+        },
+        "extra": {
+            **extra,
+            "scheduled": totals.scheduled,
+            "failed": totals.failed,
+            "reconnects": totals.reconnects,
+        },
+    }
