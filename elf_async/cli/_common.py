@@ -67,7 +67,7 @@ CertModeOption = Annotated[
     str | None,
     typer.Option(
         help="aws: AWS makes key and certificate; csr: key made here, AWS signs a CSR; "
-        "ca: key made here, certificate signed by --ca-cert and registered. [default: aws]"
+        "ca: key made here, certificate signed by --ca-cert and registered. [default: csr]"
     ),
 ]
 KeyTypeOption = Annotated[

@@ -160,11 +160,8 @@ def _print_summary(result: CreateResult, *, quiet: bool) -> None:
     if s.stopped_early:
         print(f"  {s.stopped_early}")
     recovery = result.recovery
-    if recovery.adopted or recovery.deleted_orphans:
-        print(
-            f"  recovered after an interruption: {recovery.adopted} certificate(s) adopted, "
-            f"{recovery.deleted_orphans} orphan(s) deleted"
-        )
+    if recovery.adopted:
+        print(f"  recovered after an interruption: {recovery.adopted} certificate(s) adopted")
     for warning in recovery.unresolved:
         print(f"  warning: {warning}")
     if not quiet:
@@ -189,7 +186,6 @@ def _as_json(result: CreateResult) -> dict[str, object]:
         "stopped_early": s.stopped_early,
         "recovery": {
             "adopted": result.recovery.adopted,
-            "deleted_orphans": result.recovery.deleted_orphans,
             "unresolved": result.recovery.unresolved,
         },
         "api": result.api,

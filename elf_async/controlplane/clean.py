@@ -278,6 +278,7 @@ async def clean_fleet(
                 settings.state_dir,
                 cert_mode=meta.get("cert_mode", "aws"),
                 ca_pem=ca_file.read_text() if ca_file and ca_file.is_file() else None,
+                target=target,
             )
             cleaner = Cleaner(
                 plane, ledger, settings.state_dir, concurrency=concurrency, progress=progress

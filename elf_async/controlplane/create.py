@@ -47,6 +47,8 @@ from elf_async.progress import ProgressSink
 
 CertMode = Literal["aws", "csr", "ca"]
 CERT_MODES: tuple[CertMode, ...] = ("aws", "csr", "ca")
+# csr: the key is made here, so an interrupted certificate creation is provably ours.
+DEFAULT_CERT_MODE: CertMode = "csr"
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +288,9 @@ class Provisioner:
         return key
 
     def _local_csr(self, key_path: Path, name: str) -> str:
-        return make_csr(self._local_key(key_path), name)
+        # The fleet id in the subject proves the certificate ours even where the signer
+        # ignores the CSR's key (recovery.py).
+        return make_csr(self._local_key(key_path), name, unit=f"elf-async {self.fleet.fleet_id}")
 
     def _local_signed(self, key_path: Path, crt_path: Path, name: str) -> str:
         assert self.fleet.ca is not None
@@ -350,7 +354,9 @@ async def create_fleet(
         prefix = _fleet_choice(
             "prefix", request.prefix, meta.get("prefix"), default_prefix(fleet_id)
         )
-        cert_mode = _fleet_choice("cert-mode", request.cert_mode, meta.get("cert_mode"), "aws")
+        cert_mode = _fleet_choice(
+            "cert-mode", request.cert_mode, meta.get("cert_mode"), DEFAULT_CERT_MODE
+        )
         key_type = _fleet_choice("key-type", request.key_type, meta.get("key_type"), "rsa")
         topic_root = _fleet_choice("topic-root", request.topic_root, meta.get("topic_root"), "elf")
         ca = _signing_ca(cert_mode, request, meta)
@@ -398,6 +404,7 @@ async def create_fleet(
                 settings.state_dir,
                 cert_mode=cert_mode,
                 ca_pem=ca.cert_pem if ca else None,
+                target=target,
             )
             if unfinished:
                 records = [ledger.thing(name) for name in unfinished]
