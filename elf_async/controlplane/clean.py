@@ -178,32 +178,27 @@ async def discover_fleet(
     plane: ControlPlane, ledger: Ledger, fleet_id: str
 ) -> tuple[int, list[str]]:
     """Rebuild a lost ledger from AWS: things carrying ``elf_fleet=<fleet_id>`` and their
-    certificates. Never touches a thing without that attribute. Returns (things, warnings)."""
+    certificates. Never touches a thing without that attribute, and adopts (to delete) only a
+    certificate attached to fleet things alone and holding no other policy than the fleet's.
+    Returns (things, warnings)."""
     warnings: list[str] = []
-    names: list[str] = []
-    token: str | None = None
-    while True:
-        params: dict[str, Any] = {"attributeName": FLEET_ATTRIBUTE, "attributeValue": fleet_id}
-        if token:
-            params["nextToken"] = token
-        page = await plane.call("ListThings", **params)
-        names += [
-            t["thingName"]
-            for t in page.get("things", [])
-            if t.get("attributes", {}).get(FLEET_ATTRIBUTE) == fleet_id
-        ]
-        token = page.get("nextToken")
-        if not token:
-            break
+    names = await _fleet_things(plane, fleet_id)
     policy = policy_name(fleet_id)
     for name in sorted(names):
-        principals = (await plane.call("ListThingPrincipals", thingName=name)).get("principals", [])
-        certs = [p for p in principals if ":cert/" in p]
-        arn = certs[0] if certs else None
-        for other in principals:
-            if other != arn:  # not ours to delete, but it must let go of the thing
-                await _gone_ok(plane, "DetachThingPrincipal", thingName=name, principal=other)
-                warnings.append(f"{name}: detached a second principal {other} (left in AWS)")
+        principals = await _pages(plane, "ListThingPrincipals", "principals", thingName=name)
+        arn = None
+        for principal in principals:
+            if arn is None and ":cert/" in principal:
+                foreign = await _foreign_holders(plane, principal, names, policy)
+                if not foreign:
+                    arn = principal
+                    continue
+                reason = f"also held by {foreign}"
+            else:
+                reason = "a second principal" if ":cert/" in principal else "not a certificate"
+            # Not provably ours: it only lets go of our thing, and stays in AWS.
+            await _gone_ok(plane, "DetachThingPrincipal", thingName=name, principal=principal)
+            warnings.append(f"{name}: detached {principal} ({reason}); it is left in AWS")
         ledger.adopt_thing(name, cert_arn=arn, has_policy=arn is not None)
     policy_arn = None
     try:
@@ -214,6 +209,43 @@ async def discover_fleet(
     if policy_arn:
         ledger.mark_fleet_resource("policy", policy, "created", arn=policy_arn)
     return len(names), warnings
+
+
+async def _fleet_things(plane: ControlPlane, fleet_id: str) -> set[str]:
+    things = await _pages(
+        plane, "ListThings", "things", attributeName=FLEET_ATTRIBUTE, attributeValue=fleet_id
+    )
+    return {
+        t["thingName"] for t in things if t.get("attributes", {}).get(FLEET_ATTRIBUTE) == fleet_id
+    }
+
+
+async def _foreign_holders(
+    plane: ControlPlane, cert_arn: str, fleet_things: set[str], policy: str
+) -> str | None:
+    """What else holds this certificate (things outside the fleet, other policies), or None
+    when only the fleet does: then it is ours to delete."""
+    things = await _pages(plane, "ListPrincipalThings", "things", principal=cert_arn)
+    policies = await _pages(plane, "ListAttachedPolicies", "policies", target=cert_arn)
+    others = sorted(set(things) - fleet_things)
+    others += sorted(f"policy {p['policyName']}" for p in policies if p["policyName"] != policy)
+    return ", ".join(others) or None
+
+
+async def _pages(plane: ControlPlane, op: str, key: str, **params: Any) -> list[Any]:
+    """Every item of a paginated IoT list call (nextToken, or marker for policies)."""
+    items: list[Any] = []
+    while True:
+        page = await plane.call(op, **params)
+        items += page.get(key, [])
+        token = page.get("nextToken")
+        marker = page.get("nextMarker")
+        if token:
+            params["nextToken"] = token
+        elif marker:
+            params["marker"] = marker
+        else:
+            return items
 
 
 @dataclass

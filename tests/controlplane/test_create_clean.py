@@ -205,6 +205,29 @@ def test_fleet_discovery_cleans_only_that_fleet(cli: Cli, iot: Any) -> None:
     assert iot.list_policies()["policies"] == []
 
 
+def test_fleet_discovery_leaves_a_certificate_that_others_hold(cli: Cli, iot: Any) -> None:
+    """A thing carrying the fleet attribute whose certificate is also attached to a thing
+    outside the fleet: the certificate only lets go of our thing and stays."""
+    fleet_id = json.loads(cli("create", "2", "--json").stdout)["fleet_id"]
+    tagged = {"attributes": {"elf_fleet": fleet_id}}
+    iot.create_thing(thingName="tagged-by-hand", attributePayload=tagged)
+    iot.create_thing(thingName="not-ours")
+    shared = iot.create_keys_and_certificate(setAsActive=True)
+    for thing in ("tagged-by-hand", "not-ours"):
+        iot.attach_thing_principal(thingName=thing, principal=shared["certificateArn"])
+    assert cli("clean", "--only-local", "--yes").returncode == 0
+
+    result = cli("clean", "--fleet", fleet_id)
+    assert result.returncode == 0, result.stderr
+    assert [t["thingName"] for t in fleet_things(iot)] == ["not-ours"]
+    assert cert_ids(iot) == [shared["certificateId"]]
+    assert iot.list_principal_things(principal=shared["certificateArn"])["things"] == ["not-ours"]
+    [warning] = [line for line in result.stdout.splitlines() if "warning" in line]
+    assert "tagged-by-hand" in warning
+    assert "also held by not-ours" in warning
+    assert "left in AWS" in warning
+
+
 def test_only_local_without_yes_refuses_when_not_interactive(cli: Cli, iot: Any) -> None:
     assert cli("create", "1").returncode == 0
     result = cli("clean", "--only-local")
