@@ -34,8 +34,11 @@ from elf_async.controlplane.certs import (
 from elf_async.controlplane.fleet import (
     FLEET_ATTRIBUTE,
     INDEX_WIDTH,
+    PER_THING,
+    SHARED,
     default_prefix,
     new_fleet_id,
+    per_thing_topics,
     policy_document,
     policy_name,
 )
@@ -59,6 +62,7 @@ class Fleet:
     region: str
     account: str
     topic_root: str
+    shared_topics: bool
     cert_mode: CertMode
     key_type: KeyType
     state_dir: Path
@@ -96,7 +100,10 @@ async def ensure_policy(plane: ControlPlane, ledger: Ledger, fleet: Fleet) -> No
         return
     ledger.mark_fleet_resource("policy", fleet.policy, "intended")
     document = policy_document(
-        region=fleet.region, account=fleet.account, topic_root=fleet.topic_root
+        region=fleet.region,
+        account=fleet.account,
+        topic_root=fleet.topic_root,
+        shared_topics=fleet.shared_topics,
     )
     try:
         response = await plane.call(
@@ -316,6 +323,7 @@ class CreateRequest:
     cert_mode: CertMode | None = None
     key_type: KeyType | None = None
     topic_root: str | None = None
+    shared_topics: bool = False  # else as the fleet already is, else per-thing topics
     ca_cert: Path | None = None
     ca_key: Path | None = None
     register_ca: bool = False
@@ -359,6 +367,7 @@ async def create_fleet(
         )
         key_type = _fleet_choice("key-type", request.key_type, meta.get("key_type"), "rsa")
         topic_root = _fleet_choice("topic-root", request.topic_root, meta.get("topic_root"), "elf")
+        shared_topics = _topic_scope(request.shared_topics, meta)
         ca = _signing_ca(cert_mode, request, meta)
         target = resolve_target(
             settings,
@@ -376,6 +385,7 @@ async def create_fleet(
             cert_mode=cert_mode,
             key_type=key_type,
             topic_root=topic_root,
+            topic_scope=SHARED if shared_topics else PER_THING,
             ca_cert=str((request.ca_cert or Path(meta.get("ca_cert", ""))).resolve())
             if ca
             else None,
@@ -386,6 +396,7 @@ async def create_fleet(
             region=target.region,
             account=account,
             topic_root=topic_root,
+            shared_topics=shared_topics,
             cert_mode=cast(CertMode, cert_mode),
             key_type=cast(KeyType, key_type),
             state_dir=settings.state_dir,
@@ -425,6 +436,19 @@ async def create_fleet(
                 api=api_report(plane),
                 recovery=recovery,
             )
+
+
+def _topic_scope(shared_topics: bool, meta: dict[str, str]) -> bool:
+    """Whether the policy shares the topic root: a fleet keeps the scope its policy has."""
+    if "fleet_id" not in meta:
+        return shared_topics
+    shared = not per_thing_topics(meta)
+    if shared_topics and not shared:
+        raise UsageError(
+            "this fleet's policy scopes topics per thing; --shared-topics cannot change it "
+            "(create a new fleet in another --state-dir)"
+        )
+    return shared
 
 
 def _signing_ca(

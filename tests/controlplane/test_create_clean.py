@@ -27,6 +27,7 @@ from support.fixtures import (
 )
 
 from elf_async.controlplane.certs import CertificateAuthority, key_pem, make_csr
+from elf_async.controlplane.fleet import policy_document
 from elf_async.files import write_private, write_public
 
 PROXY = Path(__file__).parents[1] / "support" / "throttle_proxy.py"
@@ -78,9 +79,11 @@ def test_create_50_then_clean_leaves_nothing(cli: Cli, iot: Any) -> None:
     assert len(iot.list_certificates()["certificates"]) == 50
 
     document = json.loads(iot.get_policy(policyName=policy)["policyDocument"])
-    actions = {str(s["Action"]) for s in document["Statement"]}
-    assert "iot:Connect" in actions
-    assert "*" not in json.dumps(document).replace("elf/*", "")
+    per_thing = policy_document(
+        region="us-west-2", account="123456789012", topic_root="elf", shared_topics=False
+    )
+    assert document == json.loads(per_thing)
+    assert status(cli)["topic_scope"] == "thing"
 
     # keys: 0600 in a 0700 directory, never printed
     certs_dir = cli.state_dir / "certs"
@@ -108,6 +111,22 @@ def test_second_create_adds_to_the_same_fleet(cli: Cli, iot: Any) -> None:
     prefix = f"elf-{first['fleet_id']}"
     assert names == [f"{prefix}-{i:05d}" for i in range(5)]
     assert status(cli)["things"]["by_state"] == {"ready": 5}
+    assert cli("clean").returncode == 0
+    assert_nothing_left(iot)
+
+
+def test_shared_topics_are_an_opt_in_the_fleet_keeps(cli: Cli, iot: Any) -> None:
+    fleet_id = json.loads(cli("create", "1", "--shared-topics", "--json").stdout)["fleet_id"]
+    policy = iot.get_policy(policyName=f"elf-{fleet_id}-policy")["policyDocument"]
+    shared = policy_document(
+        region="us-west-2", account="123456789012", topic_root="elf", shared_topics=True
+    )
+    assert json.loads(policy) == json.loads(shared)
+    assert cli("create", "1").returncode == 0  # a fleet keeps its scope
+    assert status(cli)["topic_scope"] == "shared"
+    assert cli("clean").returncode == 0
+    assert cli("create", "1").returncode == 0
+    assert_one_line_error(cli("create", "1", "--shared-topics"), 2, "per thing")
     assert cli("clean").returncode == 0
     assert_nothing_left(iot)
 
