@@ -13,14 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from elf_async.config import Settings, resolve_target
-from elf_async.controlplane.aws import (
-    ControlPlane,
-    api_report,
-    check_account,
-    configured_region,
-    connect,
-)
+from elf_async.config import Settings
+from elf_async.controlplane.aws import ControlPlane
 from elf_async.controlplane.certs import (
     CertificateAuthority,
     KeyType,
@@ -31,6 +25,7 @@ from elf_async.controlplane.certs import (
     make_csr,
     thing_files,
 )
+from elf_async.controlplane.fanout import fan_out
 from elf_async.controlplane.fleet import (
     FLEET_ATTRIBUTE,
     INDEX_WIDTH,
@@ -44,6 +39,7 @@ from elf_async.controlplane.fleet import (
 )
 from elf_async.controlplane.ledger import Ledger, ThingRecord
 from elf_async.controlplane.recovery import RecoveryResult, resolve_cert_intents
+from elf_async.controlplane.session import FleetSession, open_fleet
 from elf_async.errors import AccessDenied, AwsError, ErrorTally, UsageError
 from elf_async.files import write_private, write_public
 from elf_async.progress import ProgressSink
@@ -172,28 +168,19 @@ class Provisioner:
 
     async def run(self, records: list[ThingRecord]) -> CreateSummary:
         started = time.monotonic()
-        queue: asyncio.Queue[ThingRecord] = asyncio.Queue()
-        for record in records:
-            queue.put_nowait(record)
         self.summary.attempted = len(records)
-        self.progress.start(len(records))
         try:
-            workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.concurrency)]
-            await asyncio.gather(*workers)
+            await fan_out(
+                records,
+                self._provision,
+                concurrency=self.concurrency,
+                progress=self.progress,
+                stopped=lambda: self._stop is not None,
+            )
         finally:
-            self.progress.close()
             self.summary.elapsed_s = time.monotonic() - started
         self.summary.stopped_early = self._stop
         return self.summary
-
-    async def _worker(self, queue: asyncio.Queue[ThingRecord]) -> None:
-        while self._stop is None:
-            try:
-                record = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            ok = await self._provision(record)
-            self.progress.advance(ok=ok)
 
     async def _provision(self, record: ThingRecord) -> bool:
         name = record.name
@@ -343,8 +330,38 @@ class CreateResult:
     recovery: RecoveryResult
 
 
+@dataclass(frozen=True, slots=True)
+class FleetChoices:
+    """What a fleet is made of; a fleet keeps what it was created with."""
+
+    prefix: str | None  # None: the default, which needs the fleet id
+    cert_mode: CertMode
+    key_type: KeyType
+    topic_root: str
+    shared_topics: bool
+    ca: CertificateAuthority | None
+
+    @classmethod
+    def of(cls, request: CreateRequest, meta: dict[str, str]) -> FleetChoices:
+        """The request against the fleet's record: usage errors before any AWS call."""
+        cert_mode = _fleet_choice(
+            "cert-mode", request.cert_mode, meta.get("cert_mode"), DEFAULT_CERT_MODE
+        )
+        return cls(
+            prefix=_fleet_choice("prefix", request.prefix, meta.get("prefix"), "") or None,
+            cert_mode=cast(CertMode, cert_mode),
+            key_type=cast(
+                KeyType, _fleet_choice("key-type", request.key_type, meta.get("key_type"), "rsa")
+            ),
+            topic_root=_fleet_choice(
+                "topic-root", request.topic_root, meta.get("topic_root"), "elf"
+            ),
+            shared_topics=_topic_scope(request.shared_topics, meta),
+            ca=_signing_ca(cert_mode, request, meta),
+        )
+
+
 def _fleet_choice(name: str, asked: str | None, stored: str | None, default: str) -> str:
-    """A fleet keeps the prefix, cert mode, key type and topic root it was created with."""
     if asked and stored and asked != stored:
         raise UsageError(
             f"this fleet was created with --{name} {stored}; it cannot change to {asked}"
@@ -356,86 +373,77 @@ async def create_fleet(
     settings: Settings, request: CreateRequest, progress: ProgressSink
 ) -> CreateResult:
     """Create `request.count` things, or finish the unfinished ones of an interrupted run."""
-    with Ledger.open(settings.state_dir, create=True) as ledger:
-        meta = ledger.meta()
-        fleet_id = meta.get("fleet_id") or new_fleet_id()
-        prefix = _fleet_choice(
-            "prefix", request.prefix, meta.get("prefix"), default_prefix(fleet_id)
-        )
-        cert_mode = _fleet_choice(
-            "cert-mode", request.cert_mode, meta.get("cert_mode"), DEFAULT_CERT_MODE
-        )
-        key_type = _fleet_choice("key-type", request.key_type, meta.get("key_type"), "rsa")
-        topic_root = _fleet_choice("topic-root", request.topic_root, meta.get("topic_root"), "elf")
-        shared_topics = _topic_scope(request.shared_topics, meta)
-        ca = _signing_ca(cert_mode, request, meta)
-        target = resolve_target(
-            settings,
-            meta,
-            configured_region=configured_region(settings.profile or meta.get("profile")),
-        )
-        account = await check_account(target, meta)
-        ledger.set_meta(
-            fleet_id=fleet_id,
-            prefix=prefix,
-            region=target.region,
-            account=account,
-            endpoint_url=target.endpoint_url,
-            profile=target.profile,
-            cert_mode=cert_mode,
-            key_type=key_type,
-            topic_root=topic_root,
-            topic_scope=SHARED if shared_topics else PER_THING,
-            ca_cert=str((request.ca_cert or Path(meta.get("ca_cert", ""))).resolve())
-            if ca
-            else None,
-            ca_key=str((request.ca_key or Path(meta.get("ca_key", ""))).resolve()) if ca else None,
-        )
-        fleet = Fleet(
-            fleet_id=fleet_id,
-            region=target.region,
-            account=account,
-            topic_root=topic_root,
-            shared_topics=shared_topics,
-            cert_mode=cast(CertMode, cert_mode),
-            key_type=cast(KeyType, key_type),
-            state_dir=settings.state_dir,
-            ca=ca,
-        )
-        async with connect(
-            target, concurrency=request.concurrency, api_rates=request.api_rates
-        ) as plane:
-            await ensure_policy(plane, ledger, fleet)
-            if request.register_ca and ca is not None:
-                await ensure_ca_registered(plane, ledger, ca)
-            unfinished = [r.name for r in ledger.things() if not r.ready]
-            recovery = await resolve_cert_intents(
-                plane,
-                ledger,
-                settings.state_dir,
-                cert_mode=cert_mode,
-                ca_pem=ca.cert_pem if ca else None,
-                target=target,
-            )
-            if unfinished:
-                records = [ledger.thing(name) for name in unfinished]
-            else:
-                records = ledger.add_things(request.count, prefix, INDEX_WIDTH)
-            provisioner = Provisioner(
-                plane, ledger, fleet, concurrency=request.concurrency, progress=progress
-            )
-            summary = await provisioner.run(records)
-            summary.resumed = bool(unfinished)
-            return CreateResult(
-                summary=summary,
-                fleet_id=fleet_id,
-                prefix=prefix,
-                region=target.region,
-                account=account,
-                things_in_fleet=len(ledger.things()),
-                api=api_report(plane),
-                recovery=recovery,
-            )
+    async with open_fleet(
+        settings,
+        create=True,
+        concurrency=request.concurrency,
+        api_rates=request.api_rates,
+        check=lambda meta: FleetChoices.of(request, meta),
+    ) as session:
+        return await create_with(session, request, progress)
+
+
+async def create_with(
+    session: FleetSession, request: CreateRequest, progress: ProgressSink
+) -> CreateResult:
+    """`create_fleet` on an open fleet (its control plane may be an in-memory one)."""
+    ledger, target, plane = session.ledger, session.target, session.plane
+    meta = ledger.meta()
+    choices = FleetChoices.of(request, meta)
+    fleet_id = meta.get("fleet_id") or new_fleet_id()
+    prefix = choices.prefix or default_prefix(fleet_id)
+    ca = choices.ca
+    ledger.set_meta(
+        fleet_id=fleet_id,
+        prefix=prefix,
+        region=target.region,
+        account=session.account,
+        endpoint_url=target.endpoint_url,
+        profile=target.profile,
+        cert_mode=choices.cert_mode,
+        key_type=choices.key_type,
+        topic_root=choices.topic_root,
+        topic_scope=SHARED if choices.shared_topics else PER_THING,
+        ca_cert=str((request.ca_cert or Path(meta.get("ca_cert", ""))).resolve()) if ca else None,
+        ca_key=str((request.ca_key or Path(meta.get("ca_key", ""))).resolve()) if ca else None,
+    )
+    fleet = Fleet(
+        fleet_id=fleet_id,
+        region=target.region,
+        account=session.account,
+        topic_root=choices.topic_root,
+        shared_topics=choices.shared_topics,
+        cert_mode=choices.cert_mode,
+        key_type=choices.key_type,
+        state_dir=session.state_dir,
+        ca=ca,
+    )
+    await ensure_policy(plane, ledger, fleet)
+    if request.register_ca and ca is not None:
+        await ensure_ca_registered(plane, ledger, ca)
+    unfinished = [r.name for r in ledger.things() if not r.ready]
+    recovery = await resolve_cert_intents(
+        session, cert_mode=choices.cert_mode, ca_pem=ca.cert_pem if ca else None
+    )
+    if unfinished:
+        records = [ledger.thing(name) for name in unfinished]
+    else:
+        records = ledger.add_things(request.count, prefix, INDEX_WIDTH)
+    provisioner = Provisioner(
+        plane, ledger, fleet, concurrency=request.concurrency, progress=progress
+    )
+    summary = await provisioner.run(records)
+    summary.resumed = bool(unfinished)
+    return CreateResult(
+        summary=summary,
+        fleet_id=fleet_id,
+        prefix=prefix,
+        region=target.region,
+        account=session.account,
+        things_in_fleet=len(ledger.things()),
+        api=plane.api_report(),
+        recovery=recovery,
+    )
 
 
 def _topic_scope(shared_topics: bool, meta: dict[str, str]) -> bool:

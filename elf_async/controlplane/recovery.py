@@ -38,6 +38,7 @@ from elf_async.controlplane.certs import (
     thing_files,
 )
 from elf_async.controlplane.ledger import Ledger, ThingRecord
+from elf_async.controlplane.session import FleetSession
 from elf_async.errors import AwsError
 
 log = logging.getLogger(__name__)
@@ -54,15 +55,10 @@ class RecoveryResult:
 
 
 async def resolve_cert_intents(
-    plane: ControlPlane,
-    ledger: Ledger,
-    state_dir: Path,
-    *,
-    cert_mode: str,
-    ca_pem: str | None,
-    target: Target,
+    session: FleetSession, *, cert_mode: str, ca_pem: str | None
 ) -> RecoveryResult:
     """Give every ``intended`` certificate without an id a definite state."""
+    plane, ledger, state_dir = session.plane, session.ledger, session.state_dir
     result = RecoveryResult()
     pending = [r for r in ledger.things() if r.cert_state == "intended" and not r.cert_id]
     if not pending:
@@ -96,7 +92,7 @@ async def resolve_cert_intents(
         result.adopted += 1
     if unproven:
         suspects = await _suspects(plane, pems, unproven, recent, cert_mode)
-        result.unresolved += [_listing(cert, names, target) for cert, names in suspects]
+        result.unresolved += [_listing(cert, names, session.target) for cert, names in suspects]
     return result
 
 
