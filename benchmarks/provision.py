@@ -146,7 +146,10 @@ def proxy_stats(url: str) -> dict[str, dict[str, int]]:
 
 def run_elf(endpoint: str, things: int, workdir: Path, extra: list[str]) -> dict[str, Any]:
     state = Path(tempfile.mkdtemp(dir=workdir))
-    create_s, created = elf_async(endpoint, state, "create", str(things), *extra)
+    # The same calls as the boto3 loop: AWS makes the keys.
+    create_s, created = elf_async(
+        endpoint, state, "create", str(things), "--cert-mode", "aws", *extra
+    )
     clean_s, cleaned = elf_async(endpoint, state, "clean", *extra)
     if created["created"] != things or cleaned["removed"] != things:
         raise RuntimeError(f"incomplete run: {created} {cleaned}")

@@ -67,7 +67,7 @@ CertModeOption = Annotated[
     str | None,
     typer.Option(
         help="aws: AWS makes key and certificate; csr: key made here, AWS signs a CSR; "
-        "ca: key made here, certificate signed by --ca-cert and registered. [default: aws]"
+        "ca: key made here, certificate signed by --ca-cert and registered. [default: csr]"
     ),
 ]
 KeyTypeOption = Annotated[
@@ -80,6 +80,16 @@ RegisterCaOption = Annotated[
 ]
 TopicRootOption = Annotated[
     str | None, typer.Option(help="Topics the fleet policy allows. [default: elf]")
+]
+SharedTopicsOption = Annotated[
+    bool,
+    typer.Option(
+        "--shared-topics",
+        help="Let every thing publish, receive and subscribe anywhere under the topic root "
+        "(a thing may then publish as, or read, any other). [default: each thing only under "
+        "<topic root>/<its name>]",
+        show_default=False,
+    ),
 ]
 MaxThingsOption = Annotated[int, typer.Option(help="COUNT above this needs --yes.")]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Skip the --max-things check.")]

@@ -18,6 +18,7 @@ from elf_async.cli._common import (
     KeyTypeOption,
     MaxThingsOption,
     RegisterCaOption,
+    SharedTopicsOption,
     TopicRootOption,
     YesOption,
     api_rates,
@@ -61,6 +62,7 @@ def command(
     ca_key: CaKeyOption = None,
     register_ca: RegisterCaOption = False,
     topic_root: TopicRootOption = None,
+    shared_topics: SharedTopicsOption = False,
     concurrency: ConcurrencyOption = 16,
     api_rate: ApiRateOption = None,
     max_things: MaxThingsOption = 10_000,
@@ -77,6 +79,7 @@ def command(
         ca_key=ca_key,
         register_ca=register_ca,
         topic_root=topic_root,
+        shared_topics=shared_topics,
         concurrency=concurrency,
         api_rate=api_rate,
         max_things=max_things,
@@ -109,6 +112,7 @@ def build_request(
     ca_key: Path | None,
     register_ca: bool,
     topic_root: str | None,
+    shared_topics: bool,
     concurrency: int,
     api_rate: list[str] | None,
     max_things: int,
@@ -128,6 +132,7 @@ def build_request(
         cert_mode=cert_mode,
         key_type=key_type,
         topic_root=_checked(topic_root, topic_root_problem),
+        shared_topics=shared_topics,
         ca_cert=ca_cert,
         ca_key=ca_key,
         register_ca=register_ca,
@@ -160,11 +165,8 @@ def _print_summary(result: CreateResult, *, quiet: bool) -> None:
     if s.stopped_early:
         print(f"  {s.stopped_early}")
     recovery = result.recovery
-    if recovery.adopted or recovery.deleted_orphans:
-        print(
-            f"  recovered after an interruption: {recovery.adopted} certificate(s) adopted, "
-            f"{recovery.deleted_orphans} orphan(s) deleted"
-        )
+    if recovery.adopted:
+        print(f"  recovered after an interruption: {recovery.adopted} certificate(s) adopted")
     for warning in recovery.unresolved:
         print(f"  warning: {warning}")
     if not quiet:
@@ -189,7 +191,6 @@ def _as_json(result: CreateResult) -> dict[str, object]:
         "stopped_early": s.stopped_early,
         "recovery": {
             "adopted": result.recovery.adopted,
-            "deleted_orphans": result.recovery.deleted_orphans,
             "unresolved": result.recovery.unresolved,
         },
         "api": result.api,

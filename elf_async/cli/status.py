@@ -32,6 +32,7 @@ def command(
         ("thing prefix", "prefix"),
         ("cert mode", "cert_mode"),
         ("topic root", "topic_root"),
+        ("topic scope", "topic_scope"),
         ("keys", "keys_dir"),
     ):
         print(f"{label:>14}: {status.get(key) or '-'}")

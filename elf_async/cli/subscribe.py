@@ -109,11 +109,14 @@ def command(
             )
 
         async def main() -> tuple[SubscribeReport, int | None]:
+            def warn(line: str) -> None:
+                console_err(f"warning: {line}")
+
             with StopSignal() as stop:
                 if quiet:
-                    result = await run_subscribe(aimed, options, stop, on_tick=tick)
+                    result = await run_subscribe(aimed, options, stop, on_tick=tick, warn=warn)
                 else:
-                    result = await run_subscribe(aimed, options, stop, on_message=show)
+                    result = await run_subscribe(aimed, options, stop, on_message=show, warn=warn)
                 return result, stop.exit_code
 
         result, exit_code = run(main())

@@ -84,11 +84,15 @@ NO_CREDENTIALS = (
 
 
 class ControlPlane(Protocol):
-    """What the provisioning and clean engines need from AWS."""
+    """What the create, clean and recovery engines need from AWS (tests use an in-memory one)."""
 
     async def call(
         self, operation: str, *, retry_codes: frozenset[str] = ..., **params: Any
     ) -> dict[str, Any]: ...
+
+    def api_report(self) -> dict[str, dict[str, float]]:
+        """Per-API figures for the summary."""
+        ...
 
 
 @dataclass
@@ -212,6 +216,21 @@ class IotControlPlane:
             limiter.recover()
             return response
 
+    def api_report(self) -> dict[str, dict[str, float]]:
+        """Per-API calls, throttles, retries and achieved rate, for summaries and benchmarks."""
+        rates = self.achieved_rates()
+        return {
+            name: {
+                "calls": stats.calls,
+                "throttled": stats.throttled,
+                "retried": stats.retried,
+                "failed": stats.failed,
+                "achieved_per_s": round(rates.get(name, 0.0), 3),
+                "paced_at_per_s": round(self.limiter(name).configured, 3),
+            }
+            for name, stats in sorted(self.stats.apis.items())
+        }
+
     def _slow_down(self, operation: str, limiter: RateLimiter) -> None:
         """At most once a second per API, so one burst of throttles is one signal."""
         now = time.monotonic()
@@ -310,19 +329,3 @@ async def check_account(target: Target, fleet: Mapping[str, str]) -> str:
             f"credentials are for account {account}: use the right --profile"
         )
     return account
-
-
-def api_report(plane: IotControlPlane) -> dict[str, dict[str, float]]:
-    """Per-API calls, throttles, retries and achieved rate, for summaries and benchmarks."""
-    rates = plane.achieved_rates()
-    return {
-        name: {
-            "calls": stats.calls,
-            "throttled": stats.throttled,
-            "retried": stats.retried,
-            "failed": stats.failed,
-            "achieved_per_s": round(rates.get(name, 0.0), 3),
-            "paced_at_per_s": round(plane.limiter(name).configured, 3),
-        }
-        for name, stats in sorted(plane.stats.apis.items())
-    }

@@ -52,16 +52,26 @@ def common_name(cert_pem: str) -> str | None:
     return str(names[0].value) if names else None
 
 
+def subject_text(cert_pem: str) -> str:
+    """The whole subject of a certificate (RFC 4514), to find the fleet id that a CSR put there."""
+    return x509.load_pem_x509_certificate(cert_pem.encode()).subject.rfc4514_string()
+
+
 def own_public_key_der(key: PrivateKey) -> bytes:
     return key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 
-def make_csr(key: PrivateKey, common_name: str) -> str:
+def make_csr(key: PrivateKey, common_name: str, *, unit: str | None = None) -> str:
+    """A CSR for `common_name`; `unit` (OU) lets a stand-in that ignores the CSR's key still
+    name the fleet in the certificate it returns."""
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if unit:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
     csr = (
         x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .subject_name(x509.Name(attributes))
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM).decode()

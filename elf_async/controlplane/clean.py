@@ -7,7 +7,6 @@ the thing, delete the certificate; then the fleet policy and a CA the fleet regi
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import time
 from collections.abc import Callable
@@ -15,19 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from elf_async.config import Settings, resolve_target
-from elf_async.controlplane.aws import (
-    NOT_FOUND_CODES,
-    ControlPlane,
-    api_report,
-    check_account,
-    configured_region,
-    connect,
-)
+from elf_async.config import Settings
+from elf_async.controlplane.aws import NOT_FOUND_CODES, ControlPlane
 from elf_async.controlplane.certs import thing_files
+from elf_async.controlplane.fanout import fan_out
 from elf_async.controlplane.fleet import FLEET_ATTRIBUTE, policy_name
 from elf_async.controlplane.ledger import LEDGER_FILE, Ledger, ThingRecord
 from elf_async.controlplane.recovery import resolve_cert_intents
+from elf_async.controlplane.session import FleetSession, open_fleet
 from elf_async.errors import AccessDenied, AwsError, ErrorTally, UsageError
 from elf_async.progress import ProgressSink
 
@@ -82,27 +76,20 @@ class Cleaner:
         started = time.monotonic()
         records = [r for r in self.ledger.things() if not r.gone]
         self.summary.attempted = len(records)
-        queue: asyncio.Queue[ThingRecord] = asyncio.Queue()
-        for record in records:
-            queue.put_nowait(record)
-        self.progress.start(len(records))
-        try:
-            await asyncio.gather(*(self._worker(queue) for _ in range(self.concurrency)))
-        finally:
-            self.progress.close()
+        await fan_out(
+            records,
+            self._clean_thing,
+            concurrency=self.concurrency,
+            progress=self.progress,
+            stopped=lambda: self._stop,
+        )
         if not self.summary.failed and not self._stop:
             await self._fleet_resources()
         self.summary.elapsed_s = time.monotonic() - started
         return self.summary
 
-    async def _worker(self, queue: asyncio.Queue[ThingRecord]) -> None:
-        while not self._stop:
-            try:
-                record = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            ok = await self._guard(record.name, self._teardown(record))
-            self.progress.advance(ok=ok)
+    async def _clean_thing(self, record: ThingRecord) -> bool:
+        return await self._guard(record.name, self._teardown(record))
 
     async def _guard(self, name: str, work: Any) -> bool:
         try:
@@ -178,32 +165,29 @@ async def discover_fleet(
     plane: ControlPlane, ledger: Ledger, fleet_id: str
 ) -> tuple[int, list[str]]:
     """Rebuild a lost ledger from AWS: things carrying ``elf_fleet=<fleet_id>`` and their
-    certificates. Never touches a thing without that attribute. Returns (things, warnings)."""
+    certificates. Never touches a thing without that attribute, and adopts (to delete) only a
+    certificate attached to fleet things alone and holding no other policy than the fleet's.
+    Returns (things, warnings)."""
     warnings: list[str] = []
-    names: list[str] = []
-    token: str | None = None
-    while True:
-        params: dict[str, Any] = {"attributeName": FLEET_ATTRIBUTE, "attributeValue": fleet_id}
-        if token:
-            params["nextToken"] = token
-        page = await plane.call("ListThings", **params)
-        names += [
-            t["thingName"]
-            for t in page.get("things", [])
-            if t.get("attributes", {}).get(FLEET_ATTRIBUTE) == fleet_id
-        ]
-        token = page.get("nextToken")
-        if not token:
-            break
+    names = await _fleet_things(plane, fleet_id)
     policy = policy_name(fleet_id)
     for name in sorted(names):
-        principals = (await plane.call("ListThingPrincipals", thingName=name)).get("principals", [])
-        certs = [p for p in principals if ":cert/" in p]
-        arn = certs[0] if certs else None
-        for other in principals:
-            if other != arn:  # not ours to delete, but it must let go of the thing
-                await _gone_ok(plane, "DetachThingPrincipal", thingName=name, principal=other)
-                warnings.append(f"{name}: detached a second principal {other} (left in AWS)")
+        principals = await _pages(plane, "ListThingPrincipals", "principals", thingName=name)
+        arn = None
+        for principal in principals:
+            if arn is None and ":cert/" in principal:
+                foreign = await _foreign_holders(plane, principal, names, policy)
+                if not foreign:
+                    arn = principal
+                    continue
+                reason = f"also held by {foreign}"
+            else:
+                reason = "a second principal" if ":cert/" in principal else "not a certificate"
+            # Not provably ours: it lets go of our thing and our policy, and stays in AWS.
+            if ":cert/" in principal:
+                await _gone_ok(plane, "DetachPolicy", policyName=policy, target=principal)
+            await _gone_ok(plane, "DetachThingPrincipal", thingName=name, principal=principal)
+            warnings.append(f"{name}: detached {principal} ({reason}); it is left in AWS")
         ledger.adopt_thing(name, cert_arn=arn, has_policy=arn is not None)
     policy_arn = None
     try:
@@ -214,6 +198,43 @@ async def discover_fleet(
     if policy_arn:
         ledger.mark_fleet_resource("policy", policy, "created", arn=policy_arn)
     return len(names), warnings
+
+
+async def _fleet_things(plane: ControlPlane, fleet_id: str) -> set[str]:
+    things = await _pages(
+        plane, "ListThings", "things", attributeName=FLEET_ATTRIBUTE, attributeValue=fleet_id
+    )
+    return {
+        t["thingName"] for t in things if t.get("attributes", {}).get(FLEET_ATTRIBUTE) == fleet_id
+    }
+
+
+async def _foreign_holders(
+    plane: ControlPlane, cert_arn: str, fleet_things: set[str], policy: str
+) -> str | None:
+    """What else holds this certificate (things outside the fleet, other policies), or None
+    when only the fleet does: then it is ours to delete."""
+    things = await _pages(plane, "ListPrincipalThings", "things", principal=cert_arn)
+    policies = await _pages(plane, "ListAttachedPolicies", "policies", target=cert_arn)
+    others = sorted(set(things) - fleet_things)
+    others += sorted(f"policy {p['policyName']}" for p in policies if p["policyName"] != policy)
+    return ", ".join(others) or None
+
+
+async def _pages(plane: ControlPlane, op: str, key: str, **params: Any) -> list[Any]:
+    """Every item of a paginated IoT list call (nextToken, or marker for policies)."""
+    items: list[Any] = []
+    while True:
+        page = await plane.call(op, **params)
+        items += page.get(key, [])
+        token = page.get("nextToken")
+        marker = page.get("nextMarker")
+        if token:
+            params["nextToken"] = token
+        elif marker:
+            params["marker"] = marker
+        else:
+            return items
 
 
 @dataclass
@@ -246,50 +267,58 @@ async def clean_fleet(
     api_rates: dict[str, float] | None = None,
 ) -> CleanResult:
     """Clean the fleet of the state dir, or find fleet `fleet_id` in AWS when the ledger is lost."""
-    with Ledger.open(settings.state_dir, create=fleet_id is not None) as ledger:
-        meta = ledger.meta()
+
+    def check(meta: dict[str, str]) -> None:
         if fleet_id and meta.get("fleet_id") not in (None, fleet_id):
             raise UsageError(
                 f"{settings.state_dir} holds fleet {meta['fleet_id']}, not {fleet_id}: "
                 "use another --state-dir for --fleet"
             )
-        target = resolve_target(
-            settings,
-            meta,
-            configured_region=configured_region(settings.profile or meta.get("profile")),
+
+    async with open_fleet(
+        settings,
+        create=fleet_id is not None,
+        concurrency=concurrency,
+        api_rates=api_rates,
+        check=check,
+    ) as session:
+        return await clean_with(
+            session, fleet_id=fleet_id, concurrency=concurrency, progress=progress
         )
-        account = await check_account(target, meta)
-        async with connect(target, concurrency=concurrency, api_rates=api_rates) as plane:
-            warnings: list[str] = []
-            if fleet_id and "fleet_id" not in meta:
-                ledger.set_meta(
-                    fleet_id=fleet_id,
-                    region=target.region,
-                    account=account,
-                    endpoint_url=target.endpoint_url,
-                    profile=target.profile,
-                )
-                _, warnings = await discover_fleet(plane, ledger, fleet_id)
-                meta = ledger.meta()
-            ca_file = Path(meta["ca_cert"]) if "ca_cert" in meta else None
-            recovery = await resolve_cert_intents(
-                plane,
-                ledger,
-                settings.state_dir,
-                cert_mode=meta.get("cert_mode", "aws"),
-                ca_pem=ca_file.read_text() if ca_file and ca_file.is_file() else None,
-            )
-            cleaner = Cleaner(
-                plane, ledger, settings.state_dir, concurrency=concurrency, progress=progress
-            )
-            summary = await cleaner.run()
-            summary.warnings = warnings + recovery.unresolved
-            summary.removed = sum(1 for r in ledger.things() if r.gone)
-            leftovers = [r for r in ledger.fleet_resources() if r.state in ("intended", "created")]
-            if not summary.failed and not recovery.unresolved and not leftovers:
-                forget(settings.state_dir, ledger)
-                summary.forgotten = True
-            return CleanResult(summary=summary, fleet_id=meta["fleet_id"], api=api_report(plane))
+
+
+async def clean_with(
+    session: FleetSession, *, fleet_id: str | None, concurrency: int, progress: ProgressSink
+) -> CleanResult:
+    """`clean_fleet` on an open fleet (its control plane may be an in-memory one)."""
+    ledger, target, plane = session.ledger, session.target, session.plane
+    meta = ledger.meta()
+    warnings: list[str] = []
+    if fleet_id and "fleet_id" not in meta:
+        ledger.set_meta(
+            fleet_id=fleet_id,
+            region=target.region,
+            account=session.account,
+            endpoint_url=target.endpoint_url,
+            profile=target.profile,
+        )
+        _, warnings = await discover_fleet(plane, ledger, fleet_id)
+        meta = ledger.meta()
+    ca_file = Path(meta["ca_cert"]) if "ca_cert" in meta else None
+    recovery = await resolve_cert_intents(
+        session,
+        cert_mode=meta.get("cert_mode", "aws"),
+        ca_pem=ca_file.read_text() if ca_file and ca_file.is_file() else None,
+    )
+    cleaner = Cleaner(plane, ledger, session.state_dir, concurrency=concurrency, progress=progress)
+    summary = await cleaner.run()
+    summary.warnings = warnings + recovery.unresolved
+    summary.removed = sum(1 for r in ledger.things() if r.gone)
+    leftovers = [r for r in ledger.fleet_resources() if r.state in ("intended", "created")]
+    if not summary.failed and not recovery.unresolved and not leftovers:
+        forget(session.state_dir, ledger)
+        summary.forgotten = True
+    return CleanResult(summary=summary, fleet_id=meta["fleet_id"], api=plane.api_report())
 
 
 def forget_local(state_dir: Path, *, confirm: Callable[[str], bool] | None) -> int | None:

@@ -13,14 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from elf_async.config import Settings, resolve_target
-from elf_async.controlplane.aws import (
-    ControlPlane,
-    api_report,
-    check_account,
-    configured_region,
-    connect,
-)
+from elf_async.config import Settings
+from elf_async.controlplane.aws import ControlPlane
 from elf_async.controlplane.certs import (
     CertificateAuthority,
     KeyType,
@@ -31,22 +25,29 @@ from elf_async.controlplane.certs import (
     make_csr,
     thing_files,
 )
+from elf_async.controlplane.fanout import fan_out
 from elf_async.controlplane.fleet import (
     FLEET_ATTRIBUTE,
     INDEX_WIDTH,
+    PER_THING,
+    SHARED,
     default_prefix,
     new_fleet_id,
+    per_thing_topics,
     policy_document,
     policy_name,
 )
 from elf_async.controlplane.ledger import Ledger, ThingRecord
 from elf_async.controlplane.recovery import RecoveryResult, resolve_cert_intents
+from elf_async.controlplane.session import FleetSession, open_fleet
 from elf_async.errors import AccessDenied, AwsError, ErrorTally, UsageError
 from elf_async.files import write_private, write_public
 from elf_async.progress import ProgressSink
 
 CertMode = Literal["aws", "csr", "ca"]
 CERT_MODES: tuple[CertMode, ...] = ("aws", "csr", "ca")
+# csr: the key is made here, so an interrupted certificate creation is provably ours.
+DEFAULT_CERT_MODE: CertMode = "csr"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class Fleet:
     region: str
     account: str
     topic_root: str
+    shared_topics: bool
     cert_mode: CertMode
     key_type: KeyType
     state_dir: Path
@@ -94,7 +96,10 @@ async def ensure_policy(plane: ControlPlane, ledger: Ledger, fleet: Fleet) -> No
         return
     ledger.mark_fleet_resource("policy", fleet.policy, "intended")
     document = policy_document(
-        region=fleet.region, account=fleet.account, topic_root=fleet.topic_root
+        region=fleet.region,
+        account=fleet.account,
+        topic_root=fleet.topic_root,
+        shared_topics=fleet.shared_topics,
     )
     try:
         response = await plane.call(
@@ -163,28 +168,19 @@ class Provisioner:
 
     async def run(self, records: list[ThingRecord]) -> CreateSummary:
         started = time.monotonic()
-        queue: asyncio.Queue[ThingRecord] = asyncio.Queue()
-        for record in records:
-            queue.put_nowait(record)
         self.summary.attempted = len(records)
-        self.progress.start(len(records))
         try:
-            workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.concurrency)]
-            await asyncio.gather(*workers)
+            await fan_out(
+                records,
+                self._provision,
+                concurrency=self.concurrency,
+                progress=self.progress,
+                stopped=lambda: self._stop is not None,
+            )
         finally:
-            self.progress.close()
             self.summary.elapsed_s = time.monotonic() - started
         self.summary.stopped_early = self._stop
         return self.summary
-
-    async def _worker(self, queue: asyncio.Queue[ThingRecord]) -> None:
-        while self._stop is None:
-            try:
-                record = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            ok = await self._provision(record)
-            self.progress.advance(ok=ok)
 
     async def _provision(self, record: ThingRecord) -> bool:
         name = record.name
@@ -286,7 +282,9 @@ class Provisioner:
         return key
 
     def _local_csr(self, key_path: Path, name: str) -> str:
-        return make_csr(self._local_key(key_path), name)
+        # The fleet id in the subject proves the certificate ours even where the signer
+        # ignores the CSR's key (recovery.py).
+        return make_csr(self._local_key(key_path), name, unit=f"elf-async {self.fleet.fleet_id}")
 
     def _local_signed(self, key_path: Path, crt_path: Path, name: str) -> str:
         assert self.fleet.ca is not None
@@ -312,6 +310,7 @@ class CreateRequest:
     cert_mode: CertMode | None = None
     key_type: KeyType | None = None
     topic_root: str | None = None
+    shared_topics: bool = False  # else as the fleet already is, else per-thing topics
     ca_cert: Path | None = None
     ca_key: Path | None = None
     register_ca: bool = False
@@ -331,8 +330,38 @@ class CreateResult:
     recovery: RecoveryResult
 
 
+@dataclass(frozen=True, slots=True)
+class FleetChoices:
+    """What a fleet is made of; a fleet keeps what it was created with."""
+
+    prefix: str | None  # None: the default, which needs the fleet id
+    cert_mode: CertMode
+    key_type: KeyType
+    topic_root: str
+    shared_topics: bool
+    ca: CertificateAuthority | None
+
+    @classmethod
+    def of(cls, request: CreateRequest, meta: dict[str, str]) -> FleetChoices:
+        """The request against the fleet's record: usage errors before any AWS call."""
+        cert_mode = _fleet_choice(
+            "cert-mode", request.cert_mode, meta.get("cert_mode"), DEFAULT_CERT_MODE
+        )
+        return cls(
+            prefix=_fleet_choice("prefix", request.prefix, meta.get("prefix"), "") or None,
+            cert_mode=cast(CertMode, cert_mode),
+            key_type=cast(
+                KeyType, _fleet_choice("key-type", request.key_type, meta.get("key_type"), "rsa")
+            ),
+            topic_root=_fleet_choice(
+                "topic-root", request.topic_root, meta.get("topic_root"), "elf"
+            ),
+            shared_topics=_topic_scope(request.shared_topics, meta),
+            ca=_signing_ca(cert_mode, request, meta),
+        )
+
+
 def _fleet_choice(name: str, asked: str | None, stored: str | None, default: str) -> str:
-    """A fleet keeps the prefix, cert mode, key type and topic root it was created with."""
     if asked and stored and asked != stored:
         raise UsageError(
             f"this fleet was created with --{name} {stored}; it cannot change to {asked}"
@@ -344,80 +373,90 @@ async def create_fleet(
     settings: Settings, request: CreateRequest, progress: ProgressSink
 ) -> CreateResult:
     """Create `request.count` things, or finish the unfinished ones of an interrupted run."""
-    with Ledger.open(settings.state_dir, create=True) as ledger:
-        meta = ledger.meta()
-        fleet_id = meta.get("fleet_id") or new_fleet_id()
-        prefix = _fleet_choice(
-            "prefix", request.prefix, meta.get("prefix"), default_prefix(fleet_id)
+    async with open_fleet(
+        settings,
+        create=True,
+        concurrency=request.concurrency,
+        api_rates=request.api_rates,
+        check=lambda meta: FleetChoices.of(request, meta),
+    ) as session:
+        return await create_with(session, request, progress)
+
+
+async def create_with(
+    session: FleetSession, request: CreateRequest, progress: ProgressSink
+) -> CreateResult:
+    """`create_fleet` on an open fleet (its control plane may be an in-memory one)."""
+    ledger, target, plane = session.ledger, session.target, session.plane
+    meta = ledger.meta()
+    choices = FleetChoices.of(request, meta)
+    fleet_id = meta.get("fleet_id") or new_fleet_id()
+    prefix = choices.prefix or default_prefix(fleet_id)
+    ca = choices.ca
+    ledger.set_meta(
+        fleet_id=fleet_id,
+        prefix=prefix,
+        region=target.region,
+        account=session.account,
+        endpoint_url=target.endpoint_url,
+        profile=target.profile,
+        cert_mode=choices.cert_mode,
+        key_type=choices.key_type,
+        topic_root=choices.topic_root,
+        topic_scope=SHARED if choices.shared_topics else PER_THING,
+        ca_cert=str((request.ca_cert or Path(meta.get("ca_cert", ""))).resolve()) if ca else None,
+        ca_key=str((request.ca_key or Path(meta.get("ca_key", ""))).resolve()) if ca else None,
+    )
+    fleet = Fleet(
+        fleet_id=fleet_id,
+        region=target.region,
+        account=session.account,
+        topic_root=choices.topic_root,
+        shared_topics=choices.shared_topics,
+        cert_mode=choices.cert_mode,
+        key_type=choices.key_type,
+        state_dir=session.state_dir,
+        ca=ca,
+    )
+    await ensure_policy(plane, ledger, fleet)
+    if request.register_ca and ca is not None:
+        await ensure_ca_registered(plane, ledger, ca)
+    unfinished = [r.name for r in ledger.things() if not r.ready]
+    recovery = await resolve_cert_intents(
+        session, cert_mode=choices.cert_mode, ca_pem=ca.cert_pem if ca else None
+    )
+    if unfinished:
+        records = [ledger.thing(name) for name in unfinished]
+    else:
+        records = ledger.add_things(request.count, prefix, INDEX_WIDTH)
+    provisioner = Provisioner(
+        plane, ledger, fleet, concurrency=request.concurrency, progress=progress
+    )
+    summary = await provisioner.run(records)
+    summary.resumed = bool(unfinished)
+    return CreateResult(
+        summary=summary,
+        fleet_id=fleet_id,
+        prefix=prefix,
+        region=target.region,
+        account=session.account,
+        things_in_fleet=len(ledger.things()),
+        api=plane.api_report(),
+        recovery=recovery,
+    )
+
+
+def _topic_scope(shared_topics: bool, meta: dict[str, str]) -> bool:
+    """Whether the policy shares the topic root: a fleet keeps the scope its policy has."""
+    if "fleet_id" not in meta:
+        return shared_topics
+    shared = not per_thing_topics(meta)
+    if shared_topics and not shared:
+        raise UsageError(
+            "this fleet's policy scopes topics per thing; --shared-topics cannot change it "
+            "(create a new fleet in another --state-dir)"
         )
-        cert_mode = _fleet_choice("cert-mode", request.cert_mode, meta.get("cert_mode"), "aws")
-        key_type = _fleet_choice("key-type", request.key_type, meta.get("key_type"), "rsa")
-        topic_root = _fleet_choice("topic-root", request.topic_root, meta.get("topic_root"), "elf")
-        ca = _signing_ca(cert_mode, request, meta)
-        target = resolve_target(
-            settings,
-            meta,
-            configured_region=configured_region(settings.profile or meta.get("profile")),
-        )
-        account = await check_account(target, meta)
-        ledger.set_meta(
-            fleet_id=fleet_id,
-            prefix=prefix,
-            region=target.region,
-            account=account,
-            endpoint_url=target.endpoint_url,
-            profile=target.profile,
-            cert_mode=cert_mode,
-            key_type=key_type,
-            topic_root=topic_root,
-            ca_cert=str((request.ca_cert or Path(meta.get("ca_cert", ""))).resolve())
-            if ca
-            else None,
-            ca_key=str((request.ca_key or Path(meta.get("ca_key", ""))).resolve()) if ca else None,
-        )
-        fleet = Fleet(
-            fleet_id=fleet_id,
-            region=target.region,
-            account=account,
-            topic_root=topic_root,
-            cert_mode=cast(CertMode, cert_mode),
-            key_type=cast(KeyType, key_type),
-            state_dir=settings.state_dir,
-            ca=ca,
-        )
-        async with connect(
-            target, concurrency=request.concurrency, api_rates=request.api_rates
-        ) as plane:
-            await ensure_policy(plane, ledger, fleet)
-            if request.register_ca and ca is not None:
-                await ensure_ca_registered(plane, ledger, ca)
-            unfinished = [r.name for r in ledger.things() if not r.ready]
-            recovery = await resolve_cert_intents(
-                plane,
-                ledger,
-                settings.state_dir,
-                cert_mode=cert_mode,
-                ca_pem=ca.cert_pem if ca else None,
-            )
-            if unfinished:
-                records = [ledger.thing(name) for name in unfinished]
-            else:
-                records = ledger.add_things(request.count, prefix, INDEX_WIDTH)
-            provisioner = Provisioner(
-                plane, ledger, fleet, concurrency=request.concurrency, progress=progress
-            )
-            summary = await provisioner.run(records)
-            summary.resumed = bool(unfinished)
-            return CreateResult(
-                summary=summary,
-                fleet_id=fleet_id,
-                prefix=prefix,
-                region=target.region,
-                account=account,
-                things_in_fleet=len(ledger.things()),
-                api=api_report(plane),
-                recovery=recovery,
-            )
+    return shared
 
 
 def _signing_ca(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 FLEET_ATTRIBUTE = "elf_fleet"
@@ -12,6 +13,10 @@ INDEX_WIDTH = 5  # elf-ab12cd34-00042: sortable up to 99,999 things
 _FLEET_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _THING_NAME = re.compile(r"^[a-zA-Z0-9:_-]+$")
 MAX_THING_NAME = 128
+# Ledger meta: how the fleet's policy scopes topics.
+TOPIC_SCOPE_KEY = "topic_scope"
+PER_THING = "thing"
+SHARED = "shared"
 
 
 def new_fleet_id() -> str:
@@ -45,11 +50,24 @@ def topic_root_problem(topic_root: str) -> str | None:
     return None
 
 
-def policy_document(*, region: str, account: str, topic_root: str) -> str:
+def per_thing_topics(meta: Mapping[str, str]) -> bool:
+    """Whether the fleet's policy scopes topics per thing (the default) or shares its root
+    (``create --shared-topics``). A fleet from before the choice existed shares its root."""
+    return meta.get(TOPIC_SCOPE_KEY, SHARED) == PER_THING
+
+
+def policy_document(*, region: str, account: str, topic_root: str, shared_topics: bool) -> str:
     """The fleet's least-privilege policy: a client may connect only as its own attached thing,
-    and publish, receive and subscribe only under the topic root."""
+    and publish, receive and subscribe only under ``<root>/<its thing name>`` (the policy
+    variable resolves through the certificate's thing), or anywhere under ``<root>/`` with
+    `shared_topics`, where any thing may publish as, or read, any other."""
     arn = f"arn:aws:iot:{region}:{account}"
     root = topic_root.strip("/")
+    if shared_topics:
+        topics = [f"{root}/*"]
+    else:
+        own = f"{root}/${{iot:Connection.Thing.ThingName}}"
+        topics = [own, f"{own}/*"]
     document: dict[str, Any] = {
         "Version": "2012-10-17",
         "Statement": [
@@ -62,12 +80,12 @@ def policy_document(*, region: str, account: str, topic_root: str) -> str:
             {
                 "Effect": "Allow",
                 "Action": ["iot:Publish", "iot:Receive"],
-                "Resource": f"{arn}:topic/{root}/*",
+                "Resource": [f"{arn}:topic/{topic}" for topic in topics],
             },
             {
                 "Effect": "Allow",
                 "Action": "iot:Subscribe",
-                "Resource": f"{arn}:topicfilter/{root}/*",
+                "Resource": [f"{arn}:topicfilter/{topic}" for topic in topics],
             },
         ],
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from elf_async.controlplane.fleet import PER_THING, SHARED, per_thing_topics
 from elf_async.controlplane.ledger import Ledger
 
 
@@ -28,6 +29,9 @@ def fleet_status(state_dir: Path) -> dict[str, Any]:
             "cert_mode": meta.get("cert_mode"),
             "key_type": meta.get("key_type"),
             "topic_root": meta.get("topic_root"),
+            "topic_scope": (PER_THING if per_thing_topics(meta) else SHARED)
+            if "fleet_id" in meta
+            else None,
             "keys_dir": str((state_dir / "certs").resolve()),
             "things": {
                 "total": len(records),

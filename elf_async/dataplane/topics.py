@@ -72,11 +72,18 @@ def validate_topic(topic: str, *, filter: bool = False) -> None:
             raise UsageError(f"--topic: {topic!r}: # must be the last level")
 
 
-def outside_root(topic: str, root: str) -> bool:
-    """A topic the fleet's policy does not allow (AWS disconnects a client that publishes there).
+def outside_policy(topic: str, root: str, *, thing: str | None) -> bool:
+    """A topic (or a filter, read literally as AWS does) that the fleet's policy does not allow
+    to `thing`'s connection: AWS IoT disconnects a client that publishes there and refuses
+    the subscription. A per-thing policy allows ``<root>/<thing>`` and below; `thing` None
+    stands for a shared policy, which allows anything under ``<root>/``.
 
     ``$aws/...`` topics (shadows, rules) are left to the user, as the seed allowed.
     """
     if topic.startswith("$aws/"):
         return False
-    return not (topic == root or topic.startswith(root.rstrip("/") + "/"))
+    base = root.strip("/")
+    if thing is None:
+        return not topic.startswith(base + "/")
+    own = f"{base}/{thing}"
+    return not (topic == own or topic.startswith(own + "/"))

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from elf_async.controlplane.fleet import per_thing_topics
 from elf_async.controlplane.ledger import Ledger
 from elf_async.dataplane.options import ConnectOptions, Qos, check_publish_rate
 from elf_async.dataplane.payload import build_spec
 from elf_async.dataplane.plan import SendPlan, SendSetup, ThingPlan, send_here
 from elf_async.dataplane.schedule import plan
 from elf_async.dataplane.sender import Snapshot
-from elf_async.dataplane.topics import TopicTemplate, outside_root
+from elf_async.dataplane.topics import TopicTemplate, outside_policy
 from elf_async.jobs.target import Aim, ready_identities, resolve_endpoint
 from elf_async.jobs.workers import send_in_workers
 from elf_async.report.document import SendTally, send_report, write_report
@@ -93,13 +94,25 @@ def plan_send(
         ThingPlan(identity, template.check(identity.name, identity.index), schedule)
         for identity, schedule in zip(identities, schedules, strict=True)
     ]
-    outside = [t.topic for t in things if outside_root(t.topic, root)]
+    per_thing = per_thing_topics(meta)
+    outside = [
+        t.topic
+        for t in things
+        if outside_policy(t.topic, root, thing=t.identity.name if per_thing else None)
+    ]
     if outside:
-        warnings.lines.append(
-            f"topic {outside[0]} is outside the fleet policy's topic root {root}/: "
-            "AWS IoT will disconnect clients that publish there"
-        )
+        warnings.lines.append(policy_warning(outside[0], root, per_thing=per_thing))
     return SendPlan(things, spec, qos=options.qos, window=options.max_inflight)
+
+
+def policy_warning(topic: str, root: str, *, per_thing: bool) -> str:
+    """One line for a topic outside what the fleet's policy allows its client."""
+    allowed = f"{root}/<client's thing name> and below" if per_thing else f"{root}/ and below"
+    hint = "; `create --shared-topics` opens the whole root" if per_thing else ""
+    return (
+        f"topic {topic} is outside the fleet policy ({allowed}{hint}): AWS IoT disconnects "
+        "a client that publishes there and refuses the subscription"
+    )
 
 
 async def run_send(

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from elf_async.controlplane.fleet import per_thing_topics
 from elf_async.controlplane.ledger import Ledger
 from elf_async.dataplane.connections import Connector
 from elf_async.dataplane.options import ConnectOptions, Qos
 from elf_async.dataplane.subscriber import Subscriber, Watch
-from elf_async.dataplane.topics import TopicTemplate
+from elf_async.dataplane.topics import TopicTemplate, outside_policy
+from elf_async.jobs.send import Warnings, policy_warning
 from elf_async.jobs.target import Aim, ready_identities, resolve_endpoint
 from elf_async.report.document import subscribe_report, write_report
 from elf_async.report.model import SubscribeReport
@@ -36,10 +38,13 @@ class SubscribeOptions:
     as_given: Mapping[str, Any]
 
 
-def build_watches(options: SubscribeOptions, ledger: Ledger, state_dir: Path) -> list[Watch]:
+def build_watches(
+    options: SubscribeOptions, ledger: Ledger, state_dir: Path, warnings: Warnings
+) -> list[Watch]:
     """Each watched thing's topic filter with the identity that subscribes to it."""
     meta = ledger.meta()
-    template_text = options.topic or f"{meta.get('topic_root') or 'elf'}/{{thing}}"
+    root = meta.get("topic_root") or "elf"
+    template_text = options.topic or f"{root}/{{thing}}"
     if options.append_thing_name:
         template_text = template_text.rstrip("/") + "/{thing}"
     template = TopicTemplate(template_text, fleet=meta.get("fleet_id", ""), filter=True)
@@ -48,10 +53,19 @@ def build_watches(options: SubscribeOptions, ledger: Ledger, state_dir: Path) ->
         count = options.client_offset  # watch the things a send next to us is using
     watched = ready_identities(ledger, state_dir, count=count)
     clients = ready_identities(ledger, state_dir, count=len(watched), offset=options.client_offset)
-    return [
+    watches = [
         Watch(identity=client, topic=template.check(thing.name, thing.index))
         for thing, client in zip(watched, clients, strict=True)
     ]
+    per_thing = per_thing_topics(meta)
+    outside = [
+        w.topic
+        for w in watches
+        if outside_policy(w.topic, root, thing=w.identity.name if per_thing else None)
+    ]
+    if outside:  # e.g. --client-offset under a per-thing policy: watching another's topic
+        warnings.lines.append(policy_warning(outside[0], root, per_thing=per_thing))
+    return watches
 
 
 async def run_subscribe(
@@ -61,11 +75,15 @@ async def run_subscribe(
     *,
     on_message: Callable[[str, bytes | bytearray], None] = lambda topic, payload: None,
     on_tick: Callable[[dict[str, Any]], None] = lambda row: None,
+    warn: Callable[[str], None] = lambda line: None,
 ) -> SubscribeReport:
     """Run one subscribe and return its report (also written to `options.report`)."""
     state_dir = aimed.settings.state_dir
     with Ledger.open(state_dir) as ledger:
-        watches = build_watches(options, ledger, state_dir)
+        warnings = Warnings()
+        watches = build_watches(options, ledger, state_dir, warnings)
+        for line in warnings.lines:
+            warn(line)
         endpoint = await resolve_endpoint(aimed, ledger, options.connect)
         fleet_id = ledger.meta().get("fleet_id")
     connector = Connector(

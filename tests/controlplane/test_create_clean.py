@@ -27,7 +27,8 @@ from support.fixtures import (
 )
 from support.wait import wait_until
 
-from elf_async.controlplane.certs import CertificateAuthority, key_pem
+from elf_async.controlplane.certs import CertificateAuthority, key_pem, make_csr
+from elf_async.controlplane.fleet import policy_document
 from elf_async.files import write_private, write_public
 
 PROXY = Path(__file__).parents[1] / "support" / "throttle_proxy.py"
@@ -79,9 +80,11 @@ def test_create_50_then_clean_leaves_nothing(cli: Cli, iot: Any) -> None:
     assert len(iot.list_certificates()["certificates"]) == 50
 
     document = json.loads(iot.get_policy(policyName=policy)["policyDocument"])
-    actions = {str(s["Action"]) for s in document["Statement"]}
-    assert "iot:Connect" in actions
-    assert "*" not in json.dumps(document).replace("elf/*", "")
+    per_thing = policy_document(
+        region="us-west-2", account="123456789012", topic_root="elf", shared_topics=False
+    )
+    assert document == json.loads(per_thing)
+    assert status(cli)["topic_scope"] == "thing"
 
     # keys: 0600 in a 0700 directory, never printed
     certs_dir = cli.state_dir / "certs"
@@ -109,6 +112,22 @@ def test_second_create_adds_to_the_same_fleet(cli: Cli, iot: Any) -> None:
     prefix = f"elf-{first['fleet_id']}"
     assert names == [f"{prefix}-{i:05d}" for i in range(5)]
     assert status(cli)["things"]["by_state"] == {"ready": 5}
+    assert cli("clean").returncode == 0
+    assert_nothing_left(iot)
+
+
+def test_shared_topics_are_an_opt_in_the_fleet_keeps(cli: Cli, iot: Any) -> None:
+    fleet_id = json.loads(cli("create", "1", "--shared-topics", "--json").stdout)["fleet_id"]
+    policy = iot.get_policy(policyName=f"elf-{fleet_id}-policy")["policyDocument"]
+    shared = policy_document(
+        region="us-west-2", account="123456789012", topic_root="elf", shared_topics=True
+    )
+    assert json.loads(policy) == json.loads(shared)
+    assert cli("create", "1").returncode == 0  # a fleet keeps its scope
+    assert status(cli)["topic_scope"] == "shared"
+    assert cli("clean").returncode == 0
+    assert cli("create", "1").returncode == 0
+    assert_one_line_error(cli("create", "1", "--shared-topics"), 2, "per thing")
     assert cli("clean").returncode == 0
     assert_nothing_left(iot)
 
@@ -206,6 +225,29 @@ def test_fleet_discovery_cleans_only_that_fleet(cli: Cli, iot: Any) -> None:
     assert iot.list_policies()["policies"] == []
 
 
+def test_fleet_discovery_leaves_a_certificate_that_others_hold(cli: Cli, iot: Any) -> None:
+    """A thing carrying the fleet attribute whose certificate is also attached to a thing
+    outside the fleet: the certificate only lets go of our thing and stays."""
+    fleet_id = json.loads(cli("create", "2", "--json").stdout)["fleet_id"]
+    tagged = {"attributes": {"elf_fleet": fleet_id}}
+    iot.create_thing(thingName="tagged-by-hand", attributePayload=tagged)
+    iot.create_thing(thingName="not-ours")
+    shared = iot.create_keys_and_certificate(setAsActive=True)
+    for thing in ("tagged-by-hand", "not-ours"):
+        iot.attach_thing_principal(thingName=thing, principal=shared["certificateArn"])
+    assert cli("clean", "--only-local", "--yes").returncode == 0
+
+    result = cli("clean", "--fleet", fleet_id)
+    assert result.returncode == 0, result.stderr
+    assert [t["thingName"] for t in fleet_things(iot)] == ["not-ours"]
+    assert cert_ids(iot) == [shared["certificateId"]]
+    assert iot.list_principal_things(principal=shared["certificateArn"])["things"] == ["not-ours"]
+    [warning] = [line for line in result.stdout.splitlines() if "warning" in line]
+    assert "tagged-by-hand" in warning
+    assert "also held by not-ours" in warning
+    assert "left in AWS" in warning
+
+
 def test_only_local_without_yes_refuses_when_not_interactive(cli: Cli, iot: Any) -> None:
     assert cli("create", "1").returncode == 0
     result = cli("clean", "--only-local")
@@ -267,27 +309,71 @@ def test_create_again_finishes_an_interrupted_create(cli: Cli, iot: Any) -> None
     assert_nothing_left(iot)
 
 
-def test_interrupted_certificate_creation_is_found_by_clean(cli: Cli, iot: Any) -> None:
-    """A kill between AWS creating a certificate and the ledger learning its id."""
-    assert cli("create", "2").returncode == 0
+def interrupted_thing(cli: Cli, index: int) -> str:
+    """The state a kill leaves: a thing whose certificate call may have run but was never
+    recorded. Returns its name."""
     db = sqlite3.connect(cli.state_dir / "ledger.sqlite3")
-    name = db.execute("SELECT name FROM things ORDER BY idx DESC LIMIT 1").fetchone()[0]
-    db.close()
-    # The state a kill leaves: a third thing whose certificate call ran but was never recorded.
-    orphan = iot.create_keys_and_certificate(setAsActive=True)
-    db = sqlite3.connect(cli.state_dir / "ledger.sqlite3")
+    last = db.execute("SELECT name FROM things ORDER BY idx DESC LIMIT 1").fetchone()[0]
+    name = f"{last[:-5]}{index:05d}"
     db.execute(
-        "INSERT INTO things (idx, name, cert_state, cert_intent_at) VALUES (99, ?, 'intended', ?)",
-        (name[:-5] + "00099", time.time()),
+        "INSERT INTO things (idx, name, cert_state, cert_intent_at) VALUES (?, ?, 'intended', ?)",
+        (index, name, time.time()),
     )
     db.commit()
     db.close()
+    return name
+
+
+def cert_ids(iot: Any) -> list[str]:
+    return [c["certificateId"] for c in iot.list_certificates()["certificates"]]
+
+
+def test_unprovable_certificate_is_listed_not_deleted(cli: Cli, iot: Any) -> None:
+    """aws mode: a certificate made at that moment by someone else looks just like the one a
+    killed create may have made. Nothing proves it ours, so clean lists it and leaves it."""
+    assert cli("create", "2", "--cert-mode", "aws").returncode == 0
+    interrupted_thing(cli, 99)
+    someone_elses = iot.create_keys_and_certificate(setAsActive=True)["certificateId"]
     result = cli("clean")
     assert result.returncode == 0, result.stderr
-    assert orphan["certificateId"] not in [
-        c["certificateId"] for c in iot.list_certificates()["certificates"]
-    ]
+    assert cert_ids(iot) == [someone_elses]
+    assert (
+        f"aws iot update-certificate --certificate-id {someone_elses} --region us-west-2 "
+        f"--endpoint-url {cli.endpoint_url} --new-status INACTIVE && aws iot delete-certificate "
+        f"--certificate-id {someone_elses}" in result.stdout
+    )
+    iot.update_certificate(certificateId=someone_elses, newStatus="INACTIVE")
+    iot.delete_certificate(certificateId=someone_elses)
     assert_nothing_left(iot)
+
+
+def test_interrupted_csr_certificate_is_proven_ours_and_cleaned(cli: Cli, iot: Any) -> None:
+    """csr mode (the default): the certificate carries our key (AWS) or, on moto, which ignores
+    the CSR's key, our thing's name and the fleet id. A certificate with only the name is not
+    proof: it is listed and left."""
+    fleet_id = json.loads(cli("create", "2", "--prefix", "dev", "--json").stdout)["fleet_id"]
+    unproven, proven = interrupted_thing(cli, 98), interrupted_thing(cli, 99)
+    for name in (unproven, proven):
+        write_private(cli.state_dir / "certs" / f"{name}.key", key_pem(new_key()))
+
+    def from_csr(name: str, unit: str | None = None) -> str:
+        csr = make_csr(new_key(), name, unit=unit)
+        response = iot.create_certificate_from_csr(certificateSigningRequest=csr, setAsActive=True)
+        return str(response["certificateId"])
+
+    ours = from_csr(proven, unit=f"elf-async {fleet_id}")
+    same_name = from_csr(unproven)
+    result = cli("clean")
+    assert result.returncode == 0, result.stderr
+    assert cert_ids(iot) == [same_name]
+    assert ours not in result.stdout
+    [line] = [line for line in result.stdout.splitlines() if "nothing proves it is ours" in line]
+    assert f"certificate {same_name}" in line
+    assert unproven in line
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
 
 
 # --- AWS pushing back ----------------------------------------------------------------

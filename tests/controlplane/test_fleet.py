@@ -1,22 +1,95 @@
-"""A fleet's names and its least-privilege policy."""
+"""The fleet policy: what a thing's connection may do, read the way AWS IoT evaluates it."""
 
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
+
+import pytest
 
 from elf_async.controlplane.fleet import policy_document, prefix_problem, topic_root_problem
 
+ARN = "arn:aws:iot:us-west-2:123456789012"
+THING_VARIABLE = "${iot:Connection.Thing.ThingName}"
 
-def test_policy_is_least_privilege() -> None:
-    document = json.loads(
-        policy_document(region="us-west-2", account="123456789012", topic_root="elf")
+
+def allows(document: dict[str, Any], action: str, resource: str, thing: str) -> bool:
+    """IAM-style evaluation of our Allow statements: `*` and `?` wildcards, the thing-name
+    policy variable resolved for a connection whose certificate is attached to `thing`."""
+    for statement in document["Statement"]:
+        actions = statement["Action"]
+        if action not in ([actions] if isinstance(actions, str) else actions):
+            continue
+        resources = statement["Resource"]
+        for pattern in [resources] if isinstance(resources, str) else resources:
+            concrete = pattern.replace(THING_VARIABLE, thing)
+            regex = "".join(
+                ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in concrete
+            )
+            if re.fullmatch(regex, resource):
+                return True
+    return False
+
+
+def policy(*, shared_topics: bool, root: str = "elf") -> dict[str, Any]:
+    text = policy_document(
+        region="us-west-2", account="123456789012", topic_root=root, shared_topics=shared_topics
     )
-    connect, publish, subscribe = document["Statement"]
-    assert connect["Resource"].endswith(":client/${iot:Connection.Thing.ThingName}")
-    assert connect["Condition"] == {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}
-    assert publish["Resource"] == "arn:aws:iot:us-west-2:123456789012:topic/elf/*"
-    assert subscribe["Resource"] == "arn:aws:iot:us-west-2:123456789012:topicfilter/elf/*"
-    assert len(json.dumps(document).replace(" ", "")) <= 2048
+    assert len(re.sub(r"\s", "", text)) <= 2048  # AWS's limit on a policy document
+    return dict(json.loads(text))
+
+
+def test_connect_only_as_the_attached_thing() -> None:
+    for shared in (False, True):
+        document = policy(shared_topics=shared)
+        connect = document["Statement"][0]
+        assert connect["Condition"] == {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}
+        assert allows(document, "iot:Connect", f"{ARN}:client/elf-1", "elf-1")
+        assert not allows(document, "iot:Connect", f"{ARN}:client/elf-2", "elf-1")
+
+
+@pytest.mark.parametrize("action", ["iot:Publish", "iot:Receive"])
+def test_per_thing_by_default(action: str) -> None:
+    document = policy(shared_topics=False)
+    mine = ["elf/t1", "elf/t1/telemetry", "elf/t1/a/b"]
+    others = ["elf/t2", "elf/t10", "elf/t1x", "elf", "elf/", "other/t1"]
+    for topic in mine:
+        assert allows(document, action, f"{ARN}:topic/{topic}", "t1"), topic
+    for topic in others:
+        assert not allows(document, action, f"{ARN}:topic/{topic}", "t1"), topic
+
+
+def test_per_thing_subscriptions() -> None:
+    document = policy(shared_topics=False)
+    for topic_filter in ["elf/t1", "elf/t1/#", "elf/t1/+/x"]:
+        assert allows(document, "iot:Subscribe", f"{ARN}:topicfilter/{topic_filter}", "t1")
+    for topic_filter in ["elf/#", "elf/+", "elf/t2/#", "#"]:
+        assert not allows(document, "iot:Subscribe", f"{ARN}:topicfilter/{topic_filter}", "t1")
+    # topics and filters are distinct resources
+    assert not allows(document, "iot:Subscribe", f"{ARN}:topic/elf/t1", "t1")
+    assert not allows(document, "iot:Publish", f"{ARN}:topicfilter/elf/t1", "t1")
+
+
+def test_shared_topics_open_the_whole_root() -> None:
+    document = policy(shared_topics=True, root="load/test")
+    assert allows(document, "iot:Publish", f"{ARN}:topic/load/test/t2", "t1")
+    assert allows(document, "iot:Receive", f"{ARN}:topic/load/test/any/thing", "t1")
+    assert allows(document, "iot:Subscribe", f"{ARN}:topicfilter/load/test/#", "t1")
+    assert not allows(document, "iot:Publish", f"{ARN}:topic/load/other", "t1")
+    assert not allows(document, "iot:Subscribe", f"{ARN}:topicfilter/#", "t1")
+
+
+def test_nothing_else_is_allowed() -> None:
+    document = policy(shared_topics=False)
+    assert {s["Effect"] for s in document["Statement"]} == {"Allow"}
+    actions = [s["Action"] for s in document["Statement"]]
+    assert actions == ["iot:Connect", ["iot:Publish", "iot:Receive"], "iot:Subscribe"]
+    assert ":*" not in json.dumps(document)
+
+
+def test_a_long_root_stays_under_the_size_limit() -> None:
+    policy(shared_topics=False, root="/".join(["level"] * 7))
 
 
 def test_name_checks() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from elf_async.dataplane.topics import TopicTemplate, outside_root, validate_topic
+from elf_async.dataplane.topics import TopicTemplate, outside_policy, validate_topic
 from elf_async.errors import UsageError
 
 
@@ -47,8 +47,21 @@ def test_filters_allow_whole_level_wildcards_only() -> None:
         validate_topic("elf/#/x", filter=True)
 
 
-def test_outside_root() -> None:
-    assert not outside_root("elf/thing-1", "elf")
-    assert outside_root("other/thing-1", "elf")
-    assert outside_root("elfish/x", "elf")
-    assert not outside_root("$aws/things/t/shadow/update", "elf")
+def test_outside_a_shared_policy() -> None:
+    assert not outside_policy("elf/thing-1", "elf", thing=None)
+    assert not outside_policy("elf/thing-2/x", "elf", thing=None)
+    assert outside_policy("other/thing-1", "elf", thing=None)
+    assert outside_policy("elfish/x", "elf", thing=None)
+    assert outside_policy("elf", "elf", thing=None)  # the policy allows elf/*, not elf
+    assert not outside_policy("$aws/things/t/shadow/update", "elf", thing=None)
+
+
+def test_outside_a_per_thing_policy() -> None:
+    assert not outside_policy("elf/t1", "elf", thing="t1")
+    assert not outside_policy("elf/t1/telemetry", "elf", thing="t1")
+    assert not outside_policy("elf/t1/#", "elf", thing="t1")  # a filter, read literally
+    assert outside_policy("elf/t2", "elf", thing="t1")  # another thing's topic
+    assert outside_policy("elf/t10", "elf", thing="t1")
+    assert outside_policy("elf/#", "elf", thing="t1")
+    assert outside_policy("elf/+/telemetry", "elf", thing="t1")
+    assert not outside_policy("$aws/things/t1/shadow/update", "elf", thing="t1")

@@ -1,0 +1,76 @@
+"""send and subscribe warn about a topic the fleet's policy does not allow the client that
+uses it: per thing by default, the whole topic root with `create --shared-topics`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from elf_async.controlplane.certs import thing_files
+from elf_async.controlplane.ledger import STEPS, Ledger
+from elf_async.jobs.send import SendRequest, Warnings, plan_send
+from elf_async.jobs.subscribe import SubscribeRequest, build_watches
+
+
+def fleet(state_dir: Path, scope: str | None) -> Ledger:
+    """A ledger of three ready things with (empty) key files: enough to plan, no I/O."""
+    ledger = Ledger.open(state_dir, create=True)
+    ledger.set_meta(fleet_id="f1", topic_root="elf", topic_scope=scope)
+    for record in ledger.add_things(3, "elf-f1", 5):
+        for step in STEPS:
+            ledger.mark(record.name, step, "created")
+        for path in thing_files(state_dir, record.name):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
+    return ledger
+
+
+def send_warnings(tmp_path: Path, scope: str | None, topic: str | None) -> list[str]:
+    warnings = Warnings()
+    with fleet(tmp_path, scope) as ledger:
+        plan_send(SendRequest(topic=topic, count=1), ledger, tmp_path, warnings)
+    return warnings.lines
+
+
+def subscribe_warnings(tmp_path: Path, scope: str | None, **options: Any) -> list[str]:
+    warnings = Warnings()
+    with fleet(tmp_path, scope) as ledger:
+        build_watches(SubscribeRequest(**options), ledger, tmp_path, warnings)
+    return warnings.lines
+
+
+@pytest.mark.parametrize("topic", [None, "elf/{thing}/telemetry", "$aws/things/{thing}/shadow"])
+def test_send_defaults_fit_a_per_thing_policy(tmp_path: Path, topic: str | None) -> None:
+    assert send_warnings(tmp_path, "thing", topic) == []
+
+
+def test_send_to_a_shared_topic_under_a_per_thing_policy(tmp_path: Path) -> None:
+    [line] = send_warnings(tmp_path, "thing", "elf/all")
+    assert "topic elf/all is outside the fleet policy" in line
+    assert "--shared-topics" in line
+
+
+@pytest.mark.parametrize("scope", ["shared", None])  # None: a fleet from before the choice
+def test_shared_policy_allows_the_whole_root(tmp_path: Path, scope: str | None) -> None:
+    assert send_warnings(tmp_path, scope, "elf/all") == []
+    [line] = send_warnings(tmp_path / "again", scope, "other/{thing}")
+    assert "topic other/elf-f1-00000 is outside the fleet policy (elf/ and below" in line
+
+
+def test_subscribe_own_topics_fit_a_per_thing_policy(tmp_path: Path) -> None:
+    assert subscribe_warnings(tmp_path, "thing") == []
+    assert subscribe_warnings(tmp_path / "b", "thing", topic="elf/{thing}/#") == []
+
+
+def test_subscribe_beside_a_send_needs_shared_topics(tmp_path: Path) -> None:
+    """--client-offset: subscriber j connects as another thing than the one it watches."""
+    [line] = subscribe_warnings(tmp_path, "thing", things=1, client_offset=1)
+    assert "topic elf/elf-f1-00000 is outside the fleet policy" in line
+    assert subscribe_warnings(tmp_path / "b", "shared", things=1, client_offset=1) == []
+
+
+def test_subscribe_to_the_whole_root_under_a_per_thing_policy(tmp_path: Path) -> None:
+    [line] = subscribe_warnings(tmp_path, "thing", topic="elf/#")
+    assert "topic elf/# is outside" in line
