@@ -71,6 +71,7 @@ class Connector:
     failed: int = 0  # attempts that failed; attempted == succeeded + failed once settled
     things_failed: int = 0  # things that never connected
     reconnects: int = 0  # connections the broker dropped that were reopened
+    reconnect_attempts: int = 0  # attempts to reopen them, failed ones included
     connect_time: Histogram = field(default_factory=Histogram)
     errors: Counter[str] = field(default_factory=Counter)
     _limiter: RateLimiter = field(init=False)
@@ -145,11 +146,14 @@ class Connector:
         on_message: MessageCallback | None = None,
     ) -> Link:
         """Reconnect after the broker dropped a thing: retry with backoff until cancelled."""
-        self.reconnects += 1
         attempt = 0
         while True:
+            self.reconnect_attempts += 1
             try:
-                return await self._attempt(thing, on_message)
+                link = await self._attempt(thing, on_message)
             except ConnectFailed:
                 await asyncio.sleep(backoff_delay(attempt, base=0.5, cap=RECONNECT_CAP))
                 attempt += 1
+                continue
+            self.reconnects += 1
+            return link

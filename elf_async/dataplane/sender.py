@@ -455,10 +455,12 @@ class Sender:
             await link.close()  # gone already: only collects aiomqtt's disconnection error
             p.connection_lost()
             self.connector.errors[f"connection lost: {reason}"] += 1
+            p.error = f"lost its connection and never got it back ({reason})"
             if stop.event.is_set():
                 return
-            p.reconnects += 1
             p.attach(await self.connector.reopen(p.thing), self.takeover)
+            p.reconnects += 1
+            p.error = None
             p.pump()
 
     async def _drain(self, live: list[Publisher], stop: StopSignal) -> None:

@@ -149,14 +149,16 @@ class Subscriber:
             watch.error = exc.reason
             return
         while (link := watch.link) is not None:
-            await link.lost
+            reason = await link.lost
             await link.close()  # gone already: only collects aiomqtt's disconnection error
             watch.link = None
+            watch.error = f"lost its connection and never got it back ({reason})"
             if stop.event.is_set():
                 return
-            watch.reconnects += 1
             with contextlib.suppress(ConnectFailed):
                 await self._open(watch, first=False)
+                watch.reconnects += 1
+                watch.error = None
 
     async def run(self, stop: StopSignal) -> SubscribeResult:
         started_at = time.time()

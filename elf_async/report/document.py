@@ -44,6 +44,7 @@ class ConnectionTally:
     succeeded: int = 0
     failed: int = 0
     reconnects: int = 0
+    reconnect_attempts: int = 0
     things_failed: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     connect_time: Histogram = field(default_factory=Histogram)
@@ -55,6 +56,7 @@ class ConnectionTally:
             succeeded=connector.succeeded,
             failed=connector.failed,
             reconnects=connector.reconnects,
+            reconnect_attempts=connector.reconnect_attempts,
             things_failed=connector.things_failed,
             errors=Counter(connector.errors),
             connect_time=connector.connect_time,
@@ -67,6 +69,7 @@ class ConnectionTally:
             succeeded=sum(p.succeeded for p in parts),
             failed=sum(p.failed for p in parts),
             reconnects=sum(p.reconnects for p in parts),
+            reconnect_attempts=sum(p.reconnect_attempts for p in parts),
             things_failed=sum(p.things_failed for p in parts),
             errors=sum((p.errors for p in parts), Counter()),
             connect_time=merged(p.connect_time for p in parts),
@@ -208,6 +211,7 @@ def base_report(
             "succeeded": connections.succeeded,
             "failed": connections.failed,
             "reconnects": connections.reconnects,
+            "reconnect_attempts": connections.reconnect_attempts,
             "things_failed": connections.things_failed,
             "errors": dict(connections.errors.most_common()),
         },

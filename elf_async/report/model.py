@@ -53,6 +53,7 @@ class Connections(TypedDict):
     succeeded: Annotated[int, "attempts that connected"]
     failed: Annotated[int, "attempts that failed, retried ones included"]
     reconnects: Annotated[int, "connections the broker dropped that were reopened"]
+    reconnect_attempts: Annotated[int, "attempts to reopen them, failed ones included"]
     things_failed: Annotated[int, "things (or subscribers) that never connected"]
     errors: Annotated[dict[str, int], "each failure reason and how often, most frequent first"]
 
@@ -134,7 +135,11 @@ class SendThing(TypedDict):
     failed: Annotated[int, "never acknowledged"]
     unsent: Annotated[int, "due but never published"]
     reconnects: Annotated[int, "connections the broker dropped that were reopened"]
-    error: Annotated[str | None, "why it never connected (or why its worker's counts are lost)"]
+    error: Annotated[
+        str | None,
+        "why it never connected, or lost its connection and never got it back (or why its "
+        "worker's counts are lost)",
+    ]
 
 
 class Workers(TypedDict):
@@ -163,7 +168,8 @@ class SendReport(CommonReport):
         "the target counts every thing, connected or not (achieved is 0 when none connected)",
     ]
     things: Annotated[
-        list[SendThing], "one row per thing, in fleet order; `error`: why it never connected"
+        list[SendThing],
+        "one row per thing, in fleet order; `error`: why it did not send all it owed",
     ]
     workers: NotRequired[
         Annotated[Workers, "`send --workers N` with N > 1: `lost` says whose counts are missing"]
@@ -213,7 +219,7 @@ class Subscriber(TypedDict):
     topic: Annotated[str, "its topic filter"]
     received: Annotated[int, "messages it received"]
     reconnects: Annotated[int, "connections the broker dropped that were reopened"]
-    error: Annotated[str | None, "why it never connected"]
+    error: Annotated[str | None, "why it never connected, or lost its connection for good"]
 
 
 class SubscribeReport(CommonReport):

@@ -144,7 +144,11 @@ def test_broker_restart_mid_send_reconnects_and_loses_no_acknowledged_message(
             _, stderr = process.communicate(timeout=60)
             assert process.returncode == 0, stderr
             report = load(report_file)
-            assert report["connections"]["reconnects"] >= 3
+            assert report["connections"]["reconnects"] >= 3  # every thing got back
+            assert (
+                report["connections"]["reconnect_attempts"] >= report["connections"]["reconnects"]
+            )
+            assert all(row["error"] is None for row in report["things"])
             messages = report["messages"]
             assert messages["acked"] == messages["published"] == messages["scheduled"] == 180
             watcher.settle(180, timeout=20)

@@ -180,7 +180,7 @@ async def test_a_thing_that_never_connected_owes_what_fell_due_until_the_stop(
     assert totals.scheduled - totals.published >= refused.scheduled
 
 
-async def test_a_dropped_connection_leaves_no_unretrieved_exception_behind(
+async def test_a_connection_that_never_comes_back_is_named_and_leaves_no_noise(
     test_ca: FixtureCA, tmp_path: Path
 ) -> None:
     """The broker drops a publisher mid-send and never comes back. The old connection's
@@ -204,7 +204,7 @@ async def test_a_dropped_connection_leaves_no_unretrieved_exception_behind(
         with StopSignal() as stop:
 
             def drop_then_stop(snapshot: Snapshot) -> None:
-                if publisher.reconnects and not stop.event.is_set():
+                if connector.reconnect_attempts and not stop.event.is_set():
                     os.kill(os.getpid(), signal.SIGINT)  # the loss was seen: enough
                 elif snapshot.totals.acked and publisher.link is not None:
                     peer.drop()
@@ -213,3 +213,8 @@ async def test_a_dropped_connection_leaves_no_unretrieved_exception_behind(
             await sender.run(stop)
     assert any(reason.startswith("connection lost") for reason in connector.errors)
     assert publisher.acked <= publisher.published <= publisher.scheduled
+    # Attempts are not reconnections: none succeeded, and the thing says why it stopped.
+    assert connector.reconnect_attempts >= 1
+    assert (connector.reconnects, publisher.reconnects) == (0, 0)
+    assert publisher.error is not None
+    assert publisher.error.startswith("lost its connection and never got it back")

@@ -8,10 +8,16 @@ from typing import Any
 
 import pytest
 
+from elf_async.cli._options import (
+    SendArgs,
+    SubscribeArgs,
+    parse_send_options,
+    parse_subscribe_options,
+)
 from elf_async.controlplane.certs import thing_files
 from elf_async.controlplane.ledger import STEPS, Ledger
-from elf_async.jobs.send import SendRequest, Warnings, plan_send
-from elf_async.jobs.subscribe import SubscribeRequest, build_watches
+from elf_async.jobs.send import Warnings, plan_send
+from elf_async.jobs.subscribe import build_watches
 
 
 def fleet(state_dir: Path, scope: str | None) -> Ledger:
@@ -30,14 +36,14 @@ def fleet(state_dir: Path, scope: str | None) -> Ledger:
 def send_warnings(tmp_path: Path, scope: str | None, topic: str | None) -> list[str]:
     warnings = Warnings()
     with fleet(tmp_path, scope) as ledger:
-        plan_send(SendRequest(topic=topic, count=1), ledger, tmp_path, warnings)
+        plan_send(parse_send_options(SendArgs(topic=topic, count=1)), ledger, tmp_path, warnings)
     return warnings.lines
 
 
 def subscribe_warnings(tmp_path: Path, scope: str | None, **options: Any) -> list[str]:
     warnings = Warnings()
     with fleet(tmp_path, scope) as ledger:
-        build_watches(SubscribeRequest(**options), ledger, tmp_path, warnings)
+        build_watches(parse_subscribe_options(SubscribeArgs(**options)), ledger, tmp_path, warnings)
     return warnings.lines
 
 

@@ -132,7 +132,10 @@ def test_an_unknown_metric_lists_what_is_available() -> None:
     assert "\n" not in message
     assert "connect|ack|ack_from_send|lag|end_to_end" in message
     assert "count|p50|p90|p99|p999|max|mean" in message
-    assert "connections.attempted|succeeded|failed|reconnects|things_failed" in message
+    assert (
+        "connections.attempted|succeeded|failed|reconnects|reconnect_attempts|things_failed"
+        in message
+    )
     for metric in REPORT_METRICS:
         assert metric.rpartition(".")[2] in message, metric
 
