@@ -377,6 +377,21 @@ def settled_count(counter: BrokerCounter, after: float, limit: float = 35.0) -> 
     return value
 
 
+def wait_idle(pid: int, busy_below: float = 0.05, limit: float = 300.0) -> float:
+    """Wait until process `pid` uses less than `busy_below` of a core over a second (at most
+    `limit` s); returns the seconds waited. A broker flooded at QoS 0 reads and forwards its
+    backlog for a long time after the publisher stopped: the next run must not share it."""
+    start = time.monotonic()
+    last = cpu_seconds(pid)
+    while time.monotonic() - start < limit:
+        time.sleep(1.0)
+        now = cpu_seconds(pid)
+        if not now - last >= busy_below:  # NaN (gone) counts as idle
+            break
+        last = now
+    return time.monotonic() - start
+
+
 def wait_settled(counter: Any, quiet: float = 0.5, limit: float = 15.0) -> None:
     """Wait until `counter()` stops changing for `quiet` seconds (at most `limit`)."""
     deadline = time.monotonic() + limit

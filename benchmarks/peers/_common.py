@@ -1,10 +1,21 @@
-"""What every publisher peer shares: its config, the READY/GO/RESULT handshake, the payload.
+"""What every publisher peer shares: its config, the READY/GO/RESULT handshake, the payload,
+the load model.
 
 Each peer runs in its own process so the harness can charge it exactly the CPU it used
 (/proc/PID/stat between GO and RESULT) and nothing of the broker, subscriber or harness.
 Protocol on stdio: the peer connects its clients and prints ``READY {json}``; the harness
 writes ``GO``; the peer publishes for ``seconds``, waits up to ``drain_seconds`` for QoS 1
 acknowledgements, prints ``RESULT {json}``, then disconnects when stdin closes or says EXIT.
+
+The load model is the same for every peer (`OpenLoop`): client i's message k is due at
+``GO + phase_i + k / rate``; a client behind its schedule sends what is due as fast as its
+window (QoS 1: at most `inflight` unacknowledged) and its socket allow. "Flat out" is the same
+open loop at a rate no publisher reaches, so each one runs behind and goes as fast as it can.
+
+What a peer reports as ``published`` is what the kernel had taken by the stop (GO +
+``seconds``): messages still in a user-space buffer then are not counted in it (they go out
+in the drain and are reported as ``sent``, which the harness checks against what the
+subscribers and the broker counted).
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 import ssl
 import sys
 import time
@@ -36,7 +48,8 @@ class PeerConfig:
     seconds: float = 5.0
     payload_size: int = 100
     inflight: int = 100
-    rate: float | None = None  # messages per second per client; None = flat out
+    rate: float = 100_000.0  # messages per second per client, open loop (see OpenLoop)
+    paced: bool = False  # False: flat out (the rate is above reach); True: lag is recorded
     topic_prefix: str = "bench"
     connect_concurrency: int = 50
     drain_seconds: float = 10.0
@@ -56,6 +69,36 @@ def load_config(argv: list[str] | None = None) -> PeerConfig:
     return PeerConfig(**raw)
 
 
+@dataclass(slots=True)
+class OpenLoop:
+    """One client's schedule: message k is due at ``base + k * interval``, whatever happened
+    before (the load model of every peer, as elf-async's own scheduler has it)."""
+
+    base: float  # monotonic instant message 0 is due: GO plus the client's phase
+    interval: float
+    sent: int = 0  # messages handed to the client library so far
+
+    @classmethod
+    def fleet(cls, start: float, rate: float, clients: int) -> list[OpenLoop]:
+        """Every client's schedule, first messages spread over the first interval."""
+        interval = 1.0 / rate
+        return [cls(start + interval * i / clients, interval) for i in range(clients)]
+
+    def owed(self, now: float) -> int:
+        """Messages due by `now` and not sent yet."""
+        if now < self.base:
+            return 0
+        return int((now - self.base) / self.interval) + 1 - self.sent
+
+    def next_due(self) -> float:
+        return self.base + self.sent * self.interval
+
+    def lags(self, now: float, count: int) -> list[float]:
+        """How late the next `count` messages are when sent at `now` (paced runs record them)."""
+        due = self.next_due()
+        return [now - due - k * self.interval for k in range(count)]
+
+
 def payload(size: int) -> bytes:
     """A fixed JSON-ish payload of exactly `size` bytes: same bytes for every peer."""
     head = b'{"msg": "IoT ELF Hello", "pad": "'
@@ -66,9 +109,20 @@ def payload(size: int) -> bytes:
 
 
 def tls_context(config: PeerConfig, spec: ClientSpec) -> ssl.SSLContext:
+    """Mutual TLS as for every peer: the broker verified against the CA (and its name), the
+    client's own certificate presented."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=config.ca_file)
     context.load_cert_chain(spec.cert, spec.key)
     return context
+
+
+# Every peer turns Nagle off on its sockets, as elf-async does: a load generator writes
+# when a message is due, and must not wait for the ACK of the previous segment.
+NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    sock.setsockopt(*NODELAY)
 
 
 def emit(tag: str, data: dict[str, Any]) -> None:

@@ -18,19 +18,12 @@ from elf_async.dataplane.tally import Totals
 CONNECT_PER_S = 1000.0  # connecting is untimed (before GO): as fast as the broker takes it
 
 
-def rate_of(config: PeerConfig) -> float:
-    """Messages per second per thing: the paced rate, or the flat-out schedule."""
-    if config.rate is not None:
-        return float(config.rate)
-    return float(config.extra.get("flat_out_rate", 100.0))
-
-
 def send_plan(config: PeerConfig) -> SendPlan:
     """Every client as a thing, with the default stamped payload, as `send` plans it."""
     spec = build_spec(
         message=None, json_message=None, template=None, size=config.payload_size, stamp=None
     )
-    schedules = plan(len(config.clients), rate_of(config), duration=config.seconds)
+    schedules = plan(len(config.clients), config.rate, duration=config.seconds)
     return SendPlan(
         [
             ThingPlan(Identity(c.id, i, Path(c.key), Path(c.cert)), config.topic(c.id), schedule)
@@ -57,19 +50,24 @@ def result_document(
     totals: Totals,
     shared: Shared,
     *,
+    published: int,
     qos: int,
     publish_seconds: float,
     drain_seconds: float,
     self_cpu: float,
+    cpu_at_stop: float | None = None,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
-    """What an elf-async peer reports (in-process, or `send --workers` merged)."""
+    """What an elf-async peer reports (in-process, or `send --workers` merged): `totals` at
+    the end, `published` by the stop (flat out) or at the end (paced)."""
     return {
-        "published": totals.published,
+        "published": published,
+        "sent": totals.published,
         "acked": totals.acked if qos else totals.published,
         "publish_seconds": publish_seconds,
         "drain_seconds": drain_seconds,
         "self_cpu": self_cpu,
+        "cpu_at_stop": cpu_at_stop,
         "lag_ms": {
             key: shared.lag.percentile_ms(p)
             for key, p in (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import heapq
 import json
-import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -36,7 +35,9 @@ import paho.mqtt.client as mqtt
 import uvloop
 
 from benchmarks.peers._common import (
+    NODELAY,
     ClientSpec,
+    OpenLoop,
     PeerConfig,
     emit,
     load_config,
@@ -429,9 +430,7 @@ async def connect(
             keepalive=60,
             timeout=30,
             max_inflight_messages=config.inflight,
-            # paho leaves Nagle on; asyncio transports (gmqtt) turn it off. With Nagle, a
-            # burst written while the previous one is unacknowledged waits for the ACK.
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            socket_options=[NODELAY],
         )
         try:
             return await stack.enter_async_context(client)
@@ -478,12 +477,21 @@ async def run() -> None:
         start = time.monotonic()
         end = start + config.seconds
         lags: list[float] = []
-        if config.rate is not None:
+        if config.paced:
             for path in paths:
                 path.ack_times = []
             await paced(paths, config.rate, start, end, body, lags, stamp, limit)
         else:
-            await asyncio.gather(*(flat_out(p, body, end, qos, stamp, limit) for p in paths))
+            schedules = OpenLoop.fleet(start, config.rate, len(paths))
+            await asyncio.gather(
+                *(
+                    flat_out(p, s, body, end, qos, stamp, limit)
+                    for p, s in zip(paths, schedules, strict=True)
+                )
+            )
+        stop_at = time.monotonic()
+        at_stop = sum(p.sent for p in paths)  # in the kernel by the stop
+        cpu_at_stop = self_cpu() - cpu0
         # What is still in our buffers is not published until the kernel has it: flush it
         # (at QoS 0 we frame faster than the broker reads) and count that time too.
         flush_end = time.monotonic() + config.drain_seconds
@@ -502,11 +510,13 @@ async def run() -> None:
         emit(
             "RESULT",
             {
-                "published": published,
+                "published": published if config.paced else at_stop,
+                "sent": published,
                 "acked": sum(p.acked for p in paths) if qos else published,
-                "publish_seconds": publish_end - start,
+                "publish_seconds": (publish_end if config.paced else stop_at) - start,
                 "drain_seconds": done - publish_end,
                 "self_cpu": self_cpu() - cpu0,
+                "cpu_at_stop": cpu_at_stop,
                 "lag_ms": percentiles(lags),
                 "ack_ms": percentiles(ack_times),
                 "extra": {
@@ -519,14 +529,21 @@ async def run() -> None:
         await wait_line_async()
 
 
-async def flat_out(path: Path, body: bytes, end: float, qos: int, stamp: bool, limit: int) -> None:
-    """As fast as the connection allows: bursts, one write per burst, ≤ `limit` at QoS 1."""
+async def flat_out(
+    path: Path, schedule: OpenLoop, body: bytes, end: float, qos: int, stamp: bool, limit: int
+) -> None:
+    """What is due, as fast as the connection allows: bursts, one write per burst, ≤ `limit`
+    at QoS 1 (the open loop of every peer, at a rate above reach)."""
     make = stamper(path.client.identifier) if stamp else None
     seq = 0
     while not path.dead:
         now = time.monotonic()
         if now >= end:
             return
+        owed = schedule.owed(now)
+        if owed <= 0:
+            await asyncio.sleep(min(schedule.next_due(), end) - now)
+            continue
         if qos:
             room = limit - path.inflight
             if room <= 0:
@@ -541,6 +558,8 @@ async def flat_out(path: Path, body: bytes, end: float, qos: int, stamp: bool, l
             elif path.blocked:
                 await path.wait()  # woken by loop_write once the socket took it all
                 continue
+        room = min(room, owed)
+        schedule.sent += room
         for _ in range(room):
             if make is not None:
                 seq += 1

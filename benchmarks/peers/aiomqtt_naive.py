@@ -1,7 +1,8 @@
 """Peer (2): aiomqtt 2.x as documented: one task per client awaiting every `publish()`, uvloop.
 
 This is the "obvious" asyncio style the seed used; at QoS 1 each client has one message in
-flight because each await waits for the PUBACK.
+flight because each await waits for the PUBACK. A message counts once its await returned
+(QoS 0: paho wrote it; QoS 1: PUBACKed) before the stop.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import aiomqtt
 import uvloop
 
 from benchmarks.peers._common import (
+    NODELAY,
     ClientSpec,
+    OpenLoop,
     PeerConfig,
     emit,
     load_config,
@@ -37,6 +40,7 @@ async def connect(
             tls_context=tls_context(config, spec),
             keepalive=60,
             timeout=30,
+            socket_options=[NODELAY],
         )
         try:
             return await stack.enter_async_context(client)
@@ -57,37 +61,43 @@ async def run() -> None:
         body = payload(config.payload_size)
         start = time.monotonic()
         end = start + config.seconds
-        interval = None if config.rate is None else 1.0 / config.rate
+        schedules = OpenLoop.fleet(start, config.rate, len(clients))
         lags: list[float] = []
-        sent = [0] * len(clients)
+        done = [0] * len(clients)  # awaits that returned before the stop
 
-        async def publisher(index: int, client: aiomqtt.Client) -> None:
+        async def publisher(index: int, client: aiomqtt.Client, schedule: OpenLoop) -> None:
             topic = config.topic(client.identifier)
-            due = start + (index / len(clients)) * (interval or 0)
             while True:
                 now = time.monotonic()
                 if now >= end:
                     return
-                if interval is not None:
-                    if due > now:
-                        await asyncio.sleep(due - now)
-                        continue
-                    lags.append(now - due)
-                    due += interval
+                if schedule.owed(now) <= 0:
+                    await asyncio.sleep(min(schedule.next_due(), end) - now)
+                    continue
+                if config.paced:
+                    lags.extend(schedule.lags(now, 1))
+                schedule.sent += 1
                 await client.publish(topic, body, qos=config.qos)
-                sent[index] += 1
+                if time.monotonic() <= end:
+                    done[index] += 1
 
-        await asyncio.gather(*(publisher(i, c) for i, c in enumerate(clients)))
+        await asyncio.gather(
+            *(publisher(i, c, s) for i, (c, s) in enumerate(zip(clients, schedules, strict=True)))
+        )
         publish_end = time.monotonic()
-        published = sum(sent)
+        cpu_at_stop = self_cpu() - cpu0
+        sent = sum(s.sent for s in schedules)  # every await returned by now
         emit(
             "RESULT",
             {
-                "published": published,
-                "acked": published,  # every await returned: written (QoS 0) or PUBACKed (QoS 1)
-                "publish_seconds": publish_end - start,
+                "published": sent if config.paced else sum(done),
+                "sent": sent,
+                "acked": sent,  # every await returned: written (QoS 0) or PUBACKed (QoS 1)
+                # Flat out: what returned by the stop, over the span up to it.
+                "publish_seconds": (publish_end if config.paced else end) - start,
                 "drain_seconds": 0.0,
                 "self_cpu": self_cpu() - cpu0,
+                "cpu_at_stop": cpu_at_stop,
                 "lag_ms": percentiles(lags),
             },
         )

@@ -5,8 +5,10 @@ Connector, Publishers with the default stamped payload, open-loop schedule, drai
 ledger and the CLI. The harness's handshake goes through the Sender's public `go` hook, awaited
 after the connect phase: it says READY with the connected count, waits for the harness's GO
 and returns that instant as the schedule's start, so only the publish phase is charged.
-"Flat out" means a schedule above what the process can do (`flat_out_rate` per thing), stopped
-after `seconds` as a Ctrl-C would; "paced" is the real schedule for `seconds`, then the drain.
+Flat out is the same open loop at a rate above what the process can do, stopped after
+`seconds` as a Ctrl-C would; what the kernel had taken by then is the count (snapshot in the
+stop callback: the Wire's last batches leave during the drain and are reported as `sent`).
+Paced is the real schedule for `seconds`, then the drain.
 
 `send --workers N` is the other elf-async peer, `elf_async_workers` (`elf_async:wN`).
 """
@@ -19,24 +21,28 @@ import time
 import uvloop
 
 from benchmarks.peers._common import emit, load_config, self_cpu, wait_line_async
-from benchmarks.peers._elf_async import rate_of, result_document, send_plan, send_setup
+from benchmarks.peers._elf_async import result_document, send_plan, send_setup
 from elf_async.dataplane.plan import sender_for
 from elf_async.dataplane.sender import Shared
+from elf_async.dataplane.tally import Totals
 from elf_async.stopping import StopSignal
 
 
 async def run() -> None:
     config = load_config()
-    flat_out = config.rate is None
+    flat_out = not config.paced
     plan = send_plan(config)
     setup = send_setup(config)
     shared = Shared()
     stop = StopSignal()  # no signal handlers: the harness stops us by PID
     loop = asyncio.get_running_loop()
     marks: dict[str, float] = {}
+    at_stop: list[Totals] = []
 
     def halt() -> None:
         marks["stop"] = time.monotonic()
+        marks["cpu_stop"] = self_cpu()
+        at_stop.append(Totals.of(sender.publishers))
         stop.event.set()
 
     async def go() -> float:
@@ -60,14 +66,17 @@ async def run() -> None:
     start = marks["go"]
     # The stop timer fires late if the scheduler starves the loop: then the real span counts.
     publish_seconds = (marks.get("stop", done) - start) if flat_out else result.publish_window_s
+    final = result.totals()
     out = result_document(
-        result.totals(),
+        final,
         shared,
+        published=(at_stop[0] if at_stop else final).published,
         qos=config.qos,
         publish_seconds=publish_seconds,
         drain_seconds=done - start - publish_seconds,
         self_cpu=self_cpu() - marks["cpu0"],
-        extra={"rate_per_thing": rate_of(config)},
+        cpu_at_stop=marks["cpu_stop"] - marks["cpu0"] if "cpu_stop" in marks else None,
+        extra={"rate_per_thing": config.rate},
     )
     emit("RESULT", out)
     await wait_line_async()

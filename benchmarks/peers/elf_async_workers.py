@@ -11,10 +11,14 @@ once every worker has connected and before their `Go`: it says READY with the wo
 counts and waits for the harness's GO. Everything else (Go at one wall-clock instant, Stop
 forwarding, drain, Done, merging, killing by PID) is `elf_async.jobs.workers` unchanged.
 
-Flat out: as the `elf_async` peer, every thing scheduled at `flat_out_rate` and stopped
-`seconds` after GO as a Ctrl-C would (the parent forwards the stop to every worker). The
-publish span is counted from GO (so the workers' `GO_DELAY_S`, part of what `--workers` costs,
-is in it).
+Flat out: as the `elf_async` peer, the open loop at a rate above reach, stopped as a Ctrl-C
+would (the parent forwards the stop to every worker). The count is what the kernel had taken by
+the stop, as for the in-process peer; here it comes from the workers' own once-a-second
+snapshots (the public `on_tick` hook: the parent merges them `TICK_SLACK_S` after the workers
+took them), so the stop comes at the first tick at least `seconds` after GO and the span runs
+from GO to that tick (the workers' `GO_DELAY_S`, part of what `--workers` costs, is in it). A
+worker whose snapshot reached the parent late would be counted a second short: an undercount,
+never an overcount.
 
 CPU: this process's own, plus its workers'. The harness sums the whole process tree; this peer
 reports its own figure as a cross-check (`self_cpu`, from `os.times()`: itself plus reaped
@@ -33,8 +37,10 @@ from pathlib import Path
 import uvloop
 
 from benchmarks.peers._common import emit, load_config, wait_line_async
-from benchmarks.peers._elf_async import rate_of, result_document, send_plan, send_setup
+from benchmarks.peers._elf_async import result_document, send_plan, send_setup
+from elf_async.dataplane.sender import Snapshot
 from elf_async.jobs.workers import WorkerView, send_in_workers
+from elf_async.report.document import SendTally
 from elf_async.stopping import StopSignal
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -68,17 +74,25 @@ class Refused(Exception):
 async def run() -> None:
     config = load_config()
     count = worker_count(config.variant)
-    flat_out = config.rate is None
+    flat_out = not config.paced
     plan = send_plan(config)
     setup = send_setup(config)
     stop = StopSignal()  # no signal handlers: see SIGTERM below
     loop = asyncio.get_running_loop()
     marks: dict[str, float] = {}
+    at_stop: dict[str, int] = {}
     pids: list[int] = []
 
-    def halt() -> None:
-        marks["stop"] = time.monotonic()
-        stop.event.set()
+    def on_tick(snapshot: Snapshot) -> None:
+        """The workers' merged totals as of second `elapsed` of the run: flat out, the first
+        one at least `seconds` after GO is the stop."""
+        taken_at = marks["origin"] + snapshot.elapsed
+        if not flat_out or "go" not in marks or "stop" in marks:
+            return
+        if taken_at >= marks["go"] + config.seconds:
+            marks["stop"] = taken_at
+            at_stop["published"] = snapshot.totals.published
+            stop.event.set()
 
     async def before_go(workers: Sequence[WorkerView]) -> None:
         connected = sum(w.connected for w in workers)
@@ -87,23 +101,17 @@ async def run() -> None:
         if await wait_line_async() != "GO":
             raise Refused
         marks["go"] = time.monotonic()
-        if flat_out:
-            loop.call_later(config.seconds, halt)
         # The workers are idle, waiting for Go: what they used so far (connecting) is not ours.
         pids.extend(w.pid for w in workers)
         marks["cpu0"] = own_and_reaped_cpu() + sum(proc_cpu(pid) for pid in pids)
 
-    sending = asyncio.ensure_future(
-        send_in_workers(
-            plan,
-            setup,
-            count,
-            stop,
-            on_tick=lambda snapshot: None,
-            verbose=False,
-            before_go=before_go,
+    async def send() -> SendTally:
+        marks["origin"] = time.monotonic()  # send_in_workers' time origin, in this clock
+        return await send_in_workers(
+            plan, setup, count, stop, on_tick=on_tick, verbose=False, before_go=before_go
         )
-    )
+
+    sending = asyncio.ensure_future(send())
     # The harness stops us by PID with SIGTERM: cancel, so that send_in_workers' `finally`
     # kills and reaps every worker by PID, then leave at once.
     loop.add_signal_handler(signal.SIGTERM, sending.cancel)
@@ -119,9 +127,11 @@ async def run() -> None:
     cpu = own_and_reaped_cpu() - marks["cpu0"]  # every worker has exited and been reaped
     start = marks["go"]
     publish_seconds = marks.get("stop", done) - start if flat_out else tally.publish_window_s
+    final = tally.totals()
     out = result_document(
-        tally.totals(),
+        final,
         tally.shared,
+        published=at_stop.get("published", final["published"]),
         qos=config.qos,
         publish_seconds=publish_seconds,
         drain_seconds=max(0.0, done - start - publish_seconds),
@@ -131,7 +141,7 @@ async def run() -> None:
             "workers_lost": tally.lost,
             "workers_window_s": round(tally.publish_window_s, 3),
             "worker_pids": pids,
-            "rate_per_thing": rate_of(config),
+            "rate_per_thing": config.rate,
         },
     )
     emit("RESULT", out)

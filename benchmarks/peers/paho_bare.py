@@ -1,7 +1,9 @@
 """Peer (1): bare paho-mqtt, every client driven by one hand-written epoll loop, one thread.
 
-No asyncio at all: paho writes each packet inline from publish() and we only poll the sockets
-for reads (PUBACKs) and for writes when a socket's buffer was full.
+No asyncio at all: paho writes each packet inline from publish(); the loop publishes what is
+due on every client that has room (QoS 1 window, a socket that took everything so far), then
+waits in epoll for PUBACKs, writable sockets or the next due message. It polls without
+blocking only right after a pass that published something, never in an idle spin.
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.peers._common import (
+    OpenLoop,
     PeerConfig,
     emit,
     load_config,
     payload,
     percentiles,
     self_cpu,
+    set_nodelay,
     wait_line,
 )
+
+BURST = 64  # messages one client publishes per pass before the next client's turn
 
 
 class Counter:
@@ -56,10 +62,14 @@ def connect_all(config: PeerConfig) -> tuple[list[mqtt.Client], list[Counter], i
         client.on_publish = on_publish
         try:
             client.connect(config.host, config.port, keepalive=60)
-            # Wait for CONNACK before the next client. Not with client.loop(): it uses
-            # select(), which fails once paho's 3 fds per client pass 1024 (~340 clients).
             sock = client.socket()
             assert sock is not None
+            set_nodelay(sock)
+            # paho's wake-up socket pair only serves its own threaded loop; left in place,
+            # every publish() sends a byte into it.
+            client._reset_sockets(sockpair_only=True)
+            # Wait for CONNACK before the next client. Not with client.loop(): it uses
+            # select(), which fails once paho's fds pass 1024.
             with selectors.DefaultSelector() as waiter:
                 waiter.register(sock, selectors.EVENT_READ)
                 deadline = time.monotonic() + 10
@@ -94,15 +104,20 @@ def main() -> None:
         assert sock is not None
         selector.register(sock, selectors.EVENT_READ, index)
     want_write = [False] * len(clients)
-    sent = [0] * len(clients)
-    qos = config.qos
-    limit = config.inflight
+    qos, limit, paced = config.qos, config.inflight, config.paced
     start = time.monotonic()
     end = start + config.seconds
-    interval = None if config.rate is None else 1.0 / config.rate
+    schedules = OpenLoop.fleet(start, config.rate, len(clients))
     lags: list[float] = []
-    next_due = [start + (i / len(clients)) * (interval or 0) for i in range(len(clients))]
-    last_misc = start
+    next_misc = start + 1.0
+
+    def watch_writes(index: int, client: mqtt.Client) -> None:
+        """Wait for the socket to be writable exactly while paho has bytes queued."""
+        wants = client.want_write()
+        if wants != want_write[index]:
+            want_write[index] = wants
+            mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if wants else 0)
+            selector.modify(client.socket(), mask, index)
 
     def poll(timeout: float) -> None:
         for key, events in selector.select(timeout):
@@ -112,57 +127,66 @@ def main() -> None:
                 client.loop_read()
             if events & selectors.EVENT_WRITE:
                 client.loop_write()
-            wants = client.want_write()
-            if wants != want_write[index]:
-                want_write[index] = wants
-                mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if wants else 0)
-                selector.modify(key.fileobj, mask, index)
+            watch_writes(index, client)
 
     while True:
         now = time.monotonic()
         if now >= end:
             break
+        published = False
+        wake = end
         for index, client in enumerate(clients):
-            if want_write[index] or client.want_write():
+            if want_write[index]:
+                continue  # the socket is full: epoll says when it drains
+            schedule = schedules[index]
+            count = schedule.owed(now)
+            if count <= 0:
+                wake = min(wake, schedule.next_due())
                 continue
-            if qos and sent[index] - counters[index].acked >= limit:
-                continue
-            if interval is not None:
-                due = next_due[index]
-                if due > now:
-                    continue
-                lags.append(now - due)
-                next_due[index] = due + interval
-            client.publish(topics[index], body, qos)
-            sent[index] += 1
-        poll(0)
-        if now - last_misc >= 1:
+            if qos:
+                count = min(count, limit - (schedule.sent - counters[index].acked))
+            count = min(count, BURST)
+            if count <= 0:
+                continue  # the window is full: a PUBACK (epoll) frees it
+            if paced:
+                lags.extend(schedule.lags(now, count))
+            topic = topics[index]
+            for _ in range(count):
+                client.publish(topic, body, qos)
+                schedule.sent += 1
+                if client.want_write():
+                    break  # the socket took only part of it
+            published = True
+            watch_writes(index, client)
+        if now >= next_misc:
             for client in clients:
                 client.loop_misc()
-            last_misc = now
+            next_misc = now + 1.0
+        poll(0 if published else max(0.0, min(wake, next_misc) - time.monotonic()))
     publish_end = time.monotonic()
-    published = sum(sent)
+    cpu_at_stop = self_cpu() - cpu0
+    sent = sum(s.sent for s in schedules)
+    # Published = in the kernel by the stop: a packet paho still holds (even in part) is not.
+    queued = sum(len(c._out_packet) for c in clients)
     # Flush what is still queued, then wait for the outstanding acknowledgements.
     drain_end = publish_end + config.drain_seconds
     while time.monotonic() < drain_end:
         pending_writes = any(c.want_write() for c in clients)
-        acked = sum(c.acked for c in counters)
-        if not pending_writes and (qos == 0 or acked >= published):
+        if not pending_writes and (qos == 0 or sum(c.acked for c in counters) >= sent):
             break
-        for client in clients:
-            if client.want_write():
-                client.loop_write()
         poll(0.01)
     done = time.monotonic()
     acked = sum(c.acked for c in counters)
     emit(
         "RESULT",
         {
-            "published": published,
-            "acked": acked if qos else published,
+            "published": sent if paced else sent - queued,
+            "sent": sent,
+            "acked": acked if qos else sent,
             "publish_seconds": publish_end - start,
             "drain_seconds": done - publish_end,
             "self_cpu": self_cpu() - cpu0,
+            "cpu_at_stop": cpu_at_stop,
             "lag_ms": percentiles(lags),
         },
     )

@@ -37,6 +37,9 @@ DEFAULT_PORT = 8883
 ALPN_PORT = 443
 AWS_ALPN = "x-amzn-mqtt-ca"  # MQTT with X.509 on port 443
 KEEPALIVE = 60  # seconds; AWS clamps keep-alive to 30-1200 s
+# Nagle off: a due message is written at once, not held until the previous segment's ACK
+# (paho leaves Nagle on). Set once per connection, right after it is made (aiomqtt applies it).
+SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 _PAHO_LOGGER = logging.getLogger("elf_async.paho")
 _PAHO_LOGGER.setLevel(logging.CRITICAL)  # its errors are captured and explained instead
 
@@ -285,6 +288,7 @@ async def connect(
         clean_session=True,
         max_inflight_messages=max_inflight,
         logger=_PAHO_LOGGER,
+        socket_options=SOCKET_OPTIONS,
     )
     inner = paho_client(client)
     inner.connect_timeout = within

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 from collections import Counter
 from pathlib import Path
 
@@ -86,6 +87,23 @@ async def test_a_mixed_rsa_and_ec_fleet_connects_each_thing_with_its_own_certifi
         assert presented == {thing.name: thing.name for thing in things}
     finally:
         await asyncio.gather(*(link.close() for link in links))
+
+
+async def test_every_connection_has_nagle_off(
+    mosquitto: Mosquitto, test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    """A load generator writes a message when it is due: TCP_NODELAY, set once per connection,
+    so a small write never waits for the ACK of the previous segment (paho leaves Nagle on)."""
+    key_file, cert_file = test_ca.client_cert(tmp_path, "nodelay")
+    endpoint = Endpoint("127.0.0.1", mosquitto.port, mosquitto.ca_file.read_text())
+    connector = Connector(endpoint, rate=10.0, timeout=10.0, retries=0)
+    link = await connector.open(Identity("nodelay", 0, key_file, cert_file))
+    try:
+        sock = link.paho.socket()
+        assert sock is not None
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        await link.close()
 
 
 async def test_a_qos0_send_across_many_keepalives_never_wakes_the_writer_for_nothing(
