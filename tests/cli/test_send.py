@@ -277,6 +277,7 @@ def test_every_bad_input_is_one_line_and_exit_2(
         ([os.fsdecode(b"hi \xff")], "MESSAGE: not valid UTF-8 (byte 0xff at character 4)"),
         (["--payload-template", "{unknown}"], "unknown field {unknown}"),
         (["--count", "99999999999999999999"], "a send lasts at most 7 days"),
+        (["--total-rate", "3/s", "--count", "1000000000"], "at 1 messages/s per thing takes"),
         (["--duration", "169h"], "at most 168h (7 days)"),
     ]
     endpoint = f"127.0.0.1:{mosquitto.port}"
