@@ -33,9 +33,12 @@ class Target:
     endpoint_url: str | None
 
 
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_IOT", "AWS_ENDPOINT_URL")  # botocore's, first wins
+
+
 def environment_endpoint() -> str | None:
     """The control-plane endpoint botocore itself would honour from the environment."""
-    return os.environ.get("AWS_ENDPOINT_URL_IOT") or os.environ.get("AWS_ENDPOINT_URL") or None
+    return next((os.environ[name] for name in ENDPOINT_VARIABLES if os.environ.get(name)), None)
 
 
 def resolve_target(

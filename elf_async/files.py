@@ -41,6 +41,11 @@ def write_private(path: Path, text: str) -> None:
 
 
 def write_public(path: Path, text: str) -> None:
-    """Write a certificate, a report or a page (0644: not secret)."""
+    """Write a certificate, a report or a page (0644: not secret). A device or a pipe
+    (/dev/stdout, a FIFO) cannot be replaced: it is written in place."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        with path.open("wb") as special:
+            special.write(text.encode())
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomically(path, text.encode(), 0o644)

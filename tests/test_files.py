@@ -50,3 +50,18 @@ def test_public_files_are_0644_and_writers_never_share_a_temporary_file(tmp_path
     assert target.read_text() in ("a" * 1000, "b" * 1000)
     assert mode(target) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_a_pipe_or_a_device_is_written_in_place_not_replaced(tmp_path: Path) -> None:
+    """`--report /dev/stdout` or a FIFO: replacing it with a regular file would lose the
+    output (and, as root, replace /dev/full itself)."""
+    fifo = tmp_path / "report.pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so the writer can open
+    try:
+        write_public(fifo, "report\n")
+        assert os.read(reader, 100) == b"report\n"
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["report.pipe"]

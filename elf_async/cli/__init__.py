@@ -4,6 +4,7 @@ are parsed and checked once, here (elf_async.cli._options), and the jobs get the
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -20,8 +21,15 @@ if (_unverified := unverified_versions()) is not None:  # before anything import
     sys.exit(2)  # EXIT_USAGE: the installation is wrong, not the run
 
 from elf_async.cli import clean, create, local, run, send, status, subscribe
-from elf_async.cli._common import console_err, set_verbose, verbose_requested
-from elf_async.config import Settings
+from elf_async.cli._common import (
+    Command,
+    check_text_params,
+    console_err,
+    set_verbose,
+    verbose_requested,
+)
+from elf_async.cli._options import parse_endpoint_url
+from elf_async.config import ENDPOINT_VARIABLES, Settings
 from elf_async.errors import EXIT_INTERRUPTED, EXIT_USAGE, ElfError
 
 app = typer.Typer(
@@ -78,6 +86,12 @@ def _global_options(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
 ) -> None:
+    check_text_params(ctx)
+    if endpoint_url is not None:
+        parse_endpoint_url("--endpoint-url", endpoint_url)
+    for variable in ENDPOINT_VARIABLES:
+        if os.environ.get(variable):
+            parse_endpoint_url(variable, os.environ[variable])
     set_verbose(verbose)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING,
@@ -98,13 +112,13 @@ def _global_options(
     )
 
 
-app.command("create")(create.command)
-app.command("clean")(clean.command)
-app.command("status")(status.command)
-app.command("send")(send.command)
-app.command("subscribe")(subscribe.command)
+app.command("create", cls=Command)(create.command)
+app.command("clean", cls=Command)(clean.command)
+app.command("status", cls=Command)(status.command)
+app.command("send", cls=Command)(send.command)
+app.command("subscribe", cls=Command)(subscribe.command)
 app.add_typer(local.app)
-app.command("run")(run.command)
+app.command("run", cls=Command)(run.command)
 
 
 def main() -> None:

@@ -9,8 +9,13 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 import uvloop
+from typer import _click as click  # typer's own click, whose Context its commands receive
+from typer.core import TyperCommand
 
+from elf_async.cli._options import check_utf8
 from elf_async.config import Settings
+from elf_async.controlplane.aws import AWS_DEFAULT_QUOTAS
+from elf_async.errors import UsageError
 from elf_async.units import parse_api_rate
 
 T = TypeVar("T")
@@ -30,6 +35,21 @@ def settings(ctx: typer.Context) -> Settings:
     obj = ctx.find_root().obj
     assert isinstance(obj, Settings)
     return obj
+
+
+def check_text_params(ctx: click.Context) -> None:
+    """Every text option and argument of the command `ctx` parsed must be valid UTF-8."""
+    for param in ctx.command.params:
+        name = param.opts[0] if param.param_type_name == "option" else param.name.upper()
+        check_utf8(name, ctx.params.get(param.name))
+
+
+class Command(TyperCommand):
+    """A command whose options are checked as text (valid UTF-8) before it runs."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        check_text_params(ctx)
+        return super().invoke(ctx)
 
 
 def console_err(message: str) -> None:
@@ -96,4 +116,12 @@ YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Skip the --max-thi
 
 
 def api_rates(items: list[str] | None) -> dict[str, float]:
-    return dict(parse_api_rate(item) for item in items or [])
+    """--api-rate NAME=RATE for the APIs elf-async paces: a typo would silently pace nothing."""
+    rates = dict(parse_api_rate(item) for item in items or [])
+    unknown = sorted(set(rates) - set(AWS_DEFAULT_QUOTAS))
+    if unknown:
+        raise UsageError(
+            f"--api-rate {unknown[0]}: not an API elf-async calls; "
+            f"one of {', '.join(sorted(AWS_DEFAULT_QUOTAS))}"
+        )
+    return rates

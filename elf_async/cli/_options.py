@@ -6,20 +6,28 @@ the report's `options`."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from elf_async.dataplane.mqtt import parse_endpoint
 from elf_async.dataplane.options import (
     AWS_CONNECT_PER_S,
     AWS_KEEPALIVE_S,
     AWS_MAX_INFLIGHT,
+    MAX_RUN_S,
     MQTT_PACKET_IDS,
     ConnectOptions,
     Qos,
     check_publish_rate,
+    check_send_length,
 )
+from elf_async.dataplane.payload import template_parts
+from elf_async.dataplane.topics import TopicTemplate
 from elf_async.errors import UsageError
 from elf_async.jobs.send import SendOptions
 from elf_async.jobs.subscribe import SubscribeOptions
@@ -81,9 +89,11 @@ class SubscribeArgs:
     connect: ConnectArgs = field(default_factory=ConnectArgs)
 
 
-def parse_send_options(args: SendArgs) -> SendOptions:
+def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> SendOptions:
     """Every option of `send` checked that can be without the fleet (the fleet checks the
-    rest: --things, the topic and the payload against the things' names, --total-rate's share)."""
+    rest: --things, the topic and the payload against the things' names, --total-rate's share).
+    `fleet_size`, when the fleet's size is known before it exists (`run`'s COUNT), lets
+    --total-rate's share be checked here too."""
     connect = parse_connect_options(args.connect)
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
@@ -102,17 +112,23 @@ def parse_send_options(args: SendArgs) -> SendOptions:
             f"--max-inflight {args.max_inflight}: AWS IoT allows 1 to {AWS_MAX_INFLIGHT}"
         )
     drain = parse_duration(args.drain, what="--drain")
-    check_report_path(args.report)
+    check_output_path("--report", args.report)
+    check_topic(args.topic)
+    if args.payload_template is not None:
+        template_parts(args.payload_template)
     if args.rate is not None and args.total_rate is not None:
         raise UsageError("--rate and --total-rate cannot be used together")
     if args.total_rate is not None:
         rate = parse_rate(args.total_rate, what="--total-rate")
+        per_thing = rate / fleet_size if fleet_size else None
     else:
-        rate = parse_rate(args.rate or DEFAULT_RATE, what="--rate")
-        check_publish_rate(rate, allow_over_aws_limits=connect.allow_over_aws_limits)
+        rate = per_thing = parse_rate(args.rate or DEFAULT_RATE, what="--rate")
+    if per_thing is not None:
+        check_publish_rate(per_thing, allow_over_aws_limits=connect.allow_over_aws_limits)
+        check_send_length(args.count, per_thing)
     duration = None
     if args.count is None:
-        duration = parse_duration(args.duration or DEFAULT_DURATION, what="--duration")
+        duration = parse_run_length(args.duration or DEFAULT_DURATION)
     return SendOptions(
         message=args.message,
         things=args.things,
@@ -129,7 +145,6 @@ def parse_send_options(args: SendArgs) -> SendOptions:
         stamp=args.stamp,
         max_inflight=args.max_inflight,
         drain=drain,
-        report=args.report,
         connect=connect,
         workers=args.workers,
         as_given=_as_given(args, connect),
@@ -142,8 +157,9 @@ def parse_subscribe_options(args: SubscribeArgs) -> SubscribeOptions:
     qos = parse_qos(args.qos)
     if args.client_offset < 0:
         raise UsageError("--client-offset must be 0 or more")
-    duration = parse_duration(args.duration or DEFAULT_DURATION, what="--duration")
-    check_report_path(args.report)
+    duration = parse_run_length(args.duration or DEFAULT_DURATION)
+    check_output_path("--report", args.report)
+    check_topic(args.topic, filter=True)
     return SubscribeOptions(
         things=args.things,
         client_offset=args.client_offset,
@@ -151,7 +167,6 @@ def parse_subscribe_options(args: SubscribeArgs) -> SubscribeOptions:
         append_thing_name=args.append_thing_name,
         qos=qos,
         duration=duration,
-        report=args.report,
         connect=connect,
         as_given=_as_given(args, connect),
     )
@@ -196,10 +211,90 @@ def parse_qos(value: int) -> Qos:
     raise UsageError(f"--qos {value}: AWS IoT supports QoS 0 and 1 only")
 
 
-def check_report_path(path: Path | None) -> None:
-    """Refuse an unwritable --report before the run, not after it."""
-    if path is not None and not path.parent.is_dir():
-        raise UsageError(f"--report {path}: the directory {path.parent} does not exist")
+def parse_run_length(text: str) -> float:
+    """--duration in seconds: a send or a subscribe lasts at most MAX_RUN_S (a longer one is
+    a typo, not a test)."""
+    seconds = parse_duration(text, what="--duration")
+    if seconds > MAX_RUN_S:
+        raise UsageError(f"--duration {text}: at most {MAX_RUN_S / 3600:.0f}h (7 days)")
+    return seconds
+
+
+def check_topic(topic: str | None, *, filter: bool = False) -> None:
+    """The topic template's placeholders and syntax, before the fleet (whose names and topic
+    root check what it renders to); an empty --topic is refused, not taken for the default."""
+    if topic is not None:
+        TopicTemplate(topic, fleet="", filter=filter)
+
+
+def check_output_path(option: str, path: Path | None) -> None:
+    """Refuse an output file that cannot be written before the work, not after it: its
+    directory exists and is writable (the file is replaced atomically), it is not a directory,
+    and an existing file is writable. A device or a pipe (/dev/stdout) is written in place,
+    so only it must be writable."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a directory")
+    if path.exists() and not path.is_file():
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"{option} {path}: not writable")
+        return
+    directory = path.parent
+    if not directory.is_dir():
+        problem = "is not a directory" if directory.exists() else "does not exist"
+        raise UsageError(f"{option} {path}: the directory {directory} {problem}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: the directory {directory} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {path}: the file is not writable")
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def parse_endpoint_url(option: str, text: str) -> str:
+    """An http:// or https:// URL with a host name or address (what botocore accepts), checked
+    here instead of becoming a traceback at the first AWS call."""
+    parts = urlsplit(text)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: the port is not a number from 0 to 65535") from None
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not _valid_host(host):
+        raise UsageError(
+            f"{option} {text!r}: not an http:// or https:// URL with a host "
+            "(example: http://127.0.0.1:5000)"
+        )
+    return text
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        labels = host.removesuffix(".").split(".")
+        return len(host) <= 255 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+
+
+def check_utf8(option: str, value: object) -> None:
+    """Refuse text that is not valid UTF-8. Invalid bytes on the command line or in the
+    environment arrive as lone surrogates, which no topic, payload, file name or terminal line
+    can carry. `value` may be a string, a path or a list of them (repeatable options)."""
+    for item in value if isinstance(value, list | tuple) else [value]:
+        if not isinstance(item, str | Path):
+            continue
+        text = str(item)
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            code = ord(text[exc.start])
+            what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else "a surrogate"
+            raise UsageError(
+                f"{option}: not valid UTF-8 ({what} at character {exc.start + 1})"
+            ) from None
 
 
 def _keepalive(text: str, *, allow_over_aws_limits: bool) -> int:

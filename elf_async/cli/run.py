@@ -31,12 +31,18 @@ from elf_async.cli._common import (
     settings,
 )
 from elf_async.cli._live import print_summary
-from elf_async.cli._options import ConnectArgs, SendArgs, parse_send_options
+from elf_async.cli._options import (
+    ConnectArgs,
+    SendArgs,
+    check_output_path,
+    parse_send_options,
+)
+from elf_async.cli._output import Outputs
 from elf_async.cli._progress import progress_for
 from elf_async.cli.send import Workers
 from elf_async.config import Settings
 from elf_async.controlplane.ledger import Ledger
-from elf_async.errors import ThresholdFailed, UsageError
+from elf_async.errors import EXIT_USAGE, ThresholdFailed, UsageError
 from elf_async.jobs import run as runner
 from elf_async.jobs.send import SendOptions, run_send
 from elf_async.jobs.target import Aim, aim
@@ -154,11 +160,14 @@ def command(
 
     Exit codes: 0 ok, 1 runtime failure, send's own verdict included (a thing that never
     connected, a message not sent or not acknowledged, a lost --workers process), 2 bad
-    input, 3 a threshold failed (1 wins when both), 130 Ctrl-C, 143 SIGTERM. A second Ctrl-C
-    aborts the clean-up and prints the command that finishes it.
+    input, or a report or JUnit file that could not be written at the end (kept in the state
+    dir), 3 a threshold failed, 130 Ctrl-C, 143 SIGTERM; the first that applies of 130/143,
+    1, 2, 3. A second Ctrl-C aborts the clean-up and prints the command that finishes it.
     """
     opts = settings(ctx)
     thresholds = parse_all(threshold or [])
+    check_output_path("--report", report)
+    check_output_path("--junit", junit)
     request = create.build_request(
         count,
         prefix=None,
@@ -198,7 +207,8 @@ def command(
                     keepalive=keepalive,
                     allow_over_aws_limits=allow_over_aws_limits,
                 ),
-            )
+            ),
+            fleet_size=request.count,
         )
     )
     if Ledger.exists(opts.state_dir):
@@ -252,31 +262,35 @@ def _finish(
     junit: Path | None,
     ephemeral: bool,
 ) -> None:
-    """Print the summary, write the report and JUnit, and exit with the documented code."""
+    """Print the summary, write the report and JUnit (kept in the state dir when they cannot be
+    written where asked), and exit with the documented code."""
     _print_summary(result)
+    outputs = Outputs(opts.state_dir, "run")
     if report is not None and result.report is not None:
         document: RunReport = {
             **result.report,
             "thresholds": [v.to_json() for v in result.verdicts],
             "run": _run_json(result),
         }
-        write_report(report, document)
+        outputs.write("--report", report, lambda path: write_report(path, document), suffix=".json")
     if junit is not None:
-        write_junit(
-            junit,
-            junit_xml(
-                name=f"run {count}",
-                verdicts=result.verdicts,
-                run_error=result.failure,
-                duration_s=result.elapsed_s,
-            ),
+        xml = junit_xml(
+            name=f"run {count}",
+            verdicts=result.verdicts,
+            run_error=result.failure,
+            duration_s=result.elapsed_s,
         )
+        outputs.write("--junit", junit, lambda path: write_junit(path, xml), suffix=".xml")
+    for problem in outputs.problems:
+        console_err(f"error: {problem}")
     if result.aborted:
         console_err(_clean_later(opts, ephemeral=ephemeral))
     if result.signal is not None:
         raise typer.Exit(result.exit_code)
     if result.error is not None:
         raise result.error
+    if outputs.problems:
+        raise typer.Exit(EXIT_USAGE)
     failed = [v.threshold.expr for v in result.verdicts if not v.ok]
     if failed:
         raise ThresholdFailed(

@@ -3,8 +3,9 @@
 Exit codes: 0 every scheduled message was published (and, at QoS 1, acknowledged) by things
 that all connected; 1 some thing never connected (it owes its whole schedule) or some message
 was not published or not acknowledged, or a --workers process died (the report says which;
-elf_async.report.verdict decides); 2 bad input; 130 Ctrl-C; 143 SIGTERM. The report is written in
-every case but bad input.
+elf_async.report.verdict decides); 2 bad input, or a report that could not be written at the end
+(it is kept in the state dir; 1, 130 and 143 win over it); 130 Ctrl-C; 143 SIGTERM. The report
+is written in every case but bad input.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from elf_async.cli import _mqtt
 from elf_async.cli._common import console_err, run, settings
 from elf_async.cli._live import Fields, LiveView, ms, print_summary
 from elf_async.cli._options import ConnectArgs, SendArgs, parse_send_options
+from elf_async.cli._output import Outputs
 from elf_async.dataplane.mqtt import debug_paho
 from elf_async.dataplane.sender import Snapshot
-from elf_async.errors import PartialFailure
+from elf_async.errors import EXIT_USAGE, PartialFailure
 from elf_async.jobs.send import run_send
 from elf_async.jobs.target import aim
+from elf_async.report.document import write_report
 from elf_async.report.model import SendReport
 from elf_async.report.verdict import send_problems
 from elf_async.stopping import StopSignal
@@ -155,18 +158,26 @@ def command(
                 return result, stop.exit_code
 
         result, exit_code = run(main())
+    outputs = Outputs(opts.state_dir, "send")
+    written = report and outputs.write(
+        "--report", report, lambda path: write_report(path, result), suffix=".json"
+    )
     if not opts.quiet:
         print_summary(result)
-    if report is not None and not opts.quiet:
-        print(f"report: {report}")
+    if written and not opts.quiet:
+        print(f"report: {written}")
+    for problem in outputs.problems:
+        console_err(f"error: {problem}")
     if exit_code is not None:
         console_err(
-            f"{result['outcome']}: stopped early" + (f", report in {report}" if report else "")
+            f"{result['outcome']}: stopped early" + (f", report in {written}" if written else "")
         )
         raise typer.Exit(exit_code)
     problems = send_problems(result)
     if problems:
         raise PartialFailure("; ".join(problems))
+    if outputs.problems:
+        raise typer.Exit(EXIT_USAGE)
 
 
 def _fields(snapshot: Snapshot) -> Fields:

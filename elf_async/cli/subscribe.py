@@ -1,7 +1,9 @@
 """`elf-async subscribe`: one subscriber per thing; counts loss, duplicates, order, latency.
 
 Exit codes: 0 done (the counts are in the summary and report); 1 some subscriber could not
-connect; 2 bad input; 130 Ctrl-C; 143 SIGTERM (the report is written in these cases too).
+connect; 2 bad input, or a report that could not be written at the end (it is kept in the state
+dir; 1, 130 and 143 win over it); 130 Ctrl-C; 143 SIGTERM (the report is written in these cases
+too).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from elf_async.cli import _mqtt
 from elf_async.cli._common import console_err, run, settings
 from elf_async.cli._live import LiveView, ms, print_summary
 from elf_async.cli._options import ConnectArgs, SubscribeArgs, parse_subscribe_options
+from elf_async.cli._output import Outputs
 from elf_async.dataplane.mqtt import debug_paho
-from elf_async.errors import PartialFailure
+from elf_async.errors import EXIT_USAGE, PartialFailure
 from elf_async.jobs.subscribe import run_subscribe
 from elf_async.jobs.target import aim
+from elf_async.report.document import write_report
 from elf_async.report.model import SubscribeReport
 from elf_async.report.verdict import subscribe_problems
 from elf_async.stopping import StopSignal
@@ -121,11 +125,19 @@ def command(
 
         result, exit_code = run(main())
     sys.stdout.flush()
+    outputs = Outputs(opts.state_dir, "subscribe")
+    written = report and outputs.write(
+        "--report", report, lambda path: write_report(path, result), suffix=".json"
+    )
     if not opts.quiet:
         print_summary(result)
+    for problem in outputs.problems:
+        console_err(f"error: {problem}")
     if exit_code is not None:
-        console_err(f"{result['outcome']}" + (f", report in {report}" if report else ""))
+        console_err(f"{result['outcome']}" + (f", report in {written}" if written else ""))
         raise typer.Exit(exit_code)
     problems = subscribe_problems(result)
     if problems:
         raise PartialFailure("; ".join(problems))
+    if outputs.problems:
+        raise typer.Exit(EXIT_USAGE)

@@ -105,9 +105,10 @@ class FleetResource:
 class Ledger:
     """SQLite ledger of one fleet, kept in ``<state-dir>/ledger.sqlite3``."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: Path, *, new: bool = False) -> None:
         self._db = connection
         self.path = path
+        self._new = new  # this open created the file
 
     @classmethod
     def exists(cls, state_dir: Path) -> bool:
@@ -115,9 +116,11 @@ class Ledger:
 
     @classmethod
     def open(cls, state_dir: Path, *, create: bool = False) -> Ledger:
-        """Open the ledger; create it (and the state dir, 0700) when `create` is set."""
+        """Open the ledger; create it (and the state dir, 0700) when `create` is set. A ledger
+        created here that still records nothing when its `with` block fails is removed."""
         path = state_dir / LEDGER_FILE
-        if not path.exists() and not create:
+        new = not path.exists()
+        if new and not create:
             raise LedgerError(f"no fleet in {state_dir} (run `elf-async create` first)")
         try:
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -142,7 +145,7 @@ class Ledger:
                 f"the ledger {path} has schema version {row[0]}, newer than this "
                 f"elf-async understands ({SCHEMA_VERSION}): upgrade elf-async"
             )
-        return cls(db, path)
+        return cls(db, path, new=new)
 
     def close(self) -> None:
         self._db.close()
@@ -150,8 +153,21 @@ class Ledger:
     def __enter__(self) -> Ledger:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        empty = self._new and exc_type is not None and self._records_nothing()
         self.close()
+        if empty:  # a command that failed before its first AWS call leaves no ledger behind
+            for suffix in ("", "-wal", "-shm"):
+                self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+
+    def _records_nothing(self) -> bool:
+        """No fleet id, thing or fleet resource: nothing in AWS can depend on this ledger (an
+        empty one would still make `run` refuse the state dir, and `clean` look for a fleet)."""
+        return not (
+            "fleet_id" in self.meta()
+            or self._db.execute("SELECT 1 FROM things LIMIT 1").fetchone()
+            or self._db.execute("SELECT 1 FROM fleet_resources LIMIT 1").fetchone()
+        )
 
     # fleet-wide facts ------------------------------------------------------------
     def meta(self) -> dict[str, str]:

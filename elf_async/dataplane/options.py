@@ -14,6 +14,7 @@ AWS_PUBLISH_PER_S = 100.0  # per connection
 AWS_MAX_INFLIGHT = 100  # unacknowledged QoS 1 messages per client
 MQTT_PACKET_IDS = 65535  # QoS 1 packet ids: never more in flight on one connection
 AWS_KEEPALIVE_S = (30, 1200)  # AWS clamps the keep-alive to this range
+MAX_RUN_S = 7 * 24 * 3600.0  # a send or a subscribe lasts at most 7 days: longer is a typo
 
 Qos = Literal[0, 1]  # AWS IoT has no QoS 2
 
@@ -39,4 +40,15 @@ def check_publish_rate(per_thing: float, *, allow_over_aws_limits: bool) -> None
             f"{per_thing:g} messages/s per thing: AWS IoT drops publishes above "
             f"{AWS_PUBLISH_PER_S:.0f}/s per connection (use more --things, or pass "
             "--allow-over-aws-limits)"
+        )
+
+
+def check_send_length(count: int | None, per_thing: float) -> None:
+    """Refuse a --count that would take longer than MAX_RUN_S at this pace (like --duration):
+    --count 99999999999999999999 is a typo, not a run that should go on for ever."""
+    if count is not None and count / per_thing > MAX_RUN_S:
+        raise UsageError(
+            f"--count {count} at {per_thing:g} messages/s per thing takes "
+            f"{count / per_thing / 86400:.3g} days: a send lasts at most 7 days "
+            f"(at most --count {int(MAX_RUN_S * per_thing)} at this rate)"
         )

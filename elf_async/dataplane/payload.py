@@ -20,7 +20,10 @@ DEFAULT_MESSAGE = "IoT ELF Hello"
 MAX_PAYLOAD_BYTES = 128 * 1024  # AWS IoT's limit
 STAMP_FIELDS = ("thing", "seq", "ts")
 _TS_WIDTH = 13  # epoch milliseconds until the year 2286
-_TEMPLATE_SLOTS = re.compile(r"(\{seq\}|\{ts\})")
+TEMPLATE_FIELDS = ("thing", "seq", "ts")
+# `{name}` is a field and `{{name}}` the literal text `{name}`; any other brace is literal, so
+# a JSON template such as {"n": {seq}} needs no escaping.
+_TEMPLATE_FIELD = re.compile(r"\{\{(\w+)\}\}|\{(\w+)\}")
 
 Encoder = Callable[[int, int], bytes]
 """Message bytes from (sequence number, send time in epoch ms)."""
@@ -32,7 +35,7 @@ class PayloadSpec:
 
     document: dict[str, Any] | None = None  # a JSON object to stamp
     raw: bytes | None = None  # a JSON document sent exactly as given
-    template: str | None = None  # text with {thing}, {seq}, {ts}
+    template: str | None = None  # text with {thing}, {seq}, {ts} (see template_parts)
     size: int | None = None  # pad with trailing spaces to this many bytes
 
     @property
@@ -48,8 +51,7 @@ class PayloadSpec:
             prefix = head.encode()
             return self._padded(lambda seq, ts: prefix + b'%d, "ts": %d}' % (seq, ts))
         if self.template is not None:
-            pieces = _TEMPLATE_SLOTS.split(self.template.replace("{thing}", thing))
-            return self._padded(_template_encoder(pieces))
+            return self._padded(_template_encoder(template_parts(self.template), thing))
         assert self.raw is not None
         constant = self._pad(self.raw)
         return lambda seq, ts: constant
@@ -80,17 +82,48 @@ class PayloadSpec:
         return largest
 
 
-def _template_encoder(pieces: list[str]) -> Encoder:
-    parts = [piece.encode() for piece in pieces]
-    slots = [i for i, piece in enumerate(pieces) if piece in ("{seq}", "{ts}")]
+def template_parts(template: str) -> list[str]:
+    """A --payload-template split into literal text (even positions) and field names (odd
+    positions); `{{name}}` is the literal text `{name}`. A field other than {thing}, {seq} and
+    {ts} is refused: sent literally, a typo would go unnoticed."""
+    parts = [""]
+    end = 0
+    for match in _TEMPLATE_FIELD.finditer(template):
+        literal, name = match.groups()
+        parts[-1] += template[end : match.start()]
+        end = match.end()
+        if literal is not None:
+            parts[-1] += "{" + literal + "}"
+        elif name in TEMPLATE_FIELDS:
+            parts += [name, ""]
+        else:
+            raise UsageError(
+                f"--payload-template: unknown field {{{name}}}: the fields are "
+                f"{', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)} "
+                f"({{{{{name}}}}} sends the text {{{name}}})"
+            )
+    parts[-1] += template[end:]
+    return parts
+
+
+def _template_encoder(parts: list[str], thing: str) -> Encoder:
+    """The template for one thing: its name filled in once, {seq} and {ts} per message."""
+    pieces: list[bytes] = []
+    slots: list[tuple[int, str]] = []  # (position in pieces, "seq" or "ts")
+    for position, part in enumerate(parts):
+        if position % 2 == 0 or part == "thing":
+            pieces.append((thing if position % 2 else part).encode())
+        else:
+            slots.append((len(pieces), part))
+            pieces.append(b"")
     if not slots:
-        constant = b"".join(parts)
+        constant = b"".join(pieces)
         return lambda seq, ts: constant
 
     def encode(seq: int, ts: int) -> bytes:
-        out = list(parts)
-        for i in slots:
-            out[i] = b"%d" % (seq if pieces[i] == "{seq}" else ts)
+        out = list(pieces)
+        for i, name in slots:
+            out[i] = b"%d" % (seq if name == "seq" else ts)
         return b"".join(out)
 
     return encode
@@ -119,6 +152,7 @@ def build_spec(
     if size is not None and not 0 < size <= MAX_PAYLOAD_BYTES:
         raise UsageError(f"--payload-size {size}: must be between 1 and {MAX_PAYLOAD_BYTES}")
     if template is not None:
+        template_parts(template)  # refuse unknown fields before anything runs
         if stamp:
             raise UsageError("--stamp does not apply to --payload-template (use {seq} and {ts})")
         return PayloadSpec(template=template, size=size)

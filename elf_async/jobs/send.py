@@ -1,6 +1,6 @@
 """A `send` from options to report: plan each thing's topic, payload and schedule against the
-fleet, run the `Sender` (or `--workers` processes of it), write the report. The options come
-parsed and checked from the command line (elf_async.cli._options)."""
+fleet, run the `Sender` (or `--workers` processes of it), build the report (the command writes
+it). The options come parsed and checked from the command line (elf_async.cli._options)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from typing import Any
 
 from elf_async.controlplane.fleet import per_thing_topics
 from elf_async.controlplane.ledger import Ledger
-from elf_async.dataplane.options import ConnectOptions, Qos, check_publish_rate
+from elf_async.dataplane.options import (
+    ConnectOptions,
+    Qos,
+    check_publish_rate,
+    check_send_length,
+)
 from elf_async.dataplane.payload import build_spec
 from elf_async.dataplane.plan import SendPlan, SendSetup, ThingPlan, send_here
 from elf_async.dataplane.schedule import plan
@@ -19,7 +24,7 @@ from elf_async.dataplane.sender import Snapshot
 from elf_async.dataplane.topics import TopicTemplate, outside_policy
 from elf_async.jobs.target import Aim, ready_identities, resolve_endpoint
 from elf_async.jobs.workers import send_in_workers
-from elf_async.report.document import SendTally, send_report, write_report
+from elf_async.report.document import SendTally, send_report
 from elf_async.report.model import SendReport
 from elf_async.stopping import StopSignal
 
@@ -45,7 +50,6 @@ class SendOptions:
     stamp: bool | None
     max_inflight: int
     drain: float
-    report: Path | None
     connect: ConnectOptions
     workers: int
     as_given: Mapping[str, Any]
@@ -59,12 +63,14 @@ class Warnings:
 
 
 def _per_thing_rate(options: SendOptions, things: int) -> float:
-    """Messages per second per thing; --total-rate is checked against AWS's limit once the
-    fleet says how many things share it (--rate was checked where it was parsed)."""
+    """Messages per second per thing; --total-rate's share is checked against AWS's limit and
+    --count's length once the fleet says how many things share it (--rate was checked where it
+    was parsed)."""
     if not options.rate_is_total:
         return options.rate
     rate = options.rate / things
     check_publish_rate(rate, allow_over_aws_limits=options.connect.allow_over_aws_limits)
+    check_send_length(options.count, rate)
     return rate
 
 
@@ -74,7 +80,9 @@ def plan_send(
     """Every thing's topic, payload and schedule ready, checked against the fleet."""
     meta = ledger.meta()
     root = meta.get("topic_root") or "elf"
-    template_text = options.topic or f"{root}/{{thing}}"
+    template_text = options.topic
+    if template_text is None:  # an empty --topic is refused, not taken for the default
+        template_text = f"{root}/{{thing}}"
     if options.append_thing_name:
         template_text = template_text.rstrip("/") + "/{thing}"
     template = TopicTemplate(template_text, fleet=meta.get("fleet_id", ""))
@@ -123,7 +131,7 @@ async def run_send(
     on_tick: Callable[[Snapshot], None] = lambda snapshot: None,
     warn: Callable[[str], None] = lambda line: None,
 ) -> SendReport:
-    """Run one send and return its report (also written to `options.report` when given).
+    """Run one send and return its report.
 
     Installs no signal handlers: `stop` is the caller's.
     """
@@ -156,6 +164,4 @@ async def run_send(
         endpoint=endpoint,
         qos=options.qos,
     )
-    if options.report is not None:
-        write_report(options.report, report)
     return report

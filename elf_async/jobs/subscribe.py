@@ -1,6 +1,6 @@
 """A `subscribe` from options to report: pair each watched thing's topic with a subscribing
-identity, run the `Subscriber`, write the report. The options come parsed and checked from the
-command line (elf_async.cli._options)."""
+identity, run the `Subscriber`, build the report (the command writes it). The options come
+parsed and checked from the command line (elf_async.cli._options)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from elf_async.dataplane.subscriber import Subscriber, Watch
 from elf_async.dataplane.topics import TopicTemplate, outside_policy
 from elf_async.jobs.send import Warnings, policy_warning
 from elf_async.jobs.target import Aim, ready_identities, resolve_endpoint
-from elf_async.report.document import subscribe_report, write_report
+from elf_async.report.document import subscribe_report
 from elf_async.report.model import SubscribeReport
 from elf_async.stopping import StopSignal
 
@@ -33,7 +33,6 @@ class SubscribeOptions:
     append_thing_name: bool
     qos: Qos
     duration: float
-    report: Path | None
     connect: ConnectOptions
     as_given: Mapping[str, Any]
 
@@ -44,7 +43,9 @@ def build_watches(
     """Each watched thing's topic filter with the identity that subscribes to it."""
     meta = ledger.meta()
     root = meta.get("topic_root") or "elf"
-    template_text = options.topic or f"{root}/{{thing}}"
+    template_text = options.topic
+    if template_text is None:  # an empty --topic is refused, not taken for the default
+        template_text = f"{root}/{{thing}}"
     if options.append_thing_name:
         template_text = template_text.rstrip("/") + "/{thing}"
     template = TopicTemplate(template_text, fleet=meta.get("fleet_id", ""), filter=True)
@@ -77,7 +78,7 @@ async def run_subscribe(
     on_tick: Callable[[dict[str, Any]], None] = lambda row: None,
     warn: Callable[[str], None] = lambda line: None,
 ) -> SubscribeReport:
-    """Run one subscribe and return its report (also written to `options.report`)."""
+    """Run one subscribe and return its report."""
     state_dir = aimed.settings.state_dir
     with Ledger.open(state_dir) as ledger:
         warnings = Warnings()
@@ -109,6 +110,4 @@ async def run_subscribe(
         endpoint=endpoint,
         qos=options.qos,
     )
-    if options.report is not None:
-        write_report(options.report, report)
     return report

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
+from elf_async.files import write_public
 from elf_async.report.thresholds import Verdict
 
 SUITE = "elf-async"
@@ -63,7 +63,4 @@ def junit_xml(
 
 def write_junit(path: Path, document: bytes) -> None:
     """Write atomically, so a CI step never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(document)
-    os.replace(tmp, path)
+    write_public(path, document.decode())

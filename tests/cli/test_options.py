@@ -4,19 +4,25 @@ units, every bad option is one UsageError line, and the report keeps what the us
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from elf_async.cli._common import api_rates
 from elf_async.cli._options import (
     ConnectArgs,
     SendArgs,
     SubscribeArgs,
+    check_output_path,
+    check_utf8,
     parse_connect_options,
+    parse_endpoint_url,
     parse_send_options,
     parse_subscribe_options,
 )
+from elf_async.controlplane.aws import AWS_DEFAULT_QUOTAS
 from elf_async.errors import UsageError
 
 
@@ -65,6 +71,14 @@ def test_a_total_rate_is_left_for_the_fleet_to_share_and_check() -> None:
         (SendArgs(drain="soon"), "--drain: 'soon' is not a duration"),
         (SendArgs(workers=0), "--workers 0: must be at least 1"),
         (SendArgs(report=Path("/nonexistent/dir/r.json")), "does not exist"),
+        (SendArgs(report=Path("/")), "--report /: is a directory"),
+        (SendArgs(count=10**20), "--count 100000000000000000000 at 1 messages/s per thing"),
+        (SendArgs(count=604_801), "a send lasts at most 7 days (at most --count 604800"),
+        (SendArgs(rate="10/s", count=6_048_001), "(at most --count 6048000 at this rate)"),
+        (SendArgs(duration="169h"), "--duration 169h: at most 168h (7 days)"),
+        (SendArgs(topic=""), "--topic must not be empty"),
+        (SendArgs(topic="elf/{nope}"), "unknown placeholder {nope}"),
+        (SendArgs(payload_template="{unknown}"), "unknown field {unknown}: the fields are"),
         (SendArgs(connect=ConnectArgs(connect_rate="501/s")), "allows 500 connects/s"),
         (SendArgs(connect=ConnectArgs(connect_timeout="x")), "--connect-timeout: 'x'"),
         (SendArgs(connect=ConnectArgs(keepalive="1.5s")), "whole seconds"),
@@ -84,6 +98,20 @@ def test_every_bad_send_option_is_one_usage_error(args: SendArgs, fragment: str)
     message = str(caught.value)
     assert fragment in message
     assert "\n" not in message
+
+
+def test_a_send_lasts_at_most_7_days() -> None:
+    """The bound is the run's length: a --count is refused only when its pace makes it longer."""
+    assert parse_send_options(SendArgs(duration="168h")).duration == 7 * 24 * 3600
+    assert parse_send_options(SendArgs(count=604_800)).count == 604_800
+    assert parse_send_options(SendArgs(rate="100/s", count=60_480_000)).count == 60_480_000
+    # --total-rate's share is known only with the fleet: unchecked without its size...
+    assert parse_send_options(SendArgs(total_rate="1/s", count=10**9)).count == 10**9
+    # ...and checked with it (`run` knows its COUNT before it creates anything).
+    with pytest.raises(UsageError, match=r"--count 1000000000 at 0\.5 messages/s per thing"):
+        parse_send_options(SendArgs(total_rate="1/s", count=10**9), fleet_size=2)
+    with pytest.raises(UsageError, match="150 messages/s per thing: AWS IoT drops publishes"):
+        parse_send_options(SendArgs(total_rate="300/s"), fleet_size=2)
 
 
 def test_over_aws_limits_only_when_allowed() -> None:
@@ -160,6 +188,10 @@ def test_subscribe_options() -> None:
         (SubscribeArgs(client_offset=-1), "--client-offset must be 0 or more"),
         (SubscribeArgs(duration="later"), "--duration: 'later' is not a duration"),
         (SubscribeArgs(report=Path("/nonexistent/dir/r.json")), "does not exist"),
+        (SubscribeArgs(report=Path("/")), "--report /: is a directory"),
+        (SubscribeArgs(duration="8d"), "--duration: '8d' is not a duration"),
+        (SubscribeArgs(duration="10081m"), "--duration 10081m: at most 168h (7 days)"),
+        (SubscribeArgs(topic=""), "--topic must not be empty"),
         (SubscribeArgs(connect=ConnectArgs(connect_rate="0/s")), "must be above zero"),
     ],
 )
@@ -167,3 +199,84 @@ def test_every_bad_subscribe_option_is_one_usage_error(args: SubscribeArgs, frag
     with pytest.raises(UsageError) as caught:
         parse_subscribe_options(args)
     assert fragment in str(caught.value)
+
+
+def test_an_output_path_is_checked_before_the_work(tmp_path: Path) -> None:
+    """A new or existing file in a writable directory, or a device written in place, passes;
+    what could only fail once the work is done is refused now, naming the option."""
+    check_output_path("--report", tmp_path / "new.json")
+    (tmp_path / "old.json").write_text("{}")
+    check_output_path("--junit", tmp_path / "old.json")
+    check_output_path("--report", Path("/dev/null"))
+    check_output_path("--report", None)
+    (tmp_path / "file").write_text("")
+    for path, message in [
+        (tmp_path, f"--junit {tmp_path}: is a directory"),
+        (tmp_path / "no" / "r.json", f"the directory {tmp_path / 'no'} does not exist"),
+        (tmp_path / "file" / "r.json", f"the directory {tmp_path / 'file'} is not a directory"),
+    ]:
+        with pytest.raises(UsageError) as caught:
+            check_output_path("--junit", path)
+        assert str(caught.value).endswith(message)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes whatever the modes say")
+def test_an_output_path_that_cannot_be_written_is_refused(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(UsageError, match=r"the directory .* is not writable"):
+        check_output_path("--report", locked / "r.json")
+    read_only = tmp_path / "r.json"
+    read_only.write_text("{}")
+    read_only.chmod(0o444)
+    with pytest.raises(UsageError, match="the file is not writable"):
+        check_output_path("--report", read_only)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:5000", "https://iot.eu-west-1.amazonaws.com/", "http://[::1]:80"]
+)
+def test_an_endpoint_url_is_http_or_https_with_a_host(url: str) -> None:
+    assert parse_endpoint_url("--endpoint-url", url) == url
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("notaurl", "not an http:// or https:// URL with a host"),
+        ("ftp://host", "not an http:// or https:// URL"),
+        ("http://", "not an http:// or https:// URL"),
+        ("http://bad_host:80", "not an http:// or https:// URL"),
+        ("http://-x.example", "not an http:// or https:// URL"),
+        ("http://host:99999", "the port is not a number from 0 to 65535"),
+        ("http://host:port", "the port is not a number"),
+    ],
+)
+def test_a_bad_endpoint_url_is_one_usage_error(url: str, fragment: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_endpoint_url("--endpoint-url", url)
+    assert str(caught.value).startswith(f"--endpoint-url {url!r}: {fragment}")
+
+
+def test_text_must_be_valid_utf8() -> None:
+    """Invalid bytes on the command line arrive as lone surrogates (os.fsdecode)."""
+    check_utf8("--topic", "elf/ünï/😀")
+    check_utf8("--count", 3)
+    bad = os.fsdecode(b"elf/\xff")
+    for value in (bad, Path(bad), ["ok", bad]):
+        with pytest.raises(
+            UsageError, match=r"^--topic: not valid UTF-8 \(byte 0xff at character 5\)$"
+        ):
+            check_utf8("--topic", value)
+
+
+def test_api_rates_pace_only_apis_elf_async_calls() -> None:
+    assert api_rates(["CreateThing=30/s", "AttachPolicy=600/m"]) == {
+        "CreateThing": 30.0, "AttachPolicy": 10.0
+    }  # fmt: skip
+    assert api_rates(None) == {}
+    with pytest.raises(UsageError) as caught:
+        api_rates(["CreateThing=30/s", "Foo=10/s"])
+    message = str(caught.value)
+    assert message.startswith("--api-rate Foo: not an API elf-async calls; one of AttachPolicy, ")
+    assert all(name in message for name in AWS_DEFAULT_QUOTAS)

@@ -106,13 +106,25 @@ def test_bad_threshold_is_a_usage_error_before_anything_starts(
     assert processes_under(tmp_path) == set()
 
 
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--rate", "fast"], "--rate: 'fast' is not a rate"),
+        (["--junit", "."], "--junit .: is a directory"),
+        (["--report", "no/such/dir/r.json"], "--report no/such/dir/r.json: the directory no/"),
+        (["--count", "99999999999999999999"], "a send lasts at most 7 days"),
+        (["--total-rate", "300/s"], "150 messages/s per thing: AWS IoT drops publishes"),
+        (["--topic", ""], "--topic must not be empty"),
+    ],
+)
 def test_a_bad_send_option_is_a_usage_error_before_anything_starts(
-    local_cli: LocalCli, tmp_path: Path
+    local_cli: LocalCli, tmp_path: Path, args: list[str], fragment: str
 ) -> None:
-    """Send's options are checked with create's, where they are parsed: a run that could
-    never send starts no stack and creates nothing."""
-    result = local_cli("run", "2", "--local", "--rate", "fast")
-    assert_one_line_error(result, 2, "--rate: 'fast' is not a rate")
+    """Send's options and the output paths are checked with create's, where they are parsed:
+    a run that could never send, or never write its results, starts no stack and creates
+    nothing (the JUnit file used to fail only after create, send and clean)."""
+    result = local_cli("run", "2", "--local", *args)
+    assert_one_line_error(result, 2, fragment)
     assert not (local_cli.state_dir / "local").exists()  # no stack was ever started
     assert processes_under(tmp_path) == set()
 

@@ -7,7 +7,9 @@ client proves its own identity.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -271,7 +273,15 @@ def test_every_bad_input_is_one_line_and_exit_2(
         (["--mqtt-endpoint", "host:99999"], "out of range"),
         (["--ca-file", str(tmp_path / "nope.pem")], "--ca-file"),
         (["--report", str(tmp_path / "no" / "dir.json")], "does not exist"),
+        (["--report", str(tmp_path)], "is a directory"),
         (["--drain", "soon"], "--drain"),
+        (["--topic", ""], "--topic must not be empty"),
+        (["--topic", os.fsdecode(b"elf/\xff")], "--topic: not valid UTF-8 (byte 0xff"),
+        ([os.fsdecode(b"hi \xff")], "MESSAGE: not valid UTF-8 (byte 0xff at character 4)"),
+        (["--payload-template", "{unknown}"], "unknown field {unknown}"),
+        (["--count", "99999999999999999999"], "a send lasts at most 7 days"),
+        (["--total-rate", "3/s", "--count", "1000000000"], "at 1 messages/s per thing takes"),
+        (["--duration", "169h"], "at most 168h (7 days)"),
     ]
     endpoint = f"127.0.0.1:{mosquitto.port}"
     with ThreadPoolExecutor(4) as pool:  # each run is a fresh interpreter: in parallel
@@ -281,3 +291,27 @@ def test_every_bad_input_is_one_line_and_exit_2(
         )
         for result, (_, fragment) in zip(results, cases, strict=True):
             assert_one_line_error(result, 2, fragment)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full: a Linux device")
+def test_a_report_that_cannot_be_written_at_the_end_is_kept_in_the_state_dir(
+    fleet: Cli, mosquitto: Mosquitto
+) -> None:
+    """/dev/full passes the check before the run (an existing, writable file) and then fails
+    every write with ENOSPC, a real full disk: the results are printed and kept, and the
+    run exits 2 with one line saying where the report is."""
+    result = send(fleet, mosquitto, "--count", "2", "--report", "/dev/full")
+    assert stat.S_ISCHR(Path("/dev/full").stat().st_mode)  # written in place, never replaced
+    kept = list((fleet.state_dir / "reports").glob("send-*.json"))
+    assert len(kept) == 1, kept
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("elf-async:")]
+    assert errors == [
+        f"elf-async: error: --report /dev/full: No space left on device; kept it in {kept[0]} "
+        "instead"
+    ]
+    assert "messages acked" in result.stdout  # the summary is printed anyway
+    assert f"report: {kept[0]}" in result.stdout
+    assert stat.S_IMODE(kept[0].stat().st_mode) == 0o644
+    assert load(kept[0])["messages"]["acked"] == 6

@@ -72,6 +72,25 @@ def test_template_placeholders() -> None:
     assert spec(template="plain").encoder("x")(1, 2) == b"plain"
 
 
+def test_template_braces_are_literal_except_around_a_field() -> None:
+    """JSON needs no escaping; {{name}} is the literal {name}, which a field cannot be."""
+    encode = spec(template='{"a": {"b": [{seq}]}, "f": "{{thing}}", "g": "{}{ seq }"}').encoder("x")
+    assert encode(3, 4) == b'{"a": {"b": [3]}, "f": "{thing}", "g": "{}{ seq }"}'
+    assert spec(template="{thing}{seq}{ts}{{ts}}").encoder("t-1")(7, 9) == b"t-179{ts}"
+
+
+@pytest.mark.parametrize("template", ["{unknown}", '{"n": {seq}, "x": {Seq}}', "{0}"])
+def test_an_unknown_template_field_is_refused(template: str) -> None:
+    """Sent literally, a typo'd field would go unnoticed in every message."""
+    with pytest.raises(UsageError) as caught:
+        spec(template=template)
+    name = template.split("{")[-1].split("}")[0]
+    assert str(caught.value) == (
+        f"--payload-template: unknown field {{{name}}}: the fields are {{thing}}, {{seq}}, "
+        f"{{ts}} ({{{{{name}}}}} sends the text {{{name}}})"
+    )
+
+
 def test_payload_size_is_exact_and_stays_json() -> None:
     encode = spec(size=200).encoder("elf-0001")
     for seq in (0, 9, 12345):
