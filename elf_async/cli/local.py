@@ -32,21 +32,28 @@ def describe(stack: localstack.LocalStack) -> str:
     )
 
 
-def _state_hint(state_dir: Path) -> str:
-    return "" if state_dir == Path(".elf") else f" --state-dir {state_dir}"
+def _did(result: localstack.Up) -> str:
+    if result.started:
+        return "started"
+    if not result.restarted:
+        return "already running"
+    where = "its port" if len(result.restarted) == 1 else "their ports"
+    replayed = ", moto with its recorded state replayed" if "moto" in result.restarted else ""
+    return f"restarted {' and '.join(result.restarted)} on {where}{replayed}"
 
 
 @app.command("up")
 def up(ctx: typer.Context) -> None:
-    """Start moto and mosquitto in the background (harmless when they already run)."""
+    """Start moto and mosquitto in the background; on a stack with a dead part, restart only
+    that part, on its port and with its state (harmless when both run)."""
     options = settings(ctx)
-    stack, started = localstack.up(options.state_dir, region=options.region)
-    print(f"local stack {'started' if started else 'already running'}:\n{describe(stack)}")
+    result = localstack.up(options.state_dir, region=options.region)
+    print(f"local stack {_did(result)}:\n{describe(result.stack)}")
     if not options.quiet:
-        hint = _state_hint(options.state_dir)
+        state_dir = options.state_dir
         print(
-            f"use it: elf-async{hint} --local create 10, then --local send; "
-            f"stop it: elf-async{hint} local down"
+            f"use it: {localstack.command(state_dir, '--local create 10')}, then --local send; "
+            f"stop it: {localstack.command(state_dir, 'local down')}"
         )
 
 
@@ -60,18 +67,16 @@ def status(
     stack = localstack.load(options.state_dir)
     running = stack is not None and stack.running()
     if as_json:
-        document = {"running": running, **(stack.to_json() if stack else {})}
+        document: dict[str, object] = {"running": running, **(stack.to_json() if stack else {})}
+        if stack is not None and not running:
+            document["advice"] = localstack.advice(stack)
         print(json.dumps(document, indent=2))
     elif stack is None:
         print("no local stack is running")
     elif running:
         print(f"local stack running since {stack.started_at}:\n{describe(stack)}")
     else:
-        print(
-            f"the local stack is broken (moto {'up' if stack.moto.alive() else 'gone'}, "
-            f"mosquitto {'up' if stack.mosquitto.alive() else 'gone'}): "
-            f"`elf-async{_state_hint(options.state_dir)} local up` restarts it"
-        )
+        print(f"the local stack is broken: {localstack.advice(stack)}")
 
 
 @app.command("down")
@@ -86,7 +91,7 @@ def down(ctx: typer.Context) -> None:
     if _fleet_lived_in(options.state_dir, stack):
         console_err(
             "warning: the fleet in this state dir lived in that stack and is gone with it; "
-            f"forget it with `elf-async{_state_hint(options.state_dir)} clean --only-local --yes`"
+            f"forget it with {localstack.command(options.state_dir, 'clean --only-local --yes')}"
         )
 
 

@@ -221,9 +221,10 @@ def command(
     try:
         with _sigterm_unwinds():
             if opts.local:
-                started, ephemeral = localstack.up(opts.state_dir, region=opts.region)
+                brought = localstack.up(opts.state_dir, region=opts.region)
+                ephemeral = brought.started
                 if ephemeral and not opts.quiet:
-                    print(f"started a local stack for this run:\n{_describe(started)}")
+                    print(f"started a local stack for this run:\n{_describe(brought.stack)}")
             aimed = aim(opts)
             result = run(
                 runner.run(

@@ -8,6 +8,7 @@ every client must present a certificate signed by the CA it trusts, as in AWS.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import socket
@@ -29,6 +30,7 @@ _INSTALL_HINT = (
 )
 _START_TIMEOUT = 15.0
 MOSQUITTO_COMMAND = "mosquitto"  # in its command line: how a recorded PID is known again
+CONFIG = "mosquitto.conf"
 
 
 def find_mosquitto() -> str:
@@ -50,6 +52,18 @@ def _free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether a server could not bind `host:port` now. With SO_REUSEADDR, as mosquitto and
+    moto bind: the TIME_WAIT of a connection a killed server left behind does not count."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def _server_names(host: str) -> tuple[str, ...]:
@@ -173,20 +187,54 @@ class Mosquitto:
         attempts = 1 if port is not None else 3
         for attempt in range(attempts):
             chosen = port if port is not None else _free_port(host)
+            (directory / CONFIG).write_text(
+                _config(
+                    host=host,
+                    port=chosen,
+                    ca_file=directory / "ca.crt",
+                    cert_file=directory / "server.crt",
+                    key_file=directory / "server.key",
+                    max_inflight=max_inflight,
+                    persistence=persistence,
+                    log_types=log_types,
+                )
+            )
             broker = cls._launch(
                 binary,
                 directory=directory,
                 host=host,
                 port=chosen,
-                max_inflight=max_inflight,
-                persistence=persistence,
-                log_types=log_types,
                 log_file=log_file or directory / "mosquitto.log",
                 last_attempt=attempt == attempts - 1,
             )
             if broker is not None:
                 return broker
         raise AssertionError("unreachable")  # _launch raises on the last attempt
+
+    @classmethod
+    def restart(cls, *, directory: Path, port: int, host: str = "127.0.0.1") -> Mosquitto:
+        """mosquitto again from the config `start` wrote in `directory`: the same port, server
+        certificate, CA file and persistence, so a client that trusted it trusts it again and
+        a persistent broker takes its saved sessions back. Its log goes on where it was."""
+        conf = directory / CONFIG
+        try:
+            listens = f"listener {port} {host}\n" in conf.read_text()
+        except OSError as exc:
+            raise LocalStackError(f"cannot restart mosquitto: {conf}: {exc.strerror}") from exc
+        if not listens:
+            raise LocalStackError(
+                f"cannot restart mosquitto on {host}:{port}: {conf} configures another listener"
+            )
+        broker = cls._launch(
+            find_mosquitto(),
+            directory=directory,
+            host=host,
+            port=port,
+            log_file=directory / "mosquitto.log",  # a link to the log `start` was given, if any
+            last_attempt=True,
+        )
+        assert broker is not None  # _launch raises on the last attempt
+        return broker
 
     @classmethod
     def _launch(
@@ -196,25 +244,12 @@ class Mosquitto:
         directory: Path,
         host: str,
         port: int,
-        max_inflight: int,
-        persistence: bool,
-        log_types: Sequence[str],
         log_file: Path,
         last_attempt: bool,
     ) -> Mosquitto | None:
-        conf = directory / "mosquitto.conf"
-        conf.write_text(
-            _config(
-                host=host,
-                port=port,
-                ca_file=directory / "ca.crt",
-                cert_file=directory / "server.crt",
-                key_file=directory / "server.key",
-                max_inflight=max_inflight,
-                persistence=persistence,
-                log_types=log_types,
-            )
-        )
+        """Start mosquitto with the config in `directory`; None when another process took
+        `port` first and this is not the `last_attempt`."""
+        conf = directory / CONFIG
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with log_file.open("ab") as log:
             process = subprocess.Popen(

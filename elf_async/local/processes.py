@@ -6,6 +6,8 @@ PID does not share) and a word its command line holds. `is_ours` checks all of t
 `stop` checks again right before every signal, the SIGKILL after a SIGTERM included: a process
 that went away (or turned into something else) meanwhile is never signalled.
 
+`listener` names the process that holds a port, for a refusal a user can act on.
+
 Linux reads /proc; elsewhere (macOS) `ps` tells the start time and the command line.
 """
 
@@ -72,6 +74,26 @@ def stop(process: Owned, timeout: float) -> bool:
         else:
             return True
     return False
+
+
+def listener(port: int) -> tuple[int, str] | None:
+    """The PID and name of a process listening on TCP `port`, to say who holds a port the stack
+    needs; None when none is found (not Linux, or a process whose descriptors we may not read)."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()  # sl, local address:port (hex), remote, state, ..., inode
+                if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                    sockets.add(f"socket:[{fields[9]}]")
+    if not sockets:
+        return None
+    for descriptors in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) in sockets for fd in descriptors.iterdir()):
+                pid = int(descriptors.parent.name)
+                return pid, Path(f"/proc/{pid}/comm").read_text().strip()
+    return None
 
 
 def _probe(pid: int) -> tuple[str, bytes] | None:

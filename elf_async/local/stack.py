@@ -5,6 +5,14 @@ command, makes a local CA in ``<state-dir>/local/`` and registers it in moto. Wh
 recorded in ``<state-dir>/local/stack.json`` with each process's start time, so `down`
 signals exactly those processes and never a recycled PID (elf_async.local.processes). With
 `--local`, commands call `resolve` to aim at the running stack instead of AWS.
+
+The stack keeps its ports and its state: the ledger records moto's endpoint, and a running
+send reconnects to the broker's port. So `up` on a stack with a dead part restarts only that
+part, on its recorded port: mosquitto from its own config and certificates, moto with every
+request the old one served replayed into it (moto's recorder writes them to
+``moto-recording.jsonl`` from the first `up` on; the stack signs in cert mode `ca`, so the
+replayed registrations give the same certificate ids). Where that cannot be done (a port
+another process took, no recording) `up` refuses and says what would be lost.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +38,7 @@ from elf_async.config import DEFAULT_REGION, Settings, Target
 from elf_async.controlplane.aws import connect
 from elf_async.controlplane.certs import CertificateAuthority, key_pem
 from elf_async.controlplane.create import CreateRequest, register_ca
-from elf_async.errors import LocalStackError, UsageError
+from elf_async.errors import AwsError, LocalStackError, UsageError
 from elf_async.files import ensure_private_dir, write_private, write_public
 from elf_async.local import processes
 from elf_async.local.mosquitto import (
@@ -39,6 +48,7 @@ from elf_async.local.mosquitto import (
     _free_port,
     _tail,
     find_mosquitto,
+    port_taken,
 )
 from elf_async.local.processes import Owned, is_ours
 
@@ -46,6 +56,7 @@ HOST = "127.0.0.1"
 STACK_DIR = "local"
 RECORD = "stack.json"
 RECORD_VERSION = 1
+RECORDING = "moto-recording.jsonl"  # what moto served since `up` started it, replayed on restart
 MOTO_COMMAND = "moto.server"  # in moto's command line: how its recorded PID is known again
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -56,6 +67,12 @@ _AWS_IDENTITY_ENV = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
 
 def stack_dir(state_dir: Path) -> Path:
     return state_dir / STACK_DIR
+
+
+def command(state_dir: Path, args: str) -> str:
+    """How a user runs `elf-async ARGS` on `state_dir`, quoted for a message."""
+    hint = "" if state_dir == Path(".elf") else f" --state-dir {state_dir}"
+    return f"`elf-async{hint} {args}`"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +143,20 @@ class LocalStack:
     def broker_dir(self) -> Path:
         return self.directory / "mosquitto"
 
+    @property
+    def recording(self) -> Path:
+        """Every request moto served, in order: replayed into a restarted moto."""
+        return self.directory / RECORDING
+
+    def parts(self) -> tuple[tuple[str, ProcessRecord], ...]:
+        return (("moto", self.moto), ("mosquitto", self.mosquitto))
+
+    def dead(self) -> tuple[str, ...]:
+        """The parts that no longer run."""
+        return tuple(name for name, part in self.parts() if not part.alive())
+
     def running(self) -> bool:
-        return self.moto.alive() and self.mosquitto.alive()
+        return not self.dead()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -174,10 +203,9 @@ def running(state_dir: Path) -> LocalStack:
     """The running stack, or a `LocalStackError` telling how to start one."""
     stack = load(state_dir)
     if stack is None or not stack.running():
-        hint = "" if state_dir == Path(".elf") else f" --state-dir {state_dir}"
         raise LocalStackError(
             f"no local stack is running for state dir {state_dir}: "
-            f"start one with `elf-async{hint} local up`"
+            f"start one with {command(state_dir, 'local up')}"
         )
     return stack
 
@@ -267,36 +295,67 @@ def _require_moto() -> None:
         )
 
 
-def _start_moto(directory: Path) -> ProcessRecord:
-    """moto in server mode on a free port, in its own session, logging to ``moto.log``."""
+def _start_moto(directory: Path, port: int | None = None) -> ProcessRecord:
+    """moto in server mode on `port` (else a free one), in its own session, logging to
+    ``moto.log``. Its recorder writes to the stack's recording once `_recorder` starts it:
+    not before, so that a replay is not recorded again."""
     _require_moto()
     log_file = directory / "moto.log"
-    for attempt in range(3):
-        port = _free_port(HOST)
+    env = {name: value for name, value in os.environ.items() if name != "MOTO_ENABLE_RECORDING"}
+    env["MOTO_RECORDER_FILEPATH"] = str(directory / RECORDING)
+    attempts = 1 if port is not None else 3
+    for attempt in range(attempts):
+        chosen = port if port is not None else _free_port(HOST)
         with log_file.open("ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+                [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(chosen)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                env=env,
             )
         owned = processes.own(process.pid, MOTO_COMMAND)
         deadline = time.monotonic() + START_TIMEOUT_S
         while owned is not None and time.monotonic() < deadline and process.poll() is None:
-            if _accepts(HOST, port):
-                return ProcessRecord(owned, port)
+            if _accepts(HOST, chosen):
+                return ProcessRecord(owned, chosen)
             time.sleep(0.05)
         if owned is not None and process.poll() is None:
             processes.stop(owned, STOP_TIMEOUT_S)
             raise LocalStackError(
-                f"moto did not listen on {HOST}:{port} within {START_TIMEOUT_S:.0f}s: "
+                f"moto did not listen on {HOST}:{chosen} within {START_TIMEOUT_S:.0f}s: "
                 f"{_tail(log_file)}"
             )
         process.wait()
-        if "in use" not in _tail(log_file) or attempt == 2:
+        if "in use" not in _tail(log_file) or attempt == attempts - 1:
             raise LocalStackError(f"moto exited with code {process.returncode}: {_tail(log_file)}")
     raise AssertionError("unreachable")
+
+
+def _recorder(
+    directory: Path, endpoint_url: str, action: str, timeout: float | None = START_TIMEOUT_S
+) -> None:
+    """POST to moto's recorder (``/moto-api/recorder/<action>``), never through a proxy."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    url = f"{endpoint_url}/moto-api/recorder/{action}"
+    try:
+        with opener.open(urllib.request.Request(url, data=b"", method="POST"), timeout=timeout):
+            pass
+    except OSError as exc:  # URLError, HTTPError and timeouts alike
+        raise LocalStackError(
+            f"moto's recorder failed to {action.replace('-', ' ')}: {exc} "
+            f"(see {directory / 'moto.log'})"
+        ) from exc
+
+
+def _whole_lines(recording: Path) -> None:
+    """Drop a request moto was still writing when it died (a full disk): a replay stops at the
+    first line it cannot read. Its caller never got an answer to it."""
+    data = recording.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with recording.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
 
 
 async def _register_ca(endpoint_url: str, region: str, ca: CertificateAuthority) -> str:
@@ -308,46 +367,173 @@ async def _register_ca(endpoint_url: str, region: str, ca: CertificateAuthority)
     return str(response["certificateId"])
 
 
-def up(state_dir: Path, *, region: str | None = None) -> tuple[LocalStack, bool]:
-    """Start the stack unless it already runs. Returns the stack and whether it was started.
+async def _knows_ca(stack: LocalStack) -> bool:
+    """Whether moto has the stack's CA: the first thing `up` registered, so the first a replay
+    brings back."""
+    target = Target(region=stack.region, profile=None, endpoint_url=stack.endpoint_url)
+    async with connect(target, concurrency=1) as plane:
+        try:
+            await plane.call("DescribeCACertificate", certificateId=stack.ca_certificate_id)
+        except AwsError as exc:
+            if exc.code != "ResourceNotFoundException":
+                raise
+            return False
+    return True
 
-    A half-dead stack (one process gone) is stopped and started afresh. Whatever this call
-    started is stopped again if it fails or is interrupted.
+
+def _replay(stack: LocalStack) -> None:
+    """Replay the stack's recording into its restarted (empty) moto, then record again."""
+    _whole_lines(stack.recording)
+    lost = f"replaying {stack.recording} did not bring moto's state back"
+    try:
+        # One request after the other, ~10 ms each (~4 per thing): as long as it takes.
+        # Ctrl-C stops it, and the new moto with it.
+        _recorder(stack.directory, stack.endpoint_url, "replay-recording", timeout=None)
+    except LocalStackError as exc:
+        raise LocalStackError(f"{lost} ({exc}); {_afresh(stack.directory.parent)}") from exc
+    _recorder(stack.directory, stack.endpoint_url, "start-recording")
+    use_local_credentials()
+    if not asyncio.run(_knows_ca(stack)):
+        raise LocalStackError(
+            f"{lost} (the local CA {stack.ca_certificate_id} is missing); "
+            + _afresh(stack.directory.parent)
+        )
+
+
+def _afresh(state_dir: Path) -> str:
+    """The way out when the stack's state cannot be kept."""
+    return (
+        f"to start afresh without it: {command(state_dir, 'local down')}, "
+        f"{command(state_dir, 'clean --only-local --yes')} (forgets the fleet it held), "
+        f"{command(state_dir, 'local up')}"
+    )
+
+
+def restart_refusal(stack: LocalStack) -> str | None:
+    """Why `up` cannot bring the dead parts of `stack` back as they were; None when it can."""
+    state_dir = stack.directory.parent
+    for name, part in stack.parts():
+        if not part.alive() and port_taken(HOST, part.port):
+            holder = processes.listener(part.port)
+            who = "another process" if holder is None else f"pid {holder[0]} ({holder[1]})"
+            return (
+                f"{name}'s port {part.port} is taken by {who}; the ledger and running sends "
+                f"know that port, so {name} is not moved: free it and run "
+                f"{command(state_dir, 'local up')} again"
+            )
+    if not stack.moto.alive() and not stack.recording.is_file():
+        return (
+            f"moto is gone and nothing recorded its state ({stack.recording} is missing): a new "
+            "one would hold none of the things, certificates, policies and CA it held; "
+            + _afresh(state_dir)
+        )
+    return None
+
+
+def advice(stack: LocalStack) -> str:
+    """For `local status` on a broken stack: which part is gone, what `up` does about it."""
+    dead = stack.dead()
+    gone = " and ".join(
+        f"{name} (pid {part.pid}, port {part.port})" for name, part in stack.parts() if name in dead
+    ) + (" is gone" if len(dead) == 1 else " are gone")
+    up_command = command(stack.directory.parent, "local up")
+    refusal = restart_refusal(stack)
+    if refusal is not None:
+        return f"{gone}, and {up_command} would refuse to restart it: {refusal}"
+    does = {
+        "moto": "restarts moto on its port and replays its recorded state into it",
+        "mosquitto": "restarts mosquitto on its port",
+    }
+    kept = "".join(f"; {name} runs on untouched" for name, _ in stack.parts() if name not in dead)
+    return f"{gone}: {up_command} " + " and ".join(does[name] for name in dead) + kept
+
+
+@dataclass(frozen=True, slots=True)
+class Up:
+    """What `up` did: started a new stack, restarted the dead parts of one, or nothing."""
+
+    stack: LocalStack
+    started: bool  # a new stack: new ports, an empty moto
+    restarted: tuple[str, ...] = ()  # parts started again on their ports, moto with its state
+
+
+def up(state_dir: Path, *, region: str | None = None) -> Up:
+    """Start the stack, or only its dead parts (`_restart`), or nothing when it runs.
+
+    Whatever this call started is stopped again if it fails or is interrupted.
     """
     find_mosquitto()
     directory = ensure_private_dir(stack_dir(state_dir))
     with _locked(directory):
         existing = load(state_dir)
-        if existing is not None:
-            if existing.running():
-                return existing, False
-            _stop(existing)
-        ca = _local_ca(directory)
-        region = region or DEFAULT_REGION
-        moto: ProcessRecord | None = None
-        broker: Mosquitto | None = None
-        try:
-            moto = _start_moto(directory)
-            broker = Mosquitto.start(directory=directory / "mosquitto", ca=ca, host=HOST)
-            endpoint = f"http://{HOST}:{moto.port}"
-            use_local_credentials()
-            ca_id = asyncio.run(_register_ca(endpoint, region, ca))
-            stack = LocalStack(
-                directory=directory,
-                region=region,
-                moto=moto,
-                mosquitto=ProcessRecord(broker.process, broker.port),
-                ca_certificate_id=ca_id,
-                started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            )
-            write_public(directory / RECORD, json.dumps(stack.to_json(), indent=2) + "\n")
-        except BaseException:
-            if broker is not None:
-                broker.stop()
-            if moto is not None:
-                processes.stop(moto.process, STOP_TIMEOUT_S)
-            raise
-    return stack, True
+        if existing is None:
+            return Up(_start(directory, region or DEFAULT_REGION), started=True)
+        dead = existing.dead()
+        if not dead:
+            return Up(existing, started=False)
+        return Up(_restart(existing), started=False, restarted=dead)
+
+
+def _start(directory: Path, region: str) -> LocalStack:
+    """A new stack on free ports: moto empty and recording from its first request on."""
+    ca = _local_ca(directory)
+    write_private(directory / RECORDING, "")
+    moto: ProcessRecord | None = None
+    broker: Mosquitto | None = None
+    try:
+        moto = _start_moto(directory)
+        endpoint = f"http://{HOST}:{moto.port}"
+        _recorder(directory, endpoint, "start-recording")
+        broker = Mosquitto.start(directory=directory / "mosquitto", ca=ca, host=HOST)
+        use_local_credentials()
+        ca_id = asyncio.run(_register_ca(endpoint, region, ca))
+        stack = LocalStack(
+            directory=directory,
+            region=region,
+            moto=moto,
+            mosquitto=ProcessRecord(broker.process, broker.port),
+            ca_certificate_id=ca_id,
+            started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+        _write_record(stack)
+    except BaseException:
+        if broker is not None:
+            broker.stop()
+        if moto is not None:
+            processes.stop(moto.process, STOP_TIMEOUT_S)
+        raise
+    return stack
+
+
+def _restart(stack: LocalStack) -> LocalStack:
+    """`stack` with its dead parts started again on their recorded ports: mosquitto from its
+    config, moto with its recording replayed. Refuses (`restart_refusal`) rather than move a
+    port or lose moto's state; what this started is stopped again if it fails."""
+    refusal = restart_refusal(stack)
+    if refusal is not None:
+        raise LocalStackError(f"cannot restart the local stack: {refusal}")
+    moto, broker = stack.moto, stack.mosquitto
+    started: list[Owned] = []
+    try:
+        if not moto.alive():
+            moto = _start_moto(stack.directory, moto.port)
+            started.append(moto.process)
+            _replay(stack)
+        if not broker.alive():
+            restarted = Mosquitto.restart(directory=stack.broker_dir, port=broker.port, host=HOST)
+            broker = ProcessRecord(restarted.process, restarted.port)
+            started.append(broker.process)
+        stack = dataclasses.replace(stack, moto=moto, mosquitto=broker)
+        _write_record(stack)
+    except BaseException:
+        for process in started:
+            processes.stop(process, STOP_TIMEOUT_S)
+        raise
+    return stack
+
+
+def _write_record(stack: LocalStack) -> None:
+    write_public(stack.directory / RECORD, json.dumps(stack.to_json(), indent=2) + "\n")
 
 
 def _stop(stack: LocalStack) -> None:
@@ -356,6 +542,7 @@ def _stop(stack: LocalStack) -> None:
     ).stop(STOP_TIMEOUT_S)
     processes.stop(stack.moto.process, STOP_TIMEOUT_S)
     (stack.directory / RECORD).unlink(missing_ok=True)
+    stack.recording.unlink(missing_ok=True)  # moto's state ends with it
 
 
 def down(state_dir: Path) -> LocalStack | None:

@@ -43,3 +43,17 @@ def test_restart_on_the_same_port(mosquitto: Mosquitto, test_ca: FixtureCA, tmp_
         assert _pub(again, *test_ca.client_cert(tmp_path, "good")).returncode == 0
     finally:
         again.stop()
+
+
+def test_restart_from_its_own_config_keeps_its_port_and_certificate(
+    mosquitto: Mosquitto, test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    """What `local up` does for a dead broker: clients that trusted it trust it again."""
+    certificate = (mosquitto.directory / "server.crt").read_text()
+    mosquitto.stop()
+    again = Mosquitto.restart(directory=mosquitto.directory, port=mosquitto.port)
+    try:
+        assert (again.directory / "server.crt").read_text() == certificate
+        assert _pub(again, *test_ca.client_cert(tmp_path, "good")).returncode == 0
+    finally:
+        again.stop()

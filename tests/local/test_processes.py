@@ -3,7 +3,9 @@ turns into another program between SIGTERM and SIGKILL, one that ignores SIGTERM
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +115,18 @@ def test_without_proc_ps_tells_the_start_time_and_command_line(
     process.kill()
     process.wait()
     assert processes.probe_with_ps(process.pid) is None
+
+
+def test_listener_names_the_process_that_holds_a_port(spawn: list[subprocess.Popen[str]]) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))  # bound, never listening: nobody holds it as a server
+        assert processes.listener(unused.getsockname()[1]) is None
+    holder = _start(
+        spawn, sys.executable, "-c",
+        "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
+        "print(s.getsockname()[1], flush=True); input()",
+    )  # fmt: skip
+    assert holder.stdout is not None
+    port = int(holder.stdout.readline())
+    comm = Path(f"/proc/{holder.pid}/comm").read_text().strip()
+    assert processes.listener(port) == (holder.pid, comm)

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import stat
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 from support.fixtures import assert_one_line_error, iot_client
-from support.local import LocalCli, alive
+from support.local import LocalCli, alive, reaping
+from support.mqtt import FixtureCA, Observer
+from support.wait import wait_for_log, wait_until
 
 from elf_async.controlplane.certs import CertificateAuthority, generate_key, key_pem
 from elf_async.files import write_private, write_public
+from elf_async.local.mosquitto import Mosquitto
+from elf_async.local.processes import Owned
 
 
 def _status(local_cli: LocalCli) -> dict[str, object]:
@@ -141,4 +149,165 @@ def test_create_and_clean_against_the_local_stack(local_cli: LocalCli) -> None:
         assert iot.list_certificates()["certificates"] == []
         assert iot.list_policies()["policies"] == []
     finally:
+        assert local_cli("local", "down").returncode == 0
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL, as a crash or the OOM killer ends a process: nothing is saved, nothing closed."""
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not alive(pid), what=f"pid {pid} to die")
+
+
+def _up(local_cli: LocalCli) -> dict[str, Any]:
+    result = local_cli("local", "up")
+    assert result.returncode == 0, result.stderr
+    record = local_cli.stack()
+    assert record is not None
+    return record
+
+
+def _things(iot: Any) -> list[str]:
+    return sorted(thing["thingName"] for thing in iot.list_things()["things"])
+
+
+def _local_ca(local_cli: LocalCli) -> FixtureCA:
+    local = local_cli.state_dir / "local"
+    ca = CertificateAuthority.load(local / "ca.crt", local / "ca.key")
+    return FixtureCA(ca, local / "ca.crt", local / "ca.key")
+
+
+def test_up_after_the_broker_died_restarts_only_it_and_a_running_send_gets_back(
+    local_cli: LocalCli, tmp_path: Path
+) -> None:
+    record = _up(local_cli)
+    try:
+        assert local_cli("--local", "create", "3").returncode == 0
+        iot = iot_client(record["endpoint_url"])
+        things = _things(iot)
+        assert len(things) == 3
+        log = local_cli.state_dir / "local" / "mosquitto" / "mosquitto.log"
+        report = tmp_path / "report.json"
+        process = local_cli.popen(
+            "--local", "send", "--rate", "2/s", "--duration", "10m", "--qos", "1",
+            "--report", str(report),
+        )  # fmt: skip
+        with reaping(process):
+            wait_for_log(log, "New client connected", count=3, timeout=120)
+            _kill(record["mosquitto"]["pid"])
+            status = local_cli("local", "status")
+            assert "mosquitto (pid" in status.stdout
+            assert "restarts mosquitto on its port" in status.stdout
+            assert "moto runs on untouched" in status.stdout
+
+            restarted = local_cli("local", "up")
+            assert restarted.returncode == 0, restarted.stderr
+            assert "restarted mosquitto on its port" in restarted.stdout
+            after = local_cli.stack()
+            assert after is not None
+            assert after["moto"] == record["moto"]  # the same process: its state untouched
+            assert alive(record["moto"]["pid"])
+            assert _things(iot) == things  # plain boto3 against that moto
+            assert after["mosquitto"]["port"] == record["mosquitto"]["port"]
+            assert after["mosquitto"]["pid"] != record["mosquitto"]["pid"]
+
+            # Subscribed after the restart: a message from a thing means it got back.
+            broker = Mosquitto.attach(
+                process=Owned(after["mosquitto"]["pid"], after["mosquitto"]["started"]),
+                port=after["mosquitto"]["port"],
+                directory=log.parent,
+            )
+            watcher = Observer(broker, *_local_ca(local_cli).client_cert(tmp_path, "observer"))
+            watcher.start()
+            try:
+                wait_until(
+                    lambda: all(watcher.counts().get(f"elf/{name}") for name in things),
+                    what="a message from every thing through the restarted broker",
+                )
+            finally:
+                watcher.stop()
+            process.send_signal(signal.SIGINT)
+            _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130, stderr
+        sent = json.loads(report.read_text())
+        assert sent["connections"]["reconnects"] == 3
+        assert all(row["error"] is None for row in sent["things"])
+        again = local_cli("--local", "send", "--count", "2")
+        assert again.returncode == 0, again.stderr
+    finally:
+        assert local_cli("local", "down").returncode == 0
+
+
+def test_up_after_moto_died_replays_its_state_on_its_port(local_cli: LocalCli) -> None:
+    record = _up(local_cli)
+    try:
+        assert local_cli("--local", "create", "3").returncode == 0
+        iot = iot_client(record["endpoint_url"])
+        things = _things(iot)
+        certificates = iot.list_certificates_by_ca(caCertificateId=record["ca_certificate_id"])
+        ids = sorted(cert["certificateId"] for cert in certificates["certificates"])
+        assert len(things) == len(ids) == 3
+        _kill(record["moto"]["pid"])
+        with (local_cli.state_dir / "local" / "moto-recording.jsonl").open("a") as recording:
+            recording.write('{"headers": {"Host"')  # what moto was writing when the disk filled
+        status = local_cli("local", "status")
+        assert "restarts moto on its port and replays its recorded state" in status.stdout
+
+        restarted = local_cli("local", "up")
+        assert restarted.returncode == 0, restarted.stderr
+        assert "restarted moto on its port, moto with its recorded state replayed" in (
+            restarted.stdout
+        )
+        after = local_cli.stack()
+        assert after is not None
+        assert after["mosquitto"] == record["mosquitto"]  # the broker untouched
+        assert after["moto"]["port"] == record["moto"]["port"]
+        assert after["moto"]["pid"] != record["moto"]["pid"]
+        assert _things(iot) == things  # plain boto3, the same endpoint
+        replayed = iot.list_certificates_by_ca(caCertificateId=record["ca_certificate_id"])
+        assert sorted(cert["certificateId"] for cert in replayed["certificates"]) == ids
+        for name in things:
+            assert len(iot.list_thing_principals(thingName=name)["principals"]) == 1
+
+        iot.create_thing(thingName="made-after-the-restart")  # recorded too: a second restart
+        _kill(after["moto"]["pid"])
+        assert local_cli("local", "up").returncode == 0
+        assert _things(iot) == sorted([*things, "made-after-the-restart"])
+        iot.delete_thing(thingName="made-after-the-restart")
+        cleaned = local_cli("--local", "clean")  # the ledger and the replayed moto agree
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert iot.list_things()["things"] == []
+        assert iot.list_certificates()["certificates"] == []
+    finally:
+        assert local_cli("local", "down").returncode == 0
+
+
+def test_up_refuses_in_one_line_when_another_process_took_a_dead_parts_port(
+    local_cli: LocalCli,
+) -> None:
+    record = _up(local_cli)
+    port = record["mosquitto"]["port"]
+    _kill(record["mosquitto"]["pid"])
+    stranger = subprocess.Popen(
+        [sys.executable, "-c",
+         "import socket, sys; s = socket.socket(); "
+         "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+         f"s.bind(('127.0.0.1', {port})); s.listen(); print('ready', flush=True); "
+         "sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert stranger.stdout is not None
+        assert stranger.stdout.readline() == "ready\n"
+        result = local_cli("local", "up")
+        assert_one_line_error(
+            result, 1, f"mosquitto's port {port} is taken by pid {stranger.pid}", "local up"
+        )
+        assert local_cli.stack() == record  # nothing moved
+        assert alive(record["moto"]["pid"])
+        assert stranger.poll() is None
+        status = local_cli("local", "status")
+        assert f"port {port} is taken by pid {stranger.pid}" in status.stdout
+    finally:
+        stranger.kill()
+        stranger.wait()
         assert local_cli("local", "down").returncode == 0
