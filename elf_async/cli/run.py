@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from elf_async import statelock
 from elf_async.cli import _mqtt, create
 from elf_async.cli._common import (
     ApiRateOption,
@@ -201,6 +202,7 @@ def command(
             )
         )
     )
+    ctx.with_resource(statelock.hold(opts.state_dir))  # until the command returns
     if Ledger.exists(opts.state_dir):
         raise UsageError(
             f"{opts.state_dir} already holds a fleet, which run would clean at the end: "

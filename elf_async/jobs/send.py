@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from elf_async import statelock
 from elf_async.controlplane.fleet import per_thing_topics
 from elf_async.controlplane.ledger import Ledger
 from elf_async.dataplane.options import ConnectOptions, Qos, check_publish_rate
@@ -128,7 +129,8 @@ async def run_send(
     Installs no signal handlers: `stop` is the caller's.
     """
     state_dir = aimed.settings.state_dir
-    with Ledger.open(state_dir) as ledger:
+    # Shared: never while a create or clean changes the fleet, but next to other readers.
+    with statelock.hold(state_dir, shared=True), Ledger.open(state_dir) as ledger:
         warnings = Warnings()
         send_plan = plan_send(options, ledger, state_dir, warnings)
         for line in warnings.lines:

@@ -10,21 +10,19 @@ signals exactly those processes and never a recycled PID (elf_async.local.proces
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
-import fcntl
 import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from elf_async import statelock
 from elf_async.config import DEFAULT_REGION, Settings, Target
 from elf_async.controlplane.aws import connect
 from elf_async.controlplane.certs import CertificateAuthority, key_pem
@@ -237,17 +235,6 @@ def for_create(request: CreateRequest, stack: LocalStack) -> CreateRequest:
     )
 
 
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """One `up` or `down` at a time per state dir."""
-    with (directory / "lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _local_ca(directory: Path) -> CertificateAuthority:
     """The stack's CA, made on the first `up` and kept (key 0600 in the 0700 directory)."""
     cert_file, key_file = directory / "ca.crt", directory / "ca.key"
@@ -316,7 +303,7 @@ def up(state_dir: Path, *, region: str | None = None) -> tuple[LocalStack, bool]
     """
     find_mosquitto()
     directory = ensure_private_dir(stack_dir(state_dir))
-    with _locked(directory):
+    with statelock.hold(state_dir):
         existing = load(state_dir)
         if existing is not None:
             if existing.running():
@@ -363,7 +350,7 @@ def down(state_dir: Path) -> LocalStack | None:
     directory = stack_dir(state_dir)
     if not (directory / RECORD).is_file():
         return None
-    with _locked(directory):
+    with statelock.hold(state_dir):
         stack = load(state_dir)
         if stack is not None:
             _stop(stack)
