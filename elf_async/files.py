@@ -7,6 +7,7 @@ temporary name, and a leftover temporary file of another run cannot lend its mod
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -19,9 +20,11 @@ def make_private_dirs(path: Path) -> Path:
     for directory in reversed(missing):
         try:
             directory.mkdir(mode=0o700)
-        except FileExistsError:
+        except FileExistsError as exc:
             if not directory.is_dir():
-                raise
+                raise NotADirectoryError(
+                    errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory)
+                ) from exc
             continue  # made meanwhile by another process: its mode is its maker's
         os.chmod(directory, 0o700)  # mkdir's mode is masked by the umask
     return path

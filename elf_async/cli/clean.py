@@ -71,6 +71,9 @@ def command(
             progress=progress_for("clean", quiet=quiet),
         )
     )
+    if result is None:
+        print(f"no fleet in {opts.state_dir}: its ledger recorded none; removed it")
+        return
     if json_output:
         print(json.dumps(result.as_json(), indent=2))
     else:

@@ -265,8 +265,17 @@ async def clean_fleet(
     concurrency: int,
     progress: ProgressSink,
     api_rates: dict[str, float] | None = None,
-) -> CleanResult:
-    """Clean the fleet of the state dir, or find fleet `fleet_id` in AWS when the ledger is lost."""
+) -> CleanResult | None:
+    """Clean the fleet of the state dir, or find fleet `fleet_id` in AWS when the ledger is lost.
+
+    None when the ledger records no fleet (a create that stopped before it made anything):
+    that ledger is forgotten without a call to AWS, since it does not even say where its
+    fleet would live."""
+    if fleet_id is None:
+        with Ledger.open(settings.state_dir) as ledger:
+            if "fleet_id" not in ledger.meta():  # Ledger.open refused one with things
+                forget(settings.state_dir, ledger)
+                return None
 
     def check(meta: dict[str, str]) -> None:
         if fleet_id and meta.get("fleet_id") not in (None, fleet_id):
