@@ -85,18 +85,17 @@ def command(
 
 
 def _forget(state_dir: Path, *, yes: bool) -> None:
-    left = forget_local(state_dir, confirm=None if yes else _confirm)
+    def confirm(summary: str) -> bool:
+        print(summary)  # what stays in AWS, also with --yes
+        return yes or typer.confirm("Forget the local state anyway?", default=False)
+
+    left = forget_local(state_dir, confirm=confirm)
     if left is None:
         print("nothing forgotten")
         return
     print(
         f"forgot the local state in {state_dir}; {left} things and their certificates stay in AWS"
     )
-
-
-def _confirm(summary: str) -> bool:
-    print(summary)
-    return typer.confirm("Forget the local state anyway?", default=False)
 
 
 def _print_summary(result: CleanResult, *, quiet: bool) -> None:
