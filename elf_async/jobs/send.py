@@ -99,7 +99,7 @@ def plan_send(
     outside = [
         t.topic
         for t in things
-        if outside_policy(t.topic, root, thing=t.identity.name if per_thing else None)
+        if outside_policy(t.topic, root, thing=t.identity.name, shared=not per_thing)
     ]
     if outside:
         warnings.lines.append(policy_warning(outside[0], root, per_thing=per_thing))
@@ -111,8 +111,9 @@ def policy_warning(topic: str, root: str, *, per_thing: bool) -> str:
     allowed = f"{root}/<client's thing name> and below" if per_thing else f"{root}/ and below"
     hint = "; `create --shared-topics` opens the whole root" if per_thing else ""
     return (
-        f"topic {topic} is outside the fleet policy ({allowed}{hint}): AWS IoT disconnects "
-        "a client that publishes there and refuses the subscription"
+        f"topic {topic} is outside the fleet policy ({allowed}, and the client's own thing's "
+        f"shadow topics{hint}): AWS IoT disconnects a client that publishes there and refuses "
+        "the subscription"
     )
 
 

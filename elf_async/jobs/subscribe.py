@@ -62,7 +62,7 @@ def build_watches(
     outside = [
         w.topic
         for w in watches
-        if outside_policy(w.topic, root, thing=w.identity.name if per_thing else None)
+        if outside_policy(w.topic, root, thing=w.identity.name, shared=not per_thing)
     ]
     if outside:  # e.g. --client-offset under a per-thing policy: watching another's topic
         warnings.lines.append(policy_warning(outside[0], root, per_thing=per_thing))
