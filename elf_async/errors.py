@@ -3,6 +3,7 @@
 ElfError
 ├── UsageError          exit 2: bad command line, bad input file, bad local state
 │   ├── LedgerError     the ledger is corrupt, newer than this version, or unwritable
+│   ├── StateDirBusy    another command holds the state dir's lock (elf_async.statelock)
 │   └── FleetMismatch   pointed at another region or account than the fleet lives in
 └── RuntimeFailure      exit 1: the run could not do its job
     ├── AwsError        an AWS call failed for good (carries the AWS error code)
@@ -40,6 +41,10 @@ class UsageError(ElfError):
 
 class LedgerError(UsageError):
     """The ledger cannot be used as it is."""
+
+
+class StateDirBusy(UsageError):
+    """Another command is changing (or reading) the state dir: one at a time."""
 
 
 class FleetMismatch(UsageError):

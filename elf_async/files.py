@@ -7,14 +7,32 @@ temporary name, and a leftover temporary file of another run cannot lend its mod
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 
 
+def make_private_dirs(path: Path) -> Path:
+    """Create `path` and each missing parent 0700, whatever the umask. An existing directory
+    keeps its mode: a state dir may be one the user made, such as `.`."""
+    missing = [p for p in (path, *path.parents) if not p.is_dir()]
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError as exc:
+            if not directory.is_dir():
+                raise NotADirectoryError(
+                    errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory)
+                ) from exc
+            continue  # made meanwhile by another process: its mode is its maker's
+        os.chmod(directory, 0o700)  # mkdir's mode is masked by the umask
+    return path
+
+
 def ensure_private_dir(path: Path) -> Path:
-    """Create `path` as 0700 (and tighten it if it exists)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Create `path` (and its missing parents) 0700, and tighten `path` if it exists."""
+    make_private_dirs(path)
     os.chmod(path, 0o700)
     return path
 

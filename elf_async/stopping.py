@@ -11,6 +11,13 @@ from elf_async.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
 _EXIT_CODES = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
 
 
+def outcome_of(signum: int | None) -> str:
+    """A report's `outcome`: how the command ended, by the first stop signal it received."""
+    if signum is None:
+        return "completed"
+    return "interrupted" if signum == signal.SIGINT else "terminated"
+
+
 class StopSignal:
     """Turns SIGINT/SIGTERM into an event the run can await; a second signal is more urgent."""
 
@@ -44,9 +51,7 @@ class StopSignal:
 
     @property
     def outcome(self) -> str:
-        if self.signal is None:
-            return "completed"
-        return "interrupted" if self.signal == signal.SIGINT else "terminated"
+        return outcome_of(self.signal)
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep unless a stop comes first; True when stopped."""

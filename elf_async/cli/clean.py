@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from elf_async import statelock
 from elf_async.cli._common import (
     ApiRateOption,
     ConcurrencyOption,
@@ -48,13 +49,16 @@ def command(
 ) -> None:
     """Remove the fleet's things, certificates and policy from AWS, then its local files."""
     opts = settings(ctx)
-    if only_local:
-        _forget(opts.state_dir, yes=yes)
-        return
+    if only_local and not yes and not sys.stdin.isatty():
+        raise UsageError("--only-local asks for confirmation: pass --yes when not interactive")
     if fleet is not None and not fleet.isalnum():
         raise UsageError(f"--fleet {fleet!r}: a fleet id is letters and digits (see `status`)")
     if fleet is None and not Ledger.exists(opts.state_dir):
-        print(f"no fleet in {opts.state_dir}: nothing to clean")
+        print(f"no fleet in {opts.state_dir}: nothing {'forgotten' if only_local else 'to clean'}")
+        return
+    ctx.with_resource(statelock.hold(opts.state_dir))  # until the command returns
+    if only_local:
+        _forget(opts.state_dir, yes=yes)
         return
     opts = aim(opts).settings
     quiet = opts.quiet or json_output
@@ -67,6 +71,9 @@ def command(
             progress=progress_for("clean", quiet=quiet),
         )
     )
+    if result is None:
+        print(f"no fleet in {opts.state_dir}: its ledger recorded none; removed it")
+        return
     if json_output:
         print(json.dumps(result.as_json(), indent=2))
     else:
@@ -78,20 +85,17 @@ def command(
 
 
 def _forget(state_dir: Path, *, yes: bool) -> None:
-    if not yes and not sys.stdin.isatty():
-        raise UsageError("--only-local asks for confirmation: pass --yes when not interactive")
-    left = forget_local(state_dir, confirm=None if yes else _confirm)
+    def confirm(summary: str) -> bool:
+        print(summary)  # what stays in AWS, also with --yes
+        return yes or typer.confirm("Forget the local state anyway?", default=False)
+
+    left = forget_local(state_dir, confirm=confirm)
     if left is None:
         print("nothing forgotten")
         return
     print(
         f"forgot the local state in {state_dir}; {left} things and their certificates stay in AWS"
     )
-
-
-def _confirm(summary: str) -> bool:
-    print(summary)
-    return typer.confirm("Forget the local state anyway?", default=False)
 
 
 def _print_summary(result: CleanResult, *, quiet: bool) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from elf_async import statelock
 from elf_async.cli._common import (
     ApiRateOption,
     CaCertOption,
@@ -85,6 +86,7 @@ def command(
         max_things=max_things,
         yes=yes,
     )
+    ctx.with_resource(statelock.hold(settings(ctx).state_dir))  # until the command returns
     aimed = aim(settings(ctx))
     request = aimed.create_request(request)
     opts = aimed.settings

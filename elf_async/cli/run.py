@@ -6,13 +6,14 @@ import contextlib
 import dataclasses
 import shlex
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
 import typer
 
+from elf_async import statelock
 from elf_async.cli import _mqtt, create
 from elf_async.cli._common import (
     ApiRateOption,
@@ -47,11 +48,11 @@ from elf_async.jobs import run as runner
 from elf_async.jobs.send import SendOptions, run_send
 from elf_async.jobs.target import Aim, aim
 from elf_async.local import stack as localstack
-from elf_async.report.document import write_report
+from elf_async.report.document import unsent_run_report, write_report
 from elf_async.report.junit import junit_xml, write_junit
-from elf_async.report.model import RunReport, RunSummary, SendReport
+from elf_async.report.model import RunReport, RunSummary, SendReport, UnsentRunReport
 from elf_async.report.thresholds import parse_all
-from elf_async.stopping import StopSignal
+from elf_async.stopping import StopSignal, outcome_of
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
@@ -184,7 +185,7 @@ def command(
         yes=yes,
     )
     send_step = _send_step(
-        parse_send_options(
+        send_options := parse_send_options(
             SendArgs(
                 message=message,
                 rate=rate,
@@ -211,6 +212,7 @@ def command(
             fleet_size=request.count,
         )
     )
+    ctx.with_resource(statelock.hold(opts.state_dir))  # until the command returns
     if Ledger.exists(opts.state_dir):
         raise UsageError(
             f"{opts.state_dir} already holds a fleet, which run would clean at the end: "
@@ -244,7 +246,15 @@ def command(
         if ephemeral:
             with _signals_held():
                 localstack.down(opts.state_dir)
-    _finish(opts, result, count=count, report=report, junit=junit, ephemeral=ephemeral)
+    _finish(
+        opts,
+        result,
+        count=count,
+        report=report,
+        junit=junit,
+        ephemeral=ephemeral,
+        options=send_options.as_given,
+    )
 
 
 def _describe(stack: localstack.LocalStack) -> str:
@@ -262,17 +272,15 @@ def _finish(
     report: Path | None,
     junit: Path | None,
     ephemeral: bool,
+    options: Mapping[str, object],
 ) -> None:
-    """Print the summary, write the report and JUnit (kept in the state dir when they cannot be
-    written where asked), and exit with the documented code."""
+    """Print the summary, write the report (whether or not the run got to send: `options` are
+    what it shows then) and JUnit (kept in the state dir when they cannot be written where
+    asked), and exit with the documented code."""
     _print_summary(result)
     outputs = Outputs(opts.state_dir, "run")
-    if report is not None and result.report is not None:
-        document: RunReport = {
-            **result.report,
-            "thresholds": [v.to_json() for v in result.verdicts],
-            "run": _run_json(result),
-        }
+    if report is not None:
+        document = _document(result, options)
         outputs.write("--report", report, lambda path: write_report(path, document), suffix=".json")
     if junit is not None:
         xml = junit_xml(
@@ -297,6 +305,22 @@ def _finish(
         raise ThresholdFailed(
             f"{len(failed)} of {len(result.verdicts)} thresholds failed: " + ", ".join(failed)
         )
+
+
+def _document(
+    result: runner.RunResult, options: Mapping[str, object]
+) -> RunReport | UnsentRunReport:
+    thresholds = [v.to_json() for v in result.verdicts]
+    if result.report is None:  # stopped (or failed) before its send phase
+        return unsent_run_report(
+            outcome=outcome_of(result.signal),
+            started_at=result.started_at,
+            ended_at=result.started_at + result.elapsed_s,
+            options=dict(options),
+            thresholds=thresholds,
+            run=_run_json(result),
+        )
+    return {**result.report, "thresholds": thresholds, "run": _run_json(result)}
 
 
 def _clean_later(opts: Settings, *, ephemeral: bool) -> str:

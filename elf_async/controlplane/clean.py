@@ -85,6 +85,10 @@ class Cleaner:
         )
         if not self.summary.failed and not self._stop:
             await self._fleet_resources()
+        attempted = {r.name for r in records}  # not what an earlier clean removed
+        self.summary.removed = sum(
+            1 for r in self.ledger.things() if r.gone and r.name in attempted
+        )
         self.summary.elapsed_s = time.monotonic() - started
         return self.summary
 
@@ -265,8 +269,17 @@ async def clean_fleet(
     concurrency: int,
     progress: ProgressSink,
     api_rates: dict[str, float] | None = None,
-) -> CleanResult:
-    """Clean the fleet of the state dir, or find fleet `fleet_id` in AWS when the ledger is lost."""
+) -> CleanResult | None:
+    """Clean the fleet of the state dir, or find fleet `fleet_id` in AWS when the ledger is lost.
+
+    None when the ledger records no fleet (a create that stopped before it made anything):
+    that ledger is forgotten without a call to AWS, since it does not even say where its
+    fleet would live."""
+    if fleet_id is None:
+        with Ledger.open(settings.state_dir) as ledger:
+            if "fleet_id" not in ledger.meta():  # Ledger.open refused one with things
+                forget(settings.state_dir, ledger)
+                return None
 
     def check(meta: dict[str, str]) -> None:
         if fleet_id and meta.get("fleet_id") not in (None, fleet_id):
@@ -313,7 +326,6 @@ async def clean_with(
     cleaner = Cleaner(plane, ledger, session.state_dir, concurrency=concurrency, progress=progress)
     summary = await cleaner.run()
     summary.warnings = warnings + recovery.unresolved
-    summary.removed = sum(1 for r in ledger.things() if r.gone)
     leftovers = [r for r in ledger.fleet_resources() if r.state in ("intended", "created")]
     if not summary.failed and not recovery.unresolved and not leftovers:
         forget(session.state_dir, ledger)
@@ -321,22 +333,24 @@ async def clean_with(
     return CleanResult(summary=summary, fleet_id=meta["fleet_id"], api=plane.api_report())
 
 
-def forget_local(state_dir: Path, *, confirm: Callable[[str], bool] | None) -> int | None:
-    """--only-local: forget the ledger and keys, after `confirm` saw what stays in AWS.
-    Returns how many things stay in AWS, or None when nothing was forgotten."""
+def forget_local(state_dir: Path, *, confirm: Callable[[str], bool]) -> int | None:
+    """--only-local: forget the ledger and keys once `confirm` (which shows it) agreed to what
+    stays in AWS. Returns how many things stay in AWS, or None when nothing was forgotten."""
     if not Ledger.exists(state_dir):
         return None
     ledger = Ledger.open(state_dir)
     staying = [r for r in ledger.things() if not r.gone]
-    fleet_id = ledger.meta().get("fleet_id", "?")
+    fleet_id = ledger.meta().get("fleet_id")
     resources = [f"{r.kind} {r.name}" for r in ledger.fleet_resources() if r.state != "removed"]
     listing = ", ".join([r.name for r in staying[:10]] + (["…"] if len(staying) > 10 else []))
     summary = (
         f"fleet {fleet_id}: {len(staying)} things stay in AWS ({listing or 'none'}) with their "
         f"certificates; also {', '.join(resources) or 'no fleet resources'}. "
         f"`elf-async clean --fleet {fleet_id}` can still find the things later."
+        if fleet_id
+        else "the ledger records no fleet: nothing of it is in AWS."
     )
-    if confirm is not None and not confirm(summary):
+    if not confirm(summary):
         ledger.close()
         return None
     forget(state_dir, ledger)

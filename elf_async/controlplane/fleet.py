@@ -15,6 +15,7 @@ _THING_NAME = re.compile(r"^[a-zA-Z0-9:_-]+$")
 MAX_THING_NAME = 128
 # Ledger meta: how the fleet's policy scopes topics.
 TOPIC_SCOPE_KEY = "topic_scope"
+_THING = "${iot:Connection.Thing.ThingName}"  # the policy variable: the connection's thing
 PER_THING = "thing"
 SHARED = "shared"
 
@@ -60,21 +61,24 @@ def policy_document(*, region: str, account: str, topic_root: str, shared_topics
     """The fleet's least-privilege policy: a client may connect only as its own attached thing,
     and publish, receive and subscribe only under ``<root>/<its thing name>`` (the policy
     variable resolves through the certificate's thing), or anywhere under ``<root>/`` with
-    `shared_topics`, where any thing may publish as, or read, any other."""
+    `shared_topics`, where any thing may publish as, or read, any other; and, either way, on
+    its own thing's shadow topics (``$aws/things/<its thing name>/shadow/...``, named shadows
+    included). elf_async.dataplane.topics.outside_policy mirrors this for the warnings."""
     arn = f"arn:aws:iot:{region}:{account}"
     root = topic_root.strip("/")
     if shared_topics:
         topics = [f"{root}/*"]
     else:
-        own = f"{root}/${{iot:Connection.Thing.ThingName}}"
+        own = f"{root}/{_THING}"
         topics = [own, f"{own}/*"]
+    topics.append(f"$aws/things/{_THING}/shadow/*")
     document: dict[str, Any] = {
         "Version": "2012-10-17",
         "Statement": [
             {
                 "Effect": "Allow",
                 "Action": "iot:Connect",
-                "Resource": f"{arn}:client/${{iot:Connection.Thing.ThingName}}",
+                "Resource": f"{arn}:client/{_THING}",
                 "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}},
             },
             {

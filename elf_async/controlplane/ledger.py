@@ -8,13 +8,17 @@ synchronous=NORMAL: durable against a killed process, and well under a milliseco
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from elf_async.errors import LedgerError
+from elf_async.files import make_private_dirs
 
 SCHEMA_VERSION = 1
 LEDGER_FILE = "ledger.sqlite3"
@@ -105,8 +109,8 @@ class FleetResource:
 class Ledger:
     """SQLite ledger of one fleet, kept in ``<state-dir>/ledger.sqlite3``."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path, *, new: bool = False) -> None:
-        self._db = connection
+    def __init__(self, db: _Db, path: Path, *, new: bool = False) -> None:
+        self._db = db
         self.path = path
         self._new = new  # this open created the file
 
@@ -116,35 +120,41 @@ class Ledger:
 
     @classmethod
     def open(cls, state_dir: Path, *, create: bool = False) -> Ledger:
-        """Open the ledger; create it (and the state dir, 0700) when `create` is set. A ledger
-        created here that still records nothing when its `with` block fails is removed."""
+        """Open the ledger, checked before anyone acts on it; create it (0600, and the state
+        dir 0700) when `create` is set and there is none.
+
+        A ledger is made whole, schema and version, in a file of its own renamed into place,
+        so one that exists but holds no schema (an empty file, another database) was never
+        ours: it is refused rather than read as "no fleet", which once sent `clean` to AWS's
+        default endpoint. So is one that is corrupt (SQLite's quick check), newer than this
+        version, or that records things without the fleet they belong to.
+        """
         path = state_dir / LEDGER_FILE
         new = not path.exists()
-        if new and not create:
-            raise LedgerError(f"no fleet in {state_dir} (run `elf-async create` first)")
         try:
-            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(_SCHEMA)
-            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"the ledger {path} is unreadable or corrupt ({exc})") from exc
+            if new:
+                if not create:
+                    raise LedgerError(f"no fleet in {state_dir} (run `elf-async create` first)")
+                _create(path)
+            if path.stat().st_size == 0:
+                raise LedgerError(
+                    f"the ledger {path} is empty (0 bytes) and records no fleet: {_ADVICE}"
+                )
         except OSError as exc:
-            raise LedgerError(f"cannot write the state dir {state_dir}: {exc.strerror}") from exc
-        if row is None:
-            db.execute(
-                "INSERT INTO meta VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-        elif not row[0].isdigit() or int(row[0]) > SCHEMA_VERSION:
+            raise LedgerError(_os_problem(path, exc)) from exc
+        try:
+            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.DatabaseError as exc:
+            raise _unusable(path, exc, None) from exc
+        db = _Db(connection, path)
+        try:
+            _check(db)
+            db.run("PRAGMA journal_mode=WAL")
+            db.run("PRAGMA synchronous=NORMAL")
+            db.run("PRAGMA busy_timeout=5000")
+        except BaseException:
             db.close()
-            raise LedgerError(
-                f"the ledger {path} has schema version {row[0]}, newer than this "
-                f"elf-async understands ({SCHEMA_VERSION}): upgrade elf-async"
-            )
+            raise
         return cls(db, path, new=new)
 
     def close(self) -> None:
@@ -165,33 +175,33 @@ class Ledger:
         empty one would still make `run` refuse the state dir, and `clean` look for a fleet)."""
         return not (
             "fleet_id" in self.meta()
-            or self._db.execute("SELECT 1 FROM things LIMIT 1").fetchone()
-            or self._db.execute("SELECT 1 FROM fleet_resources LIMIT 1").fetchone()
+            or self._db.rows("SELECT 1 FROM things LIMIT 1")
+            or self._db.rows("SELECT 1 FROM fleet_resources LIMIT 1")
         )
 
     # fleet-wide facts ------------------------------------------------------------
     def meta(self) -> dict[str, str]:
-        return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        return dict(self._db.rows("SELECT key, value FROM meta"))
 
     def set_meta(self, **values: str | None) -> None:
         with self._transaction():
             for key, value in values.items():
                 if value is None:
-                    self._db.execute("DELETE FROM meta WHERE key=?", (key,))
+                    self._db.run("DELETE FROM meta WHERE key=?", (key,))
                 else:
-                    self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+                    self._db.run("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     # fleet resources -------------------------------------------------------------
     def fleet_resource(self, kind: str, name: str) -> FleetResource | None:
-        row = self._db.execute(
+        rows = self._db.rows(
             "SELECT kind, name, state, aws_id, arn FROM fleet_resources WHERE kind=? AND name=?",
             (kind, name),
-        ).fetchone()
-        return FleetResource(*row) if row else None
+        )
+        return FleetResource(*rows[0]) if rows else None
 
     def fleet_resources(self) -> list[FleetResource]:
-        rows = self._db.execute("SELECT kind, name, state, aws_id, arn FROM fleet_resources")
-        return [FleetResource(*row) for row in rows.fetchall()]
+        rows = self._db.rows("SELECT kind, name, state, aws_id, arn FROM fleet_resources")
+        return [FleetResource(*row) for row in rows]
 
     def mark_fleet_resource(
         self,
@@ -202,7 +212,7 @@ class Ledger:
         aws_id: str | None = None,
         arn: str | None = None,
     ) -> None:
-        self._db.execute(
+        self._db.run(
             "INSERT INTO fleet_resources VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(kind, name) DO UPDATE SET state=excluded.state, "
             "aws_id=COALESCE(excluded.aws_id, aws_id), arn=COALESCE(excluded.arn, arn), "
@@ -214,17 +224,17 @@ class Ledger:
     def add_things(self, count: int, prefix: str, width: int) -> list[ThingRecord]:
         """Allocate `count` new things, indexes continuing after the highest one."""
         with self._transaction():
-            (top,) = self._db.execute("SELECT COALESCE(MAX(idx), -1) FROM things").fetchone()
+            [(top,)] = self._db.rows("SELECT COALESCE(MAX(idx), -1) FROM things")
             rows = [(i, f"{prefix}-{i:0{width}d}") for i in range(top + 1, top + 1 + count)]
-            self._db.executemany("INSERT INTO things (idx, name) VALUES (?, ?)", rows)
+            self._db.run_many("INSERT INTO things (idx, name) VALUES (?, ?)", rows)
         return [self.thing(name) for _, name in rows]
 
     def adopt_thing(self, name: str, *, cert_arn: str | None, has_policy: bool) -> None:
         """Record a thing found in AWS (clean --fleet): everything it holds counts as created."""
         cert_state = "created" if cert_arn else "pending"
         with self._transaction():
-            (top,) = self._db.execute("SELECT COALESCE(MAX(idx), -1) FROM things").fetchone()
-            self._db.execute(
+            [(top,)] = self._db.rows("SELECT COALESCE(MAX(idx), -1) FROM things")
+            self._db.run(
                 "INSERT OR IGNORE INTO things (idx, name, cert_state, cert_id, cert_arn, "
                 "thing_state, principal_state, policy_state, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, 'created', ?, ?, ?)",
@@ -241,17 +251,17 @@ class Ledger:
             )
 
     def thing(self, name: str) -> ThingRecord:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM things WHERE name=?", (name,)).fetchone()
-        if row is None:
+        rows = self._db.rows(f"SELECT {_COLUMNS} FROM things WHERE name=?", (name,))
+        if not rows:
             raise KeyError(name)
-        return ThingRecord(*row)
+        return ThingRecord(*rows[0])
 
     def things(self, *, limit: int | None = None) -> list[ThingRecord]:
         """All things in index order (the first `limit` of them)."""
         query = f"SELECT {_COLUMNS} FROM things ORDER BY idx"
         if limit is not None:
             query += f" LIMIT {int(limit)}"
-        return [ThingRecord(*row) for row in self._db.execute(query).fetchall()]
+        return [ThingRecord(*row) for row in self._db.rows(query)]
 
     def count_by_status(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -266,31 +276,177 @@ class Ledger:
         if unknown:
             raise ValueError(f"unknown ledger columns {sorted(unknown)}")
         assignments = ", ".join(f"{column}=?" for column in columns)
-        self._db.execute(f"UPDATE things SET {assignments} WHERE name=?", (*columns.values(), name))
+        self._db.run(f"UPDATE things SET {assignments} WHERE name=?", (*columns.values(), name))
 
     def record_error(self, name: str, code: str | None, message: str | None) -> None:
-        self._db.execute(
+        self._db.run(
             "UPDATE things SET error_code=?, error_message=?, updated_at=? WHERE name=?",
             (code, message, time.time(), name),
         )
 
     def delete_things(self, names: list[str]) -> None:
         with self._transaction():
-            self._db.executemany("DELETE FROM things WHERE name=?", [(n,) for n in names])
+            self._db.run_many("DELETE FROM things WHERE name=?", [(n,) for n in names])
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: _Db) -> None:
         self._db = db
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._db.run("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        self._db.run("ROLLBACK" if exc_type else "COMMIT")
+
+
+class _Db:
+    """The ledger's connection: every read and write goes through here, so a failure is one
+    `LedgerError` naming the file and what to do, never SQLite's traceback."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self.connection = connection
+        self.path = path
+
+    def rows(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        try:
+            return self.connection.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise _unusable(self.path, exc, self.connection) from exc
+
+    def run(self, sql: str, params: Sequence[object] = ()) -> None:
+        self.rows(sql, params)
+
+    def run_many(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        try:
+            self.connection.executemany(sql, rows)
+        except sqlite3.DatabaseError as exc:
+            raise _unusable(self.path, exc, self.connection) from exc
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+_ADVICE = (
+    "move it aside (or delete it if no fleet was made from this state dir); the fleet's "
+    "things stay in AWS, where `elf-async clean --fleet <fleet id>` finds them (the id is in "
+    "every thing name: elf-<fleet id>-00000)"
+)
+_CORRUPT_CODES = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+_CANNOT_WRITE_CODES = frozenset({"SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM"})
+
+
+def _create(path: Path) -> None:
+    """A new ledger, schema and version, written to a file of its own (0600) and renamed
+    into place: a ledger is never seen half made."""
+    make_private_dirs(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        connection = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.executescript(_SCHEMA)
+            connection.execute(
+                "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        finally:
+            connection.close()  # checkpoints: everything is in `tmp`, its -wal is gone
+        os.replace(tmp, path)
+    except BaseException:
+        for leftover in (tmp, f"{tmp}-wal", f"{tmp}-shm"):
+            Path(leftover).unlink(missing_ok=True)
+        raise
+
+
+def _check(db: _Db) -> None:
+    """Refuse a ledger that is not ours, newer than us, corrupt, or without its fleet."""
+    path = db.path
+    tables = {name for (name,) in db.rows("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not {"meta", "things", "fleet_resources"} <= tables:
+        raise LedgerError(f"{path} is not an elf-async ledger (it has no ledger tables): {_ADVICE}")
+    meta = dict(db.rows("SELECT key, value FROM meta"))
+    version = meta.get("schema_version")
+    if version is None:
+        raise LedgerError(f"{path} is not an elf-async ledger (it has no version): {_ADVICE}")
+    if not version.isdigit() or int(version) > SCHEMA_VERSION:
+        raise LedgerError(
+            f"the ledger {path} has schema version {version}, newer than this "
+            f"elf-async understands ({SCHEMA_VERSION}): upgrade elf-async"
+        )
+    if db.rows("PRAGMA quick_check") != [("ok",)]:
+        raise _corrupt(path, "SQLite's quick check failed", meta.get("fleet_id"))
+    missing = [key for key in ("region", "account") if key not in meta]
+    if "fleet_id" in meta and missing:
+        raise LedgerError(
+            f"the ledger {path} records fleet {meta['fleet_id']} without its "
+            f"{' and '.join(missing)}: {_ADVICE}"
+        )
+    if "fleet_id" not in meta and (
+        db.rows("SELECT 1 FROM things LIMIT 1") or db.rows("SELECT 1 FROM fleet_resources LIMIT 1")
+    ):
+        raise LedgerError(
+            f"the ledger {path} records things but not the fleet they belong to: {_ADVICE}"
+        )
+
+
+def _unusable(path: Path, exc: sqlite3.DatabaseError, db: sqlite3.Connection | None) -> LedgerError:
+    """What a failed read or write says: corruption (confirmed by SQLite's integrity check),
+    a state dir that cannot be written, a full disk, or SQLite's own words."""
+    code = getattr(exc, "sqlite_errorname", "") or ""
+    if code == "SQLITE_FULL":
+        return LedgerError(
+            f"cannot write the ledger {path}: the disk is full; free some space and run the "
+            "command again (what was done so far is recorded)"
+        )
+    if code in _CANNOT_WRITE_CODES and not _writable(path):
+        return LedgerError(
+            f"cannot use the ledger {path}: the state dir {path.parent} is not writable "
+            "(SQLite needs to write next to the ledger even to read it); make it writable"
+        )
+    if code in _CORRUPT_CODES or (db is not None and not _intact(db)):
+        return _corrupt(path, str(exc), _fleet_id(db))
+    return LedgerError(f"the ledger {path} could not be read or written: {exc}")
+
+
+def _writable(path: Path) -> bool:
+    return all(os.access(p, os.W_OK) for p in (path.parent, path) if p.exists())
+
+
+def _intact(db: sqlite3.Connection) -> bool:
+    try:
+        return db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    except sqlite3.DatabaseError:
+        return False
+
+
+def _fleet_id(db: sqlite3.Connection | None) -> str | None:
+    """The fleet id, if the ledger still tells it: it is what `clean --fleet` needs."""
+    if db is None:
+        return None
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key='fleet_id'").fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    return str(row[0]) if row else None
+
+
+def _corrupt(path: Path, detail: str, fleet_id: str | None) -> LedgerError:
+    advice = (
+        f"move it aside; the fleet's things stay in AWS, where `elf-async clean --fleet "
+        f"{fleet_id}` finds them"
+        if fleet_id
+        else _ADVICE
+    )
+    return LedgerError(f"the ledger {path} is corrupt ({detail}): {advice}")
+
+
+def _os_problem(path: Path, exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path.parent) else ""
+    return f"cannot write the state dir {path.parent}: {exc.strerror or exc}{where}"
 
 
 _COLUMNS = (

@@ -72,18 +72,17 @@ def validate_topic(topic: str, *, filter: bool = False) -> None:
             raise UsageError(f"--topic: {topic!r}: # must be the last level")
 
 
-def outside_policy(topic: str, root: str, *, thing: str | None) -> bool:
+def outside_policy(topic: str, root: str, *, thing: str, shared: bool) -> bool:
     """A topic (or a filter, read literally as AWS does) that the fleet's policy does not allow
     to `thing`'s connection: AWS IoT disconnects a client that publishes there and refuses
-    the subscription. A per-thing policy allows ``<root>/<thing>`` and below; `thing` None
-    stands for a shared policy, which allows anything under ``<root>/``.
-
-    ``$aws/...`` topics (shadows, rules) are left to the user, as the seed allowed.
-    """
-    if topic.startswith("$aws/"):
+    the subscription. The policy (elf_async.controlplane.fleet.policy_document) allows
+    ``<root>/<thing>`` and below, or with a `shared` policy anything under ``<root>/``; and
+    either way the thing's own shadow topics, ``$aws/things/<thing>/shadow/...``. Nothing else:
+    no other ``$aws/`` topic (rules, jobs, another thing's shadow)."""
+    if topic.startswith(f"$aws/things/{thing}/shadow/"):
         return False
     base = root.strip("/")
-    if thing is None:
+    if shared:
         return not topic.startswith(base + "/")
     own = f"{base}/{thing}"
     return not (topic == own or topic.startswith(own + "/"))

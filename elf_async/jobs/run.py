@@ -63,6 +63,7 @@ class RunResult:
     failed_phase: str | None = None
     signal: int | None = None  # the first SIGINT/SIGTERM
     aborted: bool = False  # a second signal stopped the clean-up: the fleet is still there
+    started_at: float = 0.0  # epoch seconds
     elapsed_s: float = 0.0
 
     @property
@@ -130,7 +131,7 @@ async def run(
     `--local` resolved once by the caller) goes to every phase."""
     settings = aimed.settings
     started = time.monotonic()
-    result = RunResult()
+    result = RunResult(started_at=time.time())
     phase = "create"
     with StopSignal() as stop:
         announcer = asyncio.create_task(_announce(stop, notify))
@@ -153,6 +154,8 @@ async def run(
                         _check_send(result)
         except Exception as exc:  # any failure, even a bug, still goes through clean-up
             result.error, result.failed_phase = exc, phase
+        if result.report is None:  # nothing was sent: no threshold has data
+            result.verdicts = evaluate(thresholds, {})
         if not stop.urgent.is_set() and Ledger.exists(settings.state_dir):
             await _clean(aimed, result, stop, progress("clean"), clean_concurrency)
         result.signal = stop.signal

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from elf_async import statelock
 from elf_async.controlplane.fleet import per_thing_topics
 from elf_async.controlplane.ledger import Ledger
 from elf_async.dataplane.options import (
@@ -106,7 +107,7 @@ def plan_send(
     outside = [
         t.topic
         for t in things
-        if outside_policy(t.topic, root, thing=t.identity.name if per_thing else None)
+        if outside_policy(t.topic, root, thing=t.identity.name, shared=not per_thing)
     ]
     if outside:
         warnings.lines.append(policy_warning(outside[0], root, per_thing=per_thing))
@@ -118,8 +119,9 @@ def policy_warning(topic: str, root: str, *, per_thing: bool) -> str:
     allowed = f"{root}/<client's thing name> and below" if per_thing else f"{root}/ and below"
     hint = "; `create --shared-topics` opens the whole root" if per_thing else ""
     return (
-        f"topic {topic} is outside the fleet policy ({allowed}{hint}): AWS IoT disconnects "
-        "a client that publishes there and refuses the subscription"
+        f"topic {topic} is outside the fleet policy ({allowed}, and the client's own thing's "
+        f"shadow topics{hint}): AWS IoT disconnects a client that publishes there and refuses "
+        "the subscription"
     )
 
 
@@ -136,7 +138,8 @@ async def run_send(
     Installs no signal handlers: `stop` is the caller's.
     """
     state_dir = aimed.settings.state_dir
-    with Ledger.open(state_dir) as ledger:
+    # Shared: never while a create or clean changes the fleet, but next to other readers.
+    with statelock.hold(state_dir, shared=True), Ledger.open(state_dir) as ledger:
         warnings = Warnings()
         send_plan = plan_send(options, ledger, state_dir, warnings)
         for line in warnings.lines:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from elf_async import statelock
 from elf_async.controlplane.fleet import per_thing_topics
 from elf_async.controlplane.ledger import Ledger
 from elf_async.dataplane.connections import Connector
@@ -62,7 +63,7 @@ def build_watches(
     outside = [
         w.topic
         for w in watches
-        if outside_policy(w.topic, root, thing=w.identity.name if per_thing else None)
+        if outside_policy(w.topic, root, thing=w.identity.name, shared=not per_thing)
     ]
     if outside:  # e.g. --client-offset under a per-thing policy: watching another's topic
         warnings.lines.append(policy_warning(outside[0], root, per_thing=per_thing))
@@ -80,7 +81,8 @@ async def run_subscribe(
 ) -> SubscribeReport:
     """Run one subscribe and return its report."""
     state_dir = aimed.settings.state_dir
-    with Ledger.open(state_dir) as ledger:
+    # Shared: never while a create or clean changes the fleet, but next to other readers.
+    with statelock.hold(state_dir, shared=True), Ledger.open(state_dir) as ledger:
         warnings = Warnings()
         watches = build_watches(options, ledger, state_dir, warnings)
         for line in warnings.lines:

@@ -18,10 +18,8 @@ another process took, no recording) `up` refuses and says what would be lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
-import fcntl
 import importlib.util
 import json
 import os
@@ -29,11 +27,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from elf_async import statelock
 from elf_async.config import DEFAULT_REGION, Settings, Target
 from elf_async.controlplane.aws import connect
 from elf_async.controlplane.certs import CertificateAuthority, key_pem
@@ -265,17 +263,6 @@ def for_create(request: CreateRequest, stack: LocalStack) -> CreateRequest:
     )
 
 
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """One `up` or `down` at a time per state dir."""
-    with (directory / "lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _local_ca(directory: Path) -> CertificateAuthority:
     """The stack's CA, made on the first `up` and kept (key 0600 in the 0700 directory)."""
     cert_file, key_file = directory / "ca.crt", directory / "ca.key"
@@ -464,7 +451,7 @@ def up(state_dir: Path, *, region: str | None = None) -> Up:
     """
     find_mosquitto()
     directory = ensure_private_dir(stack_dir(state_dir))
-    with _locked(directory):
+    with statelock.hold(state_dir):
         existing = load(state_dir)
         if existing is None:
             return Up(_start(directory, region or DEFAULT_REGION), started=True)
@@ -550,7 +537,7 @@ def down(state_dir: Path) -> LocalStack | None:
     directory = stack_dir(state_dir)
     if not (directory / RECORD).is_file():
         return None
-    with _locked(directory):
+    with statelock.hold(state_dir):
         stack = load(state_dir)
         if stack is not None:
             _stop(stack)

@@ -27,11 +27,15 @@ from elf_async.report.model import (
     SCHEMA,
     CommonReport,
     LatencySummary,
+    ReportHead,
     RunReport,
+    RunSummary,
     SendReport,
     SendSecond,
     SubscribeReport,
     SubscribeSecond,
+    ThresholdResult,
+    UnsentRunReport,
     Workers,
 )
 
@@ -182,6 +186,35 @@ def iso(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds")
 
 
+def unsent_run_report(
+    *,
+    outcome: str,
+    started_at: float,
+    ended_at: float,
+    options: dict[str, Any],
+    thresholds: list[ThresholdResult],
+    run: RunSummary,
+) -> UnsentRunReport:
+    """`run`'s report when it stopped before its send phase: nothing was sent to count."""
+    head = _head("run", outcome, started_at, ended_at, options)
+    return {**head, "thresholds": thresholds, "run": run}
+
+
+def _head(
+    command: str, outcome: str, started_at: float, ended_at: float, options: dict[str, Any]
+) -> ReportHead:
+    return {
+        "schema": SCHEMA,
+        "command": command,
+        "version": __version__,
+        "outcome": outcome,
+        "started_at": iso(started_at),
+        "ended_at": iso(ended_at),
+        "duration_s": round(ended_at - started_at, 3),
+        "options": options,
+    }
+
+
 def base_report(
     *,
     command: str,
@@ -194,16 +227,9 @@ def base_report(
     endpoint: Endpoint,
     connections: ConnectionTally,
 ) -> CommonReport:
-    """The fields every report has."""
+    """The fields every report of a send or a subscribe has."""
     return {
-        "schema": SCHEMA,
-        "command": command,
-        "version": __version__,
-        "outcome": outcome,
-        "started_at": iso(started_at),
-        "ended_at": iso(ended_at),
-        "duration_s": round(ended_at - started_at, 3),
-        "options": options,
+        **_head(command, outcome, started_at, ended_at, options),
         "fleet": {"fleet_id": fleet_id, "things": things},
         "endpoint": {"host": endpoint.host, "port": endpoint.port, "alpn": endpoint.alpn},
         "connections": {
@@ -372,7 +398,9 @@ def subscribe_report(
     }
 
 
-def write_report(path: Path, report: SendReport | SubscribeReport | RunReport) -> None:
+def write_report(
+    path: Path, report: SendReport | SubscribeReport | RunReport | UnsentRunReport
+) -> None:
     """Write the report atomically: a reader never sees half a file."""
     try:
         write_public(path, json.dumps(report, indent=2) + "\n")

@@ -72,15 +72,22 @@ class Latency(TypedDict):
     connect: Annotated[LatencySummary, "a connection attempt's start to its CONNACK"]
 
 
-class CommonReport(TypedDict):
+class ReportHead(TypedDict):
+    """What every report starts with, even a run's that never got to send."""
+
     schema: Annotated[str, f"`{SCHEMA}`"]
-    command: Annotated[str, "`send` or `subscribe` (`run` writes a send report)"]
+    command: Annotated[
+        str, "`send` or `subscribe` (`run` writes a send report, or `run` if it never sent)"
+    ]
     version: Annotated[str, "elf-async's version"]
     outcome: Annotated[str, "`completed`, `interrupted` (Ctrl-C) or `terminated` (SIGTERM)"]
     started_at: Annotated[str, "ISO 8601 UTC"]
     ended_at: Annotated[str, "ISO 8601 UTC"]
     duration_s: Annotated[float, "seconds from start to end"]
     options: Annotated[dict[str, Any], "the options used"]
+
+
+class CommonReport(ReportHead):
     fleet: Annotated[Fleet, "the fleet used; `things` sent (send) or subscribed (subscribe)"]
     endpoint: Annotated[Broker, "the broker used"]
     connections: Annotated[
@@ -261,7 +268,7 @@ class RunSummary(TypedDict):
     cleaned: Annotated[bool, "whether nothing is left of the fleet"]
 
 
-class RunReport(SendReport):
+class RunParts(TypedDict):
     thresholds: Annotated[
         list[ThresholdResult], "each `--threshold`: its metric, value (null: no data), verdict"
     ]
@@ -269,6 +276,15 @@ class RunReport(SendReport):
         RunSummary,
         "`exit_code`, `failure` (e.g. `send failed: …`), the fleet created and whether it is gone",
     ]
+
+
+class RunReport(SendReport, RunParts):
+    """`run`'s report: its send phase's, with the thresholds and the run."""
+
+
+class UnsentRunReport(ReportHead, RunParts):
+    """`run`'s report when it stopped before its send phase (a signal, or create failed):
+    there is no send to count, so only the head, the thresholds (no data) and the run."""
 
 
 # Reading the model.

@@ -80,6 +80,28 @@ def test_shared_topics_open_the_whole_root() -> None:
     assert not allows(document, "iot:Subscribe", f"{ARN}:topicfilter/#", "t1")
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_thing_may_use_its_own_shadow_only(shared: bool) -> None:
+    """Whatever the topic scope: the thing's own classic and named shadows, and no other
+    $aws/ topic (another thing's shadow, rules, jobs)."""
+    document = policy(shared_topics=shared)
+    own = "$aws/things/t1/shadow"
+    for action in ("iot:Publish", "iot:Receive"):
+        for topic in (f"{own}/update", f"{own}/update/accepted", f"{own}/name/cfg/get"):
+            assert allows(document, action, f"{ARN}:topic/{topic}", "t1"), topic
+        for topic in (
+            "$aws/things/t2/shadow/update",
+            "$aws/things/t1x/shadow/update",
+            "$aws/things/t1/jobs/notify",
+            "$aws/rules/r/elf/t1",
+        ):
+            assert not allows(document, action, f"{ARN}:topic/{topic}", "t1"), topic
+    assert allows(document, "iot:Subscribe", f"{ARN}:topicfilter/{own}/update/#", "t1")
+    assert allows(document, "iot:Subscribe", f"{ARN}:topicfilter/{own}/name/+/get/accepted", "t1")
+    for topic_filter in ("$aws/things/+/shadow/update", "$aws/things/t2/shadow/#", "$aws/#"):
+        assert not allows(document, "iot:Subscribe", f"{ARN}:topicfilter/{topic_filter}", "t1")
+
+
 def test_nothing_else_is_allowed() -> None:
     document = policy(shared_topics=False)
     assert {s["Effect"] for s in document["Statement"]} == {"Allow"}
@@ -88,8 +110,15 @@ def test_nothing_else_is_allowed() -> None:
     assert ":*" not in json.dumps(document)
 
 
-def test_a_long_root_stays_under_the_size_limit() -> None:
-    policy(shared_topics=False, root="/".join(["level"] * 7))
+@pytest.mark.parametrize("shared", [False, True])
+def test_the_longest_root_stays_under_the_size_limit(shared: bool) -> None:
+    """A root as long as a whole topic may be (256 bytes), in a region with a long name."""
+    root = "/".join(["level"] * 7) + "/" + "x" * (256 - 42)
+    assert len(root) == 256
+    text = policy_document(
+        region="ap-southeast-2", account="123456789012", topic_root=root, shared_topics=shared
+    )
+    assert len(re.sub(r"\s", "", text)) <= 2048  # AWS's limit on a policy document
 
 
 def test_name_checks() -> None:

@@ -48,20 +48,45 @@ def test_filters_allow_whole_level_wildcards_only() -> None:
 
 
 def test_outside_a_shared_policy() -> None:
-    assert not outside_policy("elf/thing-1", "elf", thing=None)
-    assert not outside_policy("elf/thing-2/x", "elf", thing=None)
-    assert outside_policy("other/thing-1", "elf", thing=None)
-    assert outside_policy("elfish/x", "elf", thing=None)
-    assert outside_policy("elf", "elf", thing=None)  # the policy allows elf/*, not elf
-    assert not outside_policy("$aws/things/t/shadow/update", "elf", thing=None)
+    def outside(topic: str) -> bool:
+        return outside_policy(topic, "elf", thing="t1", shared=True)
+
+    assert not outside("elf/thing-1")
+    assert not outside("elf/thing-2/x")
+    assert outside("other/thing-1")
+    assert outside("elfish/x")
+    assert outside("elf")  # the policy allows elf/*, not elf
 
 
 def test_outside_a_per_thing_policy() -> None:
-    assert not outside_policy("elf/t1", "elf", thing="t1")
-    assert not outside_policy("elf/t1/telemetry", "elf", thing="t1")
-    assert not outside_policy("elf/t1/#", "elf", thing="t1")  # a filter, read literally
-    assert outside_policy("elf/t2", "elf", thing="t1")  # another thing's topic
-    assert outside_policy("elf/t10", "elf", thing="t1")
-    assert outside_policy("elf/#", "elf", thing="t1")
-    assert outside_policy("elf/+/telemetry", "elf", thing="t1")
-    assert not outside_policy("$aws/things/t1/shadow/update", "elf", thing="t1")
+    def outside(topic: str) -> bool:
+        return outside_policy(topic, "elf", thing="t1", shared=False)
+
+    assert not outside("elf/t1")
+    assert not outside("elf/t1/telemetry")
+    assert not outside("elf/t1/#")  # a filter, read literally
+    assert outside("elf/t2")  # another thing's topic
+    assert outside("elf/t10")
+    assert outside("elf/#")
+    assert outside("elf/+/telemetry")
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_only_the_things_own_shadow_among_aws_topics(shared: bool) -> None:
+    """The policy allows a thing its own shadow topics, whatever the scope; no other $aws/."""
+
+    def outside(topic: str) -> bool:
+        return outside_policy(topic, "elf", thing="t1", shared=shared)
+
+    for own in ("update", "update/accepted", "get", "name/config/update", "#"):
+        assert not outside(f"$aws/things/t1/shadow/{own}"), own
+    for other in (
+        "$aws/things/t2/shadow/update",  # another thing's shadow
+        "$aws/things/t10/shadow/update",
+        "$aws/things/+/shadow/update",  # a filter is read literally
+        "$aws/things/t1/shadow",
+        "$aws/things/t1/jobs/notify",
+        "$aws/rules/my_rule/elf/t1",
+        "$aws/events/presence/connected/t1",
+    ):
+        assert outside(other), other

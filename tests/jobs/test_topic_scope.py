@@ -47,9 +47,28 @@ def subscribe_warnings(tmp_path: Path, scope: str | None, **options: Any) -> lis
     return warnings.lines
 
 
-@pytest.mark.parametrize("topic", [None, "elf/{thing}/telemetry", "$aws/things/{thing}/shadow"])
+@pytest.mark.parametrize(
+    "topic", [None, "elf/{thing}/telemetry", "$aws/things/{thing}/shadow/update"]
+)
 def test_send_defaults_fit_a_per_thing_policy(tmp_path: Path, topic: str | None) -> None:
     assert send_warnings(tmp_path, "thing", topic) == []
+
+
+@pytest.mark.parametrize("scope", ["thing", "shared"])
+def test_aws_topics_other_than_the_things_shadow_get_a_warning(tmp_path: Path, scope: str) -> None:
+    assert send_warnings(tmp_path, scope, "$aws/things/{thing}/shadow/name/cfg/update") == []
+    [line] = send_warnings(tmp_path / "b", scope, "$aws/rules/ingest/{thing}")
+    assert "topic $aws/rules/ingest/elf-f1-00000 is outside the fleet policy" in line
+    assert "own thing's shadow topics" in line
+
+
+def test_subscribing_to_another_things_shadow_gets_a_warning(tmp_path: Path) -> None:
+    """--client-offset: subscriber j connects as another thing than the one whose shadow it
+    watches, which even a shared policy does not allow."""
+    [line] = subscribe_warnings(
+        tmp_path, "shared", things=1, client_offset=1, topic="$aws/things/{thing}/shadow/#"
+    )
+    assert "topic $aws/things/elf-f1-00000/shadow/# is outside the fleet policy" in line
 
 
 def test_send_to_a_shared_topic_under_a_per_thing_policy(tmp_path: Path) -> None:
