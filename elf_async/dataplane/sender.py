@@ -36,6 +36,9 @@ SERIES_FIELDS = ("scheduled", "published", "acked", "failed", "reconnects")
 _BATCH_BYTES = 1 << 18  # one pump frames at most about this much (then pumps again)
 _TICK = 0.001  # the scheduler's shortest sleep (s): messages due within it go together
 _BURST = 256  # due messages the scheduler hands out before it yields to the event loop
+# Bytes the scheduler lets pumps frame before it yields: far behind schedule every pump frames
+# a whole batch, and 256 of them made one loop pass take seconds (a stop acted on seconds late).
+_PASS_BYTES = 1 << 20
 _WATCH_AFTER = 0.002  # a longer pause of the scheduler: read PUBACKs as they come meanwhile
 
 
@@ -131,12 +134,13 @@ class Publisher:
                 self._mid = mid
                 return mid
 
-    def pump(self) -> None:
-        """Frame what is due, oldest first, within the in-flight window; write it at once."""
+    def pump(self) -> int:
+        """Frame what is due, oldest first, within the in-flight window; write it at once.
+        Returns the bytes framed."""
         self._pump_pending = False
         wire = self.wire
         if wire is None or self.halted or wire.busy or wire.dead:
-            return  # a busy wire pumps again once drained; a dead one after the reconnect
+            return 0  # a busy wire pumps again once drained; a dead one after the reconnect
         inflight, window, qos = self.inflight, self.window, self.qos
         publish = wire.publish
         now = time.monotonic()
@@ -168,10 +172,17 @@ class Publisher:
                 seq += 1
             self.next_seq = seq
         if seq == first and not resent:
-            return
+            return 0
+        framed = wire.size
         wire.send((first, seq - first, resent))
-        if seq < end and (qos == 0 or len(inflight) < window) and not wire.busy:
+        if (
+            seq < end
+            and end == self.schedule.total  # while the schedule runs, the scheduler comes back
+            and (qos == 0 or len(inflight) < window)
+            and not wire.busy
+        ):
             self._schedule_pump()  # stopped at the batch size: the rest in the next turn
+        return framed
 
     def _schedule_pump(self) -> None:
         if not self._pump_pending:
@@ -424,8 +435,9 @@ class Sender:
                     readers.watching = pause > _WATCH_AFTER
                     await asyncio.sleep(pause)
                     continue
+                framed = 0
                 for _ in range(_BURST):
-                    if not heap or heap[0][0] > now:
+                    if not heap or heap[0][0] > now or framed >= _PASS_BYTES:
                         break
                     due, i = heapq.heappop(heap)
                     p = live[i]
@@ -434,8 +446,10 @@ class Sender:
                     p.scheduled = min(p.schedule.total, max(p.scheduled + 1, caught_up))
                     if p.scheduled < p.schedule.total:
                         heapq.heappush(heap, (p.base + p.scheduled * p.interval, i))
-                    p.pump()
+                    framed += p.pump()
                 else:
+                    framed = _PASS_BYTES
+                if framed >= _PASS_BYTES:
                     # Behind schedule: let socket callbacks, timers and signal handlers run.
                     await asyncio.sleep(0)
         finally:
