@@ -9,11 +9,11 @@ import dataclasses
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from elf_async.cli._args import ConnectArgs, SendArgs, SubscribeArgs
 from elf_async.dataplane.mqtt import parse_endpoint
 from elf_async.dataplane.options import (
     AWS_CONNECT_PER_S,
@@ -35,58 +35,6 @@ from elf_async.units import parse_duration, parse_rate
 
 DEFAULT_RATE = "1/s"  # the seed's pace
 DEFAULT_DURATION = "10s"
-
-
-@dataclass(frozen=True, kw_only=True)
-class ConnectArgs:
-    """The connection options of `send`, `subscribe` and `run`, as typed."""
-
-    mqtt_endpoint: str | None = None
-    port: int | None = None
-    ca_file: Path | None = None
-    connect_rate: str = "100/s"
-    connect_timeout: str = "10s"
-    connect_retries: int = 3
-    keepalive: str = "60s"
-    allow_over_aws_limits: bool = False
-
-
-@dataclass(frozen=True, kw_only=True)
-class SendArgs:
-    """`send`'s options as typed (`run` gives some of them); their order is the report's."""
-
-    message: str | None = None
-    things: int | None = None
-    rate: str | None = None
-    total_rate: str | None = None
-    duration: str | None = None
-    count: int | None = None
-    qos: int = 1
-    topic: str | None = None
-    append_thing_name: bool = False
-    json_message: Path | None = None
-    payload_template: str | None = None
-    payload_size: int | None = None
-    stamp: bool | None = None
-    max_inflight: int = AWS_MAX_INFLIGHT
-    drain: str = "5s"
-    report: Path | None = None
-    connect: ConnectArgs = field(default_factory=ConnectArgs)
-    workers: int = 1
-
-
-@dataclass(frozen=True, kw_only=True)
-class SubscribeArgs:
-    """`subscribe`'s options as typed; their order is the report's."""
-
-    things: int | None = None
-    client_offset: int = 0
-    topic: str | None = None
-    append_thing_name: bool = False
-    qos: int = 1
-    duration: str | None = None
-    report: Path | None = None
-    connect: ConnectArgs = field(default_factory=ConnectArgs)
 
 
 def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> SendOptions:

@@ -13,7 +13,8 @@ from typing import Annotated
 
 import typer
 
-from elf_async.cli import _mqtt, create
+from elf_async.cli import create
+from elf_async.cli._args import SendArgs, takes
 from elf_async.cli._common import (
     ApiRateOption,
     CaCertOption,
@@ -31,15 +32,9 @@ from elf_async.cli._common import (
     settings,
 )
 from elf_async.cli._live import print_summary
-from elf_async.cli._options import (
-    ConnectArgs,
-    SendArgs,
-    check_output_path,
-    parse_send_options,
-)
+from elf_async.cli._options import check_output_path, parse_send_options
 from elf_async.cli._output import Outputs
 from elf_async.cli._progress import progress_for
-from elf_async.cli.send import Workers
 from elf_async.config import Settings
 from elf_async.controlplane.ledger import Ledger
 from elf_async.errors import EXIT_USAGE, ThresholdFailed, UsageError
@@ -79,48 +74,11 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
+@takes
 def command(
     ctx: typer.Context,
-    count: Annotated[str, typer.Argument(help="How many things to create.")],
-    message: Annotated[
-        str | None,
-        typer.Argument(help='Message sent as {"msg": MESSAGE}. [default: IoT ELF Hello]'),
-    ] = None,
-    rate: Annotated[
-        str | None, typer.Option(help="Messages per thing: 10/s, 600/m, 0.5. [default: 1/s]")
-    ] = None,
-    total_rate: Annotated[
-        str | None, typer.Option(help="Messages per second for the whole fleet, spread evenly.")
-    ] = None,
-    duration: Annotated[
-        str | None, typer.Option(help="How long to send: 60, 60s, 5m. [default: 10s]")
-    ] = None,
-    messages: Annotated[
-        int | None, typer.Option("--count", help="Messages per thing (instead of --duration).")
-    ] = None,
-    qos: _mqtt.Qos = 1,
-    topic: Annotated[
-        str | None,
-        typer.Option(help="Topic template: {thing}, {index}, {fleet}. [default: elf/{thing}]"),
-    ] = None,
-    json_message: Annotated[
-        Path | None, typer.Option(help="Send this JSON document instead of MESSAGE.")
-    ] = None,
-    payload_size: Annotated[
-        int | None, typer.Option(help="Pad each payload to exactly this many bytes.")
-    ] = None,
-    drain: Annotated[
-        str, typer.Option(help="On a stop, wait this long for QoS 1 acknowledgements.")
-    ] = "5s",
-    workers: Workers = 1,
-    mqtt_endpoint: _mqtt.MqttEndpoint = None,
-    port: _mqtt.Port = None,
-    ca_file: _mqtt.CaFile = None,
-    connect_rate: _mqtt.ConnectRate = "100/s",
-    connect_timeout: _mqtt.ConnectTimeout = "10s",
-    connect_retries: _mqtt.ConnectRetries = 3,
-    keepalive: _mqtt.Keepalive = "60s",
-    allow_over_aws_limits: _mqtt.AllowOverLimits = False,
+    size: Annotated[str, typer.Argument(metavar="count", help="How many things to create.")],
+    args: SendArgs,
     threshold: Annotated[
         list[str] | None,
         typer.Option(
@@ -133,9 +91,6 @@ def command(
     ] = None,
     junit: Annotated[
         Path | None, typer.Option(help="Write a JUnit XML file: the run and each threshold.")
-    ] = None,
-    report: Annotated[
-        Path | None, typer.Option(help="Write the send report (JSON) with the thresholds.")
     ] = None,
     local: Annotated[
         bool,
@@ -166,10 +121,9 @@ def command(
     """
     opts = settings(ctx)
     thresholds = parse_all(threshold or [])
-    check_output_path("--report", report)
     check_output_path("--junit", junit)
     request = create.build_request(
-        count,
+        size,
         prefix=None,
         cert_mode=cert_mode,
         key_type=key_type,
@@ -183,34 +137,7 @@ def command(
         max_things=max_things,
         yes=yes,
     )
-    send_step = _send_step(
-        parse_send_options(
-            SendArgs(
-                message=message,
-                rate=rate,
-                total_rate=total_rate,
-                duration=duration,
-                count=messages,
-                qos=qos,
-                topic=topic,
-                json_message=json_message,
-                payload_size=payload_size,
-                drain=drain,
-                workers=workers,
-                connect=ConnectArgs(
-                    mqtt_endpoint=mqtt_endpoint,
-                    port=port,
-                    ca_file=ca_file,
-                    connect_rate=connect_rate,
-                    connect_timeout=connect_timeout,
-                    connect_retries=connect_retries,
-                    keepalive=keepalive,
-                    allow_over_aws_limits=allow_over_aws_limits,
-                ),
-            ),
-            fleet_size=request.count,
-        )
-    )
+    send_step = _send_step(parse_send_options(args, fleet_size=request.count))
     if Ledger.exists(opts.state_dir):
         raise UsageError(
             f"{opts.state_dir} already holds a fleet, which run would clean at the end: "
@@ -243,7 +170,7 @@ def command(
         if ephemeral:
             with _signals_held():
                 localstack.down(opts.state_dir)
-    _finish(opts, result, count=count, report=report, junit=junit, ephemeral=ephemeral)
+    _finish(opts, result, count=size, report=args.report, junit=junit, ephemeral=ephemeral)
 
 
 def _describe(stack: localstack.LocalStack) -> str:

@@ -53,10 +53,11 @@ def test_run_local_passes_reports_and_leaves_nothing(
     result = local_cli(
         "--local", "run", "3", *SEND, "--report", str(report), "--junit", str(junit),
         "--threshold", "connections.failed==0", "--threshold", "error_rate<1%",
-        "--threshold", "messages.acked>=1",
+        "--threshold", "messages.acked>=1", "--max-inflight", "7", "--no-stamp",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads(report.read_text())
+    assert (document["options"]["max_inflight"], document["options"]["stamp"]) == (7, False)
     assert document["schema"] == "elf-async/report/1"
     assert_conforms(document, RunReport)
     assert document["messages"]["published"] == document["messages"]["scheduled"] > 0
