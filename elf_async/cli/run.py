@@ -31,10 +31,11 @@ from elf_async.cli._common import (
     run,
     settings,
 )
-from elf_async.cli._live import print_summary
+from elf_async.cli._live import LiveView, send_final_frame, send_frame
 from elf_async.cli._options import check_output_path, parse_send_options
 from elf_async.cli._output import Outputs
 from elf_async.cli._progress import progress_for
+from elf_async.cli._summary import AWS_HINT, REPORT_HINT, Rows, print_summary, send_rows
 from elf_async.config import Settings
 from elf_async.controlplane.ledger import Ledger
 from elf_async.errors import EXIT_USAGE, ThresholdFailed, UsageError
@@ -46,6 +47,7 @@ from elf_async.report.document import write_report
 from elf_async.report.junit import junit_xml, write_junit
 from elf_async.report.model import RunReport, RunSummary, SendReport
 from elf_async.report.thresholds import parse_all
+from elf_async.report.verdict import judge_run
 from elf_async.stopping import StopSignal
 
 
@@ -137,7 +139,7 @@ def command(
         max_things=max_things,
         yes=yes,
     )
-    send_step = _send_step(parse_send_options(args, fleet_size=request.count))
+    send_step = _send_step(parse_send_options(args, fleet_size=request.count), quiet=opts.quiet)
     if Ledger.exists(opts.state_dir):
         raise UsageError(
             f"{opts.state_dir} already holds a fleet, which run would clean at the end: "
@@ -189,17 +191,19 @@ def _finish(
     junit: Path | None,
     ephemeral: bool,
 ) -> None:
-    """Print the summary, write the report and JUnit (kept in the state dir when they cannot be
-    written where asked), and exit with the documented code."""
-    _print_summary(result)
+    """Write the report and JUnit (kept in the state dir when they cannot be written where
+    asked), print the summary, and exit with the documented code."""
     outputs = Outputs(opts.state_dir, "run")
+    written = None
     if report is not None and result.report is not None:
         document: RunReport = {
             **result.report,
             "thresholds": [v.to_json() for v in result.verdicts],
             "run": _run_json(result),
         }
-        outputs.write("--report", report, lambda path: write_report(path, document), suffix=".json")
+        written = outputs.write(
+            "--report", report, lambda path: write_report(path, document), suffix=".json"
+        )
     if junit is not None:
         xml = junit_xml(
             name=f"run {count}",
@@ -208,6 +212,17 @@ def _finish(
             duration_s=result.elapsed_s,
         )
         outputs.write("--junit", junit, lambda path: write_junit(path, xml), suffix=".xml")
+    judgement = judge_run(
+        result.report,
+        failure=result.failure,
+        thresholds=result.verdicts,
+        interrupted=None if result.signal is None else _stopped(result.signal),
+    )
+    if judgement.passed and opts.local:
+        hint: str | None = AWS_HINT
+    else:
+        hint = None if report else REPORT_HINT
+    print_summary(judgement, _rows(result), quiet=opts.quiet, report=written, hint=hint)
     for problem in outputs.problems:
         console_err(f"error: {problem}")
     if result.aborted:
@@ -225,6 +240,33 @@ def _finish(
         )
 
 
+def _stopped(signum: int) -> str:
+    return "terminated" if signum == signal.SIGTERM else "interrupted"
+
+
+def _rows(result: runner.RunResult) -> Rows:
+    """The fleet's life (created, removed), the send phase's figures, each threshold."""
+    fleet = []
+    if result.create is not None:
+        s = result.create.summary
+        fleet.append(
+            f"{result.create.fleet_id}: {s.created} of {s.attempted} things created in "
+            f"{s.elapsed_s:.1f} s" + (f" ({s.failed} failed)" if s.failed else "")
+        )
+    if result.clean is not None:
+        c = result.clean.summary
+        fleet.append(
+            f"{c.removed} removed in {c.elapsed_s:.1f} s"
+            + (f" ({c.failed} failed)" if c.failed else "")
+            + (", nothing left" if c.forgotten else "")
+        )
+    rows = [("fleet", ", ".join(fleet))] if fleet else []
+    if result.report is not None:
+        rows += send_rows(result.report)
+    rows += [("threshold", verdict.describe()) for verdict in result.verdicts]
+    return rows
+
+
 def _clean_later(opts: Settings, *, ephemeral: bool) -> str:
     state = shlex.quote(str(opts.state_dir))
     if ephemeral:
@@ -234,27 +276,6 @@ def _clean_later(opts: Settings, *, ephemeral: bool) -> str:
         )
     local = " --local" if opts.local else ""
     return f"clean-up aborted; finish it later with: elf-async --state-dir {state}{local} clean"
-
-
-def _print_summary(result: runner.RunResult) -> None:
-    if result.create is not None:
-        s = result.create.summary
-        print(
-            f"create: {s.created} of {s.attempted} things in {s.elapsed_s:.1f}s "
-            f"(fleet {result.create.fleet_id}), {s.failed} failed"
-        )
-    if result.report is not None:
-        print_summary(result.report)
-    if result.clean is not None:
-        c = result.clean.summary
-        print(
-            f"clean: removed {c.removed} of {c.attempted} things in {c.elapsed_s:.1f}s, "
-            f"{c.failed} failed" + ("; nothing left" if c.forgotten else "")
-        )
-    for verdict in result.verdicts:
-        print(f"threshold {verdict.describe()}")
-    if result.failure:
-        print(f"run failed: {result.failure}")
 
 
 def _run_json(result: runner.RunResult) -> RunSummary:
@@ -269,11 +290,19 @@ def _run_json(result: runner.RunResult) -> RunSummary:
     }
 
 
-def _send_step(options: SendOptions) -> runner.SendStep:
-    """The send phase: every thing of the new fleet; the report is written by `run` itself
-    (`options` carry no --report)."""
+def _send_step(options: SendOptions, *, quiet: bool) -> runner.SendStep:
+    """The send phase, shown as `send` shows it; the report is written by `run` itself."""
 
     async def send(aimed: Aim, stop: StopSignal) -> SendReport:
-        return await run_send(aimed, options, stop, warn=lambda line: console_err(line))
+        with LiveView("send", quiet=quiet) as view:
+            report = await run_send(
+                aimed,
+                options,
+                stop,
+                on_tick=lambda snapshot: view.update(send_frame(snapshot)),
+                warn=lambda line: console_err(f"warning: {line}"),
+            )
+            view.finish(send_final_frame(report))
+        return report
 
     return send

@@ -14,17 +14,17 @@ import typer
 
 from elf_async.cli._args import SendArgs, takes
 from elf_async.cli._common import console_err, run, settings
-from elf_async.cli._live import Fields, LiveView, ms, print_summary
+from elf_async.cli._live import LiveView, send_final_frame, send_frame
 from elf_async.cli._options import parse_send_options
 from elf_async.cli._output import Outputs
+from elf_async.cli._summary import REPORT_HINT, print_summary, send_rows
 from elf_async.dataplane.mqtt import debug_paho
-from elf_async.dataplane.sender import Snapshot
 from elf_async.errors import EXIT_USAGE, PartialFailure
 from elf_async.jobs.send import run_send
 from elf_async.jobs.target import aim
 from elf_async.report.document import write_report
 from elf_async.report.model import SendReport
-from elf_async.report.verdict import send_problems
+from elf_async.report.verdict import judge_send
 from elf_async.stopping import StopSignal
 
 
@@ -43,20 +43,25 @@ def command(ctx: typer.Context, args: SendArgs) -> None:
                     aimed,
                     options,
                     stop,
-                    on_tick=lambda snapshot: view.update(_fields(snapshot)),
+                    on_tick=lambda snapshot: view.update(send_frame(snapshot)),
                     warn=lambda line: console_err(f"warning: {line}"),
                 )
                 return result, stop.exit_code
 
         result, exit_code = run(main())
+        view.finish(send_final_frame(result))
     outputs = Outputs(opts.state_dir, "send")
     written = args.report and outputs.write(
         "--report", args.report, lambda path: write_report(path, result), suffix=".json"
     )
-    if not opts.quiet:
-        print_summary(result)
-    if written and not opts.quiet:
-        print(f"report: {written}")
+    judgement = judge_send(result)
+    print_summary(
+        judgement,
+        send_rows(result),
+        quiet=opts.quiet,
+        report=written or None,
+        hint=None if args.report else REPORT_HINT,
+    )
     for problem in outputs.problems:
         console_err(f"error: {problem}")
     if exit_code is not None:
@@ -64,21 +69,7 @@ def command(ctx: typer.Context, args: SendArgs) -> None:
             f"{result['outcome']}: stopped early" + (f", report in {written}" if written else "")
         )
         raise typer.Exit(exit_code)
-    problems = send_problems(result)
-    if problems:
-        raise PartialFailure("; ".join(problems))
+    if judgement.reasons:
+        raise PartialFailure("; ".join(judgement.reasons))
     if outputs.problems:
         raise typer.Exit(EXIT_USAGE)
-
-
-def _fields(snapshot: Snapshot) -> Fields:
-    totals, last = snapshot.totals, snapshot.last_second
-    return [
-        ("phase", snapshot.phase),
-        ("connected", f"{snapshot.connected}/{snapshot.things} ({snapshot.connect_failed} failed)"),
-        ("msg/s", f"{last['published']} (target {snapshot.target_per_s:g})"),
-        ("published", f"{totals.published}/{totals.scheduled} due"),
-        ("acked", str(totals.acked)),
-        ("errors", f"{totals.failed} failed, {totals.reconnects} reconnects"),
-        ("ack p50/p99", f"{ms(snapshot.ack_p50_ms)} / {ms(snapshot.ack_p99_ms)}"),
-    ]

@@ -15,16 +15,17 @@ import typer
 
 from elf_async.cli._args import SubscribeArgs, takes
 from elf_async.cli._common import console_err, run, settings
-from elf_async.cli._live import LiveView, ms, print_summary
+from elf_async.cli._live import LiveView, subscribe_final_frame, subscribe_frame
 from elf_async.cli._options import parse_subscribe_options
 from elf_async.cli._output import Outputs
+from elf_async.cli._summary import print_summary, subscribe_hint, subscribe_rows
 from elf_async.dataplane.mqtt import debug_paho
 from elf_async.errors import EXIT_USAGE, PartialFailure
 from elf_async.jobs.subscribe import run_subscribe
 from elf_async.jobs.target import aim
 from elf_async.report.document import write_report
 from elf_async.report.model import SubscribeReport
-from elf_async.report.verdict import subscribe_problems
+from elf_async.report.verdict import judge_subscribe
 from elf_async.stopping import StopSignal
 
 
@@ -51,20 +52,12 @@ def command(
     # The live view replaces the printed messages with --quiet; nothing at all with -q globally.
     with LiveView("subscribe", quiet=not quiet or opts.quiet) as view:
 
-        def tick(row: dict[str, Any]) -> None:
-            view.update(
-                [
-                    ("connected", f"{row['connected']}/{row['things']}"),
-                    ("msg/s", str(row["received"])),
-                    ("lost", str(row["lost"])),
-                    ("duplicates", str(row["duplicates"])),
-                    ("latency p99", ms(row["p99"])),
-                ]
-            )
-
         async def main() -> tuple[SubscribeReport, int | None]:
             def warn(line: str) -> None:
                 console_err(f"warning: {line}")
+
+            def tick(row: dict[str, Any]) -> None:
+                view.update(subscribe_frame(row))
 
             with StopSignal() as stop:
                 if quiet:
@@ -74,20 +67,26 @@ def command(
                 return result, stop.exit_code
 
         result, exit_code = run(main())
+        view.finish(subscribe_final_frame(result))
     sys.stdout.flush()
     outputs = Outputs(opts.state_dir, "subscribe")
     written = args.report and outputs.write(
         "--report", args.report, lambda path: write_report(path, result), suffix=".json"
     )
-    if not opts.quiet:
-        print_summary(result)
+    judgement = judge_subscribe(result)
+    print_summary(
+        judgement,
+        subscribe_rows(result),
+        quiet=opts.quiet,
+        report=written or None,
+        hint=subscribe_hint(result, report_path=args.report),
+    )
     for problem in outputs.problems:
         console_err(f"error: {problem}")
     if exit_code is not None:
         console_err(f"{result['outcome']}" + (f", report in {written}" if written else ""))
         raise typer.Exit(exit_code)
-    problems = subscribe_problems(result)
-    if problems:
-        raise PartialFailure("; ".join(problems))
+    if judgement.reasons:
+        raise PartialFailure("; ".join(judgement.reasons))
     if outputs.problems:
         raise typer.Exit(EXIT_USAGE)
