@@ -164,12 +164,14 @@ class SubscribeArgs:
 
     things: Things = None
     client_offset: Annotated[
-        int,
+        int | None,
         typer.Option(
-            help="Connect as the things after the first N (to run next to a send that uses "
-            "them); subscriber j still watches thing j's topic."
+            help="Connect as the things after the first N instead (0: as the watched things "
+            "themselves); subscriber j still watches thing j's topic. [default: as "
+            "<thing>-watch, which a send on the same things cannot collide with]",
+            show_default=False,
         ),
-    ] = 0
+    ] = None
     topic: Annotated[
         str | None,
         typer.Option(

@@ -103,7 +103,7 @@ def parse_subscribe_options(args: SubscribeArgs) -> SubscribeOptions:
     """Every option of `subscribe` checked that can be without the fleet."""
     connect = parse_connect_options(args.connect)
     qos = parse_qos(args.qos)
-    if args.client_offset < 0:
+    if args.client_offset is not None and args.client_offset < 0:
         raise UsageError("--client-offset must be 0 or more")
     duration = parse_run_length(args.duration or DEFAULT_DURATION)
     check_output_path("--report", args.report)

@@ -31,6 +31,7 @@ from elf_async.controlplane.fleet import (
     INDEX_WIDTH,
     PER_THING,
     SHARED,
+    WATCH_IDS_KEY,
     default_prefix,
     new_fleet_id,
     per_thing_topics,
@@ -55,6 +56,7 @@ class Fleet:
     """What every thing of a fleet shares."""
 
     fleet_id: str
+    prefix: str
     region: str
     account: str
     topic_root: str
@@ -100,6 +102,7 @@ async def ensure_policy(plane: ControlPlane, ledger: Ledger, fleet: Fleet) -> No
         account=fleet.account,
         topic_root=fleet.topic_root,
         shared_topics=fleet.shared_topics,
+        prefix=fleet.prefix,
     )
     try:
         response = await plane.call(
@@ -404,11 +407,14 @@ async def create_with(
         key_type=choices.key_type,
         topic_root=choices.topic_root,
         topic_scope=SHARED if choices.shared_topics else PER_THING,
+        # A new fleet's policy allows watcher ids; an older fleet's keeps what it had.
+        watch_ids=meta.get(WATCH_IDS_KEY) if meta.get("fleet_id") else "yes",
         ca_cert=str((request.ca_cert or Path(meta.get("ca_cert", ""))).resolve()) if ca else None,
         ca_key=str((request.ca_key or Path(meta.get("ca_key", ""))).resolve()) if ca else None,
     )
     fleet = Fleet(
         fleet_id=fleet_id,
+        prefix=prefix,
         region=target.region,
         account=session.account,
         topic_root=choices.topic_root,

@@ -17,6 +17,11 @@ MAX_THING_NAME = 128
 TOPIC_SCOPE_KEY = "topic_scope"
 PER_THING = "thing"
 SHARED = "shared"
+# A watcher (`subscribe`) connects with its thing's certificate as `<thing>-watch`: a send as
+# the thing keeps its own client id, and one client id holds one connection. The ledger meta
+# says whether the fleet's policy allows these ids (a fleet from before them does not).
+WATCH_SUFFIX = "-watch"
+WATCH_IDS_KEY = "watch_ids"
 
 
 def new_fleet_id() -> str:
@@ -56,13 +61,31 @@ def per_thing_topics(meta: Mapping[str, str]) -> bool:
     return meta.get(TOPIC_SCOPE_KEY, SHARED) == PER_THING
 
 
-def policy_document(*, region: str, account: str, topic_root: str, shared_topics: bool) -> str:
+def watch_client_id(thing: str) -> str:
+    return f"{thing}{WATCH_SUFFIX}"
+
+
+def allows_watch_ids(meta: Mapping[str, str]) -> bool:
+    """Whether the fleet's policy lets its certificates connect as watchers."""
+    return meta.get(WATCH_IDS_KEY) == "yes"
+
+
+def policy_document(
+    *, region: str, account: str, topic_root: str, shared_topics: bool, prefix: str
+) -> str:
     """The fleet's least-privilege policy: a client may connect only as its own attached thing,
     and publish, receive and subscribe only under ``<root>/<its thing name>`` (the policy
     variable resolves through the certificate's thing), or anywhere under ``<root>/`` with
-    `shared_topics`, where any thing may publish as, or read, any other."""
+    `shared_topics`, where any thing may publish as, or read, any other.
+
+    A watcher connects as ``<prefix>-…-watch`` (`watch_client_id`), which names no thing, so
+    the thing variables do not resolve for it: its statements name the fleet's watcher ids,
+    and let such a connection subscribe to and receive anything under ``<root>/``, never
+    publish."""
     arn = f"arn:aws:iot:{region}:{account}"
     root = topic_root.strip("/")
+    watchers = f"{prefix}-*{WATCH_SUFFIX}"
+    only_watchers = {"StringLike": {"iot:ClientId": watchers}}
     if shared_topics:
         topics = [f"{root}/*"]
     else:
@@ -86,6 +109,19 @@ def policy_document(*, region: str, account: str, topic_root: str, shared_topics
                 "Effect": "Allow",
                 "Action": "iot:Subscribe",
                 "Resource": [f"{arn}:topicfilter/{topic}" for topic in topics],
+            },
+            {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{arn}:client/{watchers}"},
+            {
+                "Effect": "Allow",
+                "Action": "iot:Receive",
+                "Resource": f"{arn}:topic/{root}/*",
+                "Condition": only_watchers,
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Subscribe",
+                "Resource": f"{arn}:topicfilter/{root}/*",
+                "Condition": only_watchers,
             },
         ],
     }

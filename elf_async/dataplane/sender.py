@@ -458,10 +458,9 @@ class Sender:
     async def _keep_connected(self, p: Publisher, stop: StopSignal) -> None:
         """Reconnect a publisher the broker dropped, with backoff, and resume its schedule."""
         while (link := p.link) is not None:
-            reason = await link.lost
+            reason = self.connector.lost(link, await link.lost)
             await link.close()  # gone already: only collects aiomqtt's disconnection error
             p.connection_lost()
-            self.connector.errors[f"connection lost: {reason}"] += 1
             p.error = f"lost its connection and never got it back ({reason})"
             if stop.event.is_set():
                 return

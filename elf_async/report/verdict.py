@@ -10,6 +10,8 @@ happen cannot judge it (`run` applies both and 1 wins over a threshold's 3, see
   QoS 1 messages never acknowledged, a lost --workers process (its things are not counted);
   for `run`, also certificates an interrupted create could not resolve.
 - `subscribe_problems`: a subscriber that never connected.
+- both: a session takeover, connections the broker closed right after they opened, again and
+  again, because another client connected with the same client id.
 
 `judge_send`, `judge_subscribe` and `judge_run` turn those problems (and `run`'s thresholds and
 failed phases) into the one line each command prints first, and alone with `-q`: passed or
@@ -22,15 +24,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from elf_async.report.model import LatencySummary, SendReport, SubscribeReport
+from elf_async.report.model import Connections, LatencySummary, SendReport, SubscribeReport
 from elf_async.report.thresholds import Verdict
+
+# Connections taken over this many times: another client uses the same client ids, so the
+# counts measure a tug of war, not the load (one takeover may be a single stray client).
+TAKEOVERS_FAIL = 2
+
+
+def takeover_problem(connections: Connections) -> list[str]:
+    """A session takeover, named: the broker keeps one connection per client id."""
+    taken = connections["takeovers"]
+    if taken < TAKEOVERS_FAIL:
+        return []
+    return [
+        f"session takeover: the broker closed {taken} connections right after they opened, "
+        "because another client connected with the same client id (a send or subscribe on "
+        "the same things in another process?)"
+    ]
 
 
 def send_problems(report: SendReport, *, unresolved: Sequence[str] = ()) -> list[str]:
     """What went wrong in a send report; `unresolved` are the warnings of create's recovery
     (`RecoveryResult.unresolved`), which `run` passes."""
     messages, connections = report["messages"], report["connections"]
-    problems = []
+    problems = takeover_problem(connections)
     if connections["things_failed"]:
         problems.append(f"{connections['things_failed']} things could not connect")
     if messages["unsent"]:
@@ -47,9 +65,13 @@ def send_problems(report: SendReport, *, unresolved: Sequence[str] = ()) -> list
 
 def subscribe_problems(report: SubscribeReport) -> list[str]:
     """What went wrong in a subscribe report: counts of loss and duplicates are measurements,
-    not failures (a threshold judges them); a subscriber that never connected is."""
-    failed = report["connections"]["things_failed"]
-    return [f"{failed} subscribers could not connect"] if failed else []
+    not failures (a threshold judges them); a subscriber that never connected, or a session
+    takeover, is."""
+    connections = report["connections"]
+    problems = takeover_problem(connections)
+    if connections["things_failed"]:
+        problems.append(f"{connections['things_failed']} subscribers could not connect")
+    return problems
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,7 +81,11 @@ def test_create_50_then_clean_leaves_nothing(cli: Cli, iot: Any) -> None:
 
     document = json.loads(iot.get_policy(policyName=policy)["policyDocument"])
     per_thing = policy_document(
-        region="us-west-2", account="123456789012", topic_root="elf", shared_topics=False
+        region="us-west-2",
+        account="123456789012",
+        topic_root="elf",
+        shared_topics=False,
+        prefix=f"elf-{fleet_id}",
     )
     assert document == json.loads(per_thing)
     assert status(cli)["topic_scope"] == "thing"
@@ -120,7 +124,11 @@ def test_shared_topics_are_an_opt_in_the_fleet_keeps(cli: Cli, iot: Any) -> None
     fleet_id = json.loads(cli("create", "1", "--shared-topics", "--json").stdout)["fleet_id"]
     policy = iot.get_policy(policyName=f"elf-{fleet_id}-policy")["policyDocument"]
     shared = policy_document(
-        region="us-west-2", account="123456789012", topic_root="elf", shared_topics=True
+        region="us-west-2",
+        account="123456789012",
+        topic_root="elf",
+        shared_topics=True,
+        prefix=f"elf-{fleet_id}",
     )
     assert json.loads(policy) == json.loads(shared)
     assert cli("create", "1").returncode == 0  # a fleet keeps its scope

@@ -39,6 +39,7 @@ CLEAN_SEND: dict[str, Any] = {
         "succeeded": 4,
         "failed": 1,  # a failed attempt retried, or a reconnect: not a problem by itself
         "reconnects": 1,
+        "takeovers": 1,  # one connection closed right after it opened: not yet a takeover
         "things_failed": 0,
         "errors": {"connection lost: keep-alive timeout": 1},
     },
@@ -89,8 +90,14 @@ def test_things_that_never_connected_owe_their_messages() -> None:
             {"workers": {"count": 2, "lost": ["worker 2 of 2 exited with code -9"]}},
             "the measurement is incomplete: worker 2 of 2 exited with code -9",
         ),
+        (
+            {"connections": {"takeovers": 12}},
+            "session takeover: the broker closed 12 connections right after they opened, "
+            "because another client connected with the same client id (a send or subscribe on "
+            "the same things in another process?)",
+        ),
     ],
-    ids=["never-connected", "unsent", "not-acknowledged", "lost-worker"],
+    ids=["never-connected", "unsent", "not-acknowledged", "lost-worker", "takeover"],
 )
 def test_each_kind_of_send_problem(changes: dict[str, dict[str, Any]], problem: str) -> None:
     assert send_problems(send_report(**changes)) == [problem]
@@ -130,11 +137,19 @@ def test_subscribe_fails_only_on_subscribers_that_never_connected() -> None:
     report: dict[str, Any] = {
         "command": "subscribe",
         "messages": {"qos": 1, "received": 10, "unique": 9, "lost": 3, "duplicates": 1},
-        "connections": {"attempted": 3, "succeeded": 3, "failed": 0, "things_failed": 0},
+        "connections": {
+            "attempted": 3,
+            "succeeded": 3,
+            "failed": 0,
+            "takeovers": 0,
+            "things_failed": 0,
+        },
     }
     assert subscribe_problems(report) == []  # loss is measured, a threshold judges it
     report["connections"]["things_failed"] = 2
     assert subscribe_problems(report) == ["2 subscribers could not connect"]
+    report["connections"]["takeovers"] = 2
+    assert subscribe_problems(report)[0].startswith("session takeover: the broker closed 2 ")
 
 
 def test_the_verdict_line_of_a_send_that_passed_gives_its_figures() -> None:
@@ -196,7 +211,7 @@ def test_the_verdict_line_of_a_subscribe() -> None:
         "command": "subscribe",
         "outcome": "completed",
         "messages": {"received": 10, "lost": 3, "duplicates": 1, "unstamped": 2},
-        "connections": {"things_failed": 0},
+        "connections": {"things_failed": 0, "takeovers": 0},
         "latency_ms": {"end_to_end": {"count": 8, "p99": 12.34}},
     }
     assert judge_subscribe(report).line() == (
