@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from elf_async.config import check_region
 from elf_async.controlplane.fleet import allows_watch_ids, per_thing_topics, watch_client_id
 from elf_async.controlplane.ledger import Ledger
 from elf_async.dataplane.connections import Connector
@@ -106,6 +107,7 @@ async def run_subscribe(
     """Run one subscribe and return its report."""
     state_dir = aimed.settings.state_dir
     with Ledger.open(state_dir) as ledger:
+        check_region(aimed.settings, ledger.meta())
         warnings = Warnings()
         watches = build_watches(
             options, ledger, state_dir, warnings, any_client_id=aimed.stack is not None
