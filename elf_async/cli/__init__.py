@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.main
+from typer._click.core import Command as ClickCommand
+from typer._click.core import Parameter
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, NoSuchOption
+from typer.core import TyperGroup, TyperOption
 
 from elf_async import __version__
 from elf_async.compat import unverified_versions
@@ -121,10 +125,48 @@ app.add_typer(local.app)
 app.command("run", cls=Command)(run.command)
 
 
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """The global options given after the command, moved before it (`create 3 --local` is
+    `--local create 3`), except where the command has an option of that name itself (`run
+    --local`, `subscribe -q`). Values of options are never taken for option names."""
+    group = typer.main.get_command(app)
+    assert isinstance(group, TyperGroup)
+    known = {name: param for param in group.params for name in _names(param)}
+    start = 0  # where the command starts, after the global options given before it
+    while start < len(argv) and argv[start].startswith("-") and argv[start] != "--":
+        start += 1 + _takes_value(known.get(argv[start].split("=", 1)[0]), argv[start])
+    command: ClickCommand = group
+    end = start  # after the command's name (a group's subcommand's name included)
+    while isinstance(command, TyperGroup) and end < len(argv) and argv[end] in command.commands:
+        command = command.commands[argv[end]]
+        end += 1
+    own = {name: param for param in command.params for name in _names(param)}
+    hoisted: list[str] = []
+    rest: list[str] = []
+    index = end
+    while index < len(argv) and argv[index] != "--":
+        token = argv[index]
+        name = token.split("=", 1)[0]
+        param = own.get(name) or known.get(name)
+        size = 1 + _takes_value(param, token)
+        (hoisted if name in known and name not in own else rest).extend(argv[index : index + size])
+        index += size
+    return argv[:start] + hoisted + argv[start:end] + rest + argv[index:]
+
+
+def _names(param: Parameter) -> list[str]:
+    return [*param.opts, *param.secondary_opts] if isinstance(param, TyperOption) else []
+
+
+def _takes_value(param: Parameter | None, token: str) -> int:
+    """1 when `token` is an option whose value is the next argument."""
+    return int(isinstance(param, TyperOption) and not param.is_flag and "=" not in token)
+
+
 def main() -> None:
     """Entry point: every failure becomes one line on stderr and a documented exit code."""
     try:
-        code = app(standalone_mode=False)
+        code = app(args=hoist_global_options(sys.argv[1:]), standalone_mode=False)
     except NoArgsIsHelpError as exc:
         print(exc.ctx.get_help() if exc.ctx else exc.format_message())
         sys.exit(EXIT_USAGE)

@@ -8,9 +8,11 @@ from typing import Annotated
 
 import pytest
 import typer
+from support.fixtures import assert_one_line_error
+from support.local import LocalCli
 from typer.main import get_command
 
-from elf_async.cli import app
+from elf_async.cli import app, hoist_global_options
 from elf_async.cli._args import ConnectArgs, SendArgs, takes
 
 
@@ -64,3 +66,32 @@ def test_an_option_declared_twice_is_refused_at_import() -> None:
         @takes
         def command(count: str, args: SendArgs) -> None:
             del count, args
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["create", "3", "--local"], ["--local", "create", "3"]),
+        (
+            ["clean", "--state-dir=s", "--yes", "--region", "eu-west-1", "-v"],
+            ["--state-dir=s", "--region", "eu-west-1", "-v", "clean", "--yes"],
+        ),
+        (["local", "up", "--state-dir", "s"], ["--state-dir", "s", "local", "up"]),
+        (["run", "3", "--local", "-q"], ["-q", "run", "3", "--local"]),  # run has its own --local
+        (["subscribe", "-q", "--local"], ["--local", "subscribe", "-q"]),  # and subscribe its -q
+        (["send", "--topic", "--local"], ["send", "--topic", "--local"]),  # a value stays
+        (["send", "--", "--local"], ["send", "--", "--local"]),
+        (["--local", "status", "--json"], ["--local", "status", "--json"]),
+    ],
+)
+def test_global_options_after_the_command_are_taken_as_given_before_it(
+    argv: list[str], expected: list[str]
+) -> None:
+    assert hoist_global_options(argv) == expected
+
+
+def test_local_after_the_command_is_the_global_option(local_cli: LocalCli) -> None:
+    result = local_cli("create", "3", "--local")  # no stack runs for this state dir
+    assert_one_line_error(
+        result, 1, f"no local stack is running for state dir {local_cli.state_dir}"
+    )
