@@ -10,6 +10,7 @@ from pathlib import Path
 from elf_async.errors import FleetMismatch
 
 DEFAULT_REGION = "us-west-2"
+DEFAULT_STATE_DIR = Path(".elf")
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,11 +29,12 @@ from elf_async.cli._common import (
     Command,
     check_text_params,
     console_err,
-    set_verbose,
+    remember,
     verbose_requested,
+    with_global_options,
 )
-from elf_async.cli._options import parse_endpoint_url
-from elf_async.config import ENDPOINT_VARIABLES, Settings
+from elf_async.cli._options import check_state_dir, parse_endpoint_url
+from elf_async.config import DEFAULT_STATE_DIR, ENDPOINT_VARIABLES, Settings
 from elf_async.errors import EXIT_INTERRUPTED, EXIT_USAGE, ElfError
 
 app = typer.Typer(
@@ -73,7 +74,7 @@ def _global_options(
     ] = None,
     state_dir: Annotated[
         Path, typer.Option(envvar="ELF_STATE_DIR", help="Where the ledger and keys live.")
-    ] = Path(".elf"),
+    ] = DEFAULT_STATE_DIR,
     verbose: Annotated[
         bool, typer.Option("-v", "--verbose", envvar="ELF_VERBOSE", help="Debug logs, tracebacks.")
     ] = False,
@@ -91,12 +92,12 @@ def _global_options(
     ] = False,
 ) -> None:
     check_text_params(ctx)
+    check_state_dir(state_dir)
     if endpoint_url is not None:
         parse_endpoint_url("--endpoint-url", endpoint_url)
     for variable in ENDPOINT_VARIABLES:
         if os.environ.get(variable):
             parse_endpoint_url(variable, os.environ[variable])
-    set_verbose(verbose)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -114,6 +115,7 @@ def _global_options(
         quiet=quiet,
         local=local_stack,
     )
+    remember(ctx.obj)
 
 
 app.command("create", cls=Command)(create.command)
@@ -185,7 +187,7 @@ def main() -> None:
     except ElfError as exc:
         if verbose_requested():
             logging.getLogger("elf_async").exception("failed")
-        console_err(f"error: {exc}")
+        console_err(f"error: {with_global_options(str(exc))}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         console_err("interrupted")

@@ -198,6 +198,18 @@ def check_output_path(option: str, path: Path | None) -> None:
         raise UsageError(f"{option} {path}: the file is not writable")
 
 
+def check_state_dir(path: Path) -> None:
+    """The state dir, or the first of its parents that exists, must be a directory: a file
+    there would surface later as an unreadable ledger or stack record."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        subject = "it" if existing == path else str(existing)
+        what = "a file" if existing.is_file() else "not a directory"
+        raise UsageError(
+            f"--state-dir {path}: the state dir must be a directory, {subject} is {what}"
+        )
+
+
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
