@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.main
+from typer._click.core import Command as ClickCommand
+from typer._click.core import Parameter
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, NoSuchOption
+from typer.core import TyperGroup, TyperOption
 
 from elf_async import __version__
 from elf_async.compat import unverified_versions
@@ -25,11 +29,12 @@ from elf_async.cli._common import (
     Command,
     check_text_params,
     console_err,
-    set_verbose,
+    remember,
     verbose_requested,
+    with_global_options,
 )
-from elf_async.cli._options import parse_endpoint_url
-from elf_async.config import ENDPOINT_VARIABLES, Settings
+from elf_async.cli._options import check_state_dir, parse_endpoint_url
+from elf_async.config import DEFAULT_STATE_DIR, ENDPOINT_VARIABLES, Settings
 from elf_async.errors import EXIT_INTERRUPTED, EXIT_USAGE, ElfError
 
 app = typer.Typer(
@@ -69,7 +74,7 @@ def _global_options(
     ] = None,
     state_dir: Annotated[
         Path, typer.Option(envvar="ELF_STATE_DIR", help="Where the ledger and keys live.")
-    ] = Path(".elf"),
+    ] = DEFAULT_STATE_DIR,
     verbose: Annotated[
         bool, typer.Option("-v", "--verbose", envvar="ELF_VERBOSE", help="Debug logs, tracebacks.")
     ] = False,
@@ -87,12 +92,12 @@ def _global_options(
     ] = False,
 ) -> None:
     check_text_params(ctx)
+    check_state_dir(state_dir)
     if endpoint_url is not None:
         parse_endpoint_url("--endpoint-url", endpoint_url)
     for variable in ENDPOINT_VARIABLES:
         if os.environ.get(variable):
             parse_endpoint_url(variable, os.environ[variable])
-    set_verbose(verbose)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -110,6 +115,7 @@ def _global_options(
         quiet=quiet,
         local=local_stack,
     )
+    remember(ctx.obj)
 
 
 app.command("create", cls=Command)(create.command)
@@ -121,10 +127,48 @@ app.add_typer(local.app)
 app.command("run", cls=Command)(run.command)
 
 
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """The global options given after the command, moved before it (`create 3 --local` is
+    `--local create 3`), except where the command has an option of that name itself (`run
+    --local`, `subscribe -q`). Values of options are never taken for option names."""
+    group = typer.main.get_command(app)
+    assert isinstance(group, TyperGroup)
+    known = {name: param for param in group.params for name in _names(param)}
+    start = 0  # where the command starts, after the global options given before it
+    while start < len(argv) and argv[start].startswith("-") and argv[start] != "--":
+        start += 1 + _takes_value(known.get(argv[start].split("=", 1)[0]), argv[start])
+    command: ClickCommand = group
+    end = start  # after the command's name (a group's subcommand's name included)
+    while isinstance(command, TyperGroup) and end < len(argv) and argv[end] in command.commands:
+        command = command.commands[argv[end]]
+        end += 1
+    own = {name: param for param in command.params for name in _names(param)}
+    hoisted: list[str] = []
+    rest: list[str] = []
+    index = end
+    while index < len(argv) and argv[index] != "--":
+        token = argv[index]
+        name = token.split("=", 1)[0]
+        param = own.get(name) or known.get(name)
+        size = 1 + _takes_value(param, token)
+        (hoisted if name in known and name not in own else rest).extend(argv[index : index + size])
+        index += size
+    return argv[:start] + hoisted + argv[start:end] + rest + argv[index:]
+
+
+def _names(param: Parameter) -> list[str]:
+    return [*param.opts, *param.secondary_opts] if isinstance(param, TyperOption) else []
+
+
+def _takes_value(param: Parameter | None, token: str) -> int:
+    """1 when `token` is an option whose value is the next argument."""
+    return int(isinstance(param, TyperOption) and not param.is_flag and "=" not in token)
+
+
 def main() -> None:
     """Entry point: every failure becomes one line on stderr and a documented exit code."""
     try:
-        code = app(standalone_mode=False)
+        code = app(args=hoist_global_options(sys.argv[1:]), standalone_mode=False)
     except NoArgsIsHelpError as exc:
         print(exc.ctx.get_help() if exc.ctx else exc.format_message())
         sys.exit(EXIT_USAGE)
@@ -143,7 +187,7 @@ def main() -> None:
     except ElfError as exc:
         if verbose_requested():
             logging.getLogger("elf_async").exception("failed")
-        console_err(f"error: {exc}")
+        console_err(f"error: {with_global_options(str(exc))}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         console_err("interrupted")

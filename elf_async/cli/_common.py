@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -13,22 +15,50 @@ from typer import _click as click  # typer's own click, whose Context its comman
 from typer.core import TyperCommand
 
 from elf_async.cli._options import check_utf8
-from elf_async.config import Settings
+from elf_async.config import DEFAULT_STATE_DIR, Settings
 from elf_async.controlplane.aws import AWS_DEFAULT_QUOTAS
 from elf_async.errors import UsageError
 from elf_async.units import parse_api_rate
 
 T = TypeVar("T")
-_verbose = False
+_given: Settings | None = None  # the global options as given, for main()'s error lines
 
 
-def set_verbose(value: bool) -> None:
-    global _verbose
-    _verbose = value
+def remember(settings: Settings) -> None:
+    global _given
+    _given = settings
 
 
 def verbose_requested() -> bool:
-    return _verbose
+    return _given is not None and _given.verbose
+
+
+def with_global_options(text: str) -> str:
+    """Each command `text` suggests (`elf-async create`) with the global options the user gave
+    (--state-dir, --local, --region, ...) that it does not name already, so that it runs as
+    shown: a hint that drops --local or --state-dir points at another fleet."""
+    if _given is None:
+        return text
+    given = [
+        ("--state-dir", str(_given.state_dir) if _given.state_dir != DEFAULT_STATE_DIR else None),
+        ("--local", "" if _given.local else None),
+        ("--region", _given.region),
+        ("--profile", _given.profile),
+        ("--endpoint-url", _given.endpoint_url),
+    ]
+
+    def fill(match: re.Match[str]) -> str:
+        command = match.group(1)
+        words = command.split()
+        stack = "local" in words  # `local up|status|down` manage the stack: no --local there
+        extra = [
+            f"{option} {shlex.quote(value)}" if value else option
+            for option, value in given
+            if value is not None and option not in words and not (stack and option == "--local")
+        ]
+        return "`" + " ".join(["elf-async", *extra, command]) + "`"
+
+    return re.sub(r"`elf-async ([^`]*)`", fill, text)
 
 
 def settings(ctx: typer.Context) -> Settings:

@@ -9,11 +9,11 @@ import dataclasses
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from elf_async.cli._args import ConnectArgs, SendArgs, SubscribeArgs
 from elf_async.dataplane.mqtt import parse_endpoint
 from elf_async.dataplane.options import (
     AWS_CONNECT_PER_S,
@@ -35,58 +35,6 @@ from elf_async.units import parse_duration, parse_rate
 
 DEFAULT_RATE = "1/s"  # the seed's pace
 DEFAULT_DURATION = "10s"
-
-
-@dataclass(frozen=True, kw_only=True)
-class ConnectArgs:
-    """The connection options of `send`, `subscribe` and `run`, as typed."""
-
-    mqtt_endpoint: str | None = None
-    port: int | None = None
-    ca_file: Path | None = None
-    connect_rate: str = "100/s"
-    connect_timeout: str = "10s"
-    connect_retries: int = 3
-    keepalive: str = "60s"
-    allow_over_aws_limits: bool = False
-
-
-@dataclass(frozen=True, kw_only=True)
-class SendArgs:
-    """`send`'s options as typed (`run` gives some of them); their order is the report's."""
-
-    message: str | None = None
-    things: int | None = None
-    rate: str | None = None
-    total_rate: str | None = None
-    duration: str | None = None
-    count: int | None = None
-    qos: int = 1
-    topic: str | None = None
-    append_thing_name: bool = False
-    json_message: Path | None = None
-    payload_template: str | None = None
-    payload_size: int | None = None
-    stamp: bool | None = None
-    max_inflight: int = AWS_MAX_INFLIGHT
-    drain: str = "5s"
-    report: Path | None = None
-    connect: ConnectArgs = field(default_factory=ConnectArgs)
-    workers: int = 1
-
-
-@dataclass(frozen=True, kw_only=True)
-class SubscribeArgs:
-    """`subscribe`'s options as typed; their order is the report's."""
-
-    things: int | None = None
-    client_offset: int = 0
-    topic: str | None = None
-    append_thing_name: bool = False
-    qos: int = 1
-    duration: str | None = None
-    report: Path | None = None
-    connect: ConnectArgs = field(default_factory=ConnectArgs)
 
 
 def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> SendOptions:
@@ -155,7 +103,7 @@ def parse_subscribe_options(args: SubscribeArgs) -> SubscribeOptions:
     """Every option of `subscribe` checked that can be without the fleet."""
     connect = parse_connect_options(args.connect)
     qos = parse_qos(args.qos)
-    if args.client_offset < 0:
+    if args.client_offset is not None and args.client_offset < 0:
         raise UsageError("--client-offset must be 0 or more")
     duration = parse_run_length(args.duration or DEFAULT_DURATION)
     check_output_path("--report", args.report)
@@ -248,6 +196,18 @@ def check_output_path(option: str, path: Path | None) -> None:
         raise UsageError(f"{option} {path}: the directory {directory} is not writable")
     if path.exists() and not os.access(path, os.W_OK):
         raise UsageError(f"{option} {path}: the file is not writable")
+
+
+def check_state_dir(path: Path) -> None:
+    """The state dir, or the first of its parents that exists, must be a directory: a file
+    there would surface later as an unreadable ledger or stack record."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        subject = "it" if existing == path else str(existing)
+        what = "a file" if existing.is_file() else "not a directory"
+        raise UsageError(
+            f"--state-dir {path}: the state dir must be a directory, {subject} is {what}"
+        )
 
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")

@@ -1,5 +1,6 @@
-"""Progress of a batch of things shown: a rich bar on a terminal, a plain line every few seconds
-otherwise (CI logs), nothing with --quiet."""
+"""Progress of a batch of things shown: a rich bar on a terminal, a plain line every
+`PLAIN_INTERVAL` seconds otherwise (a sign of life in CI logs; a shorter batch writes none, so
+that stderr holds only errors), nothing with --quiet."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from elf_async.cli._live import PLAIN_INTERVAL
 from elf_async.progress import NoProgress, ProgressSink
 
 
@@ -36,7 +38,7 @@ class _Counts:
 class PlainProgress(_Counts):
     """One line every `interval` seconds, for logs."""
 
-    def __init__(self, label: str, *, interval: float = 5.0) -> None:
+    def __init__(self, label: str, *, interval: float = PLAIN_INTERVAL) -> None:
         super().__init__(label)
         self.interval = interval
         self._last = time.monotonic()

@@ -14,7 +14,8 @@ from typing import Annotated
 import typer
 
 from elf_async import statelock
-from elf_async.cli import _mqtt, create
+from elf_async.cli import create
+from elf_async.cli._args import SendArgs, takes
 from elf_async.cli._common import (
     ApiRateOption,
     CaCertOption,
@@ -31,16 +32,11 @@ from elf_async.cli._common import (
     run,
     settings,
 )
-from elf_async.cli._live import print_summary
-from elf_async.cli._options import (
-    ConnectArgs,
-    SendArgs,
-    check_output_path,
-    parse_send_options,
-)
+from elf_async.cli._live import LiveView, send_final_frame, send_frame
+from elf_async.cli._options import check_output_path, parse_send_options
 from elf_async.cli._output import Outputs
 from elf_async.cli._progress import progress_for
-from elf_async.cli.send import Workers
+from elf_async.cli._summary import AWS_HINT, REPORT_HINT, Rows, print_summary, send_rows
 from elf_async.config import Settings
 from elf_async.controlplane.ledger import Ledger
 from elf_async.errors import EXIT_USAGE, ThresholdFailed, UsageError
@@ -52,6 +48,7 @@ from elf_async.report.document import unsent_run_report, write_report
 from elf_async.report.junit import junit_xml, write_junit
 from elf_async.report.model import RunReport, RunSummary, SendReport, UnsentRunReport
 from elf_async.report.thresholds import parse_all
+from elf_async.report.verdict import judge_run
 from elf_async.stopping import StopSignal, outcome_of
 
 
@@ -80,48 +77,11 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
+@takes
 def command(
     ctx: typer.Context,
-    count: Annotated[str, typer.Argument(help="How many things to create.")],
-    message: Annotated[
-        str | None,
-        typer.Argument(help='Message sent as {"msg": MESSAGE}. [default: IoT ELF Hello]'),
-    ] = None,
-    rate: Annotated[
-        str | None, typer.Option(help="Messages per thing: 10/s, 600/m, 0.5. [default: 1/s]")
-    ] = None,
-    total_rate: Annotated[
-        str | None, typer.Option(help="Messages per second for the whole fleet, spread evenly.")
-    ] = None,
-    duration: Annotated[
-        str | None, typer.Option(help="How long to send: 60, 60s, 5m. [default: 10s]")
-    ] = None,
-    messages: Annotated[
-        int | None, typer.Option("--count", help="Messages per thing (instead of --duration).")
-    ] = None,
-    qos: _mqtt.Qos = 1,
-    topic: Annotated[
-        str | None,
-        typer.Option(help="Topic template: {thing}, {index}, {fleet}. [default: elf/{thing}]"),
-    ] = None,
-    json_message: Annotated[
-        Path | None, typer.Option(help="Send this JSON document instead of MESSAGE.")
-    ] = None,
-    payload_size: Annotated[
-        int | None, typer.Option(help="Pad each payload to exactly this many bytes.")
-    ] = None,
-    drain: Annotated[
-        str, typer.Option(help="On a stop, wait this long for QoS 1 acknowledgements.")
-    ] = "5s",
-    workers: Workers = 1,
-    mqtt_endpoint: _mqtt.MqttEndpoint = None,
-    port: _mqtt.Port = None,
-    ca_file: _mqtt.CaFile = None,
-    connect_rate: _mqtt.ConnectRate = "100/s",
-    connect_timeout: _mqtt.ConnectTimeout = "10s",
-    connect_retries: _mqtt.ConnectRetries = 3,
-    keepalive: _mqtt.Keepalive = "60s",
-    allow_over_aws_limits: _mqtt.AllowOverLimits = False,
+    size: Annotated[str, typer.Argument(metavar="count", help="How many things to create.")],
+    args: SendArgs,
     threshold: Annotated[
         list[str] | None,
         typer.Option(
@@ -134,9 +94,6 @@ def command(
     ] = None,
     junit: Annotated[
         Path | None, typer.Option(help="Write a JUnit XML file: the run and each threshold.")
-    ] = None,
-    report: Annotated[
-        Path | None, typer.Option(help="Write the send report (JSON) with the thresholds.")
     ] = None,
     local: Annotated[
         bool,
@@ -167,10 +124,9 @@ def command(
     """
     opts = settings(ctx)
     thresholds = parse_all(threshold or [])
-    check_output_path("--report", report)
     check_output_path("--junit", junit)
     request = create.build_request(
-        count,
+        size,
         prefix=None,
         cert_mode=cert_mode,
         key_type=key_type,
@@ -184,34 +140,8 @@ def command(
         max_things=max_things,
         yes=yes,
     )
-    send_step = _send_step(
-        send_options := parse_send_options(
-            SendArgs(
-                message=message,
-                rate=rate,
-                total_rate=total_rate,
-                duration=duration,
-                count=messages,
-                qos=qos,
-                topic=topic,
-                json_message=json_message,
-                payload_size=payload_size,
-                drain=drain,
-                workers=workers,
-                connect=ConnectArgs(
-                    mqtt_endpoint=mqtt_endpoint,
-                    port=port,
-                    ca_file=ca_file,
-                    connect_rate=connect_rate,
-                    connect_timeout=connect_timeout,
-                    connect_retries=connect_retries,
-                    keepalive=keepalive,
-                    allow_over_aws_limits=allow_over_aws_limits,
-                ),
-            ),
-            fleet_size=request.count,
-        )
-    )
+    send_options = parse_send_options(args, fleet_size=request.count)
+    send_step = _send_step(send_options, quiet=opts.quiet)
     ctx.with_resource(statelock.hold(opts.state_dir))  # until the command returns
     if Ledger.exists(opts.state_dir):
         raise UsageError(
@@ -249,8 +179,8 @@ def command(
     _finish(
         opts,
         result,
-        count=count,
-        report=report,
+        count=size,
+        report=args.report,
         junit=junit,
         ephemeral=ephemeral,
         options=send_options.as_given,
@@ -274,14 +204,16 @@ def _finish(
     ephemeral: bool,
     options: Mapping[str, object],
 ) -> None:
-    """Print the summary, write the report (whether or not the run got to send: `options` are
-    what it shows then) and JUnit (kept in the state dir when they cannot be written where
-    asked), and exit with the documented code."""
-    _print_summary(result)
+    """Write the report (whether or not the run got to send: `options` are what it shows
+    then) and JUnit (kept in the state dir when they cannot be written where asked), print the
+    summary, and exit with the documented code."""
     outputs = Outputs(opts.state_dir, "run")
+    written = None
     if report is not None:
         document = _document(result, options)
-        outputs.write("--report", report, lambda path: write_report(path, document), suffix=".json")
+        written = outputs.write(
+            "--report", report, lambda path: write_report(path, document), suffix=".json"
+        )
     if junit is not None:
         xml = junit_xml(
             name=f"run {count}",
@@ -290,6 +222,17 @@ def _finish(
             duration_s=result.elapsed_s,
         )
         outputs.write("--junit", junit, lambda path: write_junit(path, xml), suffix=".xml")
+    judgement = judge_run(
+        result.report,
+        failure=result.failure,
+        thresholds=result.verdicts,
+        interrupted=None if result.signal is None else _stopped(result.signal),
+    )
+    if judgement.passed and opts.local:
+        hint: str | None = AWS_HINT
+    else:
+        hint = None if report else REPORT_HINT
+    print_summary(judgement, _rows(result), quiet=opts.quiet, report=written, hint=hint)
     for problem in outputs.problems:
         console_err(f"error: {problem}")
     if result.aborted:
@@ -323,6 +266,33 @@ def _document(
     return {**result.report, "thresholds": thresholds, "run": _run_json(result)}
 
 
+def _stopped(signum: int) -> str:
+    return "terminated" if signum == signal.SIGTERM else "interrupted"
+
+
+def _rows(result: runner.RunResult) -> Rows:
+    """The fleet's life (created, removed), the send phase's figures, each threshold."""
+    fleet = []
+    if result.create is not None:
+        s = result.create.summary
+        fleet.append(
+            f"{result.create.fleet_id}: {s.created} of {s.attempted} things created in "
+            f"{s.elapsed_s:.1f} s" + (f" ({s.failed} failed)" if s.failed else "")
+        )
+    if result.clean is not None:
+        c = result.clean.summary
+        fleet.append(
+            f"{c.removed} removed in {c.elapsed_s:.1f} s"
+            + (f" ({c.failed} failed)" if c.failed else "")
+            + (", nothing left" if c.forgotten else "")
+        )
+    rows = [("fleet", ", ".join(fleet))] if fleet else []
+    if result.report is not None:
+        rows += send_rows(result.report)
+    rows += [("threshold", verdict.describe()) for verdict in result.verdicts]
+    return rows
+
+
 def _clean_later(opts: Settings, *, ephemeral: bool) -> str:
     state = shlex.quote(str(opts.state_dir))
     if ephemeral:
@@ -332,27 +302,6 @@ def _clean_later(opts: Settings, *, ephemeral: bool) -> str:
         )
     local = " --local" if opts.local else ""
     return f"clean-up aborted; finish it later with: elf-async --state-dir {state}{local} clean"
-
-
-def _print_summary(result: runner.RunResult) -> None:
-    if result.create is not None:
-        s = result.create.summary
-        print(
-            f"create: {s.created} of {s.attempted} things in {s.elapsed_s:.1f}s "
-            f"(fleet {result.create.fleet_id}), {s.failed} failed"
-        )
-    if result.report is not None:
-        print_summary(result.report)
-    if result.clean is not None:
-        c = result.clean.summary
-        print(
-            f"clean: removed {c.removed} of {c.attempted} things in {c.elapsed_s:.1f}s, "
-            f"{c.failed} failed" + ("; nothing left" if c.forgotten else "")
-        )
-    for verdict in result.verdicts:
-        print(f"threshold {verdict.describe()}")
-    if result.failure:
-        print(f"run failed: {result.failure}")
 
 
 def _run_json(result: runner.RunResult) -> RunSummary:
@@ -367,11 +316,19 @@ def _run_json(result: runner.RunResult) -> RunSummary:
     }
 
 
-def _send_step(options: SendOptions) -> runner.SendStep:
-    """The send phase: every thing of the new fleet; the report is written by `run` itself
-    (`options` carry no --report)."""
+def _send_step(options: SendOptions, *, quiet: bool) -> runner.SendStep:
+    """The send phase, shown as `send` shows it; the report is written by `run` itself."""
 
     async def send(aimed: Aim, stop: StopSignal) -> SendReport:
-        return await run_send(aimed, options, stop, warn=lambda line: console_err(line))
+        with LiveView("send", quiet=quiet) as view:
+            report = await run_send(
+                aimed,
+                options,
+                stop,
+                on_tick=lambda snapshot: view.update(send_frame(snapshot)),
+                warn=lambda line: console_err(f"warning: {line}"),
+            )
+            view.finish(send_final_frame(report))
+        return report
 
     return send

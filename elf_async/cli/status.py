@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from elf_async.cli._common import settings
+from elf_async.cli._common import settings, with_global_options
 from elf_async.controlplane.status import fleet_status
 
 
@@ -21,7 +21,9 @@ def command(
         print(json.dumps(status, indent=2))
         return
     if not status["exists"]:
-        print(f"no fleet in {status['state_dir']}")
+        empty = status.get("empty_ledger")
+        hint = " (its ledger records nothing: `elf-async clean --only-local --yes` deletes it)"
+        print(f"no fleet in {status['state_dir']}" + (with_global_options(hint) if empty else ""))
         return
     for label, key in (
         ("fleet", "fleet_id"),

@@ -13,84 +13,35 @@ from typing import Annotated, Any
 
 import typer
 
-from elf_async.cli import _mqtt
+from elf_async.cli._args import SubscribeArgs, takes
 from elf_async.cli._common import console_err, run, settings
-from elf_async.cli._live import LiveView, ms, print_summary
-from elf_async.cli._options import ConnectArgs, SubscribeArgs, parse_subscribe_options
+from elf_async.cli._live import LiveView, subscribe_final_frame, subscribe_frame
+from elf_async.cli._options import parse_subscribe_options
 from elf_async.cli._output import Outputs
+from elf_async.cli._summary import print_summary, subscribe_hint, subscribe_rows
 from elf_async.dataplane.mqtt import debug_paho
 from elf_async.errors import EXIT_USAGE, PartialFailure
 from elf_async.jobs.subscribe import run_subscribe
 from elf_async.jobs.target import aim
 from elf_async.report.document import write_report
 from elf_async.report.model import SubscribeReport
-from elf_async.report.verdict import subscribe_problems
+from elf_async.report.verdict import judge_subscribe
 from elf_async.stopping import StopSignal
 
 
+@takes
 def command(
     ctx: typer.Context,
-    things: _mqtt.Things = None,
-    client_offset: Annotated[
-        int,
-        typer.Option(
-            help="Connect as the things after the first N (to run next to a send that uses "
-            "them); subscriber j still watches thing j's topic."
-        ),
-    ] = 0,
-    topic: Annotated[
-        str | None,
-        typer.Option(
-            help="Topic filter template with {thing}, {index}, {fleet}; + and # allowed. "
-            "[default: <topic root>/{thing}]",
-            show_default=False,
-        ),
-    ] = None,
-    append_thing_name: Annotated[
-        bool, typer.Option(help="Append /{thing} to --topic (the seed's flag).")
-    ] = False,
-    qos: _mqtt.Qos = 1,
-    duration: Annotated[
-        str | None, typer.Option(help="How long to listen: 60, 60s, 5m. [default: 10s]")
-    ] = None,
+    args: SubscribeArgs,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="A rate line instead of every message.")
     ] = False,
-    report: _mqtt.Report = None,
-    mqtt_endpoint: _mqtt.MqttEndpoint = None,
-    port: _mqtt.Port = None,
-    ca_file: _mqtt.CaFile = None,
-    connect_rate: _mqtt.ConnectRate = "100/s",
-    connect_timeout: _mqtt.ConnectTimeout = "10s",
-    connect_retries: _mqtt.ConnectRetries = 3,
-    keepalive: _mqtt.Keepalive = "60s",
-    allow_over_aws_limits: _mqtt.AllowOverLimits = False,
 ) -> None:
     """Subscribe as each thing and print what arrives (topic, size, payload)."""
     opts = settings(ctx)
     debug_paho(opts.verbose)
     quiet = quiet or opts.quiet
-    options = parse_subscribe_options(
-        SubscribeArgs(
-            things=things,
-            client_offset=client_offset,
-            topic=topic,
-            append_thing_name=append_thing_name,
-            qos=qos,
-            duration=duration,
-            report=report,
-            connect=ConnectArgs(
-                mqtt_endpoint=mqtt_endpoint,
-                port=port,
-                ca_file=ca_file,
-                connect_rate=connect_rate,
-                connect_timeout=connect_timeout,
-                connect_retries=connect_retries,
-                keepalive=keepalive,
-                allow_over_aws_limits=allow_over_aws_limits,
-            ),
-        )
-    )
+    options = parse_subscribe_options(args)
 
     aimed = aim(opts)
 
@@ -101,20 +52,12 @@ def command(
     # The live view replaces the printed messages with --quiet; nothing at all with -q globally.
     with LiveView("subscribe", quiet=not quiet or opts.quiet) as view:
 
-        def tick(row: dict[str, Any]) -> None:
-            view.update(
-                [
-                    ("connected", f"{row['connected']}/{row['things']}"),
-                    ("msg/s", str(row["received"])),
-                    ("lost", str(row["lost"])),
-                    ("duplicates", str(row["duplicates"])),
-                    ("latency p99", ms(row["p99"])),
-                ]
-            )
-
         async def main() -> tuple[SubscribeReport, int | None]:
             def warn(line: str) -> None:
                 console_err(f"warning: {line}")
+
+            def tick(row: dict[str, Any]) -> None:
+                view.update(subscribe_frame(row))
 
             with StopSignal() as stop:
                 if quiet:
@@ -124,20 +67,26 @@ def command(
                 return result, stop.exit_code
 
         result, exit_code = run(main())
+        view.finish(subscribe_final_frame(result))
     sys.stdout.flush()
     outputs = Outputs(opts.state_dir, "subscribe")
-    written = report and outputs.write(
-        "--report", report, lambda path: write_report(path, result), suffix=".json"
+    written = args.report and outputs.write(
+        "--report", args.report, lambda path: write_report(path, result), suffix=".json"
     )
-    if not opts.quiet:
-        print_summary(result)
+    judgement = judge_subscribe(result)
+    print_summary(
+        judgement,
+        subscribe_rows(result),
+        quiet=opts.quiet,
+        report=written or None,
+        hint=subscribe_hint(result, report_path=args.report),
+    )
     for problem in outputs.problems:
         console_err(f"error: {problem}")
     if exit_code is not None:
         console_err(f"{result['outcome']}" + (f", report in {written}" if written else ""))
         raise typer.Exit(exit_code)
-    problems = subscribe_problems(result)
-    if problems:
-        raise PartialFailure("; ".join(problems))
+    if judgement.reasons:
+        raise PartialFailure("; ".join(judgement.reasons))
     if outputs.problems:
         raise typer.Exit(EXIT_USAGE)

@@ -22,7 +22,7 @@ from elf_async.controlplane.fleet import FLEET_ATTRIBUTE, policy_name
 from elf_async.controlplane.ledger import LEDGER_FILE, Ledger, ThingRecord
 from elf_async.controlplane.recovery import resolve_cert_intents
 from elf_async.controlplane.session import FleetSession, open_fleet
-from elf_async.errors import AccessDenied, AwsError, ErrorTally, UsageError
+from elf_async.errors import AccessDenied, AwsError, ErrorTally, RuntimeFailure, UsageError
 from elf_async.progress import ProgressSink
 
 # DetachThingPrincipal propagates asynchronously: what follows may conflict for a while.
@@ -165,15 +165,39 @@ def forget(state_dir: Path, ledger: Ledger) -> None:
     shutil.rmtree(state_dir / "certs", ignore_errors=True)
 
 
-async def discover_fleet(
-    plane: ControlPlane, ledger: Ledger, fleet_id: str
-) -> tuple[int, list[str]]:
-    """Rebuild a lost ledger from AWS: things carrying ``elf_fleet=<fleet_id>`` and their
-    certificates. Never touches a thing without that attribute, and adopts (to delete) only a
-    certificate attached to fleet things alone and holding no other policy than the fleet's.
-    Returns (things, warnings)."""
-    warnings: list[str] = []
+async def find_fleet(plane: ControlPlane, fleet_id: str, *, region: str) -> set[str]:
+    """The things carrying ``elf_fleet=<fleet_id>``; none and no fleet policy either is a
+    `RuntimeFailure` naming the fleet ids that the things in the region do carry (a typo'd id
+    must not look like a fleet cleaned of nothing)."""
     names = await _fleet_things(plane, fleet_id)
+    if names or await _policy_arn(plane, policy_name(fleet_id)):
+        return names
+    things = await _pages(plane, "ListThings", "things")
+    found = sorted({t.get("attributes", {}).get(FLEET_ATTRIBUTE) for t in things} - {None})
+    raise RuntimeFailure(
+        f"--fleet {fleet_id}: no thing in {region} carries {FLEET_ATTRIBUTE}={fleet_id}, and "
+        f"there is no policy {policy_name(fleet_id)}; "
+        + (f"fleet ids found: {', '.join(found)}" if found else "no thing carries a fleet id")
+    )
+
+
+async def _policy_arn(plane: ControlPlane, policy: str) -> str | None:
+    try:
+        return str((await plane.call("GetPolicy", policyName=policy))["policyArn"])
+    except AwsError as exc:
+        if exc.code not in NOT_FOUND_CODES:
+            raise
+    return None
+
+
+async def discover_fleet(
+    plane: ControlPlane, ledger: Ledger, fleet_id: str, names: set[str]
+) -> list[str]:
+    """Rebuild a lost ledger from AWS: `names`, the things carrying ``elf_fleet=<fleet_id>``
+    (`find_fleet`), and their certificates. Never touches a thing without that attribute, and
+    adopts (to delete) only a certificate attached to fleet things alone and holding no other
+    policy than the fleet's. Returns the warnings."""
+    warnings: list[str] = []
     policy = policy_name(fleet_id)
     for name in sorted(names):
         principals = await _pages(plane, "ListThingPrincipals", "principals", thingName=name)
@@ -193,15 +217,10 @@ async def discover_fleet(
             await _gone_ok(plane, "DetachThingPrincipal", thingName=name, principal=principal)
             warnings.append(f"{name}: detached {principal} ({reason}); it is left in AWS")
         ledger.adopt_thing(name, cert_arn=arn, has_policy=arn is not None)
-    policy_arn = None
-    try:
-        policy_arn = (await plane.call("GetPolicy", policyName=policy))["policyArn"]
-    except AwsError as exc:
-        if exc.code not in NOT_FOUND_CODES:
-            raise
+    policy_arn = await _policy_arn(plane, policy)
     if policy_arn:
         ledger.mark_fleet_resource("policy", policy, "created", arn=policy_arn)
-    return len(names), warnings
+    return warnings
 
 
 async def _fleet_things(plane: ControlPlane, fleet_id: str) -> set[str]:
@@ -308,6 +327,7 @@ async def clean_with(
     meta = ledger.meta()
     warnings: list[str] = []
     if fleet_id and "fleet_id" not in meta:
+        names = await find_fleet(plane, fleet_id, region=target.region)  # before the ledger
         ledger.set_meta(
             fleet_id=fleet_id,
             region=target.region,
@@ -315,7 +335,7 @@ async def clean_with(
             endpoint_url=target.endpoint_url,
             profile=target.profile,
         )
-        _, warnings = await discover_fleet(plane, ledger, fleet_id)
+        warnings = await discover_fleet(plane, ledger, fleet_id, names)
         meta = ledger.meta()
     ca_file = Path(meta["ca_cert"]) if "ca_cert" in meta else None
     recovery = await resolve_cert_intents(

@@ -28,14 +28,17 @@ from elf_async.controlplane.certs import (
 from elf_async.controlplane.fanout import fan_out
 from elf_async.controlplane.fleet import (
     FLEET_ATTRIBUTE,
+    FLEET_ID_LENGTH,
     INDEX_WIDTH,
     PER_THING,
     SHARED,
+    WATCH_IDS_KEY,
     default_prefix,
     new_fleet_id,
     per_thing_topics,
     policy_document,
     policy_name,
+    policy_problem,
 )
 from elf_async.controlplane.ledger import Ledger, ThingRecord
 from elf_async.controlplane.recovery import RecoveryResult, resolve_cert_intents
@@ -55,6 +58,7 @@ class Fleet:
     """What every thing of a fleet shares."""
 
     fleet_id: str
+    prefix: str
     region: str
     account: str
     topic_root: str
@@ -100,6 +104,7 @@ async def ensure_policy(plane: ControlPlane, ledger: Ledger, fleet: Fleet) -> No
         account=fleet.account,
         topic_root=fleet.topic_root,
         shared_topics=fleet.shared_topics,
+        prefix=fleet.prefix,
     )
     try:
         response = await plane.call(
@@ -347,16 +352,24 @@ class FleetChoices:
         cert_mode = _fleet_choice(
             "cert-mode", request.cert_mode, meta.get("cert_mode"), DEFAULT_CERT_MODE
         )
+        prefix = _fleet_choice("prefix", request.prefix, meta.get("prefix"), "") or None
+        topic_root = _fleet_choice("topic-root", request.topic_root, meta.get("topic_root"), "elf")
+        shared_topics = _topic_scope(request.shared_topics, meta)
+        problem = policy_problem(
+            topic_root=topic_root,
+            prefix=prefix or "elf-" + "x" * FLEET_ID_LENGTH,
+            shared_topics=shared_topics,
+        )
+        if problem:
+            raise UsageError(problem)
         return cls(
-            prefix=_fleet_choice("prefix", request.prefix, meta.get("prefix"), "") or None,
+            prefix=prefix,
             cert_mode=cast(CertMode, cert_mode),
             key_type=cast(
                 KeyType, _fleet_choice("key-type", request.key_type, meta.get("key_type"), "rsa")
             ),
-            topic_root=_fleet_choice(
-                "topic-root", request.topic_root, meta.get("topic_root"), "elf"
-            ),
-            shared_topics=_topic_scope(request.shared_topics, meta),
+            topic_root=topic_root,
+            shared_topics=shared_topics,
             ca=_signing_ca(cert_mode, request, meta),
         )
 
@@ -404,11 +417,14 @@ async def create_with(
         key_type=choices.key_type,
         topic_root=choices.topic_root,
         topic_scope=SHARED if choices.shared_topics else PER_THING,
+        # A new fleet's policy allows watcher ids; an older fleet's keeps what it had.
+        watch_ids=meta.get(WATCH_IDS_KEY) if meta.get("fleet_id") else "yes",
         ca_cert=str((request.ca_cert or Path(meta.get("ca_cert", ""))).resolve()) if ca else None,
         ca_key=str((request.ca_key or Path(meta.get("ca_key", ""))).resolve()) if ca else None,
     )
     fleet = Fleet(
         fleet_id=fleet_id,
+        prefix=prefix,
         region=target.region,
         account=session.account,
         topic_root=choices.topic_root,

@@ -11,6 +11,7 @@ from typing import Any
 FLEET_ATTRIBUTE = "elf_fleet"
 INDEX_WIDTH = 5  # elf-ab12cd34-00042: sortable up to 99,999 things
 _FLEET_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+FLEET_ID_LENGTH = 8
 _THING_NAME = re.compile(r"^[a-zA-Z0-9:_-]+$")
 MAX_THING_NAME = 128
 # Ledger meta: how the fleet's policy scopes topics.
@@ -18,11 +19,16 @@ TOPIC_SCOPE_KEY = "topic_scope"
 _THING = "${iot:Connection.Thing.ThingName}"  # the policy variable: the connection's thing
 PER_THING = "thing"
 SHARED = "shared"
+# A watcher (`subscribe`) connects with its thing's certificate as `<thing>-watch`: a send as
+# the thing keeps its own client id, and one client id holds one connection. The ledger meta
+# says whether the fleet's policy allows these ids (a fleet from before them does not).
+WATCH_SUFFIX = "-watch"
+WATCH_IDS_KEY = "watch_ids"
 
 
 def new_fleet_id() -> str:
     """8 random characters: two users in one account never collide (36^8 ≈ 2.8e12)."""
-    return "".join(secrets.choice(_FLEET_ID_ALPHABET) for _ in range(8))
+    return "".join(secrets.choice(_FLEET_ID_ALPHABET) for _ in range(FLEET_ID_LENGTH))
 
 
 def default_prefix(fleet_id: str) -> str:
@@ -51,21 +57,62 @@ def topic_root_problem(topic_root: str) -> str | None:
     return None
 
 
+POLICY_LIMIT = 2048  # non-whitespace characters AWS IoT allows in a policy document
+
+
+def policy_problem(*, topic_root: str, prefix: str, shared_topics: bool) -> str | None:
+    """Why the fleet policy for this root and prefix would be refused by AWS IoT (too long),
+    or None. Sized for the longest region and account names."""
+    size = len(
+        policy_document(
+            region="ap-southeast-5",
+            account="123456789012",
+            topic_root=topic_root,
+            shared_topics=shared_topics,
+            prefix=prefix,
+        )
+    )
+    if size <= POLICY_LIMIT:
+        return None
+    return (
+        f"--topic-root {topic_root!r} and --prefix {prefix!r} make the fleet policy {size} "
+        f"characters; AWS IoT allows {POLICY_LIMIT}: use a shorter topic root or prefix"
+    )
+
+
 def per_thing_topics(meta: Mapping[str, str]) -> bool:
     """Whether the fleet's policy scopes topics per thing (the default) or shares its root
     (``create --shared-topics``). A fleet from before the choice existed shares its root."""
     return meta.get(TOPIC_SCOPE_KEY, SHARED) == PER_THING
 
 
-def policy_document(*, region: str, account: str, topic_root: str, shared_topics: bool) -> str:
+def watch_client_id(thing: str) -> str:
+    return f"{thing}{WATCH_SUFFIX}"
+
+
+def allows_watch_ids(meta: Mapping[str, str]) -> bool:
+    """Whether the fleet's policy lets its certificates connect as watchers."""
+    return meta.get(WATCH_IDS_KEY) == "yes"
+
+
+def policy_document(
+    *, region: str, account: str, topic_root: str, shared_topics: bool, prefix: str
+) -> str:
     """The fleet's least-privilege policy: a client may connect only as its own attached thing,
     and publish, receive and subscribe only under ``<root>/<its thing name>`` (the policy
     variable resolves through the certificate's thing), or anywhere under ``<root>/`` with
     `shared_topics`, where any thing may publish as, or read, any other; and, either way, on
     its own thing's shadow topics (``$aws/things/<its thing name>/shadow/...``, named shadows
-    included). elf_async.dataplane.topics.outside_policy mirrors this for the warnings."""
+    included). elf_async.dataplane.topics.outside_policy mirrors this for the warnings.
+
+    A watcher connects as ``<prefix>-…-watch`` (`watch_client_id`), which names no thing, so
+    the thing variables do not resolve for it: its statements name the fleet's watcher ids,
+    and let such a connection subscribe to and receive anything under ``<root>/``, never
+    publish."""
     arn = f"arn:aws:iot:{region}:{account}"
     root = topic_root.strip("/")
+    watchers = f"{prefix}-*{WATCH_SUFFIX}"
+    only_watchers = {"StringLike": {"iot:ClientId": watchers}}
     if shared_topics:
         topics = [f"{root}/*"]
     else:
@@ -90,6 +137,19 @@ def policy_document(*, region: str, account: str, topic_root: str, shared_topics
                 "Effect": "Allow",
                 "Action": "iot:Subscribe",
                 "Resource": [f"{arn}:topicfilter/{topic}" for topic in topics],
+            },
+            {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{arn}:client/{watchers}"},
+            {
+                "Effect": "Allow",
+                "Action": "iot:Receive",
+                "Resource": f"{arn}:topic/{root}/*",
+                "Condition": only_watchers,
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Subscribe",
+                "Resource": f"{arn}:topicfilter/{root}/*",
+                "Condition": only_watchers,
             },
         ],
     }

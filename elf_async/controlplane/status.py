@@ -10,11 +10,16 @@ from elf_async.controlplane.ledger import Ledger
 
 
 def fleet_status(state_dir: Path) -> dict[str, Any]:
+    """`exists` is false without a ledger, and for a ledger that records no fleet at all (an
+    older elf-async left one after a create that failed before its first AWS call):
+    `empty_ledger` says which."""
     if not Ledger.exists(state_dir):
         return {"exists": False, "state_dir": str(state_dir)}
     with Ledger.open(state_dir) as ledger:
         meta = ledger.meta()
         records = ledger.things()
+        if "fleet_id" not in meta and not records and not ledger.fleet_resources():
+            return {"exists": False, "state_dir": str(state_dir), "empty_ledger": True}
         failed = {r.name: r.error_code for r in records if r.status == "failed"}
         return {
             "exists": True,

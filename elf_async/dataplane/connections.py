@@ -27,6 +27,12 @@ from elf_async.pacing import RateLimiter, backoff_delay
 
 CLIENT_ID_INTERVAL = 1.0  # AWS: one CONNECT per second per client ID
 RECONNECT_CAP = 10.0  # longest wait between reconnect attempts
+# A connection the broker closes this soon after its CONNACK was taken over: another client
+# connected with the same client ID (the broker keeps one connection per client ID, and two
+# clients that both reconnect take it from each other, each connection living about one
+# reconnect delay). MQTT 3.1.1 gives no reason; the timing is the sign.
+TAKEOVER_WINDOW_S = 5.0
+TAKEOVER = "taken over: another client connected with the same client ID"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +54,18 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """A thing as MQTT sees it: client ID and its own certificate and key."""
+    """A thing as MQTT sees it: its own certificate and key, and the client ID it connects
+    with: its name, or `alias` (a watcher's, which a send as the thing cannot collide with)."""
 
     name: str
     index: int
     key_file: Path
     cert_file: Path
+    alias: str | None = None
+
+    @property
+    def client_id(self) -> str:
+        return self.alias or self.name
 
 
 @dataclass
@@ -72,6 +84,7 @@ class Connector:
     things_failed: int = 0  # things that never connected
     reconnects: int = 0  # connections the broker dropped that were reopened
     reconnect_attempts: int = 0  # attempts to reopen them, failed ones included
+    takeovers: int = 0  # connections closed within TAKEOVER_WINDOW_S of their CONNACK
     connect_time: Histogram = field(default_factory=Histogram)
     errors: Counter[str] = field(default_factory=Counter)
     _limiter: RateLimiter = field(init=False)
@@ -89,19 +102,19 @@ class Connector:
         thing: Identity,
         on_message: MessageCallback | None,
     ) -> Link:
-        last = self._last_attempt.get(thing.name)
+        last = self._last_attempt.get(thing.client_id)
         if last is not None:
             wait = last + CLIENT_ID_INTERVAL - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
         await self._limiter.acquire()
-        self._last_attempt[thing.name] = started = time.monotonic()
+        self._last_attempt[thing.client_id] = started = time.monotonic()
         self.attempted += 1
         try:
             link = await mqtt_connect(
                 host=self.endpoint.host,
                 port=self.endpoint.port,
-                client_id=thing.name,
+                client_id=thing.client_id,
                 tls=self._tls.identity(cert_file=thing.cert_file, key_file=thing.key_file),
                 within=self.timeout,
                 keepalive=self.keepalive,
@@ -115,6 +128,15 @@ class Connector:
         self.succeeded += 1
         self.connect_time.record(time.monotonic() - started)
         return link
+
+    def lost(self, link: Link, reason: str) -> str:
+        """Count a connection the broker closed, by reason; one closed right after its CONNACK
+        counts as a takeover. Returns the reason, for the thing's error."""
+        if time.monotonic() - link.opened_at < TAKEOVER_WINDOW_S:
+            self.takeovers += 1
+            reason = TAKEOVER
+        self.errors[f"connection lost: {reason}"] += 1
+        return reason
 
     async def open(
         self,

@@ -18,8 +18,9 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
@@ -247,6 +248,7 @@ class Link:
 
     client: aiomqtt.Client
     lost: asyncio.Future[str]  # resolves with a reason when the broker drops the connection
+    opened_at: float = field(default_factory=time.monotonic)  # its CONNACK
 
     @property
     def paho(self) -> paho.Client:

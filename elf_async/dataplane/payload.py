@@ -1,8 +1,9 @@
 """Message payloads: built once per thing, stamped per message, padded to an exact size.
 
 By default a message is the seed's ``{"msg": ...}`` plus ``thing``, ``seq`` and ``ts`` (epoch
-ms), so any subscriber can detect loss, duplicates and reordering and measure latency. The
-constant part is encoded once per thing; per message only two integers are formatted.
+ms), so any subscriber can detect loss, duplicates and reordering and measure latency; so is a
+--payload-template whose messages are a JSON object (`stamp_template`). The constant part is
+encoded once per thing; per message only two integers are formatted.
 """
 
 from __future__ import annotations
@@ -106,6 +107,35 @@ def template_parts(template: str) -> list[str]:
     return parts
 
 
+def stamp_template(template: str, stamp: bool | None) -> str:
+    """`template` with the stamp added when its messages are a JSON object, as the default
+    payload has it (`"thing": "{thing}", "seq": {seq}, "ts": {ts}` before its closing brace),
+    unless `stamp` is False or the object sets one of those fields itself. Other templates are
+    sent as they are (`stamp` True refuses them). Unknown fields are refused here too."""
+    parts = template_parts(template)
+    if stamp is False:
+        return template
+    try:
+        document = json.loads(_template_encoder(parts, "elf-00000")(0, 0))
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        if stamp:
+            raise UsageError("--stamp needs a --payload-template that is a JSON object")
+        return template
+    own = [name for name in STAMP_FIELDS if name in document]
+    if own:
+        if stamp:
+            raise UsageError(
+                f"--stamp: the --payload-template sets {own[0]!r} itself "
+                "(use {seq} and {ts} there, or drop --stamp)"
+            )
+        return template
+    body = template.rstrip()[:-1].rstrip()  # a JSON object ends with its closing brace
+    fields = '"thing": "{thing}", "seq": {seq}, "ts": {ts}}'
+    return body + (", " if document else "") + fields
+
+
 def _template_encoder(parts: list[str], thing: str) -> Encoder:
     """The template for one thing: its name filled in once, {seq} and {ts} per message."""
     pieces: list[bytes] = []
@@ -152,10 +182,7 @@ def build_spec(
     if size is not None and not 0 < size <= MAX_PAYLOAD_BYTES:
         raise UsageError(f"--payload-size {size}: must be between 1 and {MAX_PAYLOAD_BYTES}")
     if template is not None:
-        template_parts(template)  # refuse unknown fields before anything runs
-        if stamp:
-            raise UsageError("--stamp does not apply to --payload-template (use {seq} and {ts})")
-        return PayloadSpec(template=template, size=size)
+        return PayloadSpec(template=stamp_template(template, stamp), size=size)
     if json_message is not None:
         document = read_json_message(json_message)
         if stamp:

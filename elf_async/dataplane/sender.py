@@ -18,7 +18,7 @@ import contextlib
 import heapq
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -279,6 +279,9 @@ class Snapshot:
     target_per_s: float
     ack_p50_ms: float | None
     ack_p99_ms: float | None
+    planned: int  # messages in the whole schedule
+    span_s: float  # seconds the schedule spans (`schedule_span`)
+    sending_s: float | None  # seconds since the schedule started (None: not yet)
 
 
 @dataclass
@@ -300,10 +303,14 @@ class SendResult:
         return Totals.of(self.publishers)
 
 
-def _span(publishers: list[Publisher]) -> float:
+def schedule_span(schedules: Iterable[ThingSchedule]) -> float:
     """The seconds the fleet's schedule spans, total/rate: phases only shift each thing within
     its first interval, so a run that keeps its schedule achieves exactly its target."""
-    return max((p.schedule.total / p.schedule.rate for p in publishers), default=0.0)
+    return max((s.total / s.rate for s in schedules), default=0.0)
+
+
+def _span(publishers: list[Publisher]) -> float:
+    return schedule_span(p.schedule for p in publishers)
 
 
 @dataclass
@@ -465,10 +472,9 @@ class Sender:
     async def _keep_connected(self, p: Publisher, stop: StopSignal) -> None:
         """Reconnect a publisher the broker dropped, with backoff, and resume its schedule."""
         while (link := p.link) is not None:
-            reason = await link.lost
+            reason = self.connector.lost(link, await link.lost)
             await link.close()  # gone already: only collects aiomqtt's disconnection error
             p.connection_lost()
-            self.connector.errors[f"connection lost: {reason}"] += 1
             p.error = f"lost its connection and never got it back ({reason})"
             if stop.event.is_set():
                 return
@@ -524,4 +530,7 @@ class Sender:
             target_per_s=self.target_per_s,
             ack_p50_ms=self.shared.ack.percentile_ms(50),
             ack_p99_ms=self.shared.ack.percentile_ms(99),
+            planned=sum(p.schedule.total for p in self.publishers),
+            span_s=_span(self.publishers),
+            sending_s=max(0.0, time.monotonic() - self._start) if self._start else None,
         )

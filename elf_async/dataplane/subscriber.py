@@ -1,8 +1,9 @@
 """`subscribe`: one subscriber per thing; loss, duplicates and order from the senders' stamps.
 
-Subscriber j connects as thing `offset + j` (its own certificate and client ID) and watches
-the topic of thing j, so that `subscribe --client-offset N` can run next to a `send` that
-uses the first N things (one client ID cannot be connected twice).
+Subscriber j watches the topic of thing j, connected as its `Watch.identity`: by default
+thing j's certificate with the client ID `<thing>-watch`, or (`--client-offset N`) thing
+N + j itself, so that it runs next to a `send` on the same things: one client ID holds one
+connection, and a second one takes it over (elf_async.dataplane.connections counts that).
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class Subscriber:
             watch.error = exc.reason
             return
         while (link := watch.link) is not None:
-            reason = await link.lost
+            reason = self.connector.lost(link, await link.lost)
             await link.close()  # gone already: only collects aiomqtt's disconnection error
             watch.link = None
             watch.error = f"lost its connection and never got it back ({reason})"

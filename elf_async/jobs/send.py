@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from elf_async import statelock
+from elf_async.config import check_region
 from elf_async.controlplane.fleet import per_thing_topics
 from elf_async.controlplane.ledger import Ledger
 from elf_async.dataplane.options import (
@@ -140,6 +141,7 @@ async def run_send(
     state_dir = aimed.settings.state_dir
     # Shared: never while a create or clean changes the fleet, but next to other readers.
     with statelock.hold(state_dir, shared=True), Ledger.open(state_dir) as ledger:
+        check_region(aimed.settings, ledger.meta())
         warnings = Warnings()
         send_plan = plan_send(options, ledger, state_dir, warnings)
         for line in warnings.lines:

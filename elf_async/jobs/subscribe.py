@@ -4,13 +4,15 @@ parsed and checked from the command line (elf_async.cli._options)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from elf_async import statelock
-from elf_async.controlplane.fleet import per_thing_topics
+from elf_async.config import check_region
+from elf_async.controlplane.fleet import allows_watch_ids, per_thing_topics, watch_client_id
 from elf_async.controlplane.ledger import Ledger
 from elf_async.dataplane.connections import Connector
 from elf_async.dataplane.options import ConnectOptions, Qos
@@ -29,7 +31,7 @@ class SubscribeOptions:
     `as_given` is what the user typed, for the report's `options`."""
 
     things: int | None
-    client_offset: int
+    client_offset: int | None  # None: watcher ids (`<thing>-watch`); N: as the things after N
     topic: str | None
     append_thing_name: bool
     qos: Qos
@@ -38,10 +40,24 @@ class SubscribeOptions:
     as_given: Mapping[str, Any]
 
 
+OLD_POLICY = (
+    "this fleet's policy predates watcher client ids: the subscribers connect as the things "
+    "themselves, so a send on the same things takes their connections over (session takeover); "
+    "--client-offset N connects as the things after the first N instead"
+)
+
+
 def build_watches(
-    options: SubscribeOptions, ledger: Ledger, state_dir: Path, warnings: Warnings
+    options: SubscribeOptions,
+    ledger: Ledger,
+    state_dir: Path,
+    warnings: Warnings,
+    *,
+    any_client_id: bool = False,
 ) -> list[Watch]:
-    """Each watched thing's topic filter with the identity that subscribes to it."""
+    """Each watched thing's topic filter with the identity that subscribes to it: by default
+    the thing's certificate as `<thing>-watch` (the fleet policy allows it, or the broker lets
+    `any_client_id` in), which a send as the thing cannot collide with."""
     meta = ledger.meta()
     root = meta.get("topic_root") or "elf"
     template_text = options.topic
@@ -54,16 +70,27 @@ def build_watches(
     if count is None and options.client_offset:
         count = options.client_offset  # watch the things a send next to us is using
     watched = ready_identities(ledger, state_dir, count=count)
-    clients = ready_identities(ledger, state_dir, count=len(watched), offset=options.client_offset)
+    if options.client_offset is not None:
+        clients = ready_identities(
+            ledger, state_dir, count=len(watched), offset=options.client_offset
+        )
+    elif allows_watch_ids(meta) or any_client_id:
+        clients = [dataclasses.replace(t, alias=watch_client_id(t.name)) for t in watched]
+    else:
+        clients = watched
+        warnings.lines.append(OLD_POLICY)
     watches = [
         Watch(identity=client, topic=template.check(thing.name, thing.index))
         for thing, client in zip(watched, clients, strict=True)
     ]
     per_thing = per_thing_topics(meta)
-    outside = [
+    outside = [  # a watcher may read the whole root
         w.topic
         for w in watches
-        if outside_policy(w.topic, root, thing=w.identity.name, shared=not per_thing)
+        # A watcher (an alias client id) may read anything under the root, as a shared scope.
+        if outside_policy(
+            w.topic, root, thing=w.identity.name, shared=not per_thing or bool(w.identity.alias)
+        )
     ]
     if outside:  # e.g. --client-offset under a per-thing policy: watching another's topic
         warnings.lines.append(policy_warning(outside[0], root, per_thing=per_thing))
@@ -83,8 +110,11 @@ async def run_subscribe(
     state_dir = aimed.settings.state_dir
     # Shared: never while a create or clean changes the fleet, but next to other readers.
     with statelock.hold(state_dir, shared=True), Ledger.open(state_dir) as ledger:
+        check_region(aimed.settings, ledger.meta())
         warnings = Warnings()
-        watches = build_watches(options, ledger, state_dir, warnings)
+        watches = build_watches(
+            options, ledger, state_dir, warnings, any_client_id=aimed.stack is not None
+        )
         for line in warnings.lines:
             warn(line)
         endpoint = await resolve_endpoint(aimed, ledger, options.connect)

@@ -36,7 +36,7 @@ import uvloop
 
 from elf_async.dataplane.mqtt import debug_paho
 from elf_async.dataplane.plan import SendPlan, SendSetup, sender_for
-from elf_async.dataplane.sender import Phase, Shared, Snapshot
+from elf_async.dataplane.sender import Phase, Shared, Snapshot, schedule_span
 from elf_async.dataplane.tally import Totals
 from elf_async.errors import EXIT_RUNTIME
 from elf_async.metrics import Histogram, merged
@@ -288,6 +288,11 @@ async def _show(
                 target_per_s=plan.target_per_s,
                 ack_p50_ms=ack.percentile_ms(50),
                 ack_p99_ms=ack.percentile_ms(99),
+                planned=sum(t.schedule.total for t in plan.things),
+                span_s=schedule_span(t.schedule for t in plan.things),
+                sending_s=max(
+                    (s.sending_s for s in snapshots if s.sending_s is not None), default=None
+                ),
             )
         )
         second += 1

@@ -217,7 +217,8 @@ def use_local_credentials() -> None:
 
 
 def aimed_at(settings: Settings, stack: LocalStack) -> Settings:
-    """`settings` with the control plane at the stack's moto."""
+    """`settings` with the control plane at the stack's moto, whose region applies when
+    neither --region nor the fleet names one (elf_async.config.resolve_target)."""
     if settings.endpoint_url and settings.endpoint_url != stack.endpoint_url:
         raise UsageError(
             f"--local targets {stack.endpoint_url}; drop --endpoint-url {settings.endpoint_url}"
@@ -225,7 +226,7 @@ def aimed_at(settings: Settings, stack: LocalStack) -> Settings:
     if settings.profile:
         raise UsageError("--local uses no AWS profile; drop --profile")
     return dataclasses.replace(
-        settings, endpoint_url=stack.endpoint_url, region=settings.region or stack.region
+        settings, endpoint_url=stack.endpoint_url, default_region=stack.region
     )
 
 

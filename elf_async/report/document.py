@@ -49,6 +49,7 @@ class ConnectionTally:
     failed: int = 0
     reconnects: int = 0
     reconnect_attempts: int = 0
+    takeovers: int = 0
     things_failed: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     connect_time: Histogram = field(default_factory=Histogram)
@@ -61,6 +62,7 @@ class ConnectionTally:
             failed=connector.failed,
             reconnects=connector.reconnects,
             reconnect_attempts=connector.reconnect_attempts,
+            takeovers=connector.takeovers,
             things_failed=connector.things_failed,
             errors=Counter(connector.errors),
             connect_time=connector.connect_time,
@@ -74,6 +76,7 @@ class ConnectionTally:
             failed=sum(p.failed for p in parts),
             reconnects=sum(p.reconnects for p in parts),
             reconnect_attempts=sum(p.reconnect_attempts for p in parts),
+            takeovers=sum(p.takeovers for p in parts),
             things_failed=sum(p.things_failed for p in parts),
             errors=sum((p.errors for p in parts), Counter()),
             connect_time=merged(p.connect_time for p in parts),
@@ -238,6 +241,7 @@ def base_report(
             "failed": connections.failed,
             "reconnects": connections.reconnects,
             "reconnect_attempts": connections.reconnect_attempts,
+            "takeovers": connections.takeovers,
             "things_failed": connections.things_failed,
             "errors": dict(connections.errors.most_common()),
         },
@@ -387,7 +391,7 @@ def subscribe_report(
         ],
         "subscribers": [
             {
-                "name": w.identity.name,
+                "name": w.identity.client_id,
                 "topic": w.topic,
                 "received": w.received,
                 "reconnects": w.reconnects,

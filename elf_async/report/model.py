@@ -54,6 +54,11 @@ class Connections(TypedDict):
     failed: Annotated[int, "attempts that failed, retried ones included"]
     reconnects: Annotated[int, "connections the broker dropped that were reopened"]
     reconnect_attempts: Annotated[int, "attempts to reopen them, failed ones included"]
+    takeovers: Annotated[
+        int,
+        "connections the broker closed within 5 s of their CONNACK: another client connected "
+        "with the same client id and took the session over (more than one fails the command)",
+    ]
     things_failed: Annotated[int, "things (or subscribers) that never connected"]
     errors: Annotated[dict[str, int], "each failure reason and how often, most frequent first"]
 
@@ -222,7 +227,7 @@ class SubscribeThing(TypedDict):
 
 
 class Subscriber(TypedDict):
-    name: Annotated[str, "the subscribing thing"]
+    name: Annotated[str, "its client id: `<thing>-watch`, or a thing's name with --client-offset"]
     topic: Annotated[str, "its topic filter"]
     received: Annotated[int, "messages it received"]
     reconnects: Annotated[int, "connections the broker dropped that were reopened"]

@@ -10,20 +10,45 @@ happen cannot judge it (`run` applies both and 1 wins over a threshold's 3, see
   QoS 1 messages never acknowledged, a lost --workers process (its things are not counted);
   for `run`, also certificates an interrupted create could not resolve.
 - `subscribe_problems`: a subscriber that never connected.
+- both: a session takeover, connections the broker closed right after they opened, again and
+  again, because another client connected with the same client id.
+
+`judge_send`, `judge_subscribe` and `judge_run` turn those problems (and `run`'s thresholds and
+failed phases) into the one line each command prints first, and alone with `-q`: passed or
+failed, why, and the figures that say so (achieved against target, acknowledged against
+scheduled, the 99th percentile).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from elf_async.report.model import SendReport, SubscribeReport
+from elf_async.report.model import Connections, LatencySummary, SendReport, SubscribeReport
+from elf_async.report.thresholds import Verdict
+
+# Connections taken over this many times: another client uses the same client ids, so the
+# counts measure a tug of war, not the load (one takeover may be a single stray client).
+TAKEOVERS_FAIL = 2
+
+
+def takeover_problem(connections: Connections) -> list[str]:
+    """A session takeover, named: the broker keeps one connection per client id."""
+    taken = connections["takeovers"]
+    if taken < TAKEOVERS_FAIL:
+        return []
+    return [
+        f"session takeover: the broker closed {taken} connections right after they opened, "
+        "because another client connected with the same client id (a send or subscribe on "
+        "the same things in another process?)"
+    ]
 
 
 def send_problems(report: SendReport, *, unresolved: Sequence[str] = ()) -> list[str]:
     """What went wrong in a send report; `unresolved` are the warnings of create's recovery
     (`RecoveryResult.unresolved`), which `run` passes."""
     messages, connections = report["messages"], report["connections"]
-    problems = []
+    problems = takeover_problem(connections)
     if connections["things_failed"]:
         problems.append(f"{connections['things_failed']} things could not connect")
     if messages["unsent"]:
@@ -40,6 +65,119 @@ def send_problems(report: SendReport, *, unresolved: Sequence[str] = ()) -> list
 
 def subscribe_problems(report: SubscribeReport) -> list[str]:
     """What went wrong in a subscribe report: counts of loss and duplicates are measurements,
-    not failures (a threshold judges them); a subscriber that never connected is."""
-    failed = report["connections"]["things_failed"]
-    return [f"{failed} subscribers could not connect"] if failed else []
+    not failures (a threshold judges them); a subscriber that never connected, or a session
+    takeover, is."""
+    connections = report["connections"]
+    problems = takeover_problem(connections)
+    if connections["things_failed"]:
+        problems.append(f"{connections['things_failed']} subscribers could not connect")
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """Whether a command did its job: `reasons` it did not (none: it passed, unless stopped
+    early) and the headline `figures`."""
+
+    command: str
+    outcome: str  # the report's: completed, interrupted, terminated
+    reasons: Sequence[str]
+    figures: Sequence[str]
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == "completed" and not self.reasons
+
+    def line(self) -> str:
+        """``send passed: 75 of 75 messages acknowledged, ...`` or ``send failed: why (...)``."""
+        figures = ", ".join(self.figures)
+        if self.passed:
+            return f"{self.command} passed: {figures}"
+        if self.outcome != "completed":
+            head = f"{self.command} {self.outcome}: stopped early"
+        else:
+            head = f"{self.command} failed: {'; '.join(self.reasons)}"
+        return f"{head} ({figures})" if figures else head
+
+
+def judge_send(report: SendReport, *, unresolved: Sequence[str] = ()) -> Judgement:
+    """`send`'s verdict: `send_problems`, with its figures."""
+    return Judgement(
+        report["command"],
+        report["outcome"],
+        send_problems(report, unresolved=unresolved),
+        send_figures(report),
+    )
+
+
+def send_figures(report: SendReport) -> list[str]:
+    """Acknowledged (QoS 1) or published (QoS 0) against scheduled, achieved against target
+    rate, and the 99th percentile of the acknowledgement (QoS 1) or of the lag (QoS 0)."""
+    messages, rate = report["messages"], report["rate"]
+    acked = messages["acked"]
+    latencies = report["latency_ms"]
+    if acked is not None:
+        through, latency = f"{acked} of {messages['scheduled']} messages acknowledged", "ack"
+        summary = latencies["ack"]
+    else:
+        through = f"{messages['published']} of {messages['scheduled']} messages published"
+        latency, summary = "lag", latencies["lag"]
+    achieved = rate["achieved_per_s"] or 0.0
+    figures = [through, f"{number(achieved)} of {number(rate['target_per_s'])} msg/s achieved"]
+    if summary["count"]:
+        figures.append(f"{latency} p99 {_ms(summary)}")
+    return figures
+
+
+def judge_subscribe(report: SubscribeReport) -> Judgement:
+    """`subscribe`'s verdict: `subscribe_problems`, with what arrived."""
+    messages = report["messages"]
+    figures = [
+        f"{messages['received']} messages received ({messages['lost']} lost, "
+        f"{messages['duplicates']} duplicates)"
+    ]
+    if messages["unstamped"]:
+        figures.append(f"{messages['unstamped']} unstamped (not judged)")
+    end_to_end = report["latency_ms"]["end_to_end"]
+    if end_to_end["count"]:
+        figures.append(f"end-to-end p99 {_ms(end_to_end)}")
+    return Judgement(report["command"], report["outcome"], subscribe_problems(report), figures)
+
+
+def judge_run(
+    report: SendReport | None,
+    *,
+    failure: str | None,
+    thresholds: Sequence[Verdict],
+    interrupted: str | None = None,
+) -> Judgement:
+    """`run`'s verdict: its `failure` (a failed phase, send's own verdict included), else the
+    failed thresholds; the send phase's figures and how many thresholds held."""
+    figures = send_figures(report) if report is not None else []
+    failed = [v for v in thresholds if not v.ok]
+    if thresholds and not failed:
+        figures.append(f"{len(thresholds)} thresholds held")
+    reasons: list[str] = []
+    if failure is not None:
+        reasons.append(failure)
+    elif failed:
+        reasons.append(
+            f"{len(failed)} of {len(thresholds)} thresholds failed: "
+            + "; ".join(v.describe().removesuffix(" FAILED") for v in failed)
+        )
+    return Judgement("run", interrupted or "completed", reasons, figures)
+
+
+def _ms(summary: LatencySummary) -> str:
+    return "-" if summary["p99"] is None else milliseconds(summary["p99"])
+
+
+def number(value: float) -> str:
+    """A rate or a count for people: 25, 2.5, 0.333, 12,345."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def milliseconds(value: float) -> str:
+    """A latency for people: 0.96 ms, 39.8 ms, 608 ms, 1,234 ms."""
+    digits = 2 if value < 10 else 1 if value < 100 else 0
+    return f"{value:,.{digits}f} ms"

@@ -170,7 +170,7 @@ def test_the_report_keeps_what_the_user_typed() -> None:
     assert options.as_given == SEND_AS_GIVEN
     subscribe = parse_subscribe_options(SubscribeArgs(duration="5m", connect=connect))
     assert subscribe.as_given == {
-        "things": None, "client_offset": 0, "topic": None, "append_thing_name": False,
+        "things": None, "client_offset": None, "topic": None, "append_thing_name": False,
         "qos": 1, "duration": "5m", "report": None, "connect": SEND_AS_GIVEN["connect"],
     }  # fmt: skip
 

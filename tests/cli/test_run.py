@@ -53,10 +53,11 @@ def test_run_local_passes_reports_and_leaves_nothing(
     result = local_cli(
         "--local", "run", "3", *SEND, "--report", str(report), "--junit", str(junit),
         "--threshold", "connections.failed==0", "--threshold", "error_rate<1%",
-        "--threshold", "messages.acked>=1",
+        "--threshold", "messages.acked>=1", "--max-inflight", "7", "--no-stamp",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads(report.read_text())
+    assert (document["options"]["max_inflight"], document["options"]["stamp"]) == (7, False)
     assert document["schema"] == "elf-async/report/1"
     assert_conforms(document, RunReport)
     assert document["messages"]["published"] == document["messages"]["scheduled"] > 0
@@ -88,10 +89,35 @@ def test_failing_threshold_exits_3_with_a_junit_failure(
     assert_nothing_left(iot_client(stack["endpoint_url"]))
 
 
+def test_run_on_a_terminal_shows_the_send_phase_live_and_ends_on_the_final_figures(
+    local_cli: LocalCli, stack: dict[str, Any], tmp_path: Path
+) -> None:
+    report = tmp_path / "report.json"
+    code, text = local_cli.on_terminal(
+        "--local", "run", "2", "--rate", "2/s", "--duration", "4s", "--report", str(report)
+    )
+    assert code == 0, text
+    messages = json.loads(report.read_text())["messages"]
+    phases = re.findall(r"^ *phase +(\w+) *$", text, re.MULTILINE)
+    published = re.findall(r"^ *published +(\d+)/(\d+) due *$", text, re.MULTILINE)
+    assert "sending" in phases, text
+    assert phases[-1] == "done", text
+    assert published[-1] == (str(messages["published"]), str(messages["scheduled"])), text
+    assert re.search(r"^ *time +\d+s elapsed, \d+s left *$", text, re.MULTILINE), text
+    assert "━" in text  # the phase's progress bar
+    verdict = re.search(r"^run passed: (\d+) of (\d+) messages acknowledged", text, re.MULTILINE)
+    assert verdict is not None, text
+    assert verdict.start() > text.rindex("phase ")  # the summary comes after the live view
+    assert verdict.groups() == (str(messages["acked"]), str(messages["scheduled"]))
+    assert f"\nreport: {report}\n" in text[verdict.start() :]
+
+
 def test_run_local_starts_and_stops_an_ephemeral_stack(local_cli: LocalCli, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     result = local_cli("run", "2", "--local", *SEND, "--report", str(report))
     assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""  # without a terminal, a short run shows no progress lines
+    assert result.stdout.splitlines()[2].startswith("run passed: "), result.stdout
     assert json.loads(report.read_text())["messages"]["acked"] > 0
     assert local_cli.stack() is None
     assert processes_under(tmp_path) == set()

@@ -59,6 +59,33 @@ def test_independent_subscriber_sees_exactly_what_was_published(
         assert key in report["latency_ms"]["lag"]
 
 
+def test_quiet_prints_the_one_line_result_and_no_live_view(
+    fleet: Cli, mosquitto: Mosquitto
+) -> None:
+    result = fleet(
+        "-q", "send", "--mqtt-endpoint", f"127.0.0.1:{mosquitto.port}", "--ca-file",
+        str(mosquitto.ca_file), "--count", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.splitlines() == [result.stdout.strip()], result.stdout
+    assert result.stdout.startswith("send passed: 6 of 6 messages acknowledged, "), result.stdout
+
+
+def test_without_a_terminal_a_short_send_writes_its_summary_and_nothing_on_stderr(
+    fleet: Cli, mosquitto: Mosquitto
+) -> None:
+    """No progress line lands on stderr (kept for errors) for a send shorter than the plain
+    view's interval, which is a sign of life for CI logs."""
+    result = send(fleet, mosquitto, "--rate", "2/s", "--duration", "6s")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("send passed: 36 of 36 messages acknowledged, "), result.stdout
+    assert "  messages      36 scheduled, 36 published, 36 acknowledged" in lines
+    assert lines[-1].startswith("next: --report FILE.json"), result.stdout
+
+
 def _rogue_certificate(cli: Cli, name: str, rogue: FixtureCA) -> None:
     """Replace a thing's certificate with one for the same key from a CA the broker distrusts."""
     from elf_async.controlplane.certs import load_private_key, thing_files
@@ -311,7 +338,7 @@ def test_a_report_that_cannot_be_written_at_the_end_is_kept_in_the_state_dir(
         f"elf-async: error: --report /dev/full: No space left on device; kept it in {kept[0]} "
         "instead"
     ]
-    assert "messages acked" in result.stdout  # the summary is printed anyway
+    assert result.stdout.startswith("send passed: 6 of 6 messages acknowledged")  # printed anyway
     assert f"report: {kept[0]}" in result.stdout
     assert stat.S_IMODE(kept[0].stat().st_mode) == 0o644
     assert load(kept[0])["messages"]["acked"] == 6

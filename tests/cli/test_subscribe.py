@@ -151,3 +151,77 @@ def test_bad_input(fleet: Cli, mosquitto: Mosquitto) -> None:
     ]:
         result = fleet("subscribe", "--mqtt-endpoint", endpoint, *args, timeout=60)
         assert_one_line_error(result, 2, fragment)
+
+
+def _endpoint(broker: Mosquitto) -> tuple[str, ...]:
+    return ("--mqtt-endpoint", f"127.0.0.1:{broker.port}", "--ca-file", str(broker.ca_file))
+
+
+def test_subscribe_next_to_a_send_on_the_same_things_collides_with_nothing(
+    fleet: Cli, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """By default each subscriber is `<thing>-watch` with the thing's certificate: the send
+    connects as the things themselves, so no connection takes another over."""
+    sub_report, send_report = tmp_path / "sub.json", tmp_path / "send.json"
+    process = fleet.popen(
+        "subscribe", *_endpoint(mosquitto), "--duration", "10m", "--report", str(sub_report)
+    )
+    try:
+        names = sorted(p.stem for p in (fleet.state_dir / "certs").glob("*.crt"))
+        _wait_subscribed(mosquitto, [f"{name}-watch" for name in names])
+        sent = fleet("send", *_endpoint(mosquitto), "--count", "5", "--rate", "10/s",
+                     "--report", str(send_report), timeout=120)  # fmt: skip
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        wait_for_log(mosquitto.log_file, r"Sending PUBLISH to elf-\S+-watch", count=20)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert "never retrieved" not in stderr
+    send = json.loads(send_report.read_text())
+    assert (send["connections"]["takeovers"], send["connections"]["reconnects"]) == (0, 0)
+    report = json.loads(sub_report.read_text())
+    assert_conforms(report, SubscribeReport)
+    assert (report["connections"]["takeovers"], report["connections"]["reconnects"]) == (0, 0)
+    assert report["messages"]["received"] == report["messages"]["unique"] == 20
+    assert report["messages"]["lost"] == 0
+    assert sorted(s["name"] for s in report["subscribers"]) == [f"{n}-watch" for n in names]
+
+
+def test_two_clients_with_the_same_client_ids_are_a_named_session_takeover_and_fail(
+    fleet: Cli, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A second send on the same things: the broker keeps one connection per client id, so
+    the two take each other's connections over until the second ends. It names the takeover
+    (report, summary, stderr) and exits 1 instead of passing with a tug of war's counts."""
+    first = fleet.popen("send", *_endpoint(mosquitto), "--rate", "1/s", "--duration", "10m")
+    try:
+        names = sorted(p.stem for p in (fleet.state_dir / "certs").glob("*.crt"))
+        for name in names:
+            wait_for_log(mosquitto.log_file, rf"New client connected from \S+ as {name} ")
+        report_file = tmp_path / "second.json"
+        second = fleet("send", *_endpoint(mosquitto), "--rate", "2/s", "--count", "20",
+                       "--report", str(report_file), timeout=180)  # fmt: skip
+        first.send_signal(signal.SIGINT)
+        _, first_stderr = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert "already connected, closing old connection" in mosquitto.log_file.read_text()
+    assert second.returncode == 1, second.stdout + second.stderr
+    error = second.stderr.splitlines()[-1]
+    assert error.startswith("elf-async: error: session takeover: the broker closed "), error
+    assert "another client connected with the same client id" in error
+    assert second.stdout.startswith("send failed: session takeover: ")
+    report = json.loads(report_file.read_text())
+    assert report["connections"]["takeovers"] >= 2
+    assert any(
+        reason.startswith("connection lost: taken over")
+        for reason in report["connections"]["errors"]
+    )
+    assert first.returncode == 130, first_stderr
+    assert "never retrieved" not in first_stderr

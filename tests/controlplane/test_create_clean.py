@@ -81,7 +81,11 @@ def test_create_50_then_clean_leaves_nothing(cli: Cli, iot: Any) -> None:
 
     document = json.loads(iot.get_policy(policyName=policy)["policyDocument"])
     per_thing = policy_document(
-        region="us-west-2", account="123456789012", topic_root="elf", shared_topics=False
+        region="us-west-2",
+        account="123456789012",
+        topic_root="elf",
+        shared_topics=False,
+        prefix=f"elf-{fleet_id}",
     )
     assert document == json.loads(per_thing)
     assert status(cli)["topic_scope"] == "thing"
@@ -120,7 +124,11 @@ def test_shared_topics_are_an_opt_in_the_fleet_keeps(cli: Cli, iot: Any) -> None
     fleet_id = json.loads(cli("create", "1", "--shared-topics", "--json").stdout)["fleet_id"]
     policy = iot.get_policy(policyName=f"elf-{fleet_id}-policy")["policyDocument"]
     shared = policy_document(
-        region="us-west-2", account="123456789012", topic_root="elf", shared_topics=True
+        region="us-west-2",
+        account="123456789012",
+        topic_root="elf",
+        shared_topics=True,
+        prefix=f"elf-{fleet_id}",
     )
     assert json.loads(policy) == json.loads(shared)
     assert cli("create", "1").returncode == 0  # a fleet keeps its scope
@@ -223,6 +231,22 @@ def test_fleet_discovery_cleans_only_that_fleet(cli: Cli, iot: Any) -> None:
     assert sorted(t["thingName"] for t in fleet_things(iot)) == ["not-ours", "other-fleet"]
     assert iot.list_certificates()["certificates"] == []
     assert iot.list_policies()["policies"] == []
+
+
+def test_clean_fleet_with_an_unknown_id_fails_and_names_the_fleets_found(
+    cli: Cli, iot: Any, tmp_path: Path
+) -> None:
+    """A typo'd --fleet must not read as a fleet cleaned of nothing."""
+    fleet_id = json.loads(cli("create", "1", "--json").stdout)["fleet_id"]
+    iot.create_thing(thingName="other-fleet", attributePayload={"attributes": {"elf_fleet": "qqq"}})
+    elsewhere = Cli(state_dir=tmp_path / "elsewhere", endpoint_url=cli.endpoint_url)
+    result = elsewhere("clean", "--fleet", "zzzzzzzz")
+    found = ", ".join(sorted([fleet_id, "qqq"]))
+    assert_one_line_error(
+        result, 1, "no thing in us-west-2 carries elf_fleet=zzzzzzzz", f"fleet ids found: {found}"
+    )
+    assert not (elsewhere.state_dir / "ledger.sqlite3").exists()
+    assert cli("clean").returncode == 0
 
 
 def test_fleet_discovery_leaves_a_certificate_that_others_hold(cli: Cli, iot: Any) -> None:
@@ -484,7 +508,12 @@ def test_unwritable_state_dir(cli: Cli, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     other = Cli(state_dir=blocker / "state", endpoint_url=cli.endpoint_url, cwd=tmp_path)
-    assert_one_line_error(other("create", "1"), 2, "state dir")
+    assert_one_line_error(
+        other("create", "1"), 2, f"the state dir must be a directory, {blocker} is a file"
+    )
+    in_place = Cli(state_dir=blocker, endpoint_url=cli.endpoint_url, cwd=tmp_path)
+    for command in (["--local", "create", "1"], ["status"]):
+        assert_one_line_error(in_place(*command), 2, "the state dir must be a directory, it is a")
 
 
 def test_missing_credentials(cli: Cli) -> None:
@@ -497,6 +526,8 @@ def test_missing_credentials(cli: Cli) -> None:
         timeout=60,
     )
     assert_one_line_error(result, 1, "credentials")
+    assert not (cli.state_dir / "ledger.sqlite3").exists()  # nothing recorded: no ledger
+    assert cli("status").stdout == f"no fleet in {cli.state_dir}\n"
 
 
 def test_verbose_shows_the_traceback(cli: Cli) -> None:

@@ -8,33 +8,59 @@ from typing import Any
 
 import pytest
 
-from elf_async.controlplane.fleet import policy_document, prefix_problem, topic_root_problem
+from elf_async.controlplane.fleet import (
+    INDEX_WIDTH,
+    MAX_THING_NAME,
+    policy_document,
+    policy_problem,
+    prefix_problem,
+    topic_root_problem,
+)
 
 ARN = "arn:aws:iot:us-west-2:123456789012"
 THING_VARIABLE = "${iot:Connection.Thing.ThingName}"
 
 
-def allows(document: dict[str, Any], action: str, resource: str, thing: str) -> bool:
-    """IAM-style evaluation of our Allow statements: `*` and `?` wildcards, the thing-name
-    policy variable resolved for a connection whose certificate is attached to `thing`."""
+def allows(
+    document: dict[str, Any], action: str, resource: str, thing: str | None, client: str = ""
+) -> bool:
+    """IAM-style evaluation of our Allow statements for a connection with client id `client`
+    (default: `thing`): `*` and `?` wildcards; the thing-name policy variable and the
+    IsAttached condition resolve only for a connection whose client id names its attached
+    `thing` (AttachThingPrincipal's non-exclusive association), None for any other client id;
+    StringLike on iot:ClientId matches the client id."""
+    client = client or (thing or "")
     for statement in document["Statement"]:
         actions = statement["Action"]
         if action not in ([actions] if isinstance(actions, str) else actions):
             continue
+        condition = statement.get("Condition", {})
+        if condition.get("Bool") == {"iot:Connection.Thing.IsAttached": "true"} and thing is None:
+            continue
+        like = condition.get("StringLike", {}).get("iot:ClientId")
+        if like is not None and not _matches(like, client):
+            continue
         resources = statement["Resource"]
         for pattern in [resources] if isinstance(resources, str) else resources:
-            concrete = pattern.replace(THING_VARIABLE, thing)
-            regex = "".join(
-                ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in concrete
-            )
-            if re.fullmatch(regex, resource):
+            if THING_VARIABLE in pattern and thing is None:
+                continue
+            if _matches(pattern.replace(THING_VARIABLE, thing or ""), resource):
                 return True
     return False
 
 
+def _matches(pattern: str, text: str) -> bool:
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, text) is not None
+
+
 def policy(*, shared_topics: bool, root: str = "elf") -> dict[str, Any]:
     text = policy_document(
-        region="us-west-2", account="123456789012", topic_root=root, shared_topics=shared_topics
+        region="us-west-2",
+        account="123456789012",
+        topic_root=root,
+        shared_topics=shared_topics,
+        prefix="elf-x",
     )
     assert len(re.sub(r"\s", "", text)) <= 2048  # AWS's limit on a policy document
     return dict(json.loads(text))
@@ -102,23 +128,69 @@ def test_a_thing_may_use_its_own_shadow_only(shared: bool) -> None:
         assert not allows(document, "iot:Subscribe", f"{ARN}:topicfilter/{topic_filter}", "t1")
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_watcher_connects_with_its_own_id_and_only_reads(shared: bool) -> None:
+    """`subscribe` connects as `<thing>-watch`, which names no thing: it may connect as a
+    watcher of this fleet, subscribe to and receive anything under the root, and publish
+    nothing more than the policy lets anyone (nothing per thing, the root when shared)."""
+    document = policy(shared_topics=shared)
+    watcher = "elf-x-00001-watch"
+
+    def may(action: str, resource: str, client: str = watcher) -> bool:
+        return allows(document, action, f"{ARN}:{resource}", None, client)
+
+    assert may("iot:Connect", f"client/{watcher}")
+    assert not may("iot:Connect", "client/elf-y-00001-watch", "elf-y-00001-watch")  # another fleet
+    assert may("iot:Subscribe", "topicfilter/elf/elf-x-00002")
+    assert may("iot:Subscribe", "topicfilter/elf/#")
+    assert may("iot:Receive", "topic/elf/elf-x-00002/telemetry")
+    assert may("iot:Publish", "topic/elf/elf-x-00001") == shared  # shared: anyone may
+    assert not may("iot:Subscribe", "topicfilter/other/t1")
+
+
+def test_a_thing_connected_as_itself_gains_nothing_from_the_watchers_statements() -> None:
+    document = policy(shared_topics=False)
+    assert not allows(document, "iot:Subscribe", f"{ARN}:topicfilter/elf/t2", "t1")
+    assert not allows(document, "iot:Receive", f"{ARN}:topic/elf/t2", "t1")
+
+
 def test_nothing_else_is_allowed() -> None:
     document = policy(shared_topics=False)
     assert {s["Effect"] for s in document["Statement"]} == {"Allow"}
     actions = [s["Action"] for s in document["Statement"]]
-    assert actions == ["iot:Connect", ["iot:Publish", "iot:Receive"], "iot:Subscribe"]
+    assert actions == [
+        "iot:Connect",
+        ["iot:Publish", "iot:Receive"],
+        "iot:Subscribe",
+        "iot:Connect",  # watchers
+        "iot:Receive",
+        "iot:Subscribe",
+    ]
     assert ":*" not in json.dumps(document)
 
 
 @pytest.mark.parametrize("shared", [False, True])
-def test_the_longest_root_stays_under_the_size_limit(shared: bool) -> None:
-    """A root as long as a whole topic may be (256 bytes), in a region with a long name."""
+def test_a_policy_too_long_for_aws_is_refused_before_it_is_made(shared: bool) -> None:
+    """AWS IoT refuses a policy over 2048 characters: a topic root as long as a whole topic
+    (256 bytes) makes one; typical roots with the longest prefix do not."""
+    longest_prefix = "p" * (MAX_THING_NAME - 1 - INDEX_WIDTH)
+    for root in ("elf", "load/test", "fleet/" + "x" * 20):
+        assert policy_problem(topic_root=root, prefix=longest_prefix, shared_topics=shared) is None
     root = "/".join(["level"] * 7) + "/" + "x" * (256 - 42)
-    assert len(root) == 256
-    text = policy_document(
-        region="ap-southeast-2", account="123456789012", topic_root=root, shared_topics=shared
-    )
-    assert len(re.sub(r"\s", "", text)) <= 2048  # AWS's limit on a policy document
+    problem = policy_problem(topic_root=root, prefix="elf-k3v9x2ab", shared_topics=shared)
+    assert problem is not None
+    assert "AWS IoT allows 2048" in problem
+    for size in (10, 40, 80, 160, 256):
+        text = policy_document(
+            region="ap-southeast-5",
+            account="123456789012",
+            topic_root="r" * size,
+            shared_topics=shared,
+            prefix=longest_prefix,
+        )
+        fits = len(re.sub(r"\s", "", text)) <= 2048
+        problem = policy_problem(topic_root="r" * size, prefix=longest_prefix, shared_topics=shared)
+        assert fits == (problem is None), size
 
 
 def test_name_checks() -> None:

@@ -67,15 +67,55 @@ def test_bad_json_message_files_are_clear_errors(
 
 
 def test_template_placeholders() -> None:
-    encode = spec(template='{"t": "{thing}", "n": {seq}, "at": {ts}}').encoder("x-1")
+    template = '{"t": "{thing}", "n": {seq}, "at": {ts}}'
+    encode = spec(template=template, stamp=False).encoder("x-1")
     assert json.loads(encode(12, 99)) == {"t": "x-1", "n": 12, "at": 99}
     assert spec(template="plain").encoder("x")(1, 2) == b"plain"
 
 
+def test_a_json_object_template_is_stamped_like_the_default_payload() -> None:
+    """subscribe reads thing, seq and ts: without them it could not count loss or latency."""
+    encode = spec(template='{"temperature": 21.5, "n": {seq}}\n').encoder("elf-0001")
+    payload = encode(7, 1_700_000_000_123)
+    assert json.loads(payload) == {
+        "temperature": 21.5, "n": 7, "thing": "elf-0001", "seq": 7, "ts": 1_700_000_000_123
+    }  # fmt: skip
+    stamp = read_stamp(payload)
+    assert stamp is not None
+    assert (stamp.thing, stamp.seq, stamp.ts) == ("elf-0001", 7, 1_700_000_000_123)
+    assert json.loads(spec(template="{}", stamp=True).encoder("t")(0, 1)) == {
+        "thing": "t", "seq": 0, "ts": 1
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("template", "sent"),
+    [
+        ('{"thing": "{thing}", "seq": {seq}, "ts": {ts}}', b'{"thing": "t", "seq": 3, "ts": 4}'),
+        ("plain {seq}", b"plain 3"),
+        ("[{seq}]", b"[3]"),
+    ],
+    ids=["stamps-itself", "text", "json-array"],
+)
+def test_a_template_that_stamps_itself_or_is_no_object_is_sent_as_it_is(
+    template: str, sent: bytes
+) -> None:
+    assert spec(template=template).encoder("t")(3, 4) == sent
+    assert spec(template=template, stamp=False).encoder("t")(3, 4) == sent
+
+
+def test_no_stamp_sends_a_json_object_template_as_it_is() -> None:
+    assert spec(template='{"n": {seq}}', stamp=False).encoder("t")(3, 4) == b'{"n": 3}'
+
+
 def test_template_braces_are_literal_except_around_a_field() -> None:
     """JSON needs no escaping; {{name}} is the literal {name}, which a field cannot be."""
-    encode = spec(template='{"a": {"b": [{seq}]}, "f": "{{thing}}", "g": "{}{ seq }"}').encoder("x")
+    template = '{"a": {"b": [{seq}]}, "f": "{{thing}}", "g": "{}{ seq }"}'
+    encode = spec(template=template, stamp=False).encoder("x")
     assert encode(3, 4) == b'{"a": {"b": [3]}, "f": "{thing}", "g": "{}{ seq }"}'
+    assert spec(template=template).encoder("x")(3, 4) == (
+        b'{"a": {"b": [3]}, "f": "{thing}", "g": "{}{ seq }", "thing": "x", "seq": 3, "ts": 4}'
+    )
     assert spec(template="{thing}{seq}{ts}{{ts}}").encoder("t-1")(7, 9) == b"t-179{ts}"
 
 
@@ -112,8 +152,10 @@ def test_limits() -> None:
 def test_contradictions(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="cannot be used together"):
         spec(message="hi", template="x")
-    with pytest.raises(UsageError, match="--stamp"):
+    with pytest.raises(UsageError, match="--stamp needs a --payload-template that is a JSON"):
         spec(template="x", stamp=True)
+    with pytest.raises(UsageError, match="--stamp: the --payload-template sets 'seq' itself"):
+        spec(template='{"seq": {seq}}', stamp=True)
     arr = tmp_path / "a.json"
     arr.write_text("[1]")
     with pytest.raises(UsageError, match="JSON object"):

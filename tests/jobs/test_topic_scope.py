@@ -16,14 +16,16 @@ from elf_async.cli._options import (
 )
 from elf_async.controlplane.certs import thing_files
 from elf_async.controlplane.ledger import STEPS, Ledger
+from elf_async.dataplane.subscriber import Watch
 from elf_async.jobs.send import Warnings, plan_send
-from elf_async.jobs.subscribe import build_watches
+from elf_async.jobs.subscribe import OLD_POLICY, build_watches
 
 
-def fleet(state_dir: Path, scope: str | None) -> Ledger:
-    """A ledger of three ready things with (empty) key files: enough to plan, no I/O."""
+def fleet(state_dir: Path, scope: str | None, *, watch_ids: str | None = "yes") -> Ledger:
+    """A ledger of three ready things with (empty) key files: enough to plan, no I/O. Its
+    policy allows watcher ids unless `watch_ids` is None (a fleet from before them)."""
     ledger = Ledger.open(state_dir, create=True)
-    ledger.set_meta(fleet_id="f1", topic_root="elf", topic_scope=scope)
+    ledger.set_meta(fleet_id="f1", topic_root="elf", topic_scope=scope, watch_ids=watch_ids)
     for record in ledger.add_things(3, "elf-f1", 5):
         for step in STEPS:
             ledger.mark(record.name, step, "created")
@@ -40,11 +42,19 @@ def send_warnings(tmp_path: Path, scope: str | None, topic: str | None) -> list[
     return warnings.lines
 
 
-def subscribe_warnings(tmp_path: Path, scope: str | None, **options: Any) -> list[str]:
+def watches(
+    tmp_path: Path, scope: str | None, watch_ids: str | None = "yes", **options: Any
+) -> tuple[list[Watch], list[str]]:
     warnings = Warnings()
-    with fleet(tmp_path, scope) as ledger:
-        build_watches(parse_subscribe_options(SubscribeArgs(**options)), ledger, tmp_path, warnings)
-    return warnings.lines
+    with fleet(tmp_path, scope, watch_ids=watch_ids) as ledger:
+        found = build_watches(
+            parse_subscribe_options(SubscribeArgs(**options)), ledger, tmp_path, warnings
+        )
+    return found, warnings.lines
+
+
+def subscribe_warnings(tmp_path: Path, scope: str | None, **options: Any) -> list[str]:
+    return watches(tmp_path, scope, **options)[1]
 
 
 @pytest.mark.parametrize(
@@ -96,6 +106,35 @@ def test_subscribe_beside_a_send_needs_shared_topics(tmp_path: Path) -> None:
     assert subscribe_warnings(tmp_path / "b", "shared", things=1, client_offset=1) == []
 
 
-def test_subscribe_to_the_whole_root_under_a_per_thing_policy(tmp_path: Path) -> None:
-    [line] = subscribe_warnings(tmp_path, "thing", topic="elf/#")
+def test_subscribe_to_the_whole_root_as_the_things_under_a_per_thing_policy(
+    tmp_path: Path,
+) -> None:
+    [line] = subscribe_warnings(tmp_path, "thing", topic="elf/#", client_offset=0)
     assert "topic elf/# is outside" in line
+    assert subscribe_warnings(tmp_path / "b", "thing", topic="elf/#") == []  # watchers may
+
+
+def test_subscribers_are_watchers_of_their_things_by_default(tmp_path: Path) -> None:
+    """A send connects as the things: the subscribers' client ids cannot collide with it."""
+    found, warnings = watches(tmp_path, "thing")
+    assert warnings == []
+    assert [(w.identity.name, w.identity.client_id, w.topic) for w in found] == [
+        (f"elf-f1-0000{i}", f"elf-f1-0000{i}-watch", f"elf/elf-f1-0000{i}") for i in range(3)
+    ]
+
+
+def test_a_client_offset_connects_as_things_and_0_as_the_watched_things(tmp_path: Path) -> None:
+    found, _ = watches(tmp_path, "shared", things=1, client_offset=1)
+    assert [(w.identity.client_id, w.topic) for w in found] == [
+        ("elf-f1-00001", "elf/elf-f1-00000")
+    ]
+    found, _ = watches(tmp_path / "b", "shared", client_offset=0)
+    assert [w.identity.client_id for w in found] == [f"elf-f1-0000{i}" for i in range(3)]
+
+
+def test_a_fleet_from_before_watcher_ids_subscribes_as_its_things_and_says_so(
+    tmp_path: Path,
+) -> None:
+    found, warnings = watches(tmp_path, "thing", watch_ids=None)
+    assert [w.identity.client_id for w in found] == [f"elf-f1-0000{i}" for i in range(3)]
+    assert warnings == [OLD_POLICY]

@@ -133,7 +133,7 @@ def test_an_unknown_metric_lists_what_is_available() -> None:
     assert "connect|ack|ack_from_send|lag|end_to_end" in message
     assert "count|p50|p90|p99|p999|max|mean" in message
     assert (
-        "connections.attempted|succeeded|failed|reconnects|reconnect_attempts|things_failed"
+        "connections.attempted|succeeded|failed|reconnects|reconnect_attempts|takeovers|things_failed"
         in message
     )
     for metric in REPORT_METRICS:

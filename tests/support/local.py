@@ -7,11 +7,17 @@ open under the test's directory (/proc) and kills them by PID.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import pty
+import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +117,41 @@ class LocalCli:
             env=self.env(),
             cwd=self.state_dir.parent,
         )
+
+    def on_terminal(self, *args: str, timeout: float = 300) -> tuple[int, str]:
+        """Run with a pseudo-terminal (120 columns) as stdin, stdout and stderr, as a user at a
+        terminal does: the exit code and everything written, escape sequences removed."""
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 120, 0, 0))
+        process = subprocess.Popen(
+            self.args(*args),
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=self.env({"TERM": "xterm"}),
+            cwd=self.state_dir.parent,
+        )
+        os.close(slave)
+        written = bytearray()
+        try:
+            while True:
+                ready, _, _ = select.select([master], [], [], timeout)
+                if not ready:
+                    raise TimeoutError(f"nothing written for {timeout}s: {bytes(written)!r}")
+                try:
+                    chunk = os.read(master, 1 << 16)
+                except OSError:  # EIO: every writer has closed the terminal
+                    break
+                if not chunk:
+                    break
+                written += chunk
+        finally:
+            os.close(master)
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", written.decode(errors="replace"))
+        return process.returncode, text.replace("\r", "")
 
     def stack(self) -> dict[str, Any] | None:
         """The stack record as written by `local up`, or None."""

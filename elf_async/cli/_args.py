@@ -1,0 +1,248 @@
+"""The options of `send`, `subscribe` and `run`'s send phase, declared once.
+
+Each option is a field of `SendArgs`, `SubscribeArgs` or `ConnectArgs`: its type, its typer
+declaration and its default. A command takes them whole with `@takes`: a parameter annotated
+`SendArgs` becomes every option of `send` in the command's signature (typer reads that), and
+they arrive gathered back into one `SendArgs`. So `run` accepts every option `send` has, and a
+new option is declared in one place. What the options mean in SI units is decided in
+elf_async.cli._options.
+"""
+
+# No `from __future__ import annotations`: the fields' typer declarations are read at run time.
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypeVar, get_type_hints
+
+import typer
+
+from elf_async.dataplane.options import AWS_MAX_INFLIGHT
+
+R = TypeVar("R")
+
+Things = Annotated[
+    int | None,
+    typer.Option(min=1, help="Use the first N ready things [default: all].", show_default=False),
+]
+Qos = Annotated[int, typer.Option(help="MQTT QoS: 0 or 1 (AWS IoT has no QoS 2).")]
+AppendThingName = Annotated[
+    bool, typer.Option(help="Append /{thing} to --topic (the seed's flag).")
+]
+Report = Annotated[
+    Path | None, typer.Option(help="Write the JSON report (schema elf-async/report/1) here.")
+]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConnectArgs:
+    """The connection options of `send`, `subscribe` and `run`, as typed."""
+
+    mqtt_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--mqtt-endpoint",
+            help="Broker HOST[:PORT] [default: the local stack, else DescribeEndpoint "
+            "iot:Data-ATS, cached with the fleet].",
+            show_default=False,
+        ),
+    ] = None
+    port: Annotated[
+        int | None,
+        typer.Option(
+            help="8883, or 443 (ALPN x-amzn-mqtt-ca). [default: 8883]", show_default=False
+        ),
+    ] = None
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file",
+            "--root-cert",
+            help="CAs that vouch for the broker [default: Amazon Root CA 1 and 3, shipped].",
+            show_default=False,
+        ),
+    ] = None
+    connect_rate: Annotated[
+        str, typer.Option(help="New connections per second (AWS: 500/s per account).")
+    ] = "100/s"
+    connect_timeout: Annotated[
+        str, typer.Option(help="Time for one connect (TCP, TLS, CONNACK).")
+    ] = "10s"
+    connect_retries: Annotated[
+        int, typer.Option(min=0, help="Extra attempts for a thing's first connection.")
+    ] = 3
+    keepalive: Annotated[
+        str,
+        typer.Option(
+            help="MQTT keep-alive: a PINGREQ after this long without traffic (AWS: 30s-20m)."
+        ),
+    ] = "60s"
+    allow_over_aws_limits: Annotated[
+        bool,
+        typer.Option(
+            "--allow-over-aws-limits",
+            help="Permit rates and windows above AWS IoT's per-connection limits.",
+        ),
+    ] = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SendArgs:
+    """`send`'s options as typed; their order is the report's."""
+
+    message: Annotated[
+        str | None,
+        typer.Argument(
+            help='Sent as {"msg": MESSAGE}. [default: IoT ELF Hello]', show_default=False
+        ),
+    ] = None
+    things: Things = None
+    rate: Annotated[
+        str | None,
+        typer.Option(
+            help="Per thing: 10/s, 600/m, 0.5 (per second). [default: 1/s]", show_default=False
+        ),
+    ] = None
+    total_rate: Annotated[
+        str | None, typer.Option(help="Spread evenly over the things instead of --rate.")
+    ] = None
+    duration: Annotated[
+        str | None, typer.Option(help="60, 60s, 5m. [default: 10s]", show_default=False)
+    ] = None
+    count: Annotated[
+        int | None, typer.Option(help="Messages per thing, instead of --duration.")
+    ] = None
+    qos: Qos = 1
+    topic: Annotated[
+        str | None,
+        typer.Option(
+            help="Topic template with {thing}, {index}, {fleet}. [default: <topic root>/{thing}]",
+            show_default=False,
+        ),
+    ] = None
+    append_thing_name: AppendThingName = False
+    json_message: Annotated[
+        Path | None, typer.Option(help="Send this JSON document (exactly, unless --stamp).")
+    ] = None
+    payload_template: Annotated[
+        str | None, typer.Option(help="Payload text with {thing}, {seq}, {ts} (epoch ms).")
+    ] = None
+    payload_size: Annotated[
+        int | None, typer.Option(help="Pad every payload to exactly BYTES (trailing spaces).")
+    ] = None
+    stamp: Annotated[
+        bool | None,
+        typer.Option(
+            "--stamp/--no-stamp",
+            help="Add thing, seq, ts to the JSON. [default: yes, except for --json-message]",
+            show_default=False,
+        ),
+    ] = None
+    max_inflight: Annotated[
+        int, typer.Option(help="Unacknowledged QoS 1 messages per client (AWS: 100).")
+    ] = AWS_MAX_INFLIGHT
+    drain: Annotated[
+        str, typer.Option(help="After the run or Ctrl-C: wait this long for acknowledgements.")
+    ] = "5s"
+    report: Report = None
+    connect: ConnectArgs = dataclasses.field(default_factory=ConnectArgs)
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Processes sharing the things, each with its own event loop: one schedule, "
+            "one live view, one report.",
+        ),
+    ] = 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SubscribeArgs:
+    """`subscribe`'s options as typed; their order is the report's."""
+
+    things: Things = None
+    client_offset: Annotated[
+        int | None,
+        typer.Option(
+            help="Connect as the things after the first N instead (0: as the watched things "
+            "themselves); subscriber j still watches thing j's topic. [default: as "
+            "<thing>-watch, which a send on the same things cannot collide with]",
+            show_default=False,
+        ),
+    ] = None
+    topic: Annotated[
+        str | None,
+        typer.Option(
+            help="Topic filter template with {thing}, {index}, {fleet}; + and # allowed. "
+            "[default: <topic root>/{thing}]",
+            show_default=False,
+        ),
+    ] = None
+    append_thing_name: AppendThingName = False
+    qos: Qos = 1
+    duration: Annotated[
+        str | None, typer.Option(help="How long to listen: 60, 60s, 5m. [default: 10s]")
+    ] = None
+    report: Report = None
+    connect: ConnectArgs = dataclasses.field(default_factory=ConnectArgs)
+
+
+ARGS = (SendArgs, SubscribeArgs, ConnectArgs)
+
+
+def _parameters(args: type) -> Iterator[inspect.Parameter]:
+    """One keyword parameter per option of `args`, a nested one's (`connect`) in its place."""
+    hints = get_type_hints(args, include_extras=True)
+    for f in dataclasses.fields(args):
+        if f.type in ARGS:
+            yield from _parameters(hints[f.name])
+            continue
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        yield inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hints[f.name]
+        )
+
+
+def _gather(args: type[R], values: dict[str, Any]) -> R:
+    """`args` built from the options in `values` (popped from it)."""
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(args):  # type: ignore[arg-type]  # R is one of ARGS
+        fields[f.name] = _gather(f.type, values) if f.type in ARGS else values.pop(f.name)
+    return args(**fields)
+
+
+def takes(command: Callable[..., R]) -> Callable[..., R]:
+    """`command` with each parameter annotated `SendArgs`, `SubscribeArgs` or `ConnectArgs`
+    spread into that class's options in its signature (what typer reads), and gathered back
+    when called."""
+    signature = inspect.signature(command, eval_str=True)
+    parameters: list[inspect.Parameter] = []
+    gathered: dict[str, type] = {}
+    for parameter in signature.parameters.values():
+        if parameter.annotation in ARGS:
+            gathered[parameter.name] = parameter.annotation
+            parameters += _parameters(parameter.annotation)
+        else:
+            parameters.append(parameter)
+    names = [p.name for p in parameters]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:
+        raise TypeError(f"{command.__name__}: parameters declared twice: {', '.join(clashes)}")
+
+    @functools.wraps(command)
+    def spread(**values: Any) -> R:
+        for name, args in gathered.items():
+            values[name] = _gather(args, values)
+        return command(**values)
+
+    # A positional parameter after a keyword-only one is not a valid signature: all are
+    # keyword-only (typer passes keywords), in their order (the order of --help).
+    spread.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in parameters]
+    )
+    spread.__annotations__ = {p.name: p.annotation for p in parameters} | {
+        "return": signature.return_annotation
+    }
+    return spread
