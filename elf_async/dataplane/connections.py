@@ -90,6 +90,7 @@ class Connector:
     _limiter: RateLimiter = field(init=False)
     _tls: ClientTls = field(init=False)
     _last_attempt: dict[str, float] = field(default_factory=dict)
+    _quick_closes: Counter[str] = field(default_factory=Counter)  # closes soon after CONNACK
 
     def __post_init__(self) -> None:
         self._limiter = RateLimiter(self.rate, name="CONNECT")
@@ -129,12 +130,15 @@ class Connector:
         self.connect_time.record(time.monotonic() - started)
         return link
 
-    def lost(self, link: Link, reason: str) -> str:
-        """Count a connection the broker closed, by reason; one closed right after its CONNACK
-        counts as a takeover. Returns the reason, for the thing's error."""
+    def lost(self, link: Link, reason: str, *, client_id: str) -> str:
+        """Count a connection the broker closed, by reason. A client id whose connection the
+        broker closes right after its CONNACK a second time is in a takeover war (a broker
+        restart closes each connection once). Returns the reason, for the thing's error."""
         if time.monotonic() - link.opened_at < TAKEOVER_WINDOW_S:
-            self.takeovers += 1
-            reason = TAKEOVER
+            self._quick_closes[client_id] += 1
+            if self._quick_closes[client_id] > 1:
+                self.takeovers += 1
+                reason = TAKEOVER
         self.errors[f"connection lost: {reason}"] += 1
         return reason
 
