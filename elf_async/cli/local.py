@@ -11,7 +11,7 @@ import typer
 
 from elf_async.cli._common import console_err, settings
 from elf_async.controlplane.ledger import Ledger
-from elf_async.errors import LedgerError
+from elf_async.errors import LedgerError, UsageError
 from elf_async.local import stack as localstack
 
 app = typer.Typer(
@@ -40,7 +40,13 @@ def _state_hint(state_dir: Path) -> str:
 def up(ctx: typer.Context) -> None:
     """Start moto and mosquitto in the background (harmless when they already run)."""
     options = settings(ctx)
-    stack, started = localstack.up(options.state_dir, region=options.region)
+    try:
+        stack, started = localstack.up(options.state_dir, region=options.region)
+    except OSError as exc:  # a read-only or full state dir
+        raise UsageError(
+            f"{exc.filename or options.state_dir}: {exc.strerror or exc} "
+            f"(`local up` writes the local CA, logs and its record in {options.state_dir})"
+        ) from exc
     print(f"local stack {'started' if started else 'already running'}:\n{describe(stack)}")
     if not options.quiet:
         hint = _state_hint(options.state_dir)
