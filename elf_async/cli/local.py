@@ -11,7 +11,7 @@ import typer
 
 from elf_async.cli._common import console_err, settings
 from elf_async.controlplane.ledger import Ledger
-from elf_async.errors import LedgerError
+from elf_async.errors import LedgerError, UsageError
 from elf_async.local import stack as localstack
 
 app = typer.Typer(
@@ -47,7 +47,13 @@ def up(ctx: typer.Context) -> None:
     """Start moto and mosquitto in the background; on a stack with a dead part, restart only
     that part, on its port and with its state (harmless when both run)."""
     options = settings(ctx)
-    result = localstack.up(options.state_dir, region=options.region)
+    try:
+        result = localstack.up(options.state_dir, region=options.region)
+    except OSError as exc:  # a read-only or full state dir
+        raise UsageError(
+            f"{exc.filename or options.state_dir}: {exc.strerror or exc} "
+            f"(`local up` writes the local CA, logs and its record in {options.state_dir})"
+        ) from exc
     print(f"local stack {_did(result)}:\n{describe(result.stack)}")
     if not options.quiet:
         state_dir = options.state_dir

@@ -215,6 +215,12 @@ class Provisioner:
             if isinstance(exc, AccessDenied):
                 self._stop = f"stopped early: {exc} (every further thing would fail the same way)"
             return False
+        except OSError as exc:  # a key or certificate file: every further thing would fail too
+            raise UsageError(
+                f"{exc.filename or self.fleet.state_dir}: {exc.strerror or exc}; once the state "
+                "dir is writable with space to spare, run `elf-async create` again: it finishes "
+                "what this one started"
+            ) from exc
         if record.error_code:
             self.ledger.record_error(name, None, None)
         self.summary.created += 1

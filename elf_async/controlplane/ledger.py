@@ -142,6 +142,8 @@ class Ledger:
                 )
         except OSError as exc:
             raise LedgerError(_os_problem(path, exc)) from exc
+        except sqlite3.DatabaseError as exc:  # making it: a full disk
+            raise _unusable(path, exc, None) from exc
         try:
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.DatabaseError as exc:

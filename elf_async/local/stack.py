@@ -529,8 +529,16 @@ def _stop(stack: LocalStack) -> None:
         process=stack.mosquitto.process, port=stack.mosquitto.port, directory=stack.broker_dir
     ).stop(STOP_TIMEOUT_S)
     processes.stop(stack.moto.process, STOP_TIMEOUT_S)
-    (stack.directory / RECORD).unlink(missing_ok=True)
-    stack.recording.unlink(missing_ok=True)  # moto's state ends with it
+    record = stack.directory / RECORD
+    try:
+        record.unlink(missing_ok=True)
+        stack.recording.unlink(missing_ok=True)  # moto's state ends with it
+    except OSError as exc:  # stopped all the same: what runs can always be stopped
+        raise LocalStackError(
+            f"the local stack is stopped (moto pid {stack.moto.pid}, mosquitto pid "
+            f"{stack.mosquitto.pid}), but its record {record} could not be removed "
+            f"({exc.strerror}): run `local down` again once the state dir is writable"
+        ) from exc
 
 
 def down(state_dir: Path) -> LocalStack | None:
