@@ -56,7 +56,7 @@ class Connections(TypedDict):
     reconnect_attempts: Annotated[int, "attempts to reopen them, failed ones included"]
     takeovers: Annotated[
         int,
-        "connections the broker closed within 5 s of their CONNACK: another client connected "
+        "reconnections the broker closed within 5 s of their CONNACK: another client connected "
         "with the same client id and took the session over (more than one fails the command)",
     ]
     things_failed: Annotated[int, "things (or subscribers) that never connected"]
