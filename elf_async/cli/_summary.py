@@ -27,16 +27,14 @@ def print_summary(
     report: Path | None = None,
     hint: str | None = None,
 ) -> None:
-    print(judgement.line(), flush=quiet)
-    if quiet:
-        return
-    width = max((len(label) for label, _ in rows), default=0) + 2
-    for label, value in rows:
-        print(f"  {label:<{width}}{value}")
-    if report is not None:
-        print(f"report: {report}")
-    if hint is not None:
-        print(f"next: {hint}")
+    """Flushed: an error line on stderr that follows comes after it in a shared log too."""
+    lines = [judgement.line()]
+    if not quiet:
+        width = max((len(label) for label, _ in rows), default=0) + 2
+        lines += [f"  {label:<{width}}{value}" for label, value in rows]
+        lines += [f"report: {report}"] if report is not None else []
+        lines += [f"next: {hint}"] if hint is not None else []
+    print("\n".join(lines), flush=True)
 
 
 def send_rows(report: SendReport) -> Rows:

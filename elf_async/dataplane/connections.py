@@ -27,10 +27,11 @@ from elf_async.pacing import RateLimiter, backoff_delay
 
 CLIENT_ID_INTERVAL = 1.0  # AWS: one CONNECT per second per client ID
 RECONNECT_CAP = 10.0  # longest wait between reconnect attempts
-# A connection the broker closes this soon after its CONNACK was taken over: another client
+# A reconnection the broker closes this soon after its CONNACK was taken over: another client
 # connected with the same client ID (the broker keeps one connection per client ID, and two
-# clients that both reconnect take it from each other, each connection living about one
-# reconnect delay). MQTT 3.1.1 gives no reason; the timing is the sign.
+# clients that both reconnect take it from each other, each new connection living about one
+# reconnect delay). MQTT 3.1.1 gives no reason; the timing is the sign. A first connection
+# lost early is not counted: a broker restarted right after the start drops those too.
 TAKEOVER_WINDOW_S = 5.0
 TAKEOVER = "taken over: another client connected with the same client ID"
 
@@ -90,7 +91,6 @@ class Connector:
     _limiter: RateLimiter = field(init=False)
     _tls: ClientTls = field(init=False)
     _last_attempt: dict[str, float] = field(default_factory=dict)
-    _quick_closes: Counter[str] = field(default_factory=Counter)  # closes soon after CONNACK
 
     def __post_init__(self) -> None:
         self._limiter = RateLimiter(self.rate, name="CONNECT")
@@ -130,15 +130,12 @@ class Connector:
         self.connect_time.record(time.monotonic() - started)
         return link
 
-    def lost(self, link: Link, reason: str, *, client_id: str) -> str:
-        """Count a connection the broker closed, by reason. A client id whose connection the
-        broker closes right after its CONNACK a second time is in a takeover war (a broker
-        restart closes each connection once). Returns the reason, for the thing's error."""
-        if time.monotonic() - link.opened_at < TAKEOVER_WINDOW_S:
-            self._quick_closes[client_id] += 1
-            if self._quick_closes[client_id] > 1:
-                self.takeovers += 1
-                reason = TAKEOVER
+    def lost(self, link: Link, reason: str) -> str:
+        """Count a connection the broker closed, by reason; a reconnection closed right after
+        its CONNACK counts as a takeover. Returns the reason, for the thing's error."""
+        if link.reopened and time.monotonic() - link.opened_at < TAKEOVER_WINDOW_S:
+            self.takeovers += 1
+            reason = TAKEOVER
         self.errors[f"connection lost: {reason}"] += 1
         return reason
 
@@ -182,4 +179,5 @@ class Connector:
                 attempt += 1
                 continue
             self.reconnects += 1
+            link.reopened = True
             return link

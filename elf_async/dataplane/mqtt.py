@@ -249,6 +249,7 @@ class Link:
     client: aiomqtt.Client
     lost: asyncio.Future[str]  # resolves with a reason when the broker drops the connection
     opened_at: float = field(default_factory=time.monotonic)  # its CONNACK
+    reopened: bool = False  # it replaces a connection the broker dropped
 
     @property
     def paho(self) -> paho.Client:

@@ -472,7 +472,7 @@ class Sender:
     async def _keep_connected(self, p: Publisher, stop: StopSignal) -> None:
         """Reconnect a publisher the broker dropped, with backoff, and resume its schedule."""
         while (link := p.link) is not None:
-            reason = self.connector.lost(link, await link.lost, client_id=p.thing.client_id)
+            reason = self.connector.lost(link, await link.lost)
             await link.close()  # gone already: only collects aiomqtt's disconnection error
             p.connection_lost()
             p.error = f"lost its connection and never got it back ({reason})"

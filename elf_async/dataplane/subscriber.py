@@ -150,7 +150,7 @@ class Subscriber:
             watch.error = exc.reason
             return
         while (link := watch.link) is not None:
-            reason = self.connector.lost(link, await link.lost, client_id=watch.identity.client_id)
+            reason = self.connector.lost(link, await link.lost)
             await link.close()  # gone already: only collects aiomqtt's disconnection error
             watch.link = None
             watch.error = f"lost its connection and never got it back ({reason})"

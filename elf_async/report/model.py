@@ -56,8 +56,8 @@ class Connections(TypedDict):
     reconnect_attempts: Annotated[int, "attempts to reopen them, failed ones included"]
     takeovers: Annotated[
         int,
-        "connections the broker closed within 5 s of their CONNACK, again for the same client "
-        "id: another client took the session over (more than one fails the command)",
+        "reconnections the broker closed within 5 s of their CONNACK: another client connected "
+        "with the same client id and took the session over (more than one fails the command)",
     ]
     things_failed: Annotated[int, "things (or subscribers) that never connected"]
     errors: Annotated[dict[str, int], "each failure reason and how often, most frequent first"]

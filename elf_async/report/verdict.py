@@ -10,7 +10,7 @@ happen cannot judge it (`run` applies both and 1 wins over a threshold's 3, see
   QoS 1 messages never acknowledged, a lost --workers process (its things are not counted);
   for `run`, also certificates an interrupted create could not resolve.
 - `subscribe_problems`: a subscriber that never connected.
-- both: a session takeover, connections the broker closed right after they opened, again and
+- both: a session takeover, connections the broker closed right after they reopened, again and
   again, because another client connected with the same client id.
 
 `judge_send`, `judge_subscribe` and `judge_run` turn those problems (and `run`'s thresholds and
@@ -38,7 +38,7 @@ def takeover_problem(connections: Connections) -> list[str]:
     if taken < TAKEOVERS_FAIL:
         return []
     return [
-        f"session takeover: the broker closed {taken} connections right after they opened, "
+        f"session takeover: the broker closed {taken} connections right after they reopened, "
         "because another client connected with the same client id (a send or subscribe on "
         "the same things in another process?)"
     ]

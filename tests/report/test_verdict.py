@@ -92,7 +92,7 @@ def test_things_that_never_connected_owe_their_messages() -> None:
         ),
         (
             {"connections": {"takeovers": 12}},
-            "session takeover: the broker closed 12 connections right after they opened, "
+            "session takeover: the broker closed 12 connections right after they reopened, "
             "because another client connected with the same client id (a send or subscribe on "
             "the same things in another process?)",
         ),
