@@ -35,7 +35,7 @@ class LiveView:
         self.quiet = quiet
         self.tty = sys.stderr.isatty() if tty is None else tty
         self._live: Live | None = None
-        self._started = self._last_plain = time.monotonic()
+        self._last_plain = time.monotonic()
         self._progress: float | None = None
 
     def __enter__(self) -> LiveView:
