@@ -286,10 +286,6 @@ class Ledger:
             (code, message, time.time(), name),
         )
 
-    def delete_things(self, names: list[str]) -> None:
-        with self._transaction():
-            self._db.run_many("DELETE FROM things WHERE name=?", [(n,) for n in names])
-
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
 

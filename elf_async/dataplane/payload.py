@@ -39,11 +39,6 @@ class PayloadSpec:
     template: str | None = None  # text with {thing}, {seq}, {ts} (see template_parts)
     size: int | None = None  # pad with trailing spaces to this many bytes
 
-    @property
-    def stamped(self) -> bool:
-        """Whether messages carry thing/seq/ts that a subscriber can check."""
-        return self.document is not None
-
     def encoder(self, thing: str) -> Encoder:
         if self.document is not None:
             base = {k: v for k, v in self.document.items() if k not in STAMP_FIELDS}
