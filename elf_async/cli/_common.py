@@ -141,6 +141,15 @@ SharedTopicsOption = Annotated[
         show_default=False,
     ),
 ]
+IdentityOption = Annotated[
+    str | None,
+    typer.Option(
+        help="thing: a registry thing and a certificate per device (AWS calls per device). "
+        "shared: no things, one certificate and a policy that lets every device connect as "
+        "<prefix>-NNNNN (any COUNT in seconds). [default: thing]",
+        show_default=False,
+    ),
+]
 MaxThingsOption = Annotated[int, typer.Option(help="COUNT above this needs --yes.")]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Skip the --max-things check.")]
 

@@ -16,6 +16,7 @@ from elf_async.cli._common import (
     CaKeyOption,
     CertModeOption,
     ConcurrencyOption,
+    IdentityOption,
     KeyTypeOption,
     MaxThingsOption,
     RegisterCaOption,
@@ -30,7 +31,12 @@ from elf_async.cli._common import (
 from elf_async.cli._progress import progress_for
 from elf_async.controlplane.certs import KeyType
 from elf_async.controlplane.create import CERT_MODES, CreateRequest, CreateResult, create_fleet
-from elf_async.controlplane.fleet import prefix_problem, topic_root_problem
+from elf_async.controlplane.fleet import (
+    IDENTITIES,
+    SHARED_IDENTITY,
+    prefix_problem,
+    topic_root_problem,
+)
 from elf_async.errors import PartialFailure, UsageError
 from elf_async.jobs.target import aim
 
@@ -64,6 +70,7 @@ def command(
     register_ca: RegisterCaOption = False,
     topic_root: TopicRootOption = None,
     shared_topics: SharedTopicsOption = False,
+    identity: IdentityOption = None,
     concurrency: ConcurrencyOption = 16,
     api_rate: ApiRateOption = None,
     max_things: MaxThingsOption = 10_000,
@@ -81,6 +88,7 @@ def command(
         register_ca=register_ca,
         topic_root=topic_root,
         shared_topics=shared_topics,
+        identity=identity,
         concurrency=concurrency,
         api_rate=api_rate,
         max_things=max_things,
@@ -115,6 +123,7 @@ def build_request(
     register_ca: bool,
     topic_root: str | None,
     shared_topics: bool,
+    identity: str | None,
     concurrency: int,
     api_rate: list[str] | None,
     max_things: int,
@@ -123,6 +132,8 @@ def build_request(
     """Check the create options (`run` takes them too) and build the request."""
     if cert_mode is not None and cert_mode not in CERT_MODES:
         raise UsageError(f"--cert-mode must be one of {', '.join(CERT_MODES)}, not {cert_mode!r}")
+    if identity is not None and identity not in IDENTITIES:
+        raise UsageError(f"--identity must be thing or shared, not {identity!r}")
     if key_type is not None and key_type not in KEY_TYPES:
         raise UsageError(f"--key-type must be rsa or ec, not {key_type!r}")
     for path, flag in ((ca_cert, "--ca-cert"), (ca_key, "--ca-key")):
@@ -135,6 +146,7 @@ def build_request(
         key_type=key_type,
         topic_root=_checked(topic_root, topic_root_problem),
         shared_topics=shared_topics,
+        identity=identity,
         ca_cert=ca_cert,
         ca_key=ca_key,
         register_ca=register_ca,
@@ -152,11 +164,14 @@ def _checked(value: str | None, problem: Callable[[str], str | None]) -> str | N
 def _print_summary(result: CreateResult, *, quiet: bool) -> None:
     s = result.summary
     verb = "finished" if s.resumed else "created"
+    unit = "devices" if result.identity == SHARED_IDENTITY else "things"
     print(
         f"fleet {result.fleet_id} ({result.region}, account {result.account}): {verb} "
-        f"{s.created} of {s.attempted} things in {s.elapsed_s:.1f}s "
-        f"({s.things_per_s:.1f} things/s), {s.failed} failed; {result.things_in_fleet} in the fleet"
+        f"{s.created} of {s.attempted} {unit} in {s.elapsed_s:.1f}s "
+        f"({s.things_per_s:.1f} {unit}/s), {s.failed} failed; {result.things_in_fleet} in the fleet"
     )
+    if result.identity == SHARED_IDENTITY:
+        print("  no registry things: every device connects with the fleet's one certificate")
     if s.resumed:
         print(
             "an interrupted create was finished instead of adding new things; "
@@ -182,6 +197,7 @@ def _as_json(result: CreateResult) -> dict[str, object]:
         "region": result.region,
         "account": result.account,
         "prefix": result.prefix,
+        "identity": result.identity,
         "attempted": s.attempted,
         "created": s.created,
         "failed": s.failed,

@@ -35,6 +35,8 @@ def command(
         ("cert mode", "cert_mode"),
         ("topic root", "topic_root"),
         ("topic scope", "topic_scope"),
+        ("identity", "identity"),
+        ("devices", "devices"),
         ("keys", "keys_dir"),
     ):
         print(f"{label:>14}: {status.get(key) or '-'}")

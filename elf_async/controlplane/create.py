@@ -3,6 +3,10 @@
 Per thing: a certificate (ACTIVE), the thing (with the fleet attribute), the certificate
 attached to the thing, the fleet policy attached to the certificate. Workers pull things
 from a queue, so `concurrency` bounds the calls in flight while each API keeps its own pace.
+
+With `--identity shared` there are no things: one certificate, recorded in one ledger row
+like a thing's (its thing and principal steps stay pending), with the fleet policy attached;
+the devices are a count in the ledger's meta, so any COUNT costs the same three calls.
 """
 
 from __future__ import annotations
@@ -27,11 +31,15 @@ from elf_async.controlplane.certs import (
 )
 from elf_async.controlplane.fanout import fan_out
 from elf_async.controlplane.fleet import (
+    DEVICES_KEY,
     FLEET_ATTRIBUTE,
     FLEET_ID_LENGTH,
+    IDENTITY_KEY,
     INDEX_WIDTH,
     PER_THING,
     SHARED,
+    SHARED_IDENTITY,
+    THING_IDENTITY,
     WATCH_IDS_KEY,
     default_prefix,
     new_fleet_id,
@@ -39,8 +47,9 @@ from elf_async.controlplane.fleet import (
     policy_document,
     policy_name,
     policy_problem,
+    shared_identity_name,
 )
-from elf_async.controlplane.ledger import Ledger, ThingRecord
+from elf_async.controlplane.ledger import SHARED_STEPS, Ledger, ThingRecord
 from elf_async.controlplane.recovery import RecoveryResult, resolve_cert_intents
 from elf_async.controlplane.session import FleetSession, open_fleet
 from elf_async.errors import AccessDenied, AwsError, ErrorTally, UsageError
@@ -67,6 +76,7 @@ class Fleet:
     key_type: KeyType
     state_dir: Path
     ca: CertificateAuthority | None = None
+    shared_identity: bool = False  # one certificate for every device, no things
 
     @property
     def policy(self) -> str:
@@ -105,6 +115,7 @@ async def ensure_policy(plane: ControlPlane, ledger: Ledger, fleet: Fleet) -> No
         topic_root=fleet.topic_root,
         shared_topics=fleet.shared_topics,
         prefix=fleet.prefix,
+        shared_identity=fleet.shared_identity,
     )
     try:
         response = await plane.call(
@@ -193,7 +204,7 @@ class Provisioner:
             cert_arn = record.cert_arn
             if record.cert_state != "created" or cert_arn is None:
                 cert_arn = await self._certificate(record)
-            if record.thing_state != "created":
+            if record.thing_state != "created" and not self.fleet.shared_identity:
                 await self._step(
                     name,
                     "thing",
@@ -201,7 +212,7 @@ class Provisioner:
                     thingName=name,
                     attributePayload={"attributes": {FLEET_ATTRIBUTE: self.fleet.fleet_id}},
                 )
-            if record.principal_state != "created":
+            if record.principal_state != "created" and not self.fleet.shared_identity:
                 await self._step(
                     name, "principal", "AttachThingPrincipal", thingName=name, principal=cert_arn
                 )
@@ -322,6 +333,7 @@ class CreateRequest:
     key_type: KeyType | None = None
     topic_root: str | None = None
     shared_topics: bool = False  # else as the fleet already is, else per-thing topics
+    identity: str | None = None  # thing or shared; None: as the fleet already is, else thing
     ca_cert: Path | None = None
     ca_key: Path | None = None
     register_ca: bool = False
@@ -339,6 +351,7 @@ class CreateResult:
     things_in_fleet: int
     api: dict[str, dict[str, float]]
     recovery: RecoveryResult
+    identity: str = THING_IDENTITY  # thing, or shared: `things_in_fleet` counts devices
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +364,7 @@ class FleetChoices:
     topic_root: str
     shared_topics: bool
     ca: CertificateAuthority | None
+    shared_identity: bool
 
     @classmethod
     def of(cls, request: CreateRequest, meta: dict[str, str]) -> FleetChoices:
@@ -361,10 +375,14 @@ class FleetChoices:
         prefix = _fleet_choice("prefix", request.prefix, meta.get("prefix"), "") or None
         topic_root = _fleet_choice("topic-root", request.topic_root, meta.get("topic_root"), "elf")
         shared_topics = _topic_scope(request.shared_topics, meta)
+        # A fleet from before --identity has things.
+        had = meta.get(IDENTITY_KEY) or (THING_IDENTITY if "fleet_id" in meta else None)
+        identity = _fleet_choice("identity", request.identity, had, THING_IDENTITY)
         problem = policy_problem(
             topic_root=topic_root,
             prefix=prefix or "elf-" + "x" * FLEET_ID_LENGTH,
             shared_topics=shared_topics,
+            shared_identity=identity == SHARED_IDENTITY,
         )
         if problem:
             raise UsageError(problem)
@@ -377,6 +395,7 @@ class FleetChoices:
             topic_root=topic_root,
             shared_topics=shared_topics,
             ca=_signing_ca(cert_mode, request, meta),
+            shared_identity=identity == SHARED_IDENTITY,
         )
 
 
@@ -427,6 +446,7 @@ async def create_with(
         watch_ids=meta.get(WATCH_IDS_KEY) if meta.get("fleet_id") else "yes",
         ca_cert=str((request.ca_cert or Path(meta.get("ca_cert", ""))).resolve()) if ca else None,
         ca_key=str((request.ca_key or Path(meta.get("ca_key", ""))).resolve()) if ca else None,
+        identity=SHARED_IDENTITY if choices.shared_identity else THING_IDENTITY,
     )
     fleet = Fleet(
         fleet_id=fleet_id,
@@ -439,6 +459,7 @@ async def create_with(
         key_type=choices.key_type,
         state_dir=session.state_dir,
         ca=ca,
+        shared_identity=choices.shared_identity,
     )
     await ensure_policy(plane, ledger, fleet)
     if request.register_ca and ca is not None:
@@ -447,6 +468,8 @@ async def create_with(
     recovery = await resolve_cert_intents(
         session, cert_mode=choices.cert_mode, ca_pem=ca.cert_pem if ca else None
     )
+    if fleet.shared_identity:
+        return await _create_shared(session, request, fleet, progress, recovery)
     if unfinished:
         records = [ledger.thing(name) for name in unfinished]
     else:
@@ -465,6 +488,41 @@ async def create_with(
         things_in_fleet=len(ledger.things()),
         api=plane.api_report(),
         recovery=recovery,
+    )
+
+
+async def _create_shared(
+    session: FleetSession,
+    request: CreateRequest,
+    fleet: Fleet,
+    progress: ProgressSink,
+    recovery: RecoveryResult,
+) -> CreateResult:
+    """The shared certificate (made, or finished after an interruption), then `request.count`
+    more virtual devices: a number in the meta, however many."""
+    ledger = session.ledger
+    record = ledger.add_identity(shared_identity_name(fleet.prefix))
+    devices = int(ledger.meta().get(DEVICES_KEY, "0"))
+    resumed = devices > 0 and not record.ready_for(SHARED_STEPS)  # an interrupted create
+    if not resumed:
+        devices += request.count
+        ledger.set_meta(**{DEVICES_KEY: str(devices)})
+    provisioner = Provisioner(session.plane, ledger, fleet, concurrency=1, progress=progress)
+    summary = await provisioner.run([] if record.ready_for(SHARED_STEPS) else [record])
+    summary.resumed = resumed
+    summary.attempted = devices if resumed else request.count
+    ready = ledger.thing(record.name).ready_for(SHARED_STEPS)
+    summary.created = summary.attempted if ready else 0
+    return CreateResult(
+        summary=summary,
+        fleet_id=fleet.fleet_id,
+        prefix=fleet.prefix,
+        region=fleet.region,
+        account=fleet.account,
+        things_in_fleet=devices,
+        api=session.plane.api_report(),
+        recovery=recovery,
+        identity=SHARED_IDENTITY,
     )
 
 

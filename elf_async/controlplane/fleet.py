@@ -24,6 +24,16 @@ SHARED = "shared"
 # says whether the fleet's policy allows these ids (a fleet from before them does not).
 WATCH_SUFFIX = "-watch"
 WATCH_IDS_KEY = "watch_ids"
+# Ledger meta: how the fleet's devices prove who they are (`create --identity`). A `thing`
+# fleet has one registry thing and one certificate per device; a `shared` fleet has no things,
+# one certificate that every device connects with under its own client id, and its device
+# count in the meta (no ledger row per device).
+IDENTITY_KEY = "identity"
+DEVICES_KEY = "devices"
+THING_IDENTITY = "thing"
+SHARED_IDENTITY = "shared"
+IDENTITIES = (THING_IDENTITY, SHARED_IDENTITY)
+_CLIENT = "${iot:ClientId}"  # the policy variable of a shared identity: the connection's id
 
 
 def new_fleet_id() -> str:
@@ -33,6 +43,22 @@ def new_fleet_id() -> str:
 
 def default_prefix(fleet_id: str) -> str:
     return f"elf-{fleet_id}"
+
+
+def device_name(prefix: str, index: int) -> str:
+    """The name (and client id) of a fleet's device: a thing's name, or a virtual device's."""
+    return f"{prefix}-{index:0{INDEX_WIDTH}d}"
+
+
+def shared_identity_name(prefix: str) -> str:
+    """The ledger row (and key and certificate files) of a shared fleet's one certificate: no
+    device has this name (theirs end in digits)."""
+    return f"{prefix}-shared"
+
+
+def identity_mode(meta: Mapping[str, str]) -> str:
+    """`thing` or `shared`; a fleet from before the choice existed has things."""
+    return meta.get(IDENTITY_KEY, THING_IDENTITY)
 
 
 def policy_name(fleet_id: str) -> str:
@@ -60,7 +86,9 @@ def topic_root_problem(topic_root: str) -> str | None:
 POLICY_LIMIT = 2048  # non-whitespace characters AWS IoT allows in a policy document
 
 
-def policy_problem(*, topic_root: str, prefix: str, shared_topics: bool) -> str | None:
+def policy_problem(
+    *, topic_root: str, prefix: str, shared_topics: bool, shared_identity: bool = False
+) -> str | None:
     """Why the fleet policy for this root and prefix would be refused by AWS IoT (too long),
     or None. Sized for the longest region and account names."""
     size = len(
@@ -70,6 +98,7 @@ def policy_problem(*, topic_root: str, prefix: str, shared_topics: bool) -> str 
             topic_root=topic_root,
             shared_topics=shared_topics,
             prefix=prefix,
+            shared_identity=shared_identity,
         )
     )
     if size <= POLICY_LIMIT:
@@ -96,7 +125,13 @@ def allows_watch_ids(meta: Mapping[str, str]) -> bool:
 
 
 def policy_document(
-    *, region: str, account: str, topic_root: str, shared_topics: bool, prefix: str
+    *,
+    region: str,
+    account: str,
+    topic_root: str,
+    shared_topics: bool,
+    prefix: str,
+    shared_identity: bool = False,
 ) -> str:
     """The fleet's least-privilege policy: a client may connect only as its own attached thing,
     and publish, receive and subscribe only under ``<root>/<its thing name>`` (the policy
@@ -113,21 +148,30 @@ def policy_document(
     root = topic_root.strip("/")
     watchers = f"{prefix}-*{WATCH_SUFFIX}"
     only_watchers = {"StringLike": {"iot:ClientId": watchers}}
+    who = _CLIENT if shared_identity else _THING
     if shared_topics:
         topics = [f"{root}/*"]
     else:
-        own = f"{root}/{_THING}"
+        own = f"{root}/{who}"
         topics = [own, f"{own}/*"]
-    topics.append(f"$aws/things/{_THING}/shadow/*")
-    document: dict[str, Any] = {
-        "Version": "2012-10-17",
-        "Statement": [
+    connect: list[dict[str, Any]] = [
+        {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{arn}:client/{prefix}-*"}
+    ]
+    if not shared_identity:
+        topics.append(f"$aws/things/{_THING}/shadow/*")
+        connect = [
             {
                 "Effect": "Allow",
                 "Action": "iot:Connect",
                 "Resource": f"{arn}:client/{_THING}",
                 "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}},
             },
+            {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{arn}:client/{watchers}"},
+        ]
+    document: dict[str, Any] = {
+        "Version": "2012-10-17",
+        "Statement": [
+            connect[0],
             {
                 "Effect": "Allow",
                 "Action": ["iot:Publish", "iot:Receive"],
@@ -138,7 +182,7 @@ def policy_document(
                 "Action": "iot:Subscribe",
                 "Resource": [f"{arn}:topicfilter/{topic}" for topic in topics],
             },
-            {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{arn}:client/{watchers}"},
+            *connect[1:],
             {
                 "Effect": "Allow",
                 "Action": "iot:Receive",

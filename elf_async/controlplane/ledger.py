@@ -28,6 +28,10 @@ LEDGER_FILE = "ledger.sqlite3"
 State = Literal["pending", "intended", "created", "inactive", "removed"]
 Step = Literal["cert", "thing", "principal", "policy"]
 STEPS: tuple[Step, ...] = ("cert", "thing", "principal", "policy")
+# A shared identity's row (`create --identity shared`): its certificate and the policy attached
+# to it; its thing and principal steps stay pending, so `clean` and recovery need no case of
+# their own.
+SHARED_STEPS: tuple[Step, ...] = ("cert", "policy")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -79,7 +83,10 @@ class ThingRecord:
     @property
     def ready(self) -> bool:
         """Everything exists: the thing can connect."""
-        return all(self.state_of(step) == "created" for step in STEPS)
+        return self.ready_for(STEPS)
+
+    def ready_for(self, steps: Sequence[Step]) -> bool:
+        return all(self.state_of(step) == "created" for step in steps)
 
     @property
     def gone(self) -> bool:
@@ -230,6 +237,13 @@ class Ledger:
             rows = [(i, f"{prefix}-{i:0{width}d}") for i in range(top + 1, top + 1 + count)]
             self._db.run_many("INSERT INTO things (idx, name) VALUES (?, ?)", rows)
         return [self.thing(name) for _, name in rows]
+
+    def add_identity(self, name: str) -> ThingRecord:
+        """The row of a shared identity (once): its steps are recorded like a thing's."""
+        with self._transaction():
+            [(top,)] = self._db.rows("SELECT COALESCE(MAX(idx), -1) FROM things")
+            self._db.run("INSERT OR IGNORE INTO things (idx, name) VALUES (?, ?)", (top + 1, name))
+        return self.thing(name)
 
     def adopt_thing(self, name: str, *, cert_arn: str | None, has_policy: bool) -> None:
         """Record a thing found in AWS (clean --fleet): everything it holds counts as created."""

@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from elf_async.controlplane.fleet import PER_THING, SHARED, per_thing_topics
+from elf_async.controlplane.fleet import (
+    DEVICES_KEY,
+    PER_THING,
+    SHARED,
+    identity_mode,
+    per_thing_topics,
+)
 from elf_async.controlplane.ledger import Ledger
 
 
@@ -34,6 +40,9 @@ def fleet_status(state_dir: Path) -> dict[str, Any]:
             "cert_mode": meta.get("cert_mode"),
             "key_type": meta.get("key_type"),
             "topic_root": meta.get("topic_root"),
+            "identity": identity_mode(meta) if "fleet_id" in meta else None,
+            # A shared-identity fleet's virtual devices (its one certificate is in `things`).
+            "devices": int(meta[DEVICES_KEY]) if DEVICES_KEY in meta else None,
             "topic_scope": (PER_THING if per_thing_topics(meta) else SHARED)
             if "fleet_id" in meta
             else None,

@@ -11,7 +11,7 @@ from typing import Any
 
 from elf_async import statelock
 from elf_async.config import check_region
-from elf_async.controlplane.fleet import per_thing_topics
+from elf_async.controlplane.fleet import identity_mode, per_thing_topics
 from elf_async.controlplane.ledger import Ledger
 from elf_async.dataplane.options import (
     ConnectOptions,
@@ -148,6 +148,7 @@ async def run_send(
             warn(line)
         endpoint = await resolve_endpoint(aimed, ledger, options.connect)
         fleet_id = ledger.meta().get("fleet_id")
+        identity = identity_mode(ledger.meta())
     setup = SendSetup(
         endpoint=endpoint,
         connect_per_s=options.connect.connect_per_s,
@@ -169,4 +170,5 @@ async def run_send(
         endpoint=endpoint,
         qos=options.qos,
     )
+    report["fleet"]["identity"] = identity
     return report

@@ -12,7 +12,12 @@ from typing import Any
 
 from elf_async import statelock
 from elf_async.config import check_region
-from elf_async.controlplane.fleet import allows_watch_ids, per_thing_topics, watch_client_id
+from elf_async.controlplane.fleet import (
+    allows_watch_ids,
+    identity_mode,
+    per_thing_topics,
+    watch_client_id,
+)
 from elf_async.controlplane.ledger import Ledger
 from elf_async.dataplane.connections import Connector
 from elf_async.dataplane.options import ConnectOptions, Qos
@@ -119,6 +124,7 @@ async def run_subscribe(
             warn(line)
         endpoint = await resolve_endpoint(aimed, ledger, options.connect)
         fleet_id = ledger.meta().get("fleet_id")
+        identity = identity_mode(ledger.meta())
     connector = Connector(
         endpoint,
         rate=options.connect.connect_per_s,
@@ -142,4 +148,5 @@ async def run_subscribe(
         endpoint=endpoint,
         qos=options.qos,
     )
+    report["fleet"]["identity"] = identity
     return report

@@ -14,7 +14,14 @@ from elf_async.config import Settings, resolve_target
 from elf_async.controlplane.aws import configured_region, connect
 from elf_async.controlplane.certs import thing_files
 from elf_async.controlplane.create import CreateRequest
-from elf_async.controlplane.ledger import Ledger
+from elf_async.controlplane.fleet import (
+    DEVICES_KEY,
+    SHARED_IDENTITY,
+    device_name,
+    identity_mode,
+    shared_identity_name,
+)
+from elf_async.controlplane.ledger import SHARED_STEPS, Ledger
 from elf_async.dataplane.connections import Endpoint, Identity
 from elf_async.dataplane.mqtt import DEFAULT_PORT, default_ca_file, read_ca
 from elf_async.dataplane.options import ConnectOptions
@@ -44,27 +51,62 @@ def aim(settings: Settings) -> Aim:
 def ready_identities(
     ledger: Ledger, state_dir: Path, *, count: int | None, offset: int = 0
 ) -> list[Identity]:
-    """The first `count` ready things after `offset` (all ready things without `count`)."""
-    ready = [record for record in ledger.things() if record.ready]
+    """The first `count` ready things after `offset` (all ready things without `count`); in a
+    shared-identity fleet, its virtual devices, each with its own client id and all with the
+    fleet's one key and certificate."""
+    meta = ledger.meta()
+    if identity_mode(meta) == SHARED_IDENTITY:
+        return _shared_identities(ledger, meta, state_dir, count=count, offset=offset)
+    things = [record for record in ledger.things() if record.ready]
+    wanted = _wanted(len(things), state_dir, count=count, offset=offset)
+    identities = [
+        Identity(record.name, record.index, *thing_files(state_dir, record.name))
+        for record in things[offset : offset + wanted]
+    ]
+    _check_files(identities, state_dir)
+    return identities
+
+
+def _shared_identities(
+    ledger: Ledger, meta: dict[str, str], state_dir: Path, *, count: int | None, offset: int
+) -> list[Identity]:
+    """A shared-identity fleet's devices: one key and certificate, checked once, for all."""
+    prefix = meta["prefix"]
+    try:
+        certificate = ledger.thing(shared_identity_name(prefix))
+    except KeyError:  # a create that stopped before it recorded the certificate
+        ready = 0
+    else:
+        ready = int(meta.get(DEVICES_KEY, "0")) if certificate.ready_for(SHARED_STEPS) else 0
+    wanted = _wanted(ready, state_dir, count=count, offset=offset)
+    key_file, cert_file = thing_files(state_dir, shared_identity_name(prefix))
+    _check_files([Identity(shared_identity_name(prefix), -1, key_file, cert_file)], state_dir)
+    return [
+        Identity(device_name(prefix, index), index, key_file, cert_file)
+        for index in range(offset, offset + wanted)
+    ]
+
+
+def _wanted(ready: int, state_dir: Path, *, count: int | None, offset: int) -> int:
+    """How many identities after `offset` a command takes of the `ready` ones."""
     if not ready:
         raise UsageError(f"no ready things in {state_dir} (run `elf-async create` first)")
-    wanted = len(ready) - offset if count is None else count
-    if wanted <= 0 or offset + wanted > len(ready):
+    wanted = ready - offset if count is None else count
+    if wanted <= 0 or offset + wanted > ready:
         raise UsageError(
-            f"{offset + max(wanted, 1)} ready things needed, the fleet has {len(ready)}"
+            f"{offset + max(wanted, 1)} ready things needed, the fleet has {ready}"
             + (f" (--things {count})" if count is not None else "")
         )
-    identities = []
-    for record in ready[offset : offset + wanted]:
-        key_file, cert_file = thing_files(state_dir, record.name)
-        identities.append(Identity(record.name, record.index, key_file, cert_file))
+    return wanted
+
+
+def _check_files(identities: list[Identity], state_dir: Path) -> None:
     missing = [i.name for i in identities if not (i.key_file.is_file() and i.cert_file.is_file())]
     if missing:
         raise UsageError(
             f"the key or certificate of {missing[0]} is missing from {state_dir / 'certs'}"
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
-    return identities
 
 
 async def resolve_endpoint(aimed: Aim, ledger: Ledger, options: ConnectOptions) -> Endpoint:

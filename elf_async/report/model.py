@@ -40,6 +40,13 @@ SCHEMA: Final = "elf-async/report/1"
 class Fleet(TypedDict):
     fleet_id: Annotated[str | None, "the fleet's id (null when the ledger has none)"]
     things: Annotated[int, "things sending (send) or subscribers (subscribe)"]
+    identity: NotRequired[
+        Annotated[
+            str,
+            "thing (a certificate per thing) or shared (one certificate, no things: "
+            "`create --identity shared`)",
+        ]
+    ]
 
 
 class Broker(TypedDict):

@@ -19,6 +19,7 @@ from elf_async.controlplane.fleet import (
 
 ARN = "arn:aws:iot:us-west-2:123456789012"
 THING_VARIABLE = "${iot:Connection.Thing.ThingName}"
+CLIENT_VARIABLE = "${iot:ClientId}"
 
 
 def allows(
@@ -44,6 +45,7 @@ def allows(
         for pattern in [resources] if isinstance(resources, str) else resources:
             if THING_VARIABLE in pattern and thing is None:
                 continue
+            pattern = pattern.replace(CLIENT_VARIABLE, client)
             if _matches(pattern.replace(THING_VARIABLE, thing or ""), resource):
                 return True
     return False
@@ -54,13 +56,16 @@ def _matches(pattern: str, text: str) -> bool:
     return re.fullmatch(regex, text) is not None
 
 
-def policy(*, shared_topics: bool, root: str = "elf") -> dict[str, Any]:
+def policy(
+    *, shared_topics: bool, root: str = "elf", shared_identity: bool = False
+) -> dict[str, Any]:
     text = policy_document(
         region="us-west-2",
         account="123456789012",
         topic_root=root,
         shared_topics=shared_topics,
         prefix="elf-x",
+        shared_identity=shared_identity,
     )
     assert len(re.sub(r"\s", "", text)) <= 2048  # AWS's limit on a policy document
     return dict(json.loads(text))
@@ -199,3 +204,56 @@ def test_name_checks() -> None:
     assert prefix_problem("x" * 130) is not None
     assert topic_root_problem("load/test") is None
     assert topic_root_problem("elf/#") is not None
+
+
+# `create --identity shared`: one certificate, no things; the client id is all a connection
+# proves, so the policy allows exactly the fleet's client ids, and scopes topics by them.
+
+
+@pytest.mark.parametrize("shared_topics", [False, True])
+def test_a_shared_identity_connects_only_with_a_client_id_of_the_prefix(
+    shared_topics: bool,
+) -> None:
+    document = policy(shared_topics=shared_topics, shared_identity=True)
+    for client in ("elf-x-00001", "elf-x-99999", "elf-x-00001-watch"):
+        assert allows(document, "iot:Connect", f"{ARN}:client/{client}", None, client), client
+    for client in ("otherprefix-1", "elf-x", "elf-xy-00001", "elf-x_00001", "elf-y-00001", "x"):
+        assert not allows(document, "iot:Connect", f"{ARN}:client/{client}", None, client), client
+    text = json.dumps(document)
+    assert "Thing" not in text  # no thing variable, condition or shadow: there are no things
+    assert "$aws/" not in text
+
+
+def test_a_shared_identity_scopes_topics_by_client_id() -> None:
+    document = policy(shared_topics=False, shared_identity=True)
+    me = "elf-x-00001"
+    for topic in (f"elf/{me}", f"elf/{me}/telemetry"):
+        for action in ("iot:Publish", "iot:Receive"):
+            assert allows(document, action, f"{ARN}:topic/{topic}", None, me), topic
+        assert allows(document, "iot:Subscribe", f"{ARN}:topicfilter/{topic}", None, me)
+    for topic in ("elf/elf-x-00002", "elf/elf-x-000011", "elf", "other/elf-x-00001"):
+        assert not allows(document, "iot:Publish", f"{ARN}:topic/{topic}", None, me), topic
+        assert not allows(document, "iot:Subscribe", f"{ARN}:topicfilter/{topic}", None, me)
+    shared = policy(shared_topics=True, shared_identity=True)
+    assert allows(shared, "iot:Publish", f"{ARN}:topic/elf/elf-x-00002", None, me)
+    assert not allows(shared, "iot:Publish", f"{ARN}:topic/other/x", None, me)
+
+
+def test_a_shared_identitys_watcher_still_reads_the_root_and_publishes_nowhere_else() -> None:
+    document = policy(shared_topics=False, shared_identity=True)
+    watcher = "elf-x-00001-watch"
+    assert allows(document, "iot:Subscribe", f"{ARN}:topicfilter/elf/elf-x-00001", None, watcher)
+    assert allows(document, "iot:Receive", f"{ARN}:topic/elf/elf-x-00001", None, watcher)
+    assert not allows(document, "iot:Publish", f"{ARN}:topic/elf/elf-x-00001", None, watcher)
+    device = "elf-x-00001"
+    assert not allows(document, "iot:Subscribe", f"{ARN}:topicfilter/elf/#", None, device)
+
+
+def test_a_shared_identitys_policy_fits_aws_limit_or_is_refused() -> None:
+    assert policy_problem(topic_root="elf", prefix="elf-x", shared_topics=False,
+                          shared_identity=True) is None  # fmt: skip
+    problem = policy_problem(
+        topic_root="t" * 300, prefix="p" * 100, shared_topics=False, shared_identity=True
+    )
+    assert problem is not None
+    assert "AWS IoT allows 2048" in problem
