@@ -40,6 +40,9 @@ def command(
         ("keys", "keys_dir"),
     ):
         print(f"{label:>14}: {status.get(key) or '-'}")
+    shared = status.get("shared_certificate")
+    if shared:
+        print(f"{'certificate':>14}: {shared['name']} ({shared['state']}, shared by every device)")
     things = status["things"]
     assert isinstance(things, dict)
     by_state = (

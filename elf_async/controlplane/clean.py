@@ -219,7 +219,30 @@ async def discover_fleet(
         ledger.adopt_thing(name, cert_arn=arn, has_policy=arn is not None)
     policy_arn = await _policy_arn(plane, policy)
     if policy_arn:
+        warnings += await _discover_shared(plane, ledger, policy, names)
         ledger.mark_fleet_resource("policy", policy, "created", arn=policy_arn)
+    return warnings
+
+
+async def _discover_shared(
+    plane: ControlPlane, ledger: Ledger, policy: str, names: set[str]
+) -> list[str]:
+    """The certificates the fleet policy holds besides its things' (a `--identity shared`
+    fleet's one certificate): adopted when nothing but the policy holds them, else let go of.
+    """
+    warnings: list[str] = []
+    known = {r.cert_arn for r in ledger.things()}
+    targets = await _pages(plane, "ListTargetsForPolicy", "targets", policyName=policy)
+    for arn in sorted(t for t in targets if ":cert/" in t and t not in known):
+        foreign = await _foreign_holders(plane, arn, set(), policy)
+        if foreign is None:
+            name = f"certificate-{arn.rsplit('/', 1)[-1]}"
+            ledger.add_identity(name)
+            ledger.mark(name, "cert", "created", cert_id=arn.rsplit("/", 1)[-1], cert_arn=arn)
+            ledger.mark(name, "policy", "created")
+            continue
+        await _gone_ok(plane, "DetachPolicy", policyName=policy, target=arn)
+        warnings.append(f"detached {policy} from {arn} (also held by {foreign}); it is left in AWS")
     return warnings
 
 

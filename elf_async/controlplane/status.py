@@ -9,10 +9,12 @@ from elf_async.controlplane.fleet import (
     DEVICES_KEY,
     PER_THING,
     SHARED,
+    SHARED_IDENTITY,
     identity_mode,
     per_thing_topics,
+    shared_identity_name,
 )
-from elf_async.controlplane.ledger import Ledger
+from elf_async.controlplane.ledger import SHARED_STEPS, Ledger, ThingRecord
 
 
 def fleet_status(state_dir: Path) -> dict[str, Any]:
@@ -26,6 +28,9 @@ def fleet_status(state_dir: Path) -> dict[str, Any]:
         records = ledger.things()
         if "fleet_id" not in meta and not records and not ledger.fleet_resources():
             return {"exists": False, "state_dir": str(state_dir), "empty_ledger": True}
+        shared = _shared_certificate(meta, records)
+        if shared is not None:
+            records = []  # the certificate's row: shown as `shared_certificate`, not a thing
         failed = {r.name: r.error_code for r in records if r.status == "failed"}
         return {
             "exists": True,
@@ -47,9 +52,10 @@ def fleet_status(state_dir: Path) -> dict[str, Any]:
             if "fleet_id" in meta
             else None,
             "keys_dir": str((state_dir / "certs").resolve()),
+            "shared_certificate": shared,
             "things": {
                 "total": len(records),
-                "by_state": ledger.count_by_status(),
+                "by_state": ledger.count_by_status() if records else {},
                 "failed": failed,
             },
             "fleet_resources": [
@@ -57,3 +63,17 @@ def fleet_status(state_dir: Path) -> dict[str, Any]:
                 for r in ledger.fleet_resources()
             ],
         }
+
+
+def _shared_certificate(meta: dict[str, str], records: list[ThingRecord]) -> dict[str, Any] | None:
+    """A shared-identity fleet's one certificate: its state (ready once it exists with the
+    policy attached), its id, and why it failed; None for a fleet of things."""
+    if identity_mode(meta) != SHARED_IDENTITY or "prefix" not in meta:
+        return None
+    name = shared_identity_name(meta["prefix"])
+    record = next((r for r in records if r.name == name), None)
+    if record is None:
+        return {"name": name, "state": "pending", "id": None}
+    state = "ready" if record.ready_for(SHARED_STEPS) else record.status
+    described = {"name": name, "state": state, "id": record.cert_id}
+    return described | ({"error": record.error_code} if record.error_code else {})

@@ -123,3 +123,34 @@ def test_bad_identity_input_is_one_line(cli: Cli, iot: Any) -> None:
         assert_one_line_error(cli(*args, timeout=120), 2, fragment)
     assert not cli.state_dir.exists()
     assert _left_in_aws(iot) == (0, 0, 0)
+
+
+def test_clean_fleet_finds_the_shared_certificate_without_the_ledger(
+    cli: Cli, iot: Any, test_ca: FixtureCA
+) -> None:
+    """No thing carries the fleet id: the fleet policy leads to its certificate, which is
+    deleted only when nothing else holds it (here a second fleet's, kept by its own policy)."""
+    created = json.loads(cli("create", "3", "--identity", "shared", *_ca(test_ca), "--json").stdout)
+    [ours] = iot.list_certificates()["certificates"]
+    assert json.loads(cli("status", "--json").stdout)["shared_certificate"] == {
+        "name": f"{created['prefix']}-shared",
+        "state": "ready",
+        "id": ours["certificateId"],
+    }
+    other = Cli(cli.state_dir.with_name("other"), cli.endpoint_url)
+    assert other("create", "1", "--identity", "shared", *_ca(test_ca)).returncode == 0
+    [theirs] = [c for c in iot.list_certificates()["certificates"] if c != ours]
+    policy = f"elf-{created['fleet_id']}-policy"
+    iot.attach_policy(policyName=policy, target=theirs["certificateArn"])
+    assert cli("clean", "--only-local", "--yes").returncode == 0
+
+    result = cli("clean", "--fleet", created["fleet_id"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    left = iot.list_certificates()["certificates"]
+    assert [c["certificateId"] for c in left] == [theirs["certificateId"]]
+    assert left[0]["status"] == "ACTIVE"
+    assert [p["policyName"] for p in iot.list_policies()["policies"]] != [policy]
+    assert len(iot.list_policies()["policies"]) == 1  # the other fleet's
+    assert "left in AWS" in result.stdout
+    assert other("clean").returncode == 0
+    assert _left_in_aws(iot) == (0, 0, 0)
