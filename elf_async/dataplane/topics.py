@@ -72,14 +72,17 @@ def validate_topic(topic: str, *, filter: bool = False) -> None:
             raise UsageError(f"--topic: {topic!r}: # must be the last level")
 
 
-def outside_policy(topic: str, root: str, *, thing: str, shared: bool) -> bool:
+def outside_policy(
+    topic: str, root: str, *, thing: str, shared: bool, shadows: bool = True
+) -> bool:
     """A topic (or a filter, read literally as AWS does) that the fleet's policy does not allow
     to `thing`'s connection: AWS IoT disconnects a client that publishes there and refuses
     the subscription. The policy (elf_async.controlplane.fleet.policy_document) allows
     ``<root>/<thing>`` and below, or with a `shared` policy anything under ``<root>/``; and
     either way the thing's own shadow topics, ``$aws/things/<thing>/shadow/...``. Nothing else:
-    no other ``$aws/`` topic (rules, jobs, another thing's shadow)."""
-    if topic.startswith(f"$aws/things/{thing}/shadow/"):
+    no other ``$aws/`` topic (rules, jobs, another thing's shadow). Without `shadows` (a
+    shared-identity fleet has no things, hence no shadows) not even those."""
+    if shadows and topic.startswith(f"$aws/things/{thing}/shadow/"):
         return False
     base = root.strip("/")
     if shared:

@@ -11,7 +11,7 @@ from typing import Any
 
 from elf_async import statelock
 from elf_async.config import check_region
-from elf_async.controlplane.fleet import identity_mode, per_thing_topics
+from elf_async.controlplane.fleet import THING_IDENTITY, identity_mode, per_thing_topics
 from elf_async.controlplane.ledger import Ledger
 from elf_async.dataplane.options import (
     ConnectOptions,
@@ -105,10 +105,13 @@ def plan_send(
         for identity, schedule in zip(identities, schedules, strict=True)
     ]
     per_thing = per_thing_topics(meta)
+    shadows = identity_mode(meta) == THING_IDENTITY  # a shared identity has no things
     outside = [
         t.topic
         for t in things
-        if outside_policy(t.topic, root, thing=t.identity.name, shared=not per_thing)
+        if outside_policy(
+            t.topic, root, thing=t.identity.name, shared=not per_thing, shadows=shadows
+        )
     ]
     if outside:
         warnings.lines.append(policy_warning(outside[0], root, per_thing=per_thing))

@@ -13,6 +13,7 @@ from typing import Any
 from elf_async import statelock
 from elf_async.config import check_region
 from elf_async.controlplane.fleet import (
+    THING_IDENTITY,
     allows_watch_ids,
     identity_mode,
     per_thing_topics,
@@ -94,7 +95,11 @@ def build_watches(
         for w in watches
         # A watcher (an alias client id) may read anything under the root, as a shared scope.
         if outside_policy(
-            w.topic, root, thing=w.identity.name, shared=not per_thing or bool(w.identity.alias)
+            w.topic,
+            root,
+            thing=w.identity.name,
+            shared=not per_thing or bool(w.identity.alias),
+            shadows=identity_mode(meta) == THING_IDENTITY,
         )
     ]
     if outside:  # e.g. --client-offset under a per-thing policy: watching another's topic

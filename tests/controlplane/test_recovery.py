@@ -210,3 +210,30 @@ async def test_an_intent_whose_call_never_ran_is_settled_quietly(tmp_path: Path)
     assert result.recovery.unresolved == []
     assert len(iot.certificate_ids()) == 2
     assert_one_certificate_per_thing(iot)
+
+
+@pytest.mark.parametrize(
+    ("operation", "mode"),
+    [
+        ("CreateCertificateFromCsr", "csr"),
+        ("RegisterCertificate", "ca"),
+        ("CreatePolicy", "csr"),
+        ("AttachPolicy", "ca"),
+    ],
+)
+async def test_a_shared_identity_killed_mid_create_is_finished_and_cleaned(
+    tmp_path: Path, operation: str, mode: str, ca_options: dict[str, Any]
+) -> None:
+    """`--identity shared`: a kill right after any of its calls answered leaves one
+    certificate at most, which the next create adopts and finishes, and clean removes."""
+    state, iot = tmp_path / "state", FakeIot()
+    options = (ca_options if mode == "ca" else {"cert_mode": mode}) | {"identity": "shared"}
+    with pytest.raises(Killed):
+        await create(state, iot, count=1000, lose_response={operation: 1}, **options)
+    result = await create(state, iot, count=1000, **options)
+    assert (result.summary.created, result.things_in_fleet) == (1000, 1000)
+    assert result.recovery.unresolved == []
+    assert len(iot.certificate_ids()) == 1  # none made twice, none orphaned
+    assert iot.things == {}
+    assert (await clean(state, iot)).summary.forgotten
+    assert iot.is_empty()

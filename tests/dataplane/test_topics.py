@@ -90,3 +90,11 @@ def test_only_the_things_own_shadow_among_aws_topics(shared: bool) -> None:
         "$aws/events/presence/connected/t1",
     ):
         assert outside(other), other
+
+
+def test_a_shared_identity_has_no_shadow_topics() -> None:
+    """`create --identity shared` makes no things: its policy allows no shadow topic."""
+    for shared in (False, True):
+        assert outside_policy("$aws/things/t1/shadow/update", "elf", thing="t1", shared=shared,
+                              shadows=False)  # fmt: skip
+        assert not outside_policy("elf/t1", "elf", thing="t1", shared=shared, shadows=False)

@@ -338,6 +338,12 @@ class FakeIot:
         page, nxt = self._page(items, marker, self.page_size)
         return {"policies": page, **({"nextMarker": nxt} if nxt else {})}
 
+    def list_targets_for_policy(self, policyName: str, marker: str | None = None) -> dict[str, Any]:
+        if policyName not in self.attached:
+            raise AwsError("ListTargetsForPolicy", "ResourceNotFoundException", "no such policy")
+        page, nxt = self._page(list(self.attached[policyName]), marker, self.page_size)
+        return {"targets": page, **({"nextMarker": nxt} if nxt else {})}
+
     @staticmethod
     def _page(items: list[Any], token: str | None, size: int) -> tuple[list[Any], str | None]:
         start = int(token or 0)
