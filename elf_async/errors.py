@@ -11,7 +11,8 @@ ElfError
     ├── CredentialsError    no AWS credentials found
     ├── PartialFailure      some things failed; the summary says which
     └── LocalStackError     the embedded local stack cannot start or is not running
-ThresholdFailed         exit 3: the run worked but a --threshold did not hold
+ThresholdFailed         exit 3: the run worked but a --threshold did not hold, or `report
+                        compare` found a metric that regressed beyond --max-regression
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class PartialFailure(RuntimeFailure):
 
 
 class ThresholdFailed(ElfError):
-    """A --threshold did not hold: exit 3."""
+    """A --threshold did not hold, or a metric regressed (`report compare`): exit 3."""
 
     exit_code = EXIT_THRESHOLD
 

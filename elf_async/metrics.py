@@ -2,7 +2,10 @@
 
 Recording stays cheap on the hot path: a value is rounded to ~3 significant digits (what
 the HDR histogram keeps anyway) and counted in a dict; the HDR histogram absorbs the counts
-when it is read. Counters are plain ints on each worker, sampled once a second.
+when it is read. Counters are plain ints on each worker, sampled once a second. A histogram
+made `per_second` also keeps what each second recorded (folded in when it is read, off the hot
+path), taken once a second as a `Window`: its HDR encoding, so that the seconds of several
+processes or shards merge exactly, never by averaging percentiles.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from hdrh.histogram import HdrHistogram
 
@@ -26,11 +29,12 @@ PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
 class Histogram:
     """Durations in seconds, kept in microseconds from 1 µs to 1 h (3 significant digits)."""
 
-    __slots__ = ("_hdr", "_pending")
+    __slots__ = ("_hdr", "_pending", "_second")
 
-    def __init__(self) -> None:
+    def __init__(self, *, per_second: bool = False) -> None:
         self._hdr = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
         self._pending: dict[int, int] = {}
+        self._second: dict[int, int] | None = {} if per_second else None
 
     def record(self, seconds: float) -> None:
         micros = int(seconds * 1_000_000)
@@ -41,10 +45,22 @@ class Histogram:
         pending[micros] = pending.get(micros, 0) + 1
 
     def _flush(self) -> HdrHistogram:
+        hdr, second = self._hdr, self._second
         for micros, count in self._pending.items():
-            self._hdr.record_value(min(max(micros, _LOWEST_US), _HIGHEST_US), count)
+            hdr.record_value(min(max(micros, _LOWEST_US), _HIGHEST_US), count)
+            if second is not None:
+                second[micros] = second.get(micros, 0) + count
         self._pending.clear()
-        return self._hdr
+        return hdr
+
+    def take_second(self) -> Window:
+        """What was recorded since the previous call (of a `per_second` histogram)."""
+        self._flush()
+        if self._second is None:
+            raise TypeError("take_second needs a per_second histogram")
+        window = Histogram()
+        window._pending, self._second = self._second, {}
+        return Window.of(window)
 
     def merge(self, other: Histogram) -> None:
         self._flush().add(other._flush())
@@ -54,10 +70,12 @@ class Histogram:
         return bytes(self._flush().encode())
 
     @classmethod
-    def decode(cls, data: bytes) -> Histogram:
+    def decode(cls, *encodings: bytes) -> Histogram:
+        """One histogram of the sum of `encodings` (an empty one is an empty histogram)."""
         histogram = cls()
-        if data:
-            histogram._hdr.decode_and_add(data)
+        for data in encodings:
+            if data:
+                histogram._hdr.decode_and_add(data)
         return histogram
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -93,18 +111,50 @@ def merged(histograms: Iterable[Histogram]) -> Histogram:
     return total
 
 
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One second of a histogram, as a series row keeps it: its HDR encoding (empty when
+    nothing was recorded) and the percentiles the row shows, computed from that encoding."""
+
+    encoded: bytes
+    p50_ms: float | None
+    p99_ms: float | None
+
+    @classmethod
+    def of(cls, histogram: Histogram) -> Window:
+        if not histogram.count:
+            return EMPTY_WINDOW
+        p50, p99 = histogram.percentile_ms(50), histogram.percentile_ms(99)
+        return cls(histogram.encode(), p50, p99)
+
+    @classmethod
+    def merged(cls, windows: Iterable[Window]) -> Window:
+        """The windows of one second, as one: their histograms merged, the percentiles
+        computed again (never averaged)."""
+        return cls.of(Histogram.decode(*(w.encoded for w in windows)))
+
+
+EMPTY_WINDOW: Final = Window(b"", None, None)
+
+
 def merge_series(parts: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Series of processes that share one time origin, as one: the rows falling in the same
-    second are summed (counts and gauges alike); `t` is the latest of them."""
+    """Series that share one time origin, as one: the rows falling in the same second are
+    summed (counts and gauges alike), their `Window`s merged; `t` is the latest of them."""
     seconds: dict[int, dict[str, Any]] = {}
+    windows: dict[tuple[int, str], list[Window]] = {}
     for rows in parts:
         for row in rows:
-            merged_row = seconds.setdefault(math.ceil(row["t"] - 1e-9), {"t": row["t"]})
+            second = math.ceil(row["t"] - 1e-9)
+            merged_row = seconds.setdefault(second, {"t": row["t"]})
             for name, value in row.items():
                 if name == "t":
                     merged_row["t"] = max(merged_row["t"], value)
+                elif isinstance(value, Window):
+                    windows.setdefault((second, name), []).append(value)
                 else:
                     merged_row[name] = merged_row.get(name, 0) + value
+    for (second, name), found in windows.items():
+        seconds[second][name] = found[0] if len(found) == 1 else Window.merged(found)
     return [seconds[second] for second in sorted(seconds)]
 
 

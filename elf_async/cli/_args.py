@@ -32,7 +32,8 @@ AppendThingName = Annotated[
     bool, typer.Option(help="Append /{thing} to --topic (the seed's flag).")
 ]
 Report = Annotated[
-    Path | None, typer.Option(help="Write the JSON report (schema elf-async/report/1) here.")
+    Path | None,
+    typer.Option(help="Write the JSON report (schema elf-async/report/2; reads 1 and 2) here."),
 ]
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +33,7 @@ from elf_async.dataplane.topics import TopicTemplate
 from elf_async.errors import UsageError
 from elf_async.jobs.send import SendOptions
 from elf_async.jobs.subscribe import SubscribeOptions
+from elf_async.report.merge import check_report
 from elf_async.units import parse_duration, parse_rate
 
 DEFAULT_RATE = "1/s"  # the seed's pace
@@ -289,3 +292,15 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _jsonable(item) for key, item in value.items()}
     return str(value) if isinstance(value, Path) else value
+
+
+def read_report(path: Path) -> Mapping[str, Any]:
+    """A JSON report given on the command line (`report merge`, `report compare`): readable,
+    JSON, and of a schema this version reads; anything else is one line naming the file."""
+    try:
+        data = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"{path}: not JSON ({exc})") from None
+    return check_report(str(path), data)

@@ -33,6 +33,7 @@ from elf_async.metrics import Histogram, Series
 from elf_async.stopping import StopSignal
 
 SERIES_FIELDS = ("scheduled", "published", "acked", "failed", "reconnects")
+SERIES_WINDOWS = ("ack", "lag")  # the `Shared` histograms each series row has a `Window` of
 _BATCH_BYTES = 1 << 18  # one pump frames at most about this much (then pumps again)
 _TICK = 0.001  # the scheduler's shortest sleep (s): messages due within it go together
 _BURST = 256  # due messages the scheduler hands out before it yields to the event loop
@@ -46,8 +47,9 @@ _WATCH_AFTER = 0.002  # a longer pause of the scheduler: read PUBACKs as they co
 class Shared:
     """Histograms every publisher records into (one event loop: no locking)."""
 
-    lag: Histogram = field(default_factory=Histogram)  # send time - due time
-    ack: Histogram = field(default_factory=Histogram)  # PUBACK time - due time
+    # Per second as well: the series' per-second percentiles (`SERIES_WINDOWS`).
+    lag: Histogram = field(default_factory=lambda: Histogram(per_second=True))  # send - due time
+    ack: Histogram = field(default_factory=lambda: Histogram(per_second=True))  # PUBACK - due
     ack_from_send: Histogram = field(default_factory=Histogram)  # PUBACK time - send time
 
 
@@ -516,7 +518,8 @@ class Sender:
             second += 1
 
     def _sample(self, second: float, now: Totals) -> dict[str, Any]:
-        return self.series.sample(second, now.as_dict(), connected=self.connected)
+        windows = {name: getattr(self.shared, name).take_second() for name in SERIES_WINDOWS}
+        return self.series.sample(second, now.as_dict(), connected=self.connected, **windows)
 
     def _snapshot(self, second: float, row: dict[str, Any], now: Totals) -> Snapshot:
         return Snapshot(

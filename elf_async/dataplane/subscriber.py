@@ -105,7 +105,7 @@ class Subscriber:
     on_message: Callable[[str, bytes | bytearray], None] = lambda topic, payload: None
     on_tick: Callable[[dict[str, Any]], None] = lambda row: None
     trackers: dict[str, SequenceTracker] = field(default_factory=dict)
-    latency: Histogram = field(default_factory=Histogram)
+    latency: Histogram = field(default_factory=lambda: Histogram(per_second=True))
     series: Series = field(default_factory=lambda: Series(SERIES_FIELDS))
     unstamped: int = 0
 
@@ -175,7 +175,9 @@ class Subscriber:
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
         await asyncio.gather(*(w.link.close() for w in self.watches if w.link))
-        self.series.sample(time.monotonic() - clock, self._totals())
+        self.series.sample(
+            time.monotonic() - clock, self._totals(), end_to_end=self.latency.take_second()
+        )
         return SubscribeResult(
             watches=self.watches,
             trackers=self.trackers,
@@ -195,6 +197,8 @@ class Subscriber:
         while True:
             await asyncio.sleep(max(0.0, clock + second - time.monotonic()))
             connected = sum(1 for w in self.watches if w.link is not None)
-            row = self.series.sample(second, self._totals(), connected=connected)
+            row = self.series.sample(
+                second, self._totals(), connected=connected, end_to_end=self.latency.take_second()
+            )
             self.on_tick(row | {"things": len(self.watches), "p99": self.latency.percentile_ms(99)})
             second += 1

@@ -299,11 +299,12 @@ async def _show(
 
 
 def _summed(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Counts of several workers added up (the time stamp of a row is not a count)."""
+    """Counts of several workers added up (a row's time stamp and its per-second histograms,
+    which the report merges at the end, are not counts)."""
     total: dict[str, Any] = {}
     for row in rows:
         for name, value in row.items():
-            if name != "t":
+            if name != "t" and isinstance(value, int):
                 total[name] = total.get(name, 0) + value
     return total
 

@@ -1,8 +1,11 @@
 """The JSON report of a run, built from what `send` and `subscribe` counted.
 
-Its layout (schema ``elf-async/report/1``: every field, its type and meaning) is
+Its layout (schema ``elf-async/report/2``: every field, its type and meaning) is
 elf_async.report.model; this module fills it in. The tallies below are a send's counts detached
-from the live objects, so that `send --workers` can pickle them and add them up.
+from the live objects, so that `send --workers` can pickle them and add them up. A tally's
+series rows hold each second's histograms as `metrics.Window`s; the report shows their
+percentiles as columns and keeps their encodings in `histograms`, from which `report merge`
+rebuilds the rows (`windowed_series`).
 """
 
 from __future__ import annotations
@@ -10,19 +13,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, Final, TypedDict, cast
 
 from elf_async import __version__
 from elf_async.dataplane.connections import Connector, Endpoint
-from elf_async.dataplane.sender import SendResult, Shared
+from elf_async.dataplane.sender import SERIES_WINDOWS, SendResult, Shared
 from elf_async.dataplane.subscriber import SubscribeResult
 from elf_async.dataplane.tally import Totals
 from elf_async.errors import UsageError
 from elf_async.files import write_public
-from elf_async.metrics import Histogram, merge_series, merged
+from elf_async.metrics import EMPTY_WINDOW, Histogram, Window, merge_series, merged
 from elf_async.report.model import (
     SCHEMA,
     CommonReport,
@@ -30,8 +33,10 @@ from elf_async.report.model import (
     ReportHead,
     RunReport,
     RunSummary,
+    SendHistograms,
     SendReport,
     SendSecond,
+    SubscribeHistograms,
     SubscribeReport,
     SubscribeSecond,
     ThresholdResult,
@@ -185,6 +190,62 @@ def _fleet_order(thing: ThingTally) -> int:
     return thing.index
 
 
+# Each second's histograms of a series row: the window's name, and its columns' prefix.
+SEND_WINDOWS: Final = {name: name for name in SERIES_WINDOWS}
+SUBSCRIBE_WINDOWS: Final = {"end_to_end": "e2e"}
+
+
+def text(encoded: bytes) -> str:
+    """An HDR encoding (base64, so ASCII) as the report's JSON text."""
+    return encoded.decode("ascii")
+
+
+def report_series(
+    rows: Sequence[dict[str, Any]], windows: dict[str, str]
+) -> tuple[list[dict[str, Any]], list[dict[str, str | None]]]:
+    """A tally's rows as the report's: each `Window` becomes its p50/p99 columns, and its
+    encoding goes to the row's entry of `histograms.seconds` (null when nothing was recorded)."""
+    series, seconds = [], []
+    for row in rows:
+        out = {name: value for name, value in row.items() if not isinstance(value, Window)}
+        encodings: dict[str, str | None] = {}
+        for name, prefix in windows.items():
+            window = row.get(name, EMPTY_WINDOW)
+            out[f"{prefix}_p50_ms"] = window.p50_ms
+            out[f"{prefix}_p99_ms"] = window.p99_ms
+            encodings[name] = text(window.encoded) if window.encoded else None
+        series.append(out)
+        seconds.append(encodings)
+    return series, seconds
+
+
+def windowed_series(
+    series: Sequence[Mapping[str, Any]],
+    seconds: Sequence[Mapping[str, str | None]],
+    windows: dict[str, str],
+    *,
+    shift: float = 0.0,
+) -> list[dict[str, Any]]:
+    """`report_series` undone: a report's rows with their `Window`s back (from their columns
+    and encodings), `t` moved by `shift`."""
+    rows = []
+    for row, encodings in zip(series, seconds, strict=True):
+        out = {name: value for name, value in row.items() if not name.endswith(_PERCENTILES)}
+        out["t"] = row["t"] + shift
+        for name, prefix in windows.items():
+            encoded = encodings.get(name)
+            out[name] = (
+                Window(encoded.encode(), row[f"{prefix}_p50_ms"], row[f"{prefix}_p99_ms"])
+                if encoded
+                else EMPTY_WINDOW
+            )
+        rows.append(out)
+    return rows
+
+
+_PERCENTILES: Final = ("_p50_ms", "_p99_ms")
+
+
 def iso(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds")
 
@@ -232,7 +293,7 @@ def base_report(
 ) -> CommonReport:
     """The fields every report of a send or a subscribe has."""
     return {
-        **_head(command, outcome, started_at, ended_at, options),
+        **_head(command, outcome, started_at, ended_at, options),  # type: ignore[typeddict-item]
         "fleet": {"fleet_id": fleet_id, "things": things},
         "endpoint": {"host": endpoint.host, "port": endpoint.port, "alpn": endpoint.alpn},
         "connections": {
@@ -288,6 +349,14 @@ def send_report(
     several: _Workers = {}
     if result.workers > 1:
         several["workers"] = {"count": result.workers, "lost": result.lost}
+    series, seconds = report_series(result.series, SEND_WINDOWS)
+    histograms: SendHistograms = {
+        "connect": text(result.connections.connect_time.encode()),
+        "ack": text(shared.ack.encode()),
+        "ack_from_send": text(shared.ack_from_send.encode()),
+        "lag": text(shared.lag.encode()),
+        "seconds": cast(Any, seconds),
+    }
     return {
         **common,
         "latency_ms": {
@@ -297,7 +366,7 @@ def send_report(
             "lag": latency(shared.lag),
         },
         # Series rows are sampled by name from `Totals` (dataplane.sender.SERIES_FIELDS).
-        "series": cast(list[SendSecond], result.series),
+        "series": cast(list[SendSecond], series),
         "messages": {
             "qos": qos,
             "scheduled": totals.scheduled,
@@ -328,6 +397,7 @@ def send_report(
             for t in result.things
         ],
         **several,
+        "histograms": histograms,
     }
 
 
@@ -360,6 +430,12 @@ def subscribe_report(
     trackers = result.trackers
     received = sum(t.received for t in trackers.values())
     window = result.listen_window_s
+    series, seconds = report_series(result.series.rows, SUBSCRIBE_WINDOWS)
+    histograms: SubscribeHistograms = {
+        "connect": text(connections.connect_time.encode()),
+        "end_to_end": text(result.latency.encode()),
+        "seconds": cast(Any, seconds),
+    }
     return {
         **common,
         "latency_ms": {
@@ -367,7 +443,7 @@ def subscribe_report(
             "end_to_end": latency(result.latency),
         },
         # Series rows are sampled by name (dataplane.subscriber.SERIES_FIELDS).
-        "series": cast(list[SubscribeSecond], result.series.rows),
+        "series": cast(list[SubscribeSecond], series),
         "messages": {
             "qos": qos,
             "received": received,
@@ -399,6 +475,7 @@ def subscribe_report(
             }
             for w in result.watches
         ],
+        "histograms": histograms,
     }
 
 

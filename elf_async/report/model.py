@@ -1,11 +1,13 @@
-"""The JSON report, schema ``elf-async/report/1``, as types: the one description of its layout.
+"""The JSON report, schema ``elf-async/report/2``, as types: the one description of its layout.
 
 `elf_async.report.document` builds these, `elf_async.report.verdict` and `thresholds` read
 them (the metric names a threshold may use are this model's numeric fields), and the README's
 report table is `readme_table()` (tests/report/test_model.py keeps them equal). A report is
 JSON, so each part is a TypedDict whose fields carry a one-line description:
 ``Annotated[type, "description"]``, read back by `fields_of`. Renaming, removing or retyping a
-field breaks the readers of ``elf-async/report/1``: that takes a new schema number.
+field breaks the readers of a schema: that takes a new schema number. Version 2 added the
+per-second latency columns of `series` and the encoded `histograms` (so that reports merge
+exactly: `elf-async report merge`); readers accept both (`SCHEMAS`).
 
 Counts are exact: ``acked <= published <= scheduled`` and ``unsent = scheduled - published``.
 A thing that never connected owes its whole schedule (what fell due until the stop, when
@@ -32,7 +34,12 @@ from typing import (
     is_typeddict,
 )
 
-SCHEMA: Final = "elf-async/report/1"
+SCHEMA: Final = "elf-async/report/2"
+SCHEMAS: Final = ("elf-async/report/1", SCHEMA)  # what readers (report merge, compare) accept
+HDR: Final = (
+    "HDR histogram of µs (1 µs to 1 h, 3 significant digits) in its compressed base64 wire "
+    "form (`HdrHistogram.encode`)"
+)
 
 # Common to every report.
 
@@ -99,6 +106,12 @@ class ReportHead(TypedDict):
     options: Annotated[dict[str, Any], "the options used"]
 
 
+class Shards(TypedDict):
+    count: Annotated[int, "shards the fleet was split into (`shard.count` of the reports)"]
+    merged: Annotated[int, "shard reports merged"]
+    missing: Annotated[int, "shards without a report (more than 0 fails the merge: exit 1)"]
+
+
 class CommonReport(ReportHead):
     fleet: Annotated[Fleet, "the fleet used; `things` sent (send) or subscribed (subscribe)"]
     endpoint: Annotated[Broker, "the broker used"]
@@ -106,6 +119,12 @@ class CommonReport(ReportHead):
         Connections,
         "every CONNECT attempt, reconnections included; `errors` counts reasons (e.g. "
         "`UNKNOWN_CA`)",
+    ]
+    shards: NotRequired[
+        Annotated[
+            Shards,
+            "a report made by `report merge`: the shards expected, merged and missing",
+        ]
     ]
 
 
@@ -143,6 +162,27 @@ class SendSecond(TypedDict):
     failed: Annotated[int, "failed in this second (at the end)"]
     reconnects: Annotated[int, "reconnections in this second"]
     connected: Annotated[int, "connections open"]
+    ack_p50_ms: NotRequired[
+        Annotated[float | None, "median ack latency of this second's PUBACKs (null: none; v2)"]
+    ]
+    ack_p99_ms: NotRequired[Annotated[float | None, "their 99th percentile (v2)"]]
+    lag_p50_ms: NotRequired[
+        Annotated[float | None, "median lag of this second's publishes (null: none; v2)"]
+    ]
+    lag_p99_ms: NotRequired[Annotated[float | None, "their 99th percentile (v2)"]]
+
+
+class SendSecondHistograms(TypedDict):
+    ack: Annotated[str | None, "this second's ack latencies (null: none)"]
+    lag: Annotated[str | None, "this second's lags (null: none)"]
+
+
+class SendHistograms(TypedDict):
+    connect: Annotated[str, "the whole run's connect times"]
+    ack: Annotated[str, "its ack latencies"]
+    ack_from_send: Annotated[str, "its PUBACK - send times"]
+    lag: Annotated[str, "its lags"]
+    seconds: Annotated[list[SendSecondHistograms], "one per `series` row, in the same order"]
 
 
 class SendThing(TypedDict):
@@ -193,6 +233,13 @@ class SendReport(CommonReport):
     workers: NotRequired[
         Annotated[Workers, "`send --workers N` with N > 1: `lost` says whose counts are missing"]
     ]
+    histograms: NotRequired[
+        Annotated[
+            SendHistograms,
+            f"v2: the latencies as {HDR}, for the whole run and per second (`seconds`, one per "
+            "`series` row; null: nothing recorded), so that reports merge exactly",
+        ]
+    ]
 
 
 # `subscribe`.
@@ -222,6 +269,20 @@ class SubscribeSecond(TypedDict):
     lost: Annotated[int, "newly missing sequence numbers"]
     duplicates: Annotated[int, "duplicates in this second"]
     connected: NotRequired[Annotated[int, "connections open (absent from the last row)"]]
+    e2e_p50_ms: NotRequired[
+        Annotated[float | None, "median end-to-end latency of this second (null: none; v2)"]
+    ]
+    e2e_p99_ms: NotRequired[Annotated[float | None, "its 99th percentile (v2)"]]
+
+
+class SubscribeSecondHistograms(TypedDict):
+    end_to_end: Annotated[str | None, "this second's end-to-end latencies (null: none)"]
+
+
+class SubscribeHistograms(TypedDict):
+    connect: Annotated[str, "the whole run's connect times"]
+    end_to_end: Annotated[str, "its end-to-end latencies"]
+    seconds: Annotated[list[SubscribeSecondHistograms], "one per `series` row, in the same order"]
 
 
 class SubscribeThing(TypedDict):
@@ -258,6 +319,12 @@ class SubscribeReport(CommonReport):
     rate: Annotated[SubscribeRate, "received per second of listening"]
     things: Annotated[list[SubscribeThing], "per sending thing"]
     subscribers: Annotated[list[Subscriber], "per subscribing connection"]
+    histograms: NotRequired[
+        Annotated[
+            SubscribeHistograms,
+            f"v2: the latencies as {HDR}, for the whole run and per `series` row",
+        ]
+    ]
 
 
 # `run`: the send phase's report, and how the run went.

@@ -11,20 +11,28 @@ happen cannot judge it (`run` applies both and 1 wins over a threshold's 3, see
   for `run`, also certificates an interrupted create could not resolve.
 - `subscribe_problems`: a subscriber that never connected.
 - both: a session takeover, connections the broker closed right after they reopened, again and
-  again, because another client connected with the same client id.
+  again, because another client connected with the same client id; and, in a report made by
+  `report merge`, a shard whose report is missing.
 
-`judge_send`, `judge_subscribe` and `judge_run` turn those problems (and `run`'s thresholds and
-failed phases) into the one line each command prints first, and alone with `-q`: passed or
-failed, why, and the figures that say so (achieved against target, acknowledged against
-scheduled, the 99th percentile).
+`judge_send`, `judge_subscribe`, `judge_run` and `judge_merge` turn those problems (and the
+thresholds, and `run`'s failed phases) into the one line each command prints first, and alone
+with `-q`: passed or failed, why, and the figures that say so (achieved against target,
+acknowledged against scheduled, the 99th percentile).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
-from elf_async.report.model import Connections, LatencySummary, SendReport, SubscribeReport
+from elf_async.report.model import (
+    CommonReport,
+    Connections,
+    LatencySummary,
+    SendReport,
+    SubscribeReport,
+)
 from elf_async.report.thresholds import Verdict
 
 # Connections taken over this many times: another client uses the same client ids, so the
@@ -44,11 +52,22 @@ def takeover_problem(connections: Connections) -> list[str]:
     ]
 
 
+def shards_problem(report: CommonReport) -> list[str]:
+    """A merged report without every shard's: the fleet's load is not all counted."""
+    shards = report.get("shards")
+    if not shards or not shards["missing"]:
+        return []
+    return [
+        f"{shards['missing']} of {shards['count']} shards are missing: the measurement is "
+        "incomplete"
+    ]
+
+
 def send_problems(report: SendReport, *, unresolved: Sequence[str] = ()) -> list[str]:
     """What went wrong in a send report; `unresolved` are the warnings of create's recovery
     (`RecoveryResult.unresolved`), which `run` passes."""
     messages, connections = report["messages"], report["connections"]
-    problems = takeover_problem(connections)
+    problems = shards_problem(report) + takeover_problem(connections)
     if connections["things_failed"]:
         problems.append(f"{connections['things_failed']} things could not connect")
     if messages["unsent"]:
@@ -68,7 +87,7 @@ def subscribe_problems(report: SubscribeReport) -> list[str]:
     not failures (a threshold judges them); a subscriber that never connected, or a session
     takeover, is."""
     connections = report["connections"]
-    problems = takeover_problem(connections)
+    problems = shards_problem(report) + takeover_problem(connections)
     if connections["things_failed"]:
         problems.append(f"{connections['things_failed']} subscribers could not connect")
     return problems
@@ -154,6 +173,37 @@ def judge_run(
     """`run`'s verdict: its `failure` (a failed phase, send's own verdict included), else the
     failed thresholds; the send phase's figures and how many thresholds held."""
     figures = send_figures(report) if report is not None else []
+    return _thresholded("run", interrupted or "completed", failure, figures, thresholds)
+
+
+def judge_report(report: SendReport | SubscribeReport) -> Judgement:
+    """A send's or a subscribe's verdict, by the report's command (`report merge`'s reports)."""
+    if report["command"] == "send":
+        return judge_send(cast(SendReport, report))
+    return judge_subscribe(cast(SubscribeReport, report))
+
+
+def failure_of(judgement: Judgement) -> str | None:
+    """A failed verdict as `run` and `report merge` word it: ``send failed: why``."""
+    return (
+        f"{judgement.command} failed: {'; '.join(judgement.reasons)}" if judgement.reasons else None
+    )
+
+
+def judge_merge(own: Judgement, *, thresholds: Sequence[Verdict]) -> Judgement:
+    """`report merge`'s verdict: the merged report's `own` (`judge_report`: a missing shard
+    fails it, see `shards_problem`), then its thresholds, as `run` words them."""
+    return _thresholded("merge", own.outcome, failure_of(own), list(own.figures), thresholds)
+
+
+def _thresholded(
+    command: str,
+    outcome: str,
+    failure: str | None,
+    figures: list[str],
+    thresholds: Sequence[Verdict],
+) -> Judgement:
+    """A command's `failure` (its own verdict), else its failed thresholds."""
     failed = [v for v in thresholds if not v.ok]
     if thresholds and not failed:
         figures.append(f"{len(thresholds)} thresholds held")
@@ -165,7 +215,7 @@ def judge_run(
             f"{len(failed)} of {len(thresholds)} thresholds failed: "
             + "; ".join(v.describe().removesuffix(" FAILED") for v in failed)
         )
-    return Judgement("run", interrupted or "completed", reasons, figures)
+    return Judgement(command, outcome, reasons, figures)
 
 
 def _ms(summary: LatencySummary) -> str:

@@ -58,7 +58,7 @@ def test_run_local_passes_reports_and_leaves_nothing(
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads(report.read_text())
     assert (document["options"]["max_inflight"], document["options"]["stamp"]) == (7, False)
-    assert document["schema"] == "elf-async/report/1"
+    assert document["schema"] == "elf-async/report/2"
     assert_conforms(document, RunReport)
     assert document["messages"]["published"] == document["messages"]["scheduled"] > 0
     assert document["connections"]["succeeded"] == 3

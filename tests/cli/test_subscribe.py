@@ -109,7 +109,7 @@ def test_counts_received_lost_duplicated_out_of_order_and_latency(
     stdout = "".join(printed)
     assert f"elf/{names[0]} (" in stdout  # each message printed: topic, size, payload
     report: dict[str, Any] = json.loads(report_file.read_text())
-    assert report["schema"] == "elf-async/report/1"
+    assert report["schema"] == "elf-async/report/2"
     assert_conforms(report, SubscribeReport)
     assert report["outcome"] == "interrupted"
     rows = {row["name"]: row for row in report["things"]}

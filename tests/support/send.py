@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from elf_async.local.mosquitto import Mosquitto
-from elf_async.report.model import SendReport
+from elf_async.report.model import SCHEMA, SendReport
 from support.fixtures import Cli
 from support.mqtt import FixtureCA
 from support.report import assert_conforms
@@ -44,6 +44,6 @@ def send(
 def load(path: Path) -> dict[str, Any]:
     """A send report, which must have exactly the fields of the model."""
     report: dict[str, Any] = json.loads(path.read_text())
-    assert report["schema"] == "elf-async/report/1"
+    assert report["schema"] == SCHEMA
     assert_conforms(report, SendReport)
     return report

@@ -1,0 +1,141 @@
+"""`report merge` as logic (elf_async.report.merge): shard reports built by the real document
+code (support.report.sent_report) merged exactly, and every report that cannot be merged refused
+with a line naming it."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+from support.report import assert_conforms, sent_report
+
+from elf_async.errors import UsageError
+from elf_async.metrics import Histogram
+from elf_async.report.document import latency
+from elf_async.report.merge import merge
+from elf_async.report.model import SendReport
+from elf_async.report.verdict import judge_report
+
+# Two shards' ack latencies, second by second (seconds): different enough that an average of
+# their percentiles differs from the percentile of the merged histogram.
+FAST = [[0.001, 0.002, 0.003], [0.002, 0.004]]
+SLOW = [[0.050, 0.120], [0.080, 0.300, 0.400, 0.500]]
+
+
+def _decoded(text: str) -> Histogram:
+    return Histogram.decode(text.encode())
+
+
+def _values_histogram(values: list[float]) -> Histogram:
+    histogram = Histogram()
+    for value in values:
+        histogram.record(value)
+    return histogram
+
+
+def test_counts_sum_and_latencies_come_from_the_merged_histograms() -> None:
+    a = sent_report(seconds=FAST, names=("elf-0", "elf-1"), shard=(0, 2))
+    b = sent_report(seconds=SLOW, names=("elf-2", "elf-3"), shard=(1, 2))
+    merged: Any = merge([("a.json", a), ("b.json", b)])
+    assert_conforms(merged, SendReport)
+    for name in ("scheduled", "published", "acked", "failed", "unsent"):
+        assert merged["messages"][name] == a["messages"][name] + b["messages"][name]
+    assert merged["fleet"]["things"] == 4
+    assert [t["name"] for t in merged["things"]] == ["elf-0", "elf-1", "elf-2", "elf-3"]
+    assert merged["shards"] == {"count": 2, "merged": 2, "missing": 0}
+    both = Histogram.decode(a["histograms"]["ack"].encode(), b["histograms"]["ack"].encode())
+    assert merged["latency_ms"]["ack"] == latency(both)
+    assert merged["latency_ms"]["ack"]["count"] == 11
+    # Exact, not averaged: the percentiles of all the values recorded.
+    every = _values_histogram([v for s in FAST + SLOW for v in s])
+    assert merged["latency_ms"]["ack"]["p50"] == every.percentile_ms(50)
+    averaged = (a["latency_ms"]["ack"]["p50"] + b["latency_ms"]["ack"]["p50"]) / 2
+    assert merged["latency_ms"]["ack"]["p50"] != averaged
+    assert judge_report(merged).passed
+
+
+def test_the_series_merge_by_second_with_percentiles_of_the_merged_second() -> None:
+    a = sent_report(seconds=FAST, shard=(0, 2))
+    b = sent_report(seconds=SLOW, names=("elf-2", "elf-3"), shard=(1, 2))
+    merged: Any = merge([("a.json", a), ("b.json", b)])
+    rows, seconds = merged["series"], merged["histograms"]["seconds"]
+    assert [r["t"] for r in rows] == [1, 2]
+    for i, row in enumerate(rows):
+        assert row["acked"] == a["series"][i]["acked"] + b["series"][i]["acked"]
+        values = FAST[i] + SLOW[i]
+        assert row["ack_p50_ms"] == _values_histogram(values).percentile_ms(50)
+        assert row["ack_p99_ms"] == _values_histogram(values).percentile_ms(99)
+        assert _decoded(seconds[i]["ack"]).count == len(values)
+
+
+def test_a_later_shard_s_rows_land_on_the_seconds_of_absolute_time() -> None:
+    a = sent_report(seconds=FAST, started_at=1.7e9, shard=(0, 2))
+    b = sent_report(seconds=SLOW, started_at=1.7e9 + 1, names=("elf-2",), shard=(1, 2))
+    merged: Any = merge([("b.json", b), ("a.json", a)])
+    assert merged["started_at"] == a["started_at"]
+    acked = [r["acked"] for r in merged["series"]]
+    # a's seconds 1 and 2; b's seconds 1 and 2 are the fleet's seconds 2 and 3.
+    assert acked == [3, 2 + 2, 4]
+    assert merged["series"][1]["ack_p99_ms"] == _values_histogram(FAST[1] + SLOW[0]).percentile_ms(
+        99
+    )
+
+
+def test_a_missing_shard_is_recorded_and_fails_the_verdict() -> None:
+    merged: Any = merge([("a.json", sent_report(seconds=FAST, shard=(0, 3)))])
+    assert merged["shards"] == {"count": 3, "merged": 1, "missing": 2}
+    judgement = judge_report(merged)
+    assert not judgement.passed
+    assert "2 of 3 shards are missing" in judgement.line()
+
+
+def test_reports_without_shard_count_one_shard_each() -> None:
+    merged: Any = merge(
+        [("a.json", sent_report(seconds=FAST)), ("b.json", sent_report(seconds=SLOW))]
+    )
+    assert merged["shards"] == {"count": 2, "merged": 2, "missing": 0}
+
+
+def _v1(report: dict[str, Any]) -> dict[str, Any]:
+    old = {k: v for k, v in report.items() if k != "histograms"}
+    old["schema"] = "elf-async/report/1"
+    return old
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r.update(shard={"index": 0, "count": 2}), "shard 0 is also a.json"),
+        (lambda r: r.update(command="subscribe"), "a subscribe report, but a.json is a send"),
+        (lambda r: r["fleet"].update(fleet_id="other"), "fleet other, but a.json is of fleet f"),
+        (lambda r: r["messages"].update(qos=0), "QoS 0, but a.json used QoS 1"),
+        (lambda r: r.update(schema="elf-async/report/9"), "unknown report schema"),
+        (lambda r: r.pop("schema"), "not an elf-async report"),
+        (lambda r: r.update(command="run"), "a run report that never sent"),
+        (lambda r: r.update(shard={"index": 2, "count": 2}), "shard 2/2 is not a shard index"),
+        (lambda r: r.update(shard={"index": 1, "count": 3}), "a shard of 3, unlike a.json"),
+        (lambda r: r.pop("shard"), "b.json: not a shard's report"),
+    ],
+)
+def test_what_cannot_be_merged_is_one_line_naming_the_file(change: Any, message: str) -> None:
+    a = sent_report(seconds=FAST, shard=(0, 2))
+    b = sent_report(seconds=SLOW, names=("elf-2",), shard=(1, 2))
+    change(b)
+    with pytest.raises(UsageError, match=r"^b\.json: ") as raised:
+        merge([("a.json", a), ("b.json", b)])
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_version_1_report_is_refused_it_has_no_histograms() -> None:
+    a = sent_report(seconds=FAST)
+    with pytest.raises(UsageError, match="elf-async/report/1 has no histograms"):
+        merge([("a.json", a), ("b.json", _v1(sent_report(seconds=SLOW)))])
+
+
+def test_the_encoded_histograms_are_the_hdr_wire_form() -> None:
+    report = sent_report(seconds=FAST)
+    base64.b64decode(report["histograms"]["ack"], validate=True)
+    assert _decoded(report["histograms"]["ack"]).count == 5
+    assert report["histograms"]["seconds"][0]["ack"] is not None
