@@ -34,6 +34,29 @@ AppendThingName = Annotated[
 Report = Annotated[
     Path | None, typer.Option(help="Write the JSON report (schema elf-async/report/1) here.")
 ]
+SHARD_HELP = (
+    "Shard I of N (0-based): only this shard's slice of the fleet's things; --api-rate, "
+    "--connect-rate and the account's publish budget split N ways. [default: "
+    "$JOB_COMPLETION_INDEX/$ELF_SHARD_COUNT, or $AWS_BATCH_JOB_ARRAY_INDEX/"
+    "$AWS_BATCH_JOB_ARRAY_SIZE]"
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ShardArgs:
+    """The options of a sharded `send`, `subscribe` or `run`, as typed."""
+
+    shard: Annotated[str | None, typer.Option(help=SHARD_HELP, show_default=False)] = None
+    start_at: Annotated[
+        str | None,
+        typer.Option(
+            help="Connect first, then start at this instant: RFC 3339 (2026-05-01T12:00:00Z), "
+            "epoch seconds, or +30s from now; every shard given the same one sends one "
+            "fleet-wide schedule. At most 5 s in the past (caught up late). [default: once "
+            "connected]",
+            show_default=False,
+        ),
+    ] = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -148,6 +171,7 @@ class SendArgs:
     ] = "5s"
     report: Report = None
     connect: ConnectArgs = dataclasses.field(default_factory=ConnectArgs)
+    sharding: ShardArgs = dataclasses.field(default_factory=ShardArgs)
     workers: Annotated[
         int,
         typer.Option(
@@ -187,9 +211,10 @@ class SubscribeArgs:
     ] = None
     report: Report = None
     connect: ConnectArgs = dataclasses.field(default_factory=ConnectArgs)
+    sharding: ShardArgs = dataclasses.field(default_factory=ShardArgs)
 
 
-ARGS = (SendArgs, SubscribeArgs, ConnectArgs)
+ARGS = (SendArgs, SubscribeArgs, ConnectArgs, ShardArgs)
 
 
 def _parameters(args: type) -> Iterator[inspect.Parameter]:

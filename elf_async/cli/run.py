@@ -22,9 +22,11 @@ from elf_async.cli._common import (
     CaKeyOption,
     CertModeOption,
     ConcurrencyOption,
+    FleetIdOption,
     KeyTypeOption,
     MaxThingsOption,
     RegisterCaOption,
+    RunIdOption,
     SharedTopicsOption,
     TopicRootOption,
     YesOption,
@@ -113,6 +115,8 @@ def command(
     api_rate: ApiRateOption = None,
     max_things: MaxThingsOption = 10_000,
     yes: YesOption = False,
+    fleet_id: FleetIdOption = None,
+    run_id: RunIdOption = None,
 ) -> None:
     """Create COUNT things, send from all of them, clean up: the clean-up always runs.
 
@@ -139,6 +143,9 @@ def command(
         api_rate=api_rate,
         max_things=max_things,
         yes=yes,
+        shard=args.sharding.shard,
+        fleet_id=fleet_id,
+        run_id=run_id,
     )
     send_options = parse_send_options(args, fleet_size=request.count)
     send_step = _send_step(send_options, quiet=opts.quiet)

@@ -92,6 +92,18 @@ class ReportHead(TypedDict):
     options: Annotated[dict[str, Any], "the options used"]
 
 
+class ShardPart(TypedDict):
+    index: Annotated[int, "this shard, 0-based"]
+    count: Annotated[int, "the fleet's shards"]
+
+
+class StartInstant(TypedDict):
+    at: Annotated[str, "the --start-at instant (ISO 8601 UTC)"]
+    late_start_s: Annotated[
+        float, "how long after it this process was connected and ready (0: in time)"
+    ]
+
+
 class CommonReport(ReportHead):
     fleet: Annotated[Fleet, "the fleet used; `things` sent (send) or subscribed (subscribe)"]
     endpoint: Annotated[Broker, "the broker used"]
@@ -99,6 +111,16 @@ class CommonReport(ReportHead):
         Connections,
         "every CONNECT attempt, reconnections included; `errors` counts reasons (e.g. "
         "`UNKNOWN_CA`)",
+    ]
+    shard: NotRequired[
+        Annotated[ShardPart, "a sharded run (--shard I/N): which slice of the fleet this is"]
+    ]
+    start: NotRequired[
+        Annotated[
+            StartInstant,
+            "a run started with --start-at: a late one sent the missed messages late (lag "
+            "measured)",
+        ]
     ]
 
 

@@ -153,6 +153,7 @@ SEND_AS_GIVEN: dict[str, Any] = {
         "connect_timeout": 10.0, "connect_retries": 3, "keepalive": 60,
         "allow_over_aws_limits": False,
     },
+    "sharding": {"shard": None, "start_at": None},
     "workers": 1,
 }  # fmt: skip
 
