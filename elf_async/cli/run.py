@@ -156,11 +156,12 @@ def command(
             "use another --state-dir (or clean that fleet first)"
         )
     opts = dataclasses.replace(opts, local=opts.local or local)
+    home = localstack.stack_home(opts.state_dir)  # a shard's state dir: its parent's stack
     ephemeral = False
     try:
         with _sigterm_unwinds():
             if opts.local:
-                brought = localstack.up(opts.state_dir, region=opts.region)
+                brought = localstack.up(home, region=opts.region)
                 ephemeral = brought.started
                 if ephemeral and not opts.quiet:
                     print(f"started a local stack for this run:\n{_describe(brought.stack)}")
@@ -182,7 +183,7 @@ def command(
     finally:
         if ephemeral:
             with _signals_held():
-                localstack.down(opts.state_dir)
+                localstack.down(home)
     _finish(
         opts,
         result,
