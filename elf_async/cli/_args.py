@@ -1,11 +1,11 @@
 """The options of `send`, `subscribe` and `run`'s send phase, declared once.
 
-Each option is a field of `SendArgs`, `SubscribeArgs` or `ConnectArgs`: its type, its typer
-declaration and its default. A command takes them whole with `@takes`: a parameter annotated
-`SendArgs` becomes every option of `send` in the command's signature (typer reads that), and
-they arrive gathered back into one `SendArgs`. So `run` accepts every option `send` has, and a
-new option is declared in one place. What the options mean in SI units is decided in
-elf_async.cli._options.
+Each option is a field of `SendArgs`, `SubscribeArgs`, `ConnectArgs` or `ShardArgs`: its type,
+its typer declaration and its default. A command takes them whole with `@takes`: a parameter
+annotated `SendArgs` becomes every option of `send` in the command's signature (typer reads
+that), and they arrive gathered back into one `SendArgs`. So `run` accepts every option `send`
+has, and a new option is declared in one place. What the options mean in SI units is decided
+in elf_async.cli._options.
 """
 
 # No `from __future__ import annotations`: the fields' typer declarations are read at run time.
