@@ -1,11 +1,11 @@
 """The options of `send`, `subscribe` and `run`'s send phase, declared once.
 
-Each option is a field of `SendArgs`, `SubscribeArgs` or `ConnectArgs`: its type, its typer
-declaration and its default. A command takes them whole with `@takes`: a parameter annotated
-`SendArgs` becomes every option of `send` in the command's signature (typer reads that), and
-they arrive gathered back into one `SendArgs`. So `run` accepts every option `send` has, and a
-new option is declared in one place. What the options mean in SI units is decided in
-elf_async.cli._options.
+Each option is a field of `SendArgs`, `SubscribeArgs`, `ConnectArgs` or `ShardArgs`: its type,
+its typer declaration and its default. A command takes them whole with `@takes`: a parameter
+annotated `SendArgs` becomes every option of `send` in the command's signature (typer reads
+that), and they arrive gathered back into one `SendArgs`. So `run` accepts every option `send`
+has, and a new option is declared in one place. What the options mean in SI units is decided
+in elf_async.cli._options.
 """
 
 # No `from __future__ import annotations`: the fields' typer declarations are read at run time.
@@ -35,6 +35,29 @@ Report = Annotated[
     Path | None,
     typer.Option(help="Write the JSON report (schema elf-async/report/2; reads 1 and 2) here."),
 ]
+SHARD_HELP = (
+    "Shard I of N (0-based): only this shard's slice of the fleet's things; --api-rate, "
+    "--connect-rate and the account's publish budget split N ways. [default: "
+    "$JOB_COMPLETION_INDEX/$ELF_SHARD_COUNT, or $AWS_BATCH_JOB_ARRAY_INDEX/"
+    "$AWS_BATCH_JOB_ARRAY_SIZE]"
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ShardArgs:
+    """The options of a sharded `send`, `subscribe` or `run`, as typed."""
+
+    shard: Annotated[str | None, typer.Option(help=SHARD_HELP, show_default=False)] = None
+    start_at: Annotated[
+        str | None,
+        typer.Option(
+            help="Connect first, then start at this instant: RFC 3339 (2026-05-01T12:00:00Z), "
+            "epoch seconds, or +30s from now; every shard given the same one sends one "
+            "fleet-wide schedule. At most 5 s in the past (caught up late). [default: once "
+            "connected]",
+            show_default=False,
+        ),
+    ] = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -149,6 +172,7 @@ class SendArgs:
     ] = "5s"
     report: Report = None
     connect: ConnectArgs = dataclasses.field(default_factory=ConnectArgs)
+    sharding: ShardArgs = dataclasses.field(default_factory=ShardArgs)
     workers: Annotated[
         int,
         typer.Option(
@@ -188,9 +212,10 @@ class SubscribeArgs:
     ] = None
     report: Report = None
     connect: ConnectArgs = dataclasses.field(default_factory=ConnectArgs)
+    sharding: ShardArgs = dataclasses.field(default_factory=ShardArgs)
 
 
-ARGS = (SendArgs, SubscribeArgs, ConnectArgs)
+ARGS = (SendArgs, SubscribeArgs, ConnectArgs, ShardArgs)
 
 
 def _parameters(args: type) -> Iterator[inspect.Parameter]:

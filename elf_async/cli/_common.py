@@ -14,10 +14,13 @@ import uvloop
 from typer import _click as click  # typer's own click, whose Context its commands receive
 from typer.core import TyperCommand
 
+from elf_async.cli._args import SHARD_HELP
 from elf_async.cli._options import check_utf8
 from elf_async.config import DEFAULT_STATE_DIR, Settings
-from elf_async.controlplane.aws import AWS_DEFAULT_QUOTAS
+from elf_async.controlplane.aws import AWS_DEFAULT_QUOTAS, default_api_rates
+from elf_async.controlplane.fleet import fleet_id_of_run, fleet_id_problem
 from elf_async.errors import UsageError
+from elf_async.shards import Shard
 from elf_async.units import parse_api_rate
 
 T = TypeVar("T")
@@ -154,8 +157,9 @@ MaxThingsOption = Annotated[int, typer.Option(help="COUNT above this needs --yes
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Skip the --max-things check.")]
 
 
-def api_rates(items: list[str] | None) -> dict[str, float]:
-    """--api-rate NAME=RATE for the APIs elf-async paces: a typo would silently pace nothing."""
+def api_rates(items: list[str] | None, shard: Shard | None = None) -> dict[str, float]:
+    """--api-rate NAME=RATE for the APIs elf-async paces: a typo would silently pace nothing.
+    A shard paces every API (given or default) at its share of the account's rate."""
     rates = dict(parse_api_rate(item) for item in items or [])
     unknown = sorted(set(rates) - set(AWS_DEFAULT_QUOTAS))
     if unknown:
@@ -163,4 +167,41 @@ def api_rates(items: list[str] | None) -> dict[str, float]:
             f"--api-rate {unknown[0]}: not an API elf-async calls; "
             f"one of {', '.join(sorted(AWS_DEFAULT_QUOTAS))}"
         )
-    return rates
+    if shard is None:
+        return rates
+    return {name: shard.share(rate) for name, rate in default_api_rates(rates).items()}
+
+
+def fleet_id_of(fleet_id: str | None, run_id: str | None) -> str | None:
+    """--fleet-id checked, or the one --run-id derives; None: a new random one."""
+    if fleet_id is not None and run_id is not None:
+        raise UsageError("--fleet-id and --run-id cannot be used together")
+    if fleet_id is not None and (problem := fleet_id_problem(fleet_id)):
+        raise UsageError(problem)
+    if run_id is not None and not run_id.strip():
+        raise UsageError("--run-id: give the run's id (any text, the same for every shard)")
+    return fleet_id_of_run(run_id) if run_id is not None else fleet_id
+
+
+def check_shard_fleet(shard: Shard | None, fleet_id: str | None) -> None:
+    """Shards make one fleet only when they share its id: a random one each would not."""
+    if shard is not None and fleet_id is None:
+        raise UsageError(
+            f"shard {shard}: give every shard the same --fleet-id (or --run-id), "
+            "so that they make one fleet"
+        )
+
+
+# Sharding options that create, clean and run share (send and subscribe: cli._args).
+ShardOption = Annotated[str | None, typer.Option(help=SHARD_HELP, show_default=False)]
+FleetIdOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The fleet's id (8 lower-case letters and digits), the same for every shard. "
+        "[default: a random one]",
+        show_default=False,
+    ),
+]
+RunIdOption = Annotated[
+    str | None, typer.Option(help="Derive the fleet id from this run's id (e.g. a CI run number).")
+]

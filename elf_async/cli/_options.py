@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from elf_async.cli._args import ConnectArgs, SendArgs, SubscribeArgs
+from elf_async.cli._args import ConnectArgs, SendArgs, ShardArgs, SubscribeArgs
 from elf_async.dataplane.mqtt import parse_endpoint
 from elf_async.dataplane.options import (
     AWS_CONNECT_PER_S,
@@ -34,6 +34,7 @@ from elf_async.errors import UsageError
 from elf_async.jobs.send import SendOptions
 from elf_async.jobs.subscribe import SubscribeOptions
 from elf_async.report.merge import check_report
+from elf_async.shards import Shard, choose_shard, parse_start_at
 from elf_async.units import parse_duration, parse_rate
 
 DEFAULT_RATE = "1/s"  # the seed's pace
@@ -45,7 +46,8 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
     rest: --things, the topic and the payload against the things' names, --total-rate's share).
     `fleet_size`, when the fleet's size is known before it exists (`run`'s COUNT), lets
     --total-rate's share be checked here too."""
-    connect = parse_connect_options(args.connect)
+    shard, start_at = parse_shard_options(args.sharding)
+    connect = parse_connect_options(args.connect, shard=shard)
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
     qos = parse_qos(args.qos)
@@ -99,12 +101,15 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
         connect=connect,
         workers=args.workers,
         as_given=_as_given(args, connect),
+        shard=shard,
+        start_at=start_at,
     )
 
 
 def parse_subscribe_options(args: SubscribeArgs) -> SubscribeOptions:
     """Every option of `subscribe` checked that can be without the fleet."""
-    connect = parse_connect_options(args.connect)
+    shard, start_at = parse_shard_options(args.sharding)
+    connect = parse_connect_options(args.connect, shard=shard)
     qos = parse_qos(args.qos)
     if args.client_offset is not None and args.client_offset < 0:
         raise UsageError("--client-offset must be 0 or more")
@@ -120,12 +125,26 @@ def parse_subscribe_options(args: SubscribeArgs) -> SubscribeOptions:
         duration=duration,
         connect=connect,
         as_given=_as_given(args, connect),
+        shard=shard,
+        start_at=start_at,
     )
 
 
-def parse_connect_options(args: ConnectArgs) -> ConnectOptions:
+def shard_of(given: str | None) -> Shard | None:
+    """--shard, else the array job's environment (Kubernetes Indexed Job, AWS Batch)."""
+    return choose_shard(given, os.environ)
+
+
+def parse_shard_options(args: ShardArgs) -> tuple[Shard | None, float | None]:
+    """The shard (--shard, else the array job's environment) and --start-at in epoch seconds."""
+    shard = shard_of(args.shard)
+    start_at = None if args.start_at is None else parse_start_at(args.start_at)
+    return shard, start_at
+
+
+def parse_connect_options(args: ConnectArgs, *, shard: Shard | None = None) -> ConnectOptions:
     """The broker, the connect pace and the keep-alive, against AWS IoT's limits unless
-    --allow-over-aws-limits."""
+    --allow-over-aws-limits. --connect-rate is the account's: a shard connects at its share."""
     connect_timeout = parse_duration(args.connect_timeout, what="--connect-timeout")
     keepalive = _keepalive(args.keepalive, allow_over_aws_limits=args.allow_over_aws_limits)
     connect_per_s = parse_rate(args.connect_rate, what="--connect-rate")
@@ -146,7 +165,7 @@ def parse_connect_options(args: ConnectArgs) -> ConnectOptions:
         mqtt_host=host,
         port=port,
         ca_file=args.ca_file,
-        connect_per_s=connect_per_s,
+        connect_per_s=connect_per_s if shard is None else shard.share(connect_per_s),
         connect_timeout=connect_timeout,
         connect_retries=args.connect_retries,
         keepalive=keepalive,

@@ -13,11 +13,13 @@ from elf_async import statelock
 from elf_async.cli._common import (
     ApiRateOption,
     ConcurrencyOption,
+    ShardOption,
     api_rates,
     print_api_table,
     run,
     settings,
 )
+from elf_async.cli._options import shard_of
 from elf_async.cli._progress import progress_for
 from elf_async.controlplane.clean import CleanResult, clean_fleet, forget_local
 from elf_async.controlplane.ledger import Ledger
@@ -45,10 +47,16 @@ def command(
     ] = None,
     concurrency: ConcurrencyOption = 16,
     api_rate: ApiRateOption = None,
+    shard: ShardOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Remove the fleet's things, certificates and policy from AWS, then its local files."""
+    """Remove the fleet's things, certificates and policy from AWS, then its local files.
+    With --shard I/N only that shard's things; --fleet ID finds every shard's."""
     opts = settings(ctx)
+    if fleet is not None and shard is not None:
+        raise UsageError("--fleet finds every shard's things by their attribute: drop --shard")
+    # --fleet cleans the whole fleet, whatever shard an array job's environment names.
+    chosen = None if fleet is not None else shard_of(shard)
     if only_local and not yes and not sys.stdin.isatty():
         raise UsageError("--only-local asks for confirmation: pass --yes when not interactive")
     if fleet is not None and not fleet.isalnum():
@@ -67,8 +75,9 @@ def command(
             opts,
             fleet_id=fleet,
             concurrency=concurrency,
-            api_rates=api_rates(api_rate),
+            api_rates=api_rates(api_rate, chosen),
             progress=progress_for("clean", quiet=quiet),
+            shard=chosen,
         )
     )
     if result is None:

@@ -16,18 +16,24 @@ from elf_async.cli._common import (
     CaKeyOption,
     CertModeOption,
     ConcurrencyOption,
+    FleetIdOption,
     IdentityOption,
     KeyTypeOption,
     MaxThingsOption,
     RegisterCaOption,
+    RunIdOption,
+    ShardOption,
     SharedTopicsOption,
     TopicRootOption,
     YesOption,
     api_rates,
+    check_shard_fleet,
+    fleet_id_of,
     print_api_table,
     run,
     settings,
 )
+from elf_async.cli._options import shard_of
 from elf_async.cli._progress import progress_for
 from elf_async.controlplane.certs import KeyType
 from elf_async.controlplane.create import CERT_MODES, CreateRequest, CreateResult, create_fleet
@@ -75,9 +81,13 @@ def command(
     api_rate: ApiRateOption = None,
     max_things: MaxThingsOption = 10_000,
     yes: YesOption = False,
+    shard: ShardOption = None,
+    fleet_id: FleetIdOption = None,
+    run_id: RunIdOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Create COUNT things, or finish the things an interrupted create left unfinished."""
+    """Create COUNT things, or finish the things an interrupted create left unfinished.
+    With --shard I/N, COUNT is the whole fleet's size and only shard I's slice is made."""
     request = build_request(
         count,
         prefix=prefix,
@@ -93,6 +103,9 @@ def command(
         api_rate=api_rate,
         max_things=max_things,
         yes=yes,
+        shard=shard,
+        fleet_id=fleet_id,
+        run_id=run_id,
     )
     ctx.with_resource(statelock.hold(settings(ctx).state_dir))  # until the command returns
     aimed = aim(settings(ctx))
@@ -128,12 +141,23 @@ def build_request(
     api_rate: list[str] | None,
     max_things: int,
     yes: bool,
+    shard: str | None,
+    fleet_id: str | None,
+    run_id: str | None,
 ) -> CreateRequest:
     """Check the create options (`run` takes them too) and build the request."""
+    chosen = shard_of(shard)
+    fleet = fleet_id_of(fleet_id, run_id)
+    check_shard_fleet(chosen, fleet)
     if cert_mode is not None and cert_mode not in CERT_MODES:
         raise UsageError(f"--cert-mode must be one of {', '.join(CERT_MODES)}, not {cert_mode!r}")
     if identity is not None and identity not in IDENTITIES:
         raise UsageError(f"--identity must be thing or shared, not {identity!r}")
+    if identity == SHARED_IDENTITY and chosen is not None:
+        raise UsageError(
+            "--identity shared makes one certificate for the whole fleet: it cannot be split "
+            "into shards (--shard); use --identity thing"
+        )
     if key_type is not None and key_type not in KEY_TYPES:
         raise UsageError(f"--key-type must be rsa or ec, not {key_type!r}")
     for path, flag in ((ca_cert, "--ca-cert"), (ca_key, "--ca-key")):
@@ -151,7 +175,9 @@ def build_request(
         ca_key=ca_key,
         register_ca=register_ca,
         concurrency=concurrency,
-        api_rates=api_rates(api_rate),
+        api_rates=api_rates(api_rate, chosen),
+        fleet_id=fleet,
+        shard=chosen,
     )
 
 

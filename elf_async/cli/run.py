@@ -22,10 +22,12 @@ from elf_async.cli._common import (
     CaKeyOption,
     CertModeOption,
     ConcurrencyOption,
+    FleetIdOption,
     IdentityOption,
     KeyTypeOption,
     MaxThingsOption,
     RegisterCaOption,
+    RunIdOption,
     SharedTopicsOption,
     TopicRootOption,
     YesOption,
@@ -115,6 +117,8 @@ def command(
     api_rate: ApiRateOption = None,
     max_things: MaxThingsOption = 10_000,
     yes: YesOption = False,
+    fleet_id: FleetIdOption = None,
+    run_id: RunIdOption = None,
 ) -> None:
     """Create COUNT things, send from all of them, clean up: the clean-up always runs.
 
@@ -142,6 +146,9 @@ def command(
         api_rate=api_rate,
         max_things=max_things,
         yes=yes,
+        shard=args.sharding.shard,
+        fleet_id=fleet_id,
+        run_id=run_id,
     )
     send_options = parse_send_options(args, fleet_size=request.count)
     send_step = _send_step(send_options, quiet=opts.quiet)
@@ -152,11 +159,12 @@ def command(
             "use another --state-dir (or clean that fleet first)"
         )
     opts = dataclasses.replace(opts, local=opts.local or local)
+    home = localstack.stack_home(opts.state_dir)  # a shard's state dir: its parent's stack
     ephemeral = False
     try:
         with _sigterm_unwinds():
             if opts.local:
-                brought = localstack.up(opts.state_dir, region=opts.region)
+                brought = localstack.up(home, region=opts.region)
                 ephemeral = brought.started
                 if ephemeral and not opts.quiet:
                     print(f"started a local stack for this run:\n{_describe(brought.stack)}")
@@ -178,7 +186,7 @@ def command(
     finally:
         if ephemeral:
             with _signals_held():
-                localstack.down(opts.state_dir)
+                localstack.down(home)
     _finish(
         opts,
         result,

@@ -18,12 +18,13 @@ from elf_async.config import Settings
 from elf_async.controlplane.aws import NOT_FOUND_CODES, ControlPlane
 from elf_async.controlplane.certs import thing_files
 from elf_async.controlplane.fanout import fan_out
-from elf_async.controlplane.fleet import FLEET_ATTRIBUTE, policy_name
+from elf_async.controlplane.fleet import FLEET_ATTRIBUTE, policy_name, recorded_shard
 from elf_async.controlplane.ledger import LEDGER_FILE, Ledger, ThingRecord
 from elf_async.controlplane.recovery import resolve_cert_intents
 from elf_async.controlplane.session import FleetSession, open_fleet
 from elf_async.errors import AccessDenied, AwsError, ErrorTally, RuntimeFailure, UsageError
 from elf_async.progress import ProgressSink
+from elf_async.shards import Shard
 
 # DetachThingPrincipal propagates asynchronously: what follows may conflict for a while.
 CONFLICTS = frozenset(
@@ -63,18 +64,24 @@ class Cleaner:
         *,
         concurrency: int,
         progress: ProgressSink,
+        owned: range | None = None,
     ) -> None:
         self.plane = plane
         self.ledger = ledger
         self.state_dir = state_dir
         self.concurrency = concurrency
         self.progress = progress
+        self.owned = owned  # a shard's slice of thing indexes; None: every thing
         self.summary = CleanSummary()
         self._stop = False
 
     async def run(self) -> CleanSummary:
         started = time.monotonic()
-        records = [r for r in self.ledger.things() if not r.gone]
+        records = [
+            r
+            for r in self.ledger.things()
+            if not r.gone and (self.owned is None or r.index in self.owned)
+        ]
         self.summary.attempted = len(records)
         await fan_out(
             records,
@@ -138,8 +145,11 @@ class Cleaner:
                 path.unlink(missing_ok=True)
 
     async def _fleet_resources(self) -> None:
+        sharded = recorded_shard(self.ledger.meta()) is not None or self.owned is not None
         for resource in self.ledger.fleet_resources():
             if resource.state not in ("intended", "created"):
+                continue
+            if resource.kind == "policy" and sharded and await self._shared(resource.name):
                 continue
             if resource.kind == "policy":
                 work = _gone_ok(self.plane, "DeletePolicy", retry=True, policyName=resource.name)
@@ -147,6 +157,22 @@ class Cleaner:
                 work = self._delete_ca(resource.aws_id)
             if await self._guard(resource.name, work):
                 self.ledger.mark_fleet_resource(resource.kind, resource.name, "removed")
+
+    async def _shared(self, policy: str) -> bool:
+        """Whether other shards' things still hold the fleet policy: it is theirs too, so it
+        stays (noted in the ledger as removed from this shard's view); the last shard's clean,
+        or `clean --fleet ID`, deletes it."""
+        fleet_id = self.ledger.meta()["fleet_id"]
+        mine = {r.name for r in self.ledger.things()}
+        others = await _fleet_things(self.plane, fleet_id) - mine
+        if not others:
+            return False
+        self.ledger.mark_fleet_resource("policy", policy, "removed")
+        self.summary.warnings.append(
+            f"left the policy {policy}: {len(others)} things of other shards still use it; the "
+            f"last shard's clean, or `elf-async clean --fleet {fleet_id}`, deletes it"
+        )
+        return True
 
     async def _delete_ca(self, ca_id: str | None) -> None:
         if ca_id:
@@ -311,6 +337,7 @@ async def clean_fleet(
     concurrency: int,
     progress: ProgressSink,
     api_rates: dict[str, float] | None = None,
+    shard: Shard | None = None,
 ) -> CleanResult | None:
     """Clean the fleet of the state dir, or find fleet `fleet_id` in AWS when the ledger is lost.
 
@@ -338,14 +365,21 @@ async def clean_fleet(
         check=check,
     ) as session:
         return await clean_with(
-            session, fleet_id=fleet_id, concurrency=concurrency, progress=progress
+            session, fleet_id=fleet_id, concurrency=concurrency, progress=progress, shard=shard
         )
 
 
 async def clean_with(
-    session: FleetSession, *, fleet_id: str | None, concurrency: int, progress: ProgressSink
+    session: FleetSession,
+    *,
+    fleet_id: str | None,
+    concurrency: int,
+    progress: ProgressSink,
+    shard: Shard | None = None,
 ) -> CleanResult:
-    """`clean_fleet` on an open fleet (its control plane may be an in-memory one)."""
+    """`clean_fleet` on an open fleet (its control plane may be an in-memory one). With
+    `shard`, only that shard's slice of the fleet's things; with `fleet_id` and no shard,
+    every thing carrying the fleet's attribute, other shards' included."""
     ledger, target, plane = session.ledger, session.target, session.plane
     meta = ledger.meta()
     warnings: list[str] = []
@@ -360,20 +394,46 @@ async def clean_with(
         )
         warnings = await discover_fleet(plane, ledger, fleet_id, names)
         meta = ledger.meta()
+    elif fleet_id and shard is None:  # a shard's ledger: the other shards' things too
+        others = await _fleet_things(plane, fleet_id) - {r.name for r in ledger.things()}
+        warnings = await discover_fleet(plane, ledger, fleet_id, others)
+        meta = ledger.meta()
     ca_file = Path(meta["ca_cert"]) if "ca_cert" in meta else None
     recovery = await resolve_cert_intents(
         session,
         cert_mode=meta.get("cert_mode", "aws"),
         ca_pem=ca_file.read_text() if ca_file and ca_file.is_file() else None,
     )
-    cleaner = Cleaner(plane, ledger, session.state_dir, concurrency=concurrency, progress=progress)
+    cleaner = Cleaner(
+        plane,
+        ledger,
+        session.state_dir,
+        concurrency=concurrency,
+        progress=progress,
+        owned=_owned(shard, meta, len(ledger.things())),
+    )
     summary = await cleaner.run()
-    summary.warnings = warnings + recovery.unresolved
+    summary.warnings = warnings + recovery.unresolved + summary.warnings
     leftovers = [r for r in ledger.fleet_resources() if r.state in ("intended", "created")]
-    if not summary.failed and not recovery.unresolved and not leftovers:
+    staying = [r for r in ledger.things() if not r.gone]  # outside the shard's slice
+    if not summary.failed and not recovery.unresolved and not leftovers and not staying:
         forget(session.state_dir, ledger)
         summary.forgotten = True
     return CleanResult(summary=summary, fleet_id=meta["fleet_id"], api=plane.api_report())
+
+
+def _owned(shard: Shard | None, meta: dict[str, str], things: int) -> range | None:
+    """The thing indexes a clean with `shard` may touch: its slice of the fleet (of the size
+    the shard was created with, else of the things this ledger holds); None: all of them."""
+    if shard is None:
+        return None
+    recorded = recorded_shard(meta)
+    if recorded is not None and recorded[0] != shard:
+        raise UsageError(
+            f"this state dir holds shard {recorded[0]} of fleet {meta['fleet_id']}, "
+            f"not --shard {shard}"
+        )
+    return shard.indexes(recorded[1] if recorded else things)
 
 
 def forget_local(state_dir: Path, *, confirm: Callable[[str], bool]) -> int | None:

@@ -34,9 +34,11 @@ from elf_async.controlplane.fleet import (
     DEVICES_KEY,
     FLEET_ATTRIBUTE,
     FLEET_ID_LENGTH,
+    FLEET_SIZE_KEY,
     IDENTITY_KEY,
     INDEX_WIDTH,
     PER_THING,
+    SHARD_KEY,
     SHARED,
     SHARED_IDENTITY,
     THING_IDENTITY,
@@ -47,6 +49,7 @@ from elf_async.controlplane.fleet import (
     policy_document,
     policy_name,
     policy_problem,
+    recorded_shard,
     shared_identity_name,
 )
 from elf_async.controlplane.ledger import SHARED_STEPS, Ledger, ThingRecord
@@ -55,6 +58,7 @@ from elf_async.controlplane.session import FleetSession, open_fleet
 from elf_async.errors import AccessDenied, AwsError, ErrorTally, UsageError
 from elf_async.files import write_private, write_public
 from elf_async.progress import ProgressSink
+from elf_async.shards import Shard
 
 CertMode = Literal["aws", "csr", "ca"]
 CERT_MODES: tuple[CertMode, ...] = ("aws", "csr", "ca")
@@ -339,6 +343,8 @@ class CreateRequest:
     register_ca: bool = False
     concurrency: int = 16
     api_rates: dict[str, float] = field(default_factory=dict)
+    fleet_id: str | None = None  # None: as the fleet already is, else a new random one
+    shard: Shard | None = None  # create only this shard's slice of `count` things
 
 
 @dataclass
@@ -386,6 +392,7 @@ class FleetChoices:
         )
         if problem:
             raise UsageError(problem)
+        _check_identity(request, meta)
         return cls(
             prefix=prefix,
             cert_mode=cast(CertMode, cert_mode),
@@ -396,6 +403,27 @@ class FleetChoices:
             shared_topics=shared_topics,
             ca=_signing_ca(cert_mode, request, meta),
             shared_identity=identity == SHARED_IDENTITY,
+        )
+
+
+def _check_identity(request: CreateRequest, meta: dict[str, str]) -> None:
+    """A state dir keeps its fleet id and its shard: another is a usage error, before AWS."""
+    stored_id = meta.get("fleet_id")
+    if request.fleet_id and stored_id and request.fleet_id != stored_id:
+        raise UsageError(
+            f"this state dir holds fleet {stored_id}, not --fleet-id {request.fleet_id}: "
+            "use another --state-dir"
+        )
+    if not stored_id:
+        return
+    recorded = recorded_shard(meta)
+    asked = (request.shard, request.count) if request.shard else None
+    if asked != recorded:
+        stored = f"shard {recorded[0]} of a {recorded[1]}-thing fleet" if recorded else "unsharded"
+        wanted = f"shard {asked[0]} of {asked[1]} things" if asked else "an unsharded create"
+        raise UsageError(
+            f"this state dir holds fleet {stored_id} ({stored}); it cannot take {wanted}: "
+            "use another --state-dir for each shard"
         )
 
 
@@ -428,7 +456,8 @@ async def create_with(
     ledger, target, plane = session.ledger, session.target, session.plane
     meta = ledger.meta()
     choices = FleetChoices.of(request, meta)
-    fleet_id = meta.get("fleet_id") or new_fleet_id()
+    fleet_id = meta.get("fleet_id") or request.fleet_id or new_fleet_id()
+    shard = request.shard
     prefix = choices.prefix or default_prefix(fleet_id)
     ca = choices.ca
     ledger.set_meta(
@@ -447,6 +476,7 @@ async def create_with(
         ca_cert=str((request.ca_cert or Path(meta.get("ca_cert", ""))).resolve()) if ca else None,
         ca_key=str((request.ca_key or Path(meta.get("ca_key", ""))).resolve()) if ca else None,
         identity=SHARED_IDENTITY if choices.shared_identity else THING_IDENTITY,
+        **({SHARD_KEY: str(shard), FLEET_SIZE_KEY: str(request.count)} if shard else {}),
     )
     fleet = Fleet(
         fleet_id=fleet_id,
@@ -472,8 +502,13 @@ async def create_with(
         return await _create_shared(session, request, fleet, progress, recovery)
     if unfinished:
         records = [ledger.thing(name) for name in unfinished]
-    else:
+    elif shard is None:
         records = ledger.add_things(request.count, prefix, INDEX_WIDTH)
+    elif not ledger.things():  # a shard's slice is fixed: made once, then only finished
+        slice_ = shard.indexes(request.count)
+        records = ledger.add_things(len(slice_), prefix, INDEX_WIDTH, first=slice_.start)
+    else:
+        records = []
     provisioner = Provisioner(
         plane, ledger, fleet, concurrency=request.concurrency, progress=progress
     )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
 from collections.abc import Mapping
 from typing import Any
+
+from elf_async.shards import Shard
 
 FLEET_ATTRIBUTE = "elf_fleet"
 INDEX_WIDTH = 5  # elf-ab12cd34-00042: sortable up to 99,999 things
@@ -34,11 +37,36 @@ THING_IDENTITY = "thing"
 SHARED_IDENTITY = "shared"
 IDENTITIES = (THING_IDENTITY, SHARED_IDENTITY)
 _CLIENT = "${iot:ClientId}"  # the policy variable of a shared identity: the connection's id
+# Ledger meta of a shard's state dir: which shard (I/N) and how many things the whole fleet has.
+SHARD_KEY = "shard"
+FLEET_SIZE_KEY = "fleet_size"
 
 
 def new_fleet_id() -> str:
     """8 random characters: two users in one account never collide (36^8 ≈ 2.8e12)."""
     return "".join(secrets.choice(_FLEET_ID_ALPHABET) for _ in range(FLEET_ID_LENGTH))
+
+
+def fleet_id_problem(fleet_id: str) -> str | None:
+    """Why `fleet_id` cannot name a fleet (it names the policy and the default prefix too),
+    or None: the shape `new_fleet_id` makes."""
+    if len(fleet_id) == FLEET_ID_LENGTH and all(c in _FLEET_ID_ALPHABET for c in fleet_id):
+        return None
+    return (
+        f"--fleet-id {fleet_id!r}: a fleet id is {FLEET_ID_LENGTH} lower-case letters and "
+        "digits (example: load0001)"
+    )
+
+
+def fleet_id_of_run(run_id: str) -> str:
+    """The fleet id every shard of one run derives alike from the run's id (a CI run number,
+    a Batch job id): a digest, so any text gives a valid, well-spread id."""
+    digest = int.from_bytes(hashlib.sha256(run_id.encode()).digest(), "big")
+    chars = []
+    for _ in range(FLEET_ID_LENGTH):
+        digest, rest = divmod(digest, len(_FLEET_ID_ALPHABET))
+        chars.append(_FLEET_ID_ALPHABET[rest])
+    return "".join(chars)
 
 
 def default_prefix(fleet_id: str) -> str:
@@ -198,3 +226,11 @@ def policy_document(
         ],
     }
     return json.dumps(document, separators=(",", ":"))
+
+
+def recorded_shard(meta: Mapping[str, str]) -> tuple[Shard, int] | None:
+    """The shard a state dir's fleet was created as, with the whole fleet's size, or None."""
+    if SHARD_KEY not in meta or FLEET_SIZE_KEY not in meta:
+        return None
+    index, _, count = meta[SHARD_KEY].partition("/")
+    return Shard(int(index), int(count)), int(meta[FLEET_SIZE_KEY])

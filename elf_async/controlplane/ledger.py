@@ -230,11 +230,15 @@ class Ledger:
         )
 
     # things ----------------------------------------------------------------------
-    def add_things(self, count: int, prefix: str, width: int) -> list[ThingRecord]:
-        """Allocate `count` new things, indexes continuing after the highest one."""
+    def add_things(
+        self, count: int, prefix: str, width: int, *, first: int | None = None
+    ) -> list[ThingRecord]:
+        """Allocate `count` new things, indexes continuing after the highest one, or from
+        `first` (a shard's slice of the fleet's indexes)."""
         with self._transaction():
             [(top,)] = self._db.rows("SELECT COALESCE(MAX(idx), -1) FROM things")
-            rows = [(i, f"{prefix}-{i:0{width}d}") for i in range(top + 1, top + 1 + count)]
+            start = top + 1 if first is None else first
+            rows = [(i, f"{prefix}-{i:0{width}d}") for i in range(start, start + count)]
             self._db.run_many("INSERT INTO things (idx, name) VALUES (?, ?)", rows)
         return [self.thing(name) for _, name in rows]
 

@@ -11,6 +11,7 @@ from elf_async.errors import UsageError
 
 AWS_CONNECT_PER_S = 500.0  # per account
 AWS_PUBLISH_PER_S = 100.0  # per connection
+AWS_ACCOUNT_PUBLISH_PER_S = 20_000.0  # inbound publishes per account (a default quota)
 AWS_MAX_INFLIGHT = 100  # unacknowledged QoS 1 messages per client
 MQTT_PACKET_IDS = 65535  # QoS 1 packet ids: never more in flight on one connection
 AWS_KEEPALIVE_S = (30, 1200)  # AWS clamps the keep-alive to this range
@@ -40,6 +41,21 @@ def check_publish_rate(per_thing: float, *, allow_over_aws_limits: bool) -> None
             f"{per_thing:g} messages/s per thing: AWS IoT drops publishes above "
             f"{AWS_PUBLISH_PER_S:.0f}/s per connection (use more --things, or pass "
             "--allow-over-aws-limits)"
+        )
+
+
+def check_account_publish_rate(
+    total_per_s: float, *, shards: int = 1, allow_over_aws_limits: bool
+) -> None:
+    """Refuse a send whose things together publish above the account's share it may use:
+    AWS_ACCOUNT_PUBLISH_PER_S, split evenly over `shards` (each runs this check on its own)."""
+    budget = AWS_ACCOUNT_PUBLISH_PER_S / shards
+    if total_per_s > budget * (1 + 1e-9) and not allow_over_aws_limits:
+        whole = f"{AWS_ACCOUNT_PUBLISH_PER_S:.0f}/s"
+        share = f" (1/{shards} of the account's {whole})" if shards > 1 else ""
+        raise UsageError(
+            f"{total_per_s:g} publishes/s in all: AWS IoT allows {budget:g}/s{share} by default "
+            "(ask AWS for a quota increase, then pass --allow-over-aws-limits)"
         )
 
 

@@ -70,9 +70,11 @@ async def send_here(
     stop: StopSignal,
     *,
     on_tick: Callable[[Snapshot], None] = lambda snapshot: None,
+    clock: float | None = None,
+    go: Callable[[], Awaitable[float]] | None = None,
 ) -> SendResult:
-    """The plan's things sent from this process's event loop."""
-    return await sender_for(send_plan, setup, on_tick=on_tick).run(stop)
+    """The plan's things sent from this process's event loop (`clock`, `go`: see `Sender`)."""
+    return await sender_for(send_plan, setup, on_tick=on_tick, clock=clock, go=go).run(stop)
 
 
 def sender_for(

@@ -8,6 +8,7 @@ stalled generator cannot quietly send less than asked (closed-loop generators do
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -45,14 +46,27 @@ def messages_in(duration: float, rate: float, phase: float) -> int:
 
 
 def plan(
-    things: int, rate: float, *, duration: float | None = None, count: int | None = None
+    things: int,
+    rate: float,
+    *,
+    duration: float | None = None,
+    count: int | None = None,
+    indexes: Sequence[int] | None = None,
+    fleet: int | None = None,
 ) -> list[ThingSchedule]:
-    """The schedule of every thing, for a `duration` or a `count` of messages per thing."""
+    """The schedule of every thing, for a `duration` or a `count` of messages per thing.
+
+    A shard's things are `indexes` of a `fleet` of that many: each gets the phase it has in
+    the whole fleet's plan, so the shards together send the one fleet-wide schedule."""
     if (duration is None) == (count is None):
         raise ValueError("give exactly one of duration and count")
+    indexes = range(things) if indexes is None else indexes
+    fleet = things if fleet is None else fleet
+    if len(indexes) != things or any(not 0 <= i < fleet for i in indexes):
+        raise ValueError(f"{things} things with indexes of a fleet of {fleet}")
     schedules = []
-    for index in range(things):
-        phase = phase_of(index, things, rate)
+    for index in indexes:
+        phase = phase_of(index, fleet, rate)
         total = count if count is not None else messages_in(duration or 0.0, rate, phase)
         schedules.append(ThingSchedule(rate=rate, phase=phase, total=total))
     return schedules

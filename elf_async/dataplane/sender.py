@@ -345,8 +345,8 @@ class Sender:
         return sum(1 for p in self.publishers if p.link is not None)
 
     async def run(self, stop: StopSignal) -> SendResult:
-        started_at = time.time()
         clock = time.monotonic() if self.clock is None else self.clock
+        started_at = time.time() - (time.monotonic() - clock)  # the series' t = 0, in epoch
         ticker = asyncio.create_task(self._tick(clock))
         # The things that never connected owe what fell due up to this many seconds into the
         # schedule (at the stop), the whole schedule for None, nothing if it never started.

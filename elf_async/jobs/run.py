@@ -157,7 +157,7 @@ async def run(
         if result.report is None:  # nothing was sent: no threshold has data
             result.verdicts = evaluate(thresholds, {})
         if not stop.urgent.is_set() and Ledger.exists(settings.state_dir):
-            await _clean(aimed, result, stop, progress("clean"), clean_concurrency)
+            await _clean(aimed, request, result, stop, progress("clean"), clean_concurrency)
         result.signal = stop.signal
         result.aborted = stop.urgent.is_set() and Ledger.exists(settings.state_dir)
         announcer.cancel()
@@ -179,17 +179,25 @@ def _check_send(result: RunResult) -> None:
 
 async def _clean(
     aimed: Aim,
+    request: CreateRequest,
     result: RunResult,
     stop: StopSignal,
     progress: ProgressSink,
     concurrency: int,
 ) -> None:
-    """Clean the fleet; only a second signal stops it. A failure here is the run's failure
-    unless an earlier phase already failed."""
+    """Clean the fleet (a shard: its slice); only a second signal stops it. A failure here
+    is the run's failure unless an earlier phase already failed."""
     try:
         result.clean = await _unless(
             stop.urgent,
-            clean_fleet(aimed.settings, fleet_id=None, concurrency=concurrency, progress=progress),
+            clean_fleet(
+                aimed.settings,
+                fleet_id=None,
+                concurrency=concurrency,
+                progress=progress,
+                api_rates=request.api_rates,  # a shard's share, as its create had
+                shard=request.shard,
+            ),
         )
     except Exception as exc:
         if result.error is None:

@@ -11,11 +11,18 @@ from typing import Any
 
 from elf_async import statelock
 from elf_async.config import check_region
-from elf_async.controlplane.fleet import THING_IDENTITY, identity_mode, per_thing_topics
+from elf_async.controlplane.fleet import (
+    THING_IDENTITY,
+    identity_mode,
+    per_thing_topics,
+    recorded_shard,
+)
 from elf_async.controlplane.ledger import Ledger
+from elf_async.dataplane.connections import Identity
 from elf_async.dataplane.options import (
     ConnectOptions,
     Qos,
+    check_account_publish_rate,
     check_publish_rate,
     check_send_length,
 )
@@ -24,10 +31,12 @@ from elf_async.dataplane.plan import SendPlan, SendSetup, ThingPlan, send_here
 from elf_async.dataplane.schedule import plan
 from elf_async.dataplane.sender import Snapshot
 from elf_async.dataplane.topics import TopicTemplate, outside_policy
+from elf_async.errors import UsageError
 from elf_async.jobs.target import Aim, ready_identities, resolve_endpoint
-from elf_async.jobs.workers import send_in_workers
-from elf_async.report.document import SendTally, send_report
+from elf_async.jobs.workers import StartAt, monotonic_at, send_in_workers
+from elf_async.report.document import SendTally, send_report, sharding
 from elf_async.report.model import SendReport
+from elf_async.shards import Shard
 from elf_async.stopping import StopSignal
 
 
@@ -55,6 +64,8 @@ class SendOptions:
     connect: ConnectOptions
     workers: int
     as_given: Mapping[str, Any]
+    shard: Shard | None = None  # else the shard the state dir was created as, if any
+    start_at: float | None = None  # epoch seconds; None: as soon as connected
 
 
 @dataclass
@@ -64,10 +75,51 @@ class Warnings:
     lines: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class ShardSlice:
+    """The things a command uses: a shard's slice of its fleet, or a whole fleet."""
+
+    things: list[Identity]
+    shard: Shard | None
+    fleet_size: int  # the whole fleet's things, every shard's
+
+
+def effective_shard(shard: Shard | None, meta: Mapping[str, str]) -> Shard | None:
+    """--shard (or the array job's environment), else the shard the state dir was created as;
+    the two must agree."""
+    recorded = recorded_shard(meta)
+    if recorded is not None and shard is not None and recorded[0] != shard:
+        raise UsageError(
+            f"this state dir holds shard {recorded[0]} of fleet {meta.get('fleet_id')}, "
+            f"not --shard {shard}"
+        )
+    return shard if recorded is None else recorded[0]
+
+
+def shard_slice(
+    identities: list[Identity], shard: Shard | None, meta: Mapping[str, str]
+) -> ShardSlice:
+    """The ready things `shard` owns: --shard (or the array job's environment) against the
+    shard the state dir was created as; a state dir holding a whole fleet is sliced as given."""
+    chosen = effective_shard(shard, meta)
+    if chosen is None:
+        return ShardSlice(identities, None, len(identities))
+    recorded = recorded_shard(meta)
+    fleet_size = recorded[1] if recorded else len(identities)
+    owned = chosen.indexes(fleet_size)
+    mine = [i for i in identities if i.index in owned]
+    if not mine:
+        raise UsageError(
+            f"shard {chosen} owns no ready thing here (indexes {owned.start} to "
+            f"{owned.stop - 1} of {fleet_size})"
+        )
+    return ShardSlice(mine, chosen, fleet_size)
+
+
 def _per_thing_rate(options: SendOptions, things: int) -> float:
     """Messages per second per thing; --total-rate's share is checked against AWS's limit and
     --count's length once the fleet says how many things share it (--rate was checked where it
-    was parsed)."""
+    was parsed). A shard's --total-rate is the whole fleet's, like its other budgets."""
     if not options.rate_is_total:
         return options.rate
     rate = options.rate / things
@@ -78,8 +130,9 @@ def _per_thing_rate(options: SendOptions, things: int) -> float:
 
 def plan_send(
     options: SendOptions, ledger: Ledger, state_dir: Path, warnings: Warnings
-) -> SendPlan:
-    """Every thing's topic, payload and schedule ready, checked against the fleet."""
+) -> tuple[SendPlan, Shard | None]:
+    """Every thing's topic, payload and schedule ready, checked against the fleet; the shard
+    it is (given, or as the state dir was created), if any."""
     meta = ledger.meta()
     root = meta.get("topic_root") or "elf"
     template_text = options.topic
@@ -95,9 +148,24 @@ def plan_send(
         size=options.payload_size,
         stamp=options.stamp,
     )
-    identities = ready_identities(ledger, state_dir, count=options.things)
-    rate = _per_thing_rate(options, len(identities))
-    schedules = plan(len(identities), rate, duration=options.duration, count=options.count)
+    sliced = shard_slice(
+        ready_identities(ledger, state_dir, count=options.things), options.shard, meta
+    )
+    identities = sliced.things
+    rate = _per_thing_rate(options, sliced.fleet_size)
+    schedules = plan(
+        len(identities),
+        rate,
+        duration=options.duration,
+        count=options.count,
+        indexes=[i.index for i in identities] if sliced.shard else None,
+        fleet=sliced.fleet_size,
+    )
+    check_account_publish_rate(
+        rate * len(identities),
+        shards=sliced.shard.count if sliced.shard else 1,
+        allow_over_aws_limits=options.connect.allow_over_aws_limits,
+    )
     longest = max(identities, key=lambda i: len(i.name)).name
     spec.check(longest, max(s.total for s in schedules))
     things = [
@@ -115,7 +183,7 @@ def plan_send(
     ]
     if outside:
         warnings.lines.append(policy_warning(outside[0], root, per_thing=per_thing))
-    return SendPlan(things, spec, qos=options.qos, window=options.max_inflight)
+    return SendPlan(things, spec, qos=options.qos, window=options.max_inflight), sliced.shard
 
 
 def policy_warning(topic: str, root: str, *, per_thing: bool) -> str:
@@ -146,7 +214,7 @@ async def run_send(
     with statelock.hold(state_dir, shared=True), Ledger.open(state_dir) as ledger:
         check_region(aimed.settings, ledger.meta())
         warnings = Warnings()
-        send_plan = plan_send(options, ledger, state_dir, warnings)
+        send_plan, shard = plan_send(options, ledger, state_dir, warnings)
         for line in warnings.lines:
             warn(line)
         endpoint = await resolve_endpoint(aimed, ledger, options.connect)
@@ -160,11 +228,26 @@ async def run_send(
         keepalive=options.connect.keepalive,
         drain=options.drain,
     )
+    start = None if options.start_at is None else StartAt(options.start_at)
     if options.workers == 1:
-        result = SendTally.of(await send_here(send_plan, setup, stop, on_tick=on_tick))
+        sent = await send_here(
+            send_plan,
+            setup,
+            stop,
+            on_tick=on_tick,
+            clock=None if start is None else monotonic_at(start.origin),
+            go=None if start is None else lambda: start.wait(stop),
+        )
+        result = SendTally.of(sent)
     else:
         result = await send_in_workers(
-            send_plan, setup, options.workers, stop, on_tick=on_tick, verbose=aimed.settings.verbose
+            send_plan,
+            setup,
+            options.workers,
+            stop,
+            on_tick=on_tick,
+            verbose=aimed.settings.verbose,
+            start=start,
         )
     report = send_report(
         result,
@@ -172,6 +255,11 @@ async def run_send(
         fleet_id=fleet_id,
         endpoint=endpoint,
         qos=options.qos,
+        placement=sharding(
+            shard=shard,
+            start_at=options.start_at,
+            late_start_s=start.late_s if start else 0.0,
+        ),
     )
     report["fleet"]["identity"] = identity
     return report

@@ -5,6 +5,7 @@ parsed and checked from the command line (elf_async.cli._options)."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,12 @@ from elf_async.dataplane.connections import Connector
 from elf_async.dataplane.options import ConnectOptions, Qos
 from elf_async.dataplane.subscriber import Subscriber, Watch
 from elf_async.dataplane.topics import TopicTemplate, outside_policy
-from elf_async.jobs.send import Warnings, policy_warning
+from elf_async.errors import UsageError
+from elf_async.jobs.send import Warnings, effective_shard, policy_warning, shard_slice
 from elf_async.jobs.target import Aim, ready_identities, resolve_endpoint
-from elf_async.report.document import subscribe_report
+from elf_async.report.document import sharding, subscribe_report
 from elf_async.report.model import SubscribeReport
+from elf_async.shards import Shard
 from elf_async.stopping import StopSignal
 
 
@@ -44,6 +47,8 @@ class SubscribeOptions:
     duration: float
     connect: ConnectOptions
     as_given: Mapping[str, Any]
+    shard: Shard | None = None  # else the shard the state dir was created as, if any
+    start_at: float | None = None  # epoch seconds: listen until `duration` after it
 
 
 OLD_POLICY = (
@@ -75,7 +80,12 @@ def build_watches(
     count = options.things
     if count is None and options.client_offset:
         count = options.client_offset  # watch the things a send next to us is using
-    watched = ready_identities(ledger, state_dir, count=count)
+    sliced = shard_slice(ready_identities(ledger, state_dir, count=count), options.shard, meta)
+    if sliced.shard is not None and options.client_offset is not None:
+        raise UsageError(
+            "--client-offset cannot be used on a shard: watchers connect as <thing>-watch"
+        )
+    watched = sliced.things
     if options.client_offset is not None:
         clients = ready_identities(
             ledger, state_dir, count=len(watched), offset=options.client_offset
@@ -130,6 +140,12 @@ async def run_subscribe(
         endpoint = await resolve_endpoint(aimed, ledger, options.connect)
         fleet_id = ledger.meta().get("fleet_id")
         identity = identity_mode(ledger.meta())
+        shard = effective_shard(options.shard, ledger.meta())
+    duration, late_start_s = options.duration, 0.0
+    if options.start_at is not None:  # connected meanwhile; listening `duration` after it
+        now = time.time()
+        duration += max(0.0, options.start_at - now)
+        late_start_s = max(0.0, now - options.start_at)
     connector = Connector(
         endpoint,
         rate=options.connect.connect_per_s,
@@ -141,7 +157,7 @@ async def run_subscribe(
         watches,
         connector,
         qos=options.qos,
-        duration=options.duration,
+        duration=duration,
         on_message=on_message,
         on_tick=on_tick,
     )
@@ -152,6 +168,7 @@ async def run_subscribe(
         fleet_id=fleet_id,
         endpoint=endpoint,
         qos=options.qos,
+        placement=sharding(shard=shard, start_at=options.start_at, late_start_s=late_start_s),
     )
     report["fleet"]["identity"] = identity
     return report

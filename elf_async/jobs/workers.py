@@ -41,6 +41,7 @@ from elf_async.dataplane.tally import Totals
 from elf_async.errors import EXIT_RUNTIME
 from elf_async.metrics import Histogram, merged
 from elf_async.report.document import SendTally, ThingTally
+from elf_async.shards import series_origin
 from elf_async.stopping import StopSignal
 
 GO_DELAY_S = 0.1  # from GO to the first due message: time for every worker to hear GO
@@ -97,9 +98,35 @@ async def _read(reader: asyncio.StreamReader) -> object:
     return pickle.loads(await reader.readexactly(size))
 
 
-def _monotonic(epoch: float) -> float:
+def monotonic_at(epoch: float) -> float:
     """This process's monotonic time at wall-clock instant `epoch`."""
     return time.monotonic() - (time.time() - epoch)
+
+
+@dataclass
+class StartAt:
+    """A schedule that starts at a wall-clock instant (--start-at), the same for every shard
+    and every worker: its series starts whole seconds before it (`series_origin`), and how
+    late this process was connected and ready for it is measured (open loop: a late one owes
+    what fell due meanwhile, sent late with its lag measured)."""
+
+    at: float  # epoch seconds
+    origin: float = field(init=False)  # epoch seconds: t = 0 of the per-second series
+    late_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.origin = series_origin(self.at, time.time())
+
+    def ready(self) -> float:
+        """Connected now: the lateness recorded; the instant, in this process's monotonic time."""
+        self.late_s = max(0.0, time.time() - self.at)
+        return monotonic_at(self.at)
+
+    async def wait(self, stop: StopSignal) -> float:
+        """Connected: wait for the instant (or a stop); `Sender`'s `go`."""
+        start = self.ready()
+        await stop.sleep(max(0.0, start - time.monotonic()))
+        return start
 
 
 # The parent.
@@ -208,14 +235,15 @@ async def send_in_workers(
     on_tick: Callable[[Snapshot], None],
     verbose: bool,
     before_go: Callable[[Sequence[WorkerView]], Awaitable[None]] | None = None,
+    start: StartAt | None = None,
 ) -> SendTally:
     """The plan sent by `workers` processes (no more than there are things), merged.
 
     `before_go` is awaited once every worker is connected and waiting (or dead), right before
-    GO: the schedule starts `GO_DELAY_S` after it returns. What it raises ends the send (the
-    workers are killed)."""
+    GO: the schedule starts `GO_DELAY_S` after it returns, or at `start`'s instant. What it
+    raises ends the send (the workers are killed)."""
     count = min(workers, len(plan.things))
-    origin = time.time()
+    origin = time.time() if start is None else start.origin
     share = dataclasses.replace(setup, connect_per_s=setup.connect_per_s / count)
     started: list[_Worker] = []
     tasks: list[asyncio.Task[None]] = []
@@ -226,11 +254,15 @@ async def send_in_workers(
         listeners = [asyncio.create_task(w.listen()) for w in started]
         tasks += listeners
         tasks.append(asyncio.create_task(_forward_stops(stop, started)))
-        tasks.append(asyncio.create_task(_show(started, _monotonic(origin), plan, on_tick)))
+        tasks.append(asyncio.create_task(_show(started, monotonic_at(origin), plan, on_tick)))
         await asyncio.gather(*(w.ready.wait() for w in started))
         if before_go is not None:
             await before_go([w.view() for w in started])
-        go = Go(time.time() + GO_DELAY_S)
+        if start is None:
+            go = Go(time.time() + GO_DELAY_S)
+        else:
+            start.ready()
+            go = Go(start.at)
         for worker in started:
             worker.send(go)
         await asyncio.gather(*listeners)
@@ -351,14 +383,14 @@ async def _work(channel: IO[bytes]) -> None:
         waiting: list[asyncio.Future[Any]] = [go, stopped]
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
-        return _monotonic(go.result()) if go.done() else time.monotonic()
+        return monotonic_at(go.result()) if go.done() else time.monotonic()
 
     shared = Shared()
     sender = sender_for(
         job.plan,
         job.setup,
         on_tick=lambda snapshot: send(Tick(snapshot, shared.ack)),
-        clock=_monotonic(job.origin),
+        clock=monotonic_at(job.origin),
         go=ready,
         shared=shared,
     )

@@ -208,6 +208,15 @@ def running(state_dir: Path) -> LocalStack:
     return stack
 
 
+def stack_home(state_dir: Path) -> Path:
+    """The state dir whose local stack a command uses: its own, else its parent's, so that
+    shards on one machine (`--state-dir .elf/shard-0`, `.elf/shard-1`: a ledger each) share
+    the stack of `.elf`."""
+    if load(state_dir) is None and load(state_dir.parent) is not None:
+        return state_dir.parent
+    return state_dir
+
+
 def use_local_credentials() -> None:
     """Point botocore at dummy credentials: moto needs some, and a user's real ones (or an
     SSO profile that needs a login) have no business being used against a local stack."""
@@ -235,7 +244,7 @@ def resolve(settings: Settings) -> tuple[Settings, LocalStack | None]:
     stack and its record (CA files, MQTT host and port); otherwise `settings` and None."""
     if not settings.local:
         return settings, None
-    stack = running(settings.state_dir)
+    stack = running(stack_home(settings.state_dir))
     use_local_credentials()
     return aimed_at(settings, stack), stack
 

@@ -36,6 +36,8 @@ from elf_async.report.model import (
     SendHistograms,
     SendReport,
     SendSecond,
+    ShardPart,
+    StartInstant,
     SubscribeHistograms,
     SubscribeReport,
     SubscribeSecond,
@@ -43,6 +45,7 @@ from elf_async.report.model import (
     UnsentRunReport,
     Workers,
 )
+from elf_async.shards import Shard
 
 
 @dataclass
@@ -290,10 +293,12 @@ def base_report(
     things: int,
     endpoint: Endpoint,
     connections: ConnectionTally,
+    placement: Sharding,
 ) -> CommonReport:
     """The fields every report of a send or a subscribe has."""
     return {
-        **_head(command, outcome, started_at, ended_at, options),  # type: ignore[typeddict-item]
+        **_head(command, outcome, started_at, ended_at, options),
+        **placement,  # type: ignore[typeddict-item]
         "fleet": {"fleet_id": fleet_id, "things": things},
         "endpoint": {"host": endpoint.host, "port": endpoint.port, "alpn": endpoint.alpn},
         "connections": {
@@ -307,6 +312,23 @@ def base_report(
             "errors": dict(connections.errors.most_common()),
         },
     }
+
+
+class Sharding(TypedDict, total=False):
+    """The keys only a sharded (--shard) or synchronized (--start-at) report has."""
+
+    shard: ShardPart
+    start: StartInstant
+
+
+def sharding(*, shard: Shard | None, start_at: float | None, late_start_s: float) -> Sharding:
+    """The sharding fields of a report: which shard it is, and its --start-at."""
+    fields: Sharding = {}
+    if shard is not None:
+        fields["shard"] = {"index": shard.index, "count": shard.count}
+    if start_at is not None:
+        fields["start"] = {"at": iso(start_at), "late_start_s": round(late_start_s, 3)}
+    return fields
 
 
 def latency(histogram: Histogram) -> LatencySummary:
@@ -330,6 +352,7 @@ def send_report(
     fleet_id: str | None,
     endpoint: Endpoint,
     qos: int,
+    placement: Sharding | None = None,
 ) -> SendReport:
     common = base_report(
         command="send",
@@ -341,6 +364,7 @@ def send_report(
         things=len(result.things),
         endpoint=endpoint,
         connections=result.connections,
+        placement=placement or Sharding(),
     )
     totals = result.totals()
     window = result.publish_window_s
@@ -414,6 +438,7 @@ def subscribe_report(
     fleet_id: str | None,
     endpoint: Endpoint,
     qos: int,
+    placement: Sharding | None = None,
 ) -> SubscribeReport:
     connections = ConnectionTally.of(result.connector)
     common = base_report(
@@ -426,6 +451,7 @@ def subscribe_report(
         things=len(result.watches),
         endpoint=endpoint,
         connections=connections,
+        placement=placement or Sharding(),
     )
     trackers = result.trackers
     received = sum(t.received for t in trackers.values())

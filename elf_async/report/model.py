@@ -112,6 +112,18 @@ class Shards(TypedDict):
     missing: Annotated[int, "shards without a report (more than 0 fails the merge: exit 1)"]
 
 
+class ShardPart(TypedDict):
+    index: Annotated[int, "this shard, 0-based"]
+    count: Annotated[int, "the fleet's shards"]
+
+
+class StartInstant(TypedDict):
+    at: Annotated[str, "the --start-at instant (ISO 8601 UTC)"]
+    late_start_s: Annotated[
+        float, "how long after it this process was connected and ready (0: in time)"
+    ]
+
+
 class CommonReport(ReportHead):
     fleet: Annotated[Fleet, "the fleet used; `things` sent (send) or subscribed (subscribe)"]
     endpoint: Annotated[Broker, "the broker used"]
@@ -124,6 +136,16 @@ class CommonReport(ReportHead):
         Annotated[
             Shards,
             "a report made by `report merge`: the shards expected, merged and missing",
+        ]
+    ]
+    shard: NotRequired[
+        Annotated[ShardPart, "a sharded run (--shard I/N): which slice of the fleet this is"]
+    ]
+    start: NotRequired[
+        Annotated[
+            StartInstant,
+            "a run started with --start-at: a late one sent the missed messages late (lag "
+            "measured)",
         ]
     ]
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from elf_async.dataplane.schedule import ThingSchedule, messages_in, phase_of, plan
+from elf_async.shards import Shard
 
 
 def test_due_times_are_start_plus_phase_plus_k_over_rate() -> None:
@@ -54,3 +57,22 @@ def test_messages_in_stops_before_the_end() -> None:
 def test_plan_needs_exactly_one_limit() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         plan(1, 1.0)
+
+
+@pytest.mark.parametrize(("fleet", "shards"), [(10, 1), (10, 3), (9, 3), (7, 4), (3, 5), (100, 7)])
+@pytest.mark.parametrize("limit", [{"duration": 2.5}, {"count": 4}])
+def test_the_shards_schedules_together_are_the_single_process_schedule(
+    fleet: int, shards: int, limit: dict[str, Any]
+) -> None:
+    """Each shard plans only its slice, with the phases of the whole fleet: concatenated in
+    shard order they are exactly the plan one process makes of the whole fleet."""
+    union = []
+    for index in range(shards):
+        owned = Shard(index, shards).indexes(fleet)
+        union += plan(len(owned), 3.0, indexes=list(owned), fleet=fleet, **limit)
+    assert union == plan(fleet, 3.0, **limit)
+
+
+def test_a_shard_plan_refuses_indexes_outside_its_fleet() -> None:
+    with pytest.raises(ValueError, match="fleet of 4"):
+        plan(2, 1.0, count=1, indexes=[3, 4], fleet=4)
