@@ -24,7 +24,7 @@ if (_unverified := unverified_versions()) is not None:  # before anything import
     sys.stderr.write(f"error: {_unverified}\n")
     sys.exit(2)  # EXIT_USAGE: the installation is wrong, not the run
 
-from elf_async.cli import clean, create, local, run, send, status, subscribe
+from elf_async.cli import clean, create, local, report, run, send, status, subscribe
 from elf_async.cli._common import (
     Command,
     check_text_params,
@@ -125,6 +125,7 @@ app.command("send", cls=Command)(send.command)
 app.command("subscribe", cls=Command)(subscribe.command)
 app.add_typer(local.app)
 app.command("run", cls=Command)(run.command)
+app.add_typer(report.app)
 
 
 def hoist_global_options(argv: list[str]) -> list[str]:

@@ -34,6 +34,10 @@ AppendThingName = Annotated[
 Report = Annotated[
     Path | None, typer.Option(help="Write the JSON report (schema elf-async/report/1) here.")
 ]
+Html = Annotated[
+    Path | None,
+    typer.Option(help="Write the report as one HTML page with charts (works offline) here."),
+]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -147,6 +151,7 @@ class SendArgs:
         str, typer.Option(help="After the run or Ctrl-C: wait this long for acknowledgements.")
     ] = "5s"
     report: Report = None
+    html: Html = None
     connect: ConnectArgs = dataclasses.field(default_factory=ConnectArgs)
     workers: Annotated[
         int,
@@ -186,6 +191,7 @@ class SubscribeArgs:
         str | None, typer.Option(help="How long to listen: 60, 60s, 5m. [default: 10s]")
     ] = None
     report: Report = None
+    html: Html = None
     connect: ConnectArgs = dataclasses.field(default_factory=ConnectArgs)
 
 

@@ -61,6 +61,7 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
         )
     drain = parse_duration(args.drain, what="--drain")
     check_output_path("--report", args.report)
+    check_output_path("--html", args.html)
     check_topic(args.topic)
     if args.payload_template is not None:
         template_parts(args.payload_template)
@@ -107,6 +108,7 @@ def parse_subscribe_options(args: SubscribeArgs) -> SubscribeOptions:
         raise UsageError("--client-offset must be 0 or more")
     duration = parse_run_length(args.duration or DEFAULT_DURATION)
     check_output_path("--report", args.report)
+    check_output_path("--html", args.html)
     check_topic(args.topic, filter=True)
     return SubscribeOptions(
         things=args.things,
