@@ -458,9 +458,14 @@ def _flat(value: Mapping[str, Any], prefix: str = "") -> list[tuple[str, object]
     return rows
 
 
+def _command(report: Mapping[str, Any]) -> str:
+    """`run` for a run's report (whose send phase says `send`)."""
+    return "run" if "run" in report else str(report["command"])
+
+
 def _overview(report: Mapping[str, Any]) -> str:
     rows: list[tuple[str, object]] = [
-        ("command", "run" if "run" in report else report["command"]),
+        ("command", _command(report)),
         ("outcome", report["outcome"]),
         ("started", report["started_at"]),
         ("ended", report["ended_at"]),
@@ -586,7 +591,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         figures.append(
             f"<figure{empty}><figcaption>{_e(chart['title'])}</figcaption>{note}{plot}</figure>\n"
         )
-    title = f"elf-async {report['command']} {report['started_at']}"
+    title = f"elf-async {_command(report)} {report['started_at']}"
     state = "pass" if verdict.passed else "fail"
     return _PAGE.format(
         title=_e(title),
@@ -661,6 +666,10 @@ _JS = r"""
     if (v == null) return "-";
     return Math.abs(v) >= 100 ? Math.round(v).toLocaleString("en") : +v.toPrecision(3) + "";
   }
+  // Ticks on whole seconds (minutes, hours) and whole things.
+  var SECONDS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 86400];
+  var COUNTS = [];
+  for (var step = 1; step <= 1e7; step *= 10) COUNTS.push(step, 2 * step, 5 * step);
   function height(width) { return width < 500 ? 180 : 240; }
   function zeroBased(u, min, max) {
     if (min == null || max == null) return [0, 1];
@@ -669,7 +678,9 @@ _JS = r"""
   function build(spec) {
     var el = document.getElementById(spec.id);
     var things = spec.x === "things";
+    // The bad counts (right axis) at least 3 px wide and opaque: one bad column shows.
     var bars = uPlot.paths.bars({size: [things ? 1 : 0.8, Infinity, 1], gap: 0});
+    var badBars = uPlot.paths.bars({size: [things ? 1 : 0.8, Infinity, 3], gap: 0});
     var xs = spec.data[0];
     var series = [{
       label: {seconds: "time", things: "thing", nines: "percentile"}[spec.x],
@@ -683,20 +694,24 @@ _JS = r"""
     spec.series.forEach(function (s) {
       right = right || s.scale === "y2";
       var unit = (s.scale === "y2" ? spec.y2 : spec.y);
-      series.push({
+      var one = {
         label: s.label, stroke: s.color, scale: s.scale, width: 1.5, spanGaps: false,
-        fill: s.style === "bars" ? s.color + "cc" : undefined,
+        fill: s.style === "bars" ? s.color + (s.scale === "y2" ? "" : "cc") : undefined,
         dash: s.style === "dash" ? [6, 4] : undefined,
-        paths: s.style === "bars" ? bars : undefined,
-        points: {show: s.style === "points" ? true : undefined, size: 6},
+        paths: s.style === "bars" ? (s.scale === "y2" ? badBars : bars) : undefined,
         value: function (u, v) { return v == null ? "-" : num(v) + (unit ? " " + unit : ""); }
-      });
+      };
+      // Points where a line alone would hide a value: next to a gap, or among few samples.
+      var few = spec.data[0].length <= 60;
+      if (s.style === "bars") one.points = {show: false};
+      else if (s.style === "points" || few) one.points = {show: true, size: 5};
+      series.push(one);
     });
     var axes = [
       {label: {seconds: "seconds since start", things: "thing (fleet order)",
                nines: "percentile"}[spec.x],
        values: spec.x === "nines" ? function (u, vals) { return vals.map(nines); } : undefined,
-       incrs: spec.x === "nines" ? [1] : undefined},
+       incrs: {nines: [1], seconds: SECONDS, things: COUNTS}[spec.x]},
       {scale: "y", label: spec.y, size: 56, values: function (u, vals) { return vals.map(num); }}
     ];
     if (right) {
