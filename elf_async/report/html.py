@@ -434,12 +434,13 @@ def _table(
     body = "".join(
         "<tr>" + "".join(f"<td>{_e(_cell(v))}</td>" for v in row) + "</tr>\n" for row in rows
     )
-    heads = "".join(f"<th>{_e(h)}</th>" for h in head)
+    heads = "".join(f"<th>{_e(h)}</th>" for h in head) if any(head) else ""
     tail = f'<p class="note">{_e(note)}</p>' if note else ""
     return (
         f"<section{' class=wide' if wide else ''}><h2>{_e(caption)}</h2>{tail}"
         "<div class=scroll><table>"
-        f"<thead><tr>{heads}</tr></thead><tbody>\n{body}</tbody></table></div></section>\n"
+        + (f"<thead><tr>{heads}</tr></thead>" if heads else "")
+        + f"<tbody>\n{body}</tbody></table></div></section>\n"
     )
 
 
@@ -511,8 +512,11 @@ def _thresholds_table(report: Mapping[str, Any]) -> str:
     )
 
 
-def _bad_things(things: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> str:
-    """The things that did not do all they should, by name (the first `MAX_LISTED`)."""
+def _bad_things(
+    things: Sequence[Mapping[str, Any]], fields: Sequence[str], *, what: str = "things"
+) -> str:
+    """The things (or subscribers) that did not do all they should, by name (the first
+    `MAX_LISTED`)."""
     bad = [t for t in things if t.get("error") or any(t.get(f) for f in fields)]
     if not bad:
         return ""
@@ -520,7 +524,8 @@ def _bad_things(things: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> s
     more = f"; the first {len(shown)} of {len(bad):,}" if len(bad) > len(shown) else ""
     head = ["name", *fields, *(["error"] if "error" in things[0] else [])]
     rows = [[t.get(name) for name in head] for t in shown]
-    return _table("Things with problems", head, rows, note=f"{len(bad):,} things{more}", wide=True)
+    caption = f"{what.capitalize()} with problems"
+    return _table(caption, head, rows, note=f"{len(bad):,} {what}{more}", wide=True)
 
 
 def tables(report: Mapping[str, Any]) -> str:
@@ -541,7 +546,7 @@ def tables(report: Mapping[str, Any]) -> str:
         parts.append(_pairs("Connections", rows))
     if report["command"] == "subscribe":
         parts.append(_bad_things(report["things"], ("lost", "duplicates", "out_of_order")))
-        parts.append(_bad_things(report["subscribers"], ()))
+        parts.append(_bad_things(report["subscribers"], (), what="subscribers"))
     elif "things" in report:
         parts.append(_bad_things(report["things"], ("failed", "unsent")))
     if isinstance(report.get("aws_metrics"), Mapping):

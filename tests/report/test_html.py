@@ -176,6 +176,10 @@ def test_subscribe_draws_loss_and_its_sending_things() -> None:
     assert strip["data"][1:] == [[5.0, 5.0, 5.0], [0.0, 2.0, 0.0], [0.0, 1.0, 0.0], [0.0, 4.0, 0.0]]
     connected = charts(page)["Connected subscribers"]["data"][1]
     assert connected[-1] is None  # the last row has no count: a gap
+    assert "<h2>Things with problems</h2>" in page
+    assert "Subscribers with problems" not in page
+    report["subscribers"][2]["error"] = "connect: refused"
+    assert "<h2>Subscribers with problems</h2>" in render_html(report)
 
 
 def test_a_partial_last_second_joins_the_one_before() -> None:
