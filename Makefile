@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench deps mosquitto clean-venv
+.PHONY: demo test lint bench deps mosquitto chromium clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-deps: $(STAMP) mosquitto
+deps: $(STAMP) mosquitto chromium
 
 # mosquitto is the local data plane; its clients (mosquitto_pub/_sub) are the independent
 # witnesses in tests and benchmarks. Installed with apt-get when we can.
@@ -25,6 +25,18 @@ mosquitto:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
 	else \
 		echo "mosquitto is missing: install it (Debian/Ubuntu: sudo apt-get install mosquitto mosquitto-clients; macOS: brew install mosquitto)" >&2; exit 1; \
+	fi
+
+# Debian's chromium draws the HTML report in tests/report/test_html_browser.py (through
+# Playwright, never a browser it downloads). Installed with apt-get when we can; otherwise that
+# test is skipped with the reason.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "chromium is missing (Debian/Ubuntu: sudo apt-get install chromium): the browser test of the HTML report will be skipped" >&2; \
 	fi
 
 lint: $(STAMP)

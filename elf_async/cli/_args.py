@@ -60,6 +60,12 @@ class ShardArgs:
     ] = None
 
 
+Html = Annotated[
+    Path | None,
+    typer.Option(help="Write the report as one HTML page with charts (works offline) here."),
+]
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ConnectArgs:
     """The connection options of `send`, `subscribe` and `run`, as typed."""
@@ -171,6 +177,7 @@ class SendArgs:
         str, typer.Option(help="After the run or Ctrl-C: wait this long for acknowledgements.")
     ] = "5s"
     report: Report = None
+    html: Html = None
     connect: ConnectArgs = dataclasses.field(default_factory=ConnectArgs)
     sharding: ShardArgs = dataclasses.field(default_factory=ShardArgs)
     workers: Annotated[
@@ -211,6 +218,7 @@ class SubscribeArgs:
         str | None, typer.Option(help="How long to listen: 60, 60s, 5m. [default: 10s]")
     ] = None
     report: Report = None
+    html: Html = None
     connect: ConnectArgs = dataclasses.field(default_factory=ConnectArgs)
     sharding: ShardArgs = dataclasses.field(default_factory=ShardArgs)
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
 import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,7 +31,6 @@ from elf_async.dataplane.topics import TopicTemplate
 from elf_async.errors import UsageError
 from elf_async.jobs.send import SendOptions
 from elf_async.jobs.subscribe import SubscribeOptions
-from elf_async.report.merge import check_report
 from elf_async.shards import Shard, choose_shard, parse_start_at
 from elf_async.units import parse_duration, parse_rate
 
@@ -66,6 +63,7 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
         )
     drain = parse_duration(args.drain, what="--drain")
     check_output_path("--report", args.report)
+    check_output_path("--html", args.html)
     check_topic(args.topic)
     if args.payload_template is not None:
         template_parts(args.payload_template)
@@ -115,6 +113,7 @@ def parse_subscribe_options(args: SubscribeArgs) -> SubscribeOptions:
         raise UsageError("--client-offset must be 0 or more")
     duration = parse_run_length(args.duration or DEFAULT_DURATION)
     check_output_path("--report", args.report)
+    check_output_path("--html", args.html)
     check_topic(args.topic, filter=True)
     return SubscribeOptions(
         things=args.things,
@@ -311,15 +310,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _jsonable(item) for key, item in value.items()}
     return str(value) if isinstance(value, Path) else value
-
-
-def read_report(path: Path) -> Mapping[str, Any]:
-    """A JSON report given on the command line (`report merge`, `report compare`): readable,
-    JSON, and of a schema this version reads; anything else is one line naming the file."""
-    try:
-        data = json.loads(path.read_bytes())
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot be read: {exc.strerror or exc}") from None
-    except (ValueError, RecursionError) as exc:
-        raise UsageError(f"{path}: not JSON ({exc})") from None
-    return check_report(str(path), data)

@@ -12,7 +12,6 @@ from typing import Annotated
 
 import typer
 
-from elf_async.cli._options import read_report
 from elf_async.errors import ThresholdFailed
 from elf_async.report.compare import (
     DEFAULT_MAX_REGRESSION,
@@ -20,6 +19,7 @@ from elf_async.report.compare import (
     parse_max_regression,
     regressions,
 )
+from elf_async.report.reading import read_report
 
 _HEADER = ("metric", "base", "new", "change", "verdict")
 

@@ -16,15 +16,18 @@ from typing import Annotated, cast
 
 import typer
 
+from elf_async.cli._args import Html
 from elf_async.cli._common import console_err, settings
-from elf_async.cli._options import check_output_path, read_report
+from elf_async.cli._options import check_output_path
 from elf_async.cli._output import Outputs
 from elf_async.cli._summary import Rows, print_summary, send_rows, subscribe_rows
 from elf_async.errors import EXIT_USAGE, PartialFailure, ThresholdFailed
 from elf_async.report.document import write_report
+from elf_async.report.html import render_html, write_html
 from elf_async.report.junit import junit_xml, write_junit
 from elf_async.report.merge import merge
 from elf_async.report.model import SendReport, SubscribeReport
+from elf_async.report.reading import read_report
 from elf_async.report.thresholds import evaluate, parse_all
 from elf_async.report.verdict import failure_of, judge_merge, judge_report
 
@@ -53,12 +56,14 @@ def command(
     junit: Annotated[
         Path | None, typer.Option(help="Write a JUnit XML file: the merge and each threshold.")
     ] = None,
+    html: Html = None,
 ) -> None:
     """Merge the shards' reports: counts summed, histograms merged, series by second."""
     opts = settings(ctx)
     thresholds = parse_all(threshold or [])
     check_output_path("--output", output)
     check_output_path("--junit", junit)
+    check_output_path("--html", html)
     merged = merge([(str(path), read_report(path)) for path in reports])
     own = judge_report(merged)
     verdicts = evaluate(thresholds, merged)
@@ -67,6 +72,9 @@ def command(
     written = outputs.write(
         "--output", output, lambda path: write_report(path, merged), suffix=".json"
     )
+    if html is not None:
+        page = render_html(merged)
+        outputs.write("--html", html, lambda path: write_html(path, page), suffix=".html")
     if junit is not None:
         xml = junit_xml(
             name=f"report merge ({len(reports)} reports)",

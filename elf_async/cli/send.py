@@ -23,6 +23,7 @@ from elf_async.errors import EXIT_USAGE, PartialFailure
 from elf_async.jobs.send import run_send
 from elf_async.jobs.target import aim
 from elf_async.report.document import write_report
+from elf_async.report.html import render_html, write_html
 from elf_async.report.model import SendReport
 from elf_async.report.verdict import judge_send
 from elf_async.stopping import StopSignal
@@ -54,6 +55,9 @@ def command(ctx: typer.Context, args: SendArgs) -> None:
     written = args.report and outputs.write(
         "--report", args.report, lambda path: write_report(path, result), suffix=".json"
     )
+    if args.html:
+        page = render_html(result)
+        outputs.write("--html", args.html, lambda path: write_html(path, page), suffix=".html")
     judgement = judge_send(result)
     print_summary(
         judgement,

@@ -24,6 +24,7 @@ from elf_async.errors import EXIT_USAGE, PartialFailure
 from elf_async.jobs.subscribe import run_subscribe
 from elf_async.jobs.target import aim
 from elf_async.report.document import write_report
+from elf_async.report.html import render_html, write_html
 from elf_async.report.model import SubscribeReport
 from elf_async.report.verdict import judge_subscribe
 from elf_async.stopping import StopSignal
@@ -73,6 +74,9 @@ def command(
     written = args.report and outputs.write(
         "--report", args.report, lambda path: write_report(path, result), suffix=".json"
     )
+    if args.html:
+        page = render_html(result)
+        outputs.write("--html", args.html, lambda path: write_html(path, page), suffix=".html")
     judgement = judge_subscribe(result)
     print_summary(
         judgement,

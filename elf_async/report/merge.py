@@ -36,12 +36,12 @@ from elf_async.report.document import (
 )
 from elf_async.report.model import (
     SCHEMA,
-    SCHEMAS,
     Connections,
     SendReport,
     Shards,
     SubscribeReport,
 )
+from elf_async.report.reading import check_report
 
 MERGEABLE = ("send", "subscribe")
 
@@ -54,18 +54,6 @@ class Shard:
     report: Mapping[str, Any]
     index: int
     started_at: float  # epoch seconds
-
-
-def check_report(name: str, data: object) -> Mapping[str, Any]:
-    """`data` as a report elf-async can read (version 1 or 2), else a `UsageError`."""
-    if not isinstance(data, Mapping) or not isinstance(data.get("schema"), str):
-        raise UsageError(f"{name}: not an elf-async report (no schema)")
-    if data["schema"] not in SCHEMAS:
-        raise UsageError(
-            f"{name}: unknown report schema {data['schema']!r} (this version reads "
-            f"{', '.join(SCHEMAS)})"
-        )
-    return data
 
 
 def merge(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> SendReport | SubscribeReport:
@@ -126,7 +114,7 @@ def _shards(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[list[Shar
     number of shards expected."""
     if not reports:
         raise UsageError("no report to merge")
-    checked = [(name, check_report(name, data)) for name, data in reports]
+    checked = [(name, check_report(data, source=name)) for name, data in reports]
     first_name, first = checked[0]
     with_shard = [name for name, report in checked if "shard" in report]
     if with_shard and len(with_shard) != len(checked):

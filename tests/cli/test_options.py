@@ -147,7 +147,7 @@ SEND_AS_GIVEN: dict[str, Any] = {
     "message": None, "things": 2, "rate": "600/m", "total_rate": None, "duration": None,
     "count": None, "qos": 1, "topic": None, "append_thing_name": False,
     "json_message": "a.json", "payload_template": None, "payload_size": None, "stamp": None,
-    "max_inflight": 100, "drain": "5s", "report": "r.json",
+    "max_inflight": 100, "drain": "5s", "report": "r.json", "html": "r.html",
     "connect": {
         "mqtt_endpoint": "h:1", "port": None, "ca_file": "/x/ca.pem", "connect_rate": "100/s",
         "connect_timeout": 10.0, "connect_retries": 3, "keepalive": 60,
@@ -165,15 +165,15 @@ def test_the_report_keeps_what_the_user_typed() -> None:
     options = parse_send_options(
         SendArgs(
             things=2, rate="600/m", json_message=Path("a.json"), report=Path("r.json"),
-            connect=connect,
+            html=Path("r.html"), connect=connect,
         )
     )  # fmt: skip
     assert options.as_given == SEND_AS_GIVEN
     subscribe = parse_subscribe_options(SubscribeArgs(duration="5m", connect=connect))
     assert subscribe.as_given == {
         "things": None, "client_offset": None, "topic": None, "append_thing_name": False,
-        "qos": 1, "duration": "5m", "report": None, "connect": SEND_AS_GIVEN["connect"],
-        "sharding": SEND_AS_GIVEN["sharding"],
+        "qos": 1, "duration": "5m", "report": None, "html": None,
+        "connect": SEND_AS_GIVEN["connect"], "sharding": SEND_AS_GIVEN["sharding"],
     }  # fmt: skip
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from support.fixtures import Cli, assert_one_line_error
 from support.mqtt import FixtureCA
-from support.report import assert_conforms, sent_report
+from support.report import assert_conforms, embedded_report, sent_report
 from support.send import load
 
 from elf_async.local.mosquitto import Mosquitto
@@ -66,12 +66,14 @@ def test_two_real_sends_merge_exactly(
     result = cli(
         "report", "merge", _write(files[0], a), _write(files[1], b), "-o", str(merged_file),
         "--threshold", "messages.acked>=120", "--junit", str(tmp_path / "junit.xml"),
+        "--html", str(tmp_path / "merged.html"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("merge passed: 120 of 120 messages acknowledged")
     merged = json.loads(merged_file.read_text())
     assert_conforms(merged, SendReport)
     assert merged["shards"] == {"count": 2, "merged": 2, "missing": 0}
+    assert embedded_report(tmp_path / "merged.html") == merged
     for name in ("scheduled", "published", "acked"):
         assert merged["messages"][name] == a["messages"][name] + b["messages"][name] == 120
     assert len(merged["things"]) == 4
@@ -118,7 +120,7 @@ def test_a_failed_threshold_on_the_merged_report_exits_3(cli: Cli, tmp_path: Pat
     [
         ("{not json", "not JSON"),
         ('{"hello": 1}', "not an elf-async report"),
-        ('{"schema": "elf-async/report/7"}', "unknown report schema"),
+        ('{"schema": "elf-async/report/7"}', "is unknown to elf-async"),
     ],
 )
 def test_bad_input_to_merge_is_one_line_and_exit_2(
@@ -139,7 +141,7 @@ def test_merge_refuses_a_duplicate_shard_an_unreadable_file_and_a_bad_output(
     out = str(tmp_path / "m.json")
     assert_one_line_error(cli("report", "merge", a, b, "-o", out), 2, "shard 0 is also")
     missing = str(tmp_path / "nope.json")
-    assert_one_line_error(cli("report", "merge", a, missing, "-o", out), 2, "cannot be read")
+    assert_one_line_error(cli("report", "merge", a, missing, "-o", out), 2, "cannot read it")
     assert_one_line_error(
         cli("report", "merge", a, "-o", str(tmp_path / "no" / "m.json")), 2, "--output"
     )

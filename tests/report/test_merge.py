@@ -110,7 +110,7 @@ def _v1(report: dict[str, Any]) -> dict[str, Any]:
         (lambda r: r.update(command="subscribe"), "a subscribe report, but a.json is a send"),
         (lambda r: r["fleet"].update(fleet_id="other"), "fleet other, but a.json is of fleet f"),
         (lambda r: r["messages"].update(qos=0), "QoS 0, but a.json used QoS 1"),
-        (lambda r: r.update(schema="elf-async/report/9"), "unknown report schema"),
+        (lambda r: r.update(schema="elf-async/report/9"), "is unknown to elf-async"),
         (lambda r: r.pop("schema"), "not an elf-async report"),
         (lambda r: r.update(command="run"), "a run report that never sent"),
         (lambda r: r.update(shard={"index": 2, "count": 2}), "shard 2/2 is not a shard index"),

@@ -4,7 +4,9 @@ fields the model declares, each of the declared type."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, get_args, get_origin, is_typeddict
 
 from elf_async.dataplane.connections import Endpoint
@@ -106,3 +108,12 @@ def sent_report(
     if shard is not None:
         written["shard"] = {"index": shard[0], "count": shard[1]}
     return written
+
+
+def embedded_report(page: Path) -> Any:
+    """The report an HTML page (`--html`) embeds."""
+    match = re.search(
+        r'<script type="application/json" id="elf-report">(.*?)</script>', page.read_text()
+    )
+    assert match is not None
+    return json.loads(match[1])
