@@ -7,8 +7,10 @@ when it is read. Counters are plain ints on each worker, sampled once a second.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +76,23 @@ class Histogram:
             return None
         return round(float(hdr.get_value_at_percentile(percentile)) / 1000.0, 3)
 
+    def buckets(self, bounds: Sequence[float]) -> Buckets:
+        """Cumulative counts at each of `bounds` (seconds, ascending), as Prometheus exposes a
+        histogram: read from the HDR counts once, at whatever rate the caller reads (nothing is
+        added on the recording path). A value counts under a bound when the lowest value of
+        its HDR bucket is within it."""
+        hdr = self._flush()
+        limits = [bound * 1_000_000 for bound in bounds]
+        counts = [0] * len(limits)
+        for item in hdr.get_recorded_iterator():
+            lowest = hdr.get_lowest_equivalent_value(item.value_iterated_to)
+            first = bisect.bisect_left(limits, lowest)
+            if first < len(counts):
+                counts[first] += item.count_at_value_iterated_to
+        total = int(hdr.get_total_count())
+        sum_s = float(hdr.get_mean_value()) * total / 1_000_000 if total else 0.0
+        return Buckets(tuple(bounds), tuple(itertools.accumulate(counts)), total, sum_s)
+
     def summary_ms(self) -> dict[str, float | int | None]:
         """count, p50, p90, p99, p999, max and mean in milliseconds (None when empty)."""
         hdr = self._flush()
@@ -84,6 +103,17 @@ class Histogram:
         summary["max"] = round(hdr.get_max_value() / 1000.0, 3) if total else None
         summary["mean"] = round(hdr.get_mean_value() / 1000.0, 3) if total else None
         return summary
+
+
+@dataclass(frozen=True, slots=True)
+class Buckets:
+    """A histogram as Prometheus shows it: cumulative counts at fixed bounds (seconds), the
+    count and the sum (the HDR mean times the count: exact to HDR's 3 digits)."""
+
+    bounds: tuple[float, ...]
+    cumulative: tuple[int, ...]
+    count: int
+    sum_s: float
 
 
 def merged(histograms: Iterable[Histogram]) -> Histogram:

@@ -24,6 +24,7 @@ from elf_async.dataplane.plan import SendPlan, SendSetup, ThingPlan, send_here
 from elf_async.dataplane.schedule import plan
 from elf_async.dataplane.sender import Snapshot
 from elf_async.dataplane.topics import TopicTemplate, outside_policy
+from elf_async.jobs.live_metrics import LiveMetrics
 from elf_async.jobs.target import Aim, ready_identities, resolve_endpoint
 from elf_async.jobs.workers import send_in_workers
 from elf_async.report.document import SendTally, send_report
@@ -54,6 +55,8 @@ class SendOptions:
     drain: float
     connect: ConnectOptions
     workers: int
+    cloudwatch: bool  # read AWS/IoT's counts for the run's window afterwards
+    cloudwatch_wait: float | None  # seconds to let them arrive (None: the target's default)
     as_given: Mapping[str, Any]
 
 
@@ -133,8 +136,10 @@ async def run_send(
     *,
     on_tick: Callable[[Snapshot], None] = lambda snapshot: None,
     warn: Callable[[str], None] = lambda line: None,
+    metrics: LiveMetrics | None = None,
 ) -> SendReport:
-    """Run one send and return its report.
+    """Run one send and return its report; `metrics` (--metrics-port) sees every tick and,
+    at the end, the report's figures.
 
     Installs no signal handlers: `stop` is the caller's.
     """
@@ -148,6 +153,14 @@ async def run_send(
             warn(line)
         endpoint = await resolve_endpoint(aimed, ledger, options.connect)
         fleet_id = ledger.meta().get("fleet_id")
+    if metrics is not None:
+        metrics.for_fleet(fleet_id)
+        shown = on_tick
+
+        def on_tick(snapshot: Snapshot) -> None:
+            metrics.observe_send(snapshot)
+            shown(snapshot)
+
     setup = SendSetup(
         endpoint=endpoint,
         connect_per_s=options.connect.connect_per_s,
@@ -162,6 +175,8 @@ async def run_send(
         result = await send_in_workers(
             send_plan, setup, options.workers, stop, on_tick=on_tick, verbose=aimed.settings.verbose
         )
+    if metrics is not None:
+        metrics.conclude_send(result)
     report = send_report(
         result,
         options=dict(options.as_given),
