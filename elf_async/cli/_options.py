@@ -82,7 +82,7 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
     if args.cloudwatch_wait is not None:
         if not args.cloudwatch:
             raise UsageError("--cloudwatch-wait needs --cloudwatch")
-        cloudwatch_wait = parse_duration(args.cloudwatch_wait, what="--cloudwatch-wait")
+        cloudwatch_wait = parse_duration(args.cloudwatch_wait, what="--cloudwatch-wait", zero=True)
     return SendOptions(
         message=args.message,
         things=args.things,
@@ -174,7 +174,7 @@ def parse_metrics_options(args: MetricsArgs) -> MetricsOptions | None:
             f"--metrics-addr {args.metrics_addr!r}: not an address or a host name "
             "(example: 127.0.0.1, or 0.0.0.0 for every interface)"
         )
-    linger = parse_duration(args.metrics_linger, what="--metrics-linger")
+    linger = parse_duration(args.metrics_linger, what="--metrics-linger", zero=True)
     return MetricsOptions(port=args.metrics_port, addr=args.metrics_addr, linger=linger)
 
 
