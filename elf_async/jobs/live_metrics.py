@@ -34,8 +34,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from elf_async.dataplane.connections import Connector
 from elf_async.dataplane.sender import Snapshot
-from elf_async.dataplane.subscriber import Subscriber, SubscribeResult
+from elf_async.dataplane.subscriber import SequenceTracker, Subscriber, SubscribeResult
 from elf_async.dataplane.tally import Totals
 from elf_async.errors import UsageError
 from elf_async.metrics import Buckets, Histogram
@@ -170,52 +171,45 @@ class LiveMetrics:
     # A subscribe.
 
     def observe_subscribe(self, subscriber: Subscriber, row: Mapping[str, Any]) -> None:
-        """A subscribe's figures of this second: `row` is its live view's (running totals)."""
-        failed = subscriber.connector.things_failed
+        """A subscribe's figures of this second (`row`: its live view's, for `connected`)."""
         self._serve_subscribe(
-            received=row["received"],
-            lost=row["lost"],
-            duplicates=row["duplicates"],
+            subscriber.trackers.values(),
             connected=row["connected"],
-            failed=failed,
             things=len(subscriber.watches),
-            reconnects=subscriber.connector.reconnects,
+            connector=subscriber.connector,
             latency=subscriber.latency,
-            connect=subscriber.connector.connect_time,
             final=False,
         )
 
     def conclude_subscribe(self, result: SubscribeResult) -> None:
-        """The final figures, those of the report."""
-        trackers = result.trackers.values()
-        failed = result.connector.things_failed
+        """The final figures, those of the report (every connection closed by now)."""
         self._serve_subscribe(
-            received=sum(t.received for t in trackers),
-            lost=sum(t.lost for t in trackers),
-            duplicates=sum(t.duplicates for t in trackers),
+            result.trackers.values(),
             connected=0,
-            failed=failed,
-            things=failed,
-            reconnects=result.connector.reconnects,
+            things=result.connector.things_failed,
+            connector=result.connector,
             latency=result.latency,
-            connect=result.connector.connect_time,
             final=True,
         )
 
     def _serve_subscribe(
         self,
+        trackers: Iterable[SequenceTracker],
         *,
-        received: int,
-        lost: int,
-        duplicates: int,
         connected: int,
-        failed: int,
         things: int,
-        reconnects: int,
+        connector: Connector,
         latency: Histogram,
-        connect: Histogram,
         final: bool,
     ) -> None:
+        """The counts summed over the sending things, as the report sums them."""
+        received = lost = duplicates = 0
+        for tracker in trackers:
+            received += tracker.received
+            lost += tracker.lost
+            duplicates += tracker.duplicates
+        failed, reconnects = connector.things_failed, connector.reconnects
+        connect = connector.connect_time
         families = [
             self._counter(
                 "elf_messages_received", "Messages delivered, duplicates included.", received
@@ -346,7 +340,8 @@ def serving(
         yield metrics
     finally:
         if metrics.concluded:
-            metrics.final_scraped.wait(options.linger)
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the wait, not the exit
+                metrics.final_scraped.wait(options.linger)
         server.shutdown()
         server.server_close()
         thread.join()

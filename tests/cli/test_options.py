@@ -153,7 +153,8 @@ SEND_AS_GIVEN: dict[str, Any] = {
         "connect_timeout": 10.0, "connect_retries": 3, "keepalive": 60,
         "allow_over_aws_limits": False,
     },
-    "workers": 1,
+    "metrics": {"metrics_port": None, "metrics_addr": "127.0.0.1", "metrics_linger": "0s"},
+    "cloudwatch": False, "cloudwatch_wait": None, "workers": 1,
 }  # fmt: skip
 
 
@@ -172,6 +173,7 @@ def test_the_report_keeps_what_the_user_typed() -> None:
     assert subscribe.as_given == {
         "things": None, "client_offset": None, "topic": None, "append_thing_name": False,
         "qos": 1, "duration": "5m", "report": None, "connect": SEND_AS_GIVEN["connect"],
+        "metrics": SEND_AS_GIVEN["metrics"],
     }  # fmt: skip
 
 

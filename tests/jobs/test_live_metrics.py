@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.fixtures import ROOT, Cli, free_port
 from support.send import load
-from support.wait import wait_until
+from support.wait import wait_for_log, wait_until
 
 from elf_async.local.mosquitto import Mosquitto
 from elf_async.metrics import Histogram
@@ -161,3 +162,43 @@ def test_buckets_are_cumulative_at_fixed_bounds() -> None:
     assert buckets.count == 6
     assert buckets.sum_s == pytest.approx(5.945, rel=0.01)
     assert Histogram().buckets((1.0,)).cumulative == (0,)
+
+
+def test_subscribe_serves_its_counts_and_ends_equal_to_its_report(
+    fleet: Cli, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    port, report_file = free_port(), tmp_path / "sub.json"
+    endpoint = ("--mqtt-endpoint", f"127.0.0.1:{mosquitto.port}", "--ca-file",
+                str(mosquitto.ca_file))  # fmt: skip
+    process = fleet.popen("subscribe", *endpoint, "--quiet", "--duration", "10m",
+                          "--metrics-port", str(port), "--metrics-linger", "10m",
+                          "--report", str(report_file))  # fmt: skip
+
+    def figure(name: str) -> float:
+        text = scrape(port)
+        return samples(text).get(name, -1.0) if text else -1.0
+
+    try:
+        wait_until(lambda: figure("elf_connections{state=connected}") == 3, what="3 connected")
+        wait_for_log(mosquitto.log_file, r"Sending SUBACK to \S+-watch$", count=3)
+        sent = fleet("send", *endpoint, "--count", "5", "--rate", "10/s", timeout=120)
+        assert sent.returncode == 0, sent.stderr
+        wait_until(lambda: figure("elf_messages_received_total") == 15, what="15 received")
+        process.send_signal(signal.SIGINT)
+        wait_until(report_file.exists, what="the report")
+        text = scrape(port)
+        assert text is not None
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 130, stderr
+    finally:
+        process.kill()
+        process.wait()
+    final, report = samples(text), json.loads(report_file.read_text())
+    assert 'command="subscribe"' in text
+    messages = report["messages"]
+    assert final["elf_messages_received_total"] == messages["received"] == 15
+    assert final["elf_messages_lost_total"] == messages["lost"]
+    assert final["elf_messages_duplicate_total"] == messages["duplicates"]
+    assert final["elf_end_to_end_latency_seconds_count"] == 15
+    assert final["elf_connect_seconds_count"] == report["latency_ms"]["connect"]["count"] == 3
+    assert final["elf_connections{state=failed}"] == 0
