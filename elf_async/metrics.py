@@ -7,9 +7,9 @@ when it is read. Counters are plain ints on each worker, sampled once a second.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,20 +78,17 @@ class Histogram:
 
     def buckets(self, bounds: Sequence[float]) -> Buckets:
         """Cumulative counts at each of `bounds` (seconds, ascending), as Prometheus exposes a
-        histogram: read from the HDR counts once, at whatever rate the caller reads (nothing is
-        added on the recording path). A value counts under a bound when the lowest value of
-        its HDR bucket is within it."""
+        histogram: read from the HDR counts array in one pass (a few ms), at whatever rate the
+        caller reads; nothing is added to the recording path. A value counts under a bound
+        when the lowest value of its HDR bucket is within it."""
         hdr = self._flush()
-        limits = [bound * 1_000_000 for bound in bounds]
-        counts = [0] * len(limits)
-        for item in hdr.get_recorded_iterator():
-            lowest = hdr.get_lowest_equivalent_value(item.value_iterated_to)
-            first = bisect.bisect_left(limits, lowest)
-            if first < len(counts):
-                counts[first] += item.count_at_value_iterated_to
-        total = int(hdr.get_total_count())
-        sum_s = float(hdr.get_mean_value()) * total / 1_000_000 if total else 0.0
-        return Buckets(tuple(bounds), tuple(itertools.accumulate(counts)), total, sum_s)
+        size = hdr.counts_len
+        counts = hdr.counts[:size]
+        cumulative = list(itertools.accumulate(counts))
+        at = [min(hdr.get_counts_array_index(int(b * 1_000_000)), size - 1) for b in bounds]
+        sum_us = sum(map(operator.mul, counts, _medians(hdr)))
+        total = cumulative[-1]
+        return Buckets(tuple(bounds), tuple(cumulative[i] for i in at), total, sum_us / 1e6)
 
     def summary_ms(self) -> dict[str, float | int | None]:
         """count, p50, p90, p99, p999, max and mean in milliseconds (None when empty)."""
@@ -103,6 +100,21 @@ class Histogram:
         summary["max"] = round(hdr.get_max_value() / 1000.0, 3) if total else None
         summary["mean"] = round(hdr.get_mean_value() / 1000.0, 3) if total else None
         return summary
+
+
+_MEDIANS: list[int] = []
+
+
+def _medians(hdr: HdrHistogram) -> list[int]:
+    """The value each slot of the counts array stands for (the middle of its range, as the
+    HDR mean counts it): the same for every histogram here, computed once (~0.1 s)."""
+    if not _MEDIANS:
+        for index in range(hdr.counts_len):
+            value = hdr.get_value_from_index(index)
+            lowest = hdr.get_lowest_equivalent_value(value)
+            highest = hdr.get_highest_equivalent_value(value)
+            _MEDIANS.append(lowest + ((highest - lowest + 1) >> 1))
+    return _MEDIANS
 
 
 @dataclass(frozen=True, slots=True)

@@ -315,6 +315,7 @@ def serving(
         yield None
         return
     metrics = LiveMetrics(command=command, shard=shard)
+    Histogram().buckets(BOUNDS_S)  # HDR's slot table, built once here, not on the event loop
     registry = CollectorRegistry(auto_describe=False)
     registry.register(metrics)
     where = f"--metrics-port {options.port}"

@@ -20,7 +20,6 @@ from support.send import load
 from support.wait import wait_for_log, wait_until
 
 from elf_async.local.mosquitto import Mosquitto
-from elf_async.metrics import Histogram
 
 DASHBOARD = ROOT / "dashboards" / "elf-async.json"
 THINGS = 4  # the fleet4 fixture's
@@ -151,17 +150,6 @@ def test_promtool_finds_no_problem_in_the_exposition(
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout.strip() == check.stderr.strip() == "", check.stdout + check.stderr
-
-
-def test_buckets_are_cumulative_at_fixed_bounds() -> None:
-    histogram = Histogram()
-    for ms in (1, 2, 2, 40, 900, 5000):
-        histogram.record(ms / 1000)
-    buckets = histogram.buckets((0.001, 0.01, 1.0, 2.0))
-    assert buckets.cumulative == (1, 3, 5, 5)
-    assert buckets.count == 6
-    assert buckets.sum_s == pytest.approx(5.945, rel=0.01)
-    assert Histogram().buckets((1.0,)).cumulative == (0,)
 
 
 def test_subscribe_serves_its_counts_and_ends_equal_to_its_report(
