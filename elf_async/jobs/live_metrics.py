@@ -20,19 +20,7 @@ import socket
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
-from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
-
-from prometheus_client import make_wsgi_app
-from prometheus_client.core import (
-    CollectorRegistry,
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.exposition import ThreadingWSGIServer
+from typing import TYPE_CHECKING, Any
 
 from elf_async.dataplane.connections import Connector
 from elf_async.dataplane.sender import Snapshot
@@ -41,6 +29,13 @@ from elf_async.dataplane.tally import Totals
 from elf_async.errors import UsageError
 from elf_async.metrics import Buckets, Histogram
 from elf_async.report.document import SendTally
+
+# prometheus_client and the HTTP server behind it (~50 ms to import) are imported where metrics
+# are served or built: a command without --metrics-port does not pay for them.
+if TYPE_CHECKING:
+    from wsgiref.types import WSGIApplication
+
+    from prometheus_client.core import CollectorRegistry, Metric
 
 # Bucket bounds (seconds) shared by every histogram: from a fast local ack to a stalled one.
 BOUNDS_S: tuple[float, ...] = (
@@ -242,11 +237,15 @@ class LiveMetrics:
         return [self.command, self.fleet, self.shard]
 
     def _counter(self, name: str, documentation: str, value: int) -> Metric:
+        from prometheus_client.core import CounterMetricFamily
+
         family = CounterMetricFamily(name, documentation, labels=LABELS)
         family.add_metric(self._labels, value)
         return family
 
     def _gauge(self, name: str, documentation: str, value: float) -> Metric:
+        from prometheus_client.core import GaugeMetricFamily
+
         family = GaugeMetricFamily(name, documentation, labels=LABELS)
         family.add_metric(self._labels, value)
         return family
@@ -254,6 +253,8 @@ class LiveMetrics:
     def _connections(self, *, connected: int, failed: int, things: int) -> Metric:
         """Clients by state: connected, failed (never connected), connecting (not yet, or
         again after the broker dropped them)."""
+        from prometheus_client.core import GaugeMetricFamily
+
         family = GaugeMetricFamily(
             "elf_connections",
             "MQTT clients by state: connected, connecting (first time or again), failed "
@@ -270,6 +271,8 @@ class LiveMetrics:
         return family
 
     def _histogram(self, name: str, documentation: str, histogram: Histogram) -> Metric:
+        from prometheus_client.core import HistogramMetricFamily
+
         buckets = histogram.buckets(BOUNDS_S)
         family = HistogramMetricFamily(name, documentation, labels=LABELS)
         family.add_metric(self._labels, _buckets(buckets), buckets.sum_s)
@@ -283,14 +286,13 @@ def _buckets(buckets: Buckets) -> Sequence[tuple[str, float]]:
     ]
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """No access log on the command's terminal."""
-
-
 def _app(metrics: LiveMetrics, registry: CollectorRegistry) -> WSGIApplication:
     """prometheus_client's /metrics, which also notes when a response carrying the final
     figures has been written (the linger waits for that, not for the scrape to start)."""
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
+    from prometheus_client import make_wsgi_app
+
     exposition = make_wsgi_app(registry)
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
@@ -314,6 +316,15 @@ def serving(
     if options is None:
         yield None
         return
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client.core import CollectorRegistry
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """No access log on the command's terminal."""
+
     metrics = LiveMetrics(command=command, shard=shard)
     Histogram().buckets(BOUNDS_S)  # HDR's slot table, built once here, not on the event loop
     registry = CollectorRegistry(auto_describe=False)
@@ -328,7 +339,7 @@ def serving(
             address_family = family
 
         server = make_server(
-            str(sockaddr[0]), options.port, _app(metrics, registry), Server, _QuietHandler
+            str(sockaddr[0]), options.port, _app(metrics, registry), Server, QuietHandler
         )
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
