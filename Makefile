@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench deps mosquitto chromium clean-venv
+.PHONY: demo test lint bench deps mosquitto chromium promtool clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-deps: $(STAMP) mosquitto chromium
+deps: $(STAMP) mosquitto chromium promtool
 
 # mosquitto is the local data plane; its clients (mosquitto_pub/_sub) are the independent
 # witnesses in tests and benchmarks. Installed with apt-get when we can.
@@ -37,6 +37,15 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else \
 		echo "chromium is missing (Debian/Ubuntu: sudo apt-get install chromium): the browser test of the HTML report will be skipped" >&2; \
+# promtool (Debian's prometheus package) checks the --metrics-port exposition in the tests;
+# without it that one test is skipped, with the reason.
+promtool:
+	@if command -v promtool >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing prometheus (for promtool) with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	else \
+		echo "promtool is missing (Debian/Ubuntu: sudo apt-get install prometheus): its test will be skipped" >&2; \
 	fi
 
 lint: $(STAMP)

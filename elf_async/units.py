@@ -24,13 +24,14 @@ def parse_rate(text: str, *, what: str = "rate") -> float:
     return value
 
 
-def parse_duration(text: str, *, what: str = "duration") -> float:
-    """``60``, ``60s``, ``5m``, ``250ms`` -> seconds."""
+def parse_duration(text: str, *, what: str = "duration", zero: bool = False) -> float:
+    """``60``, ``60s``, ``5m``, ``250ms`` -> seconds; 0 only where `zero` (a wait that may be
+    skipped)."""
     match = _DURATION.match(text)
     if not match:
         raise UsageError(f"{what}: {text!r} is not a duration (examples: 60, 60s, 5m)")
     value = float(match.group(1)) * _SCALE[match.group(2)]
-    if value <= 0:
+    if value < 0 or (value == 0 and not zero):
         raise UsageError(f"{what}: {text!r} must be above zero")
     return value
 

@@ -43,3 +43,14 @@ def test_series_rows_are_deltas() -> None:
         {"t": 1, "published": 10, "acked": 8, "connected": 3},
         {"t": 2, "published": 15, "acked": 17, "connected": 3},
     ]
+
+
+def test_buckets_are_cumulative_at_fixed_bounds() -> None:
+    histogram = Histogram()
+    for ms in (1, 2, 2, 40, 900, 5000):
+        histogram.record(ms / 1000)
+    buckets = histogram.buckets((0.001, 0.01, 1.0, 2.0))
+    assert buckets.cumulative == (1, 3, 5, 5)
+    assert buckets.count == 6
+    assert buckets.sum_s == pytest.approx(5.945, rel=0.01)
+    assert Histogram().buckets((1.0,)).cumulative == (0,)

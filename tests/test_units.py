@@ -33,3 +33,11 @@ def test_parse_api_rate() -> None:
     assert parse_api_rate("CreateThing=30/s") == ("CreateThing", 30.0)
     with pytest.raises(UsageError):
         parse_api_rate("creatething=30")
+
+
+def test_a_zero_duration_only_where_a_wait_may_be_skipped() -> None:
+    assert parse_duration("0s", what="--metrics-linger", zero=True) == 0.0
+    with pytest.raises(UsageError, match="must be above zero"):
+        parse_duration("0s", what="--drain")
+    with pytest.raises(UsageError, match="not a duration"):
+        parse_duration("-1s", what="--metrics-linger", zero=True)

@@ -1,11 +1,11 @@
 """The options of `send`, `subscribe` and `run`'s send phase, declared once.
 
-Each option is a field of `SendArgs`, `SubscribeArgs`, `ConnectArgs` or `ShardArgs`: its type,
-its typer declaration and its default. A command takes them whole with `@takes`: a parameter
-annotated `SendArgs` becomes every option of `send` in the command's signature (typer reads
-that), and they arrive gathered back into one `SendArgs`. So `run` accepts every option `send`
-has, and a new option is declared in one place. What the options mean in SI units is decided
-in elf_async.cli._options.
+Each option is a field of `SendArgs`, `SubscribeArgs`, `ConnectArgs`, `ShardArgs` or
+`MetricsArgs`: its type, its typer declaration and its default. A command takes them whole with
+`@takes`: a parameter annotated `SendArgs` becomes every option of `send` in the command's
+signature (typer reads that), and they arrive gathered back into one `SendArgs`. So `run`
+accepts every option `send` has, and a new option is declared in one place. What the options
+mean in SI units is decided in elf_async.cli._options.
 """
 
 # No `from __future__ import annotations`: the fields' typer declarations are read at run time.
@@ -119,6 +119,29 @@ class ConnectArgs:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class MetricsArgs:
+    """Live Prometheus metrics, for `send`, `subscribe` and `run`."""
+
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve live Prometheus metrics on this port (/metrics). [default: none]",
+            show_default=False,
+        ),
+    ] = None
+    metrics_addr: Annotated[str, typer.Option(help="The address --metrics-port listens on.")] = (
+        "127.0.0.1"
+    )
+    metrics_linger: Annotated[
+        str,
+        typer.Option(
+            help="After the run: keep serving until one scrape has read the final figures, "
+            "at most this long (e.g. your scrape interval).",
+        ),
+    ] = "0s"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SendArgs:
     """`send`'s options as typed; their order is the report's."""
 
@@ -180,6 +203,23 @@ class SendArgs:
     html: Html = None
     connect: ConnectArgs = dataclasses.field(default_factory=ConnectArgs)
     sharding: ShardArgs = dataclasses.field(default_factory=ShardArgs)
+    metrics: MetricsArgs = dataclasses.field(default_factory=MetricsArgs)
+    cloudwatch: Annotated[
+        bool,
+        typer.Option(
+            "--cloudwatch",
+            help="After the run, read AWS/IoT's own counts for its window from CloudWatch "
+            "into the report (aws_metrics).",
+        ),
+    ] = False
+    cloudwatch_wait: Annotated[
+        str | None,
+        typer.Option(
+            help="With --cloudwatch: how long after the run to let AWS publish its one-minute "
+            "metrics before reading them. [default: 3m; 0s with --local]",
+            show_default=False,
+        ),
+    ] = None
     workers: Annotated[
         int,
         typer.Option(
@@ -221,9 +261,10 @@ class SubscribeArgs:
     html: Html = None
     connect: ConnectArgs = dataclasses.field(default_factory=ConnectArgs)
     sharding: ShardArgs = dataclasses.field(default_factory=ShardArgs)
+    metrics: MetricsArgs = dataclasses.field(default_factory=MetricsArgs)
 
 
-ARGS = (SendArgs, SubscribeArgs, ConnectArgs, ShardArgs)
+ARGS = (SendArgs, SubscribeArgs, ConnectArgs, ShardArgs, MetricsArgs)
 
 
 def _parameters(args: type) -> Iterator[inspect.Parameter]:
@@ -248,7 +289,7 @@ def _gather(args: type[R], values: dict[str, Any]) -> R:
 
 
 def takes(command: Callable[..., R]) -> Callable[..., R]:
-    """`command` with each parameter annotated `SendArgs`, `SubscribeArgs` or `ConnectArgs`
+    """`command` with each parameter annotated one of `ARGS`
     spread into that class's options in its signature (what typer reads), and gathered back
     when called."""
     signature = inspect.signature(command, eval_str=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from elf_async.cli._args import ConnectArgs, SendArgs, ShardArgs, SubscribeArgs
+from elf_async.cli._args import ConnectArgs, MetricsArgs, SendArgs, ShardArgs, SubscribeArgs
 from elf_async.dataplane.mqtt import parse_endpoint
 from elf_async.dataplane.options import (
     AWS_CONNECT_PER_S,
@@ -29,6 +29,7 @@ from elf_async.dataplane.options import (
 from elf_async.dataplane.payload import template_parts
 from elf_async.dataplane.topics import TopicTemplate
 from elf_async.errors import UsageError
+from elf_async.jobs.live_metrics import MetricsOptions
 from elf_async.jobs.send import SendOptions
 from elf_async.jobs.subscribe import SubscribeOptions
 from elf_async.shards import Shard, choose_shard, parse_start_at
@@ -80,6 +81,11 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
     duration = None
     if args.count is None:
         duration = parse_run_length(args.duration or DEFAULT_DURATION)
+    cloudwatch_wait = None
+    if args.cloudwatch_wait is not None:
+        if not args.cloudwatch:
+            raise UsageError("--cloudwatch-wait needs --cloudwatch")
+        cloudwatch_wait = parse_duration(args.cloudwatch_wait, what="--cloudwatch-wait", zero=True)
     return SendOptions(
         message=args.message,
         things=args.things,
@@ -98,6 +104,8 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
         drain=drain,
         connect=connect,
         workers=args.workers,
+        cloudwatch=args.cloudwatch,
+        cloudwatch_wait=cloudwatch_wait,
         as_given=_as_given(args, connect),
         shard=shard,
         start_at=start_at,
@@ -170,6 +178,32 @@ def parse_connect_options(args: ConnectArgs, *, shard: Shard | None = None) -> C
         keepalive=keepalive,
         allow_over_aws_limits=args.allow_over_aws_limits,
     )
+
+
+def parse_metrics_options(args: MetricsArgs) -> MetricsOptions | None:
+    """--metrics-port and its companions (None: no metrics). Whether the port is free is
+    known when it is bound (elf_async.jobs.live_metrics.serving), before the run."""
+    if args.metrics_port is None:
+        given = args != MetricsArgs()
+        if given:
+            raise UsageError("--metrics-addr and --metrics-linger need --metrics-port")
+        return None
+    if not 1 <= args.metrics_port <= 65535:
+        raise UsageError(f"--metrics-port {args.metrics_port}: not a port (1 to 65535)")
+    if not _valid_host(args.metrics_addr):
+        raise UsageError(
+            f"--metrics-addr {args.metrics_addr!r}: not an address or a host name "
+            "(example: 127.0.0.1, or 0.0.0.0 for every interface)"
+        )
+    linger = parse_duration(args.metrics_linger, what="--metrics-linger", zero=True)
+    return MetricsOptions(port=args.metrics_port, addr=args.metrics_addr, linger=linger)
+
+
+def shard_label(args: SendArgs | SubscribeArgs) -> str:
+    """The live metrics' shard label: the shard (`--shard I/N`, else the array job's
+    environment), empty when the run is not one shard of several."""
+    shard = shard_of(args.sharding.shard)
+    return "" if shard is None else str(shard)
 
 
 def parse_qos(value: int) -> Qos:

@@ -36,7 +36,12 @@ from elf_async.cli._common import (
     settings,
 )
 from elf_async.cli._live import LiveView, send_final_frame, send_frame
-from elf_async.cli._options import check_output_path, parse_send_options
+from elf_async.cli._options import (
+    check_output_path,
+    parse_metrics_options,
+    parse_send_options,
+    shard_label,
+)
 from elf_async.cli._output import Outputs
 from elf_async.cli._progress import progress_for
 from elf_async.cli._summary import AWS_HINT, REPORT_HINT, Rows, print_summary, send_rows
@@ -44,6 +49,7 @@ from elf_async.config import Settings
 from elf_async.controlplane.ledger import Ledger
 from elf_async.errors import EXIT_USAGE, ThresholdFailed, UsageError
 from elf_async.jobs import run as runner
+from elf_async.jobs.live_metrics import LiveMetrics, serving
 from elf_async.jobs.send import SendOptions, run_send
 from elf_async.jobs.target import Aim, aim
 from elf_async.local import stack as localstack
@@ -152,7 +158,9 @@ def command(
         run_id=run_id,
     )
     send_options = parse_send_options(args, fleet_size=request.count)
-    send_step = _send_step(send_options, quiet=opts.quiet)
+    metrics_options = parse_metrics_options(args.metrics)
+    live = ctx.with_resource(serving(metrics_options, command="run", shard=shard_label(args)))
+    send_step = _send_step(send_options, quiet=opts.quiet, metrics=live)
     ctx.with_resource(statelock.hold(opts.state_dir))  # until the command returns
     if Ledger.exists(opts.state_dir):
         raise UsageError(
@@ -333,7 +341,9 @@ def _run_json(result: runner.RunResult) -> RunSummary:
     }
 
 
-def _send_step(options: SendOptions, *, quiet: bool) -> runner.SendStep:
+def _send_step(
+    options: SendOptions, *, quiet: bool, metrics: LiveMetrics | None
+) -> runner.SendStep:
     """The send phase, shown as `send` shows it; the report is written by `run` itself."""
 
     async def send(aimed: Aim, stop: StopSignal) -> SendReport:
@@ -344,6 +354,7 @@ def _send_step(options: SendOptions, *, quiet: bool) -> runner.SendStep:
                 stop,
                 on_tick=lambda snapshot: view.update(send_frame(snapshot)),
                 warn=lambda line: console_err(f"warning: {line}"),
+                metrics=metrics,
             )
             view.finish(send_final_frame(report))
         return report

@@ -15,11 +15,12 @@ import typer
 from elf_async.cli._args import SendArgs, takes
 from elf_async.cli._common import console_err, run, settings
 from elf_async.cli._live import LiveView, send_final_frame, send_frame
-from elf_async.cli._options import parse_send_options
+from elf_async.cli._options import parse_metrics_options, parse_send_options, shard_label
 from elf_async.cli._output import Outputs
 from elf_async.cli._summary import REPORT_HINT, print_summary, send_rows
 from elf_async.dataplane.mqtt import debug_paho
 from elf_async.errors import EXIT_USAGE, PartialFailure
+from elf_async.jobs.live_metrics import serving
 from elf_async.jobs.send import run_send
 from elf_async.jobs.target import aim
 from elf_async.report.document import write_report
@@ -35,6 +36,8 @@ def command(ctx: typer.Context, args: SendArgs) -> None:
     opts = settings(ctx)
     debug_paho(opts.verbose)
     options = parse_send_options(args)
+    metrics_options = parse_metrics_options(args.metrics)
+    live = ctx.with_resource(serving(metrics_options, command="send", shard=shard_label(args)))
     aimed = aim(opts)
     with LiveView("send", quiet=opts.quiet) as view:
 
@@ -46,6 +49,7 @@ def command(ctx: typer.Context, args: SendArgs) -> None:
                     stop,
                     on_tick=lambda snapshot: view.update(send_frame(snapshot)),
                     warn=lambda line: console_err(f"warning: {line}"),
+                    metrics=live,
                 )
                 return result, stop.exit_code
 

@@ -16,11 +16,12 @@ import typer
 from elf_async.cli._args import SubscribeArgs, takes
 from elf_async.cli._common import console_err, run, settings
 from elf_async.cli._live import LiveView, subscribe_final_frame, subscribe_frame
-from elf_async.cli._options import parse_subscribe_options
+from elf_async.cli._options import parse_metrics_options, parse_subscribe_options, shard_label
 from elf_async.cli._output import Outputs
 from elf_async.cli._summary import print_summary, subscribe_hint, subscribe_rows
 from elf_async.dataplane.mqtt import debug_paho
 from elf_async.errors import EXIT_USAGE, PartialFailure
+from elf_async.jobs.live_metrics import serving
 from elf_async.jobs.subscribe import run_subscribe
 from elf_async.jobs.target import aim
 from elf_async.report.document import write_report
@@ -43,7 +44,8 @@ def command(
     debug_paho(opts.verbose)
     quiet = quiet or opts.quiet
     options = parse_subscribe_options(args)
-
+    metrics_options = parse_metrics_options(args.metrics)
+    live = ctx.with_resource(serving(metrics_options, command="subscribe", shard=shard_label(args)))
     aimed = aim(opts)
 
     def show(topic: str, payload: bytes | bytearray) -> None:
@@ -62,9 +64,13 @@ def command(
 
             with StopSignal() as stop:
                 if quiet:
-                    result = await run_subscribe(aimed, options, stop, on_tick=tick, warn=warn)
+                    result = await run_subscribe(
+                        aimed, options, stop, on_tick=tick, warn=warn, metrics=live
+                    )
                 else:
-                    result = await run_subscribe(aimed, options, stop, on_message=show, warn=warn)
+                    result = await run_subscribe(
+                        aimed, options, stop, on_message=show, warn=warn, metrics=live
+                    )
                 return result, stop.exit_code
 
         result, exit_code = run(main())

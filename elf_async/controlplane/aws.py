@@ -128,10 +128,19 @@ def snake_case(operation: str) -> str:
 
 
 class IotControlPlane:
-    """An aioboto3 IoT client behind per-API limiters, a concurrency cap and retries."""
+    """An aioboto3 IoT client behind per-API limiters, a concurrency cap and retries (or
+    another service's client: `service` names its IAM actions in errors)."""
 
-    def __init__(self, client: Any, *, concurrency: int, api_rates: Mapping[str, float]) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        concurrency: int,
+        api_rates: Mapping[str, float],
+        service: str = "iot",
+    ) -> None:
         self._client = client
+        self._service = service
         self._slots = asyncio.Semaphore(concurrency)
         self._rates = dict(api_rates)
         self._limiters: dict[str, RateLimiter] = {}
@@ -198,11 +207,13 @@ class IotControlPlane:
                     continue
                 stats.failed += 1
                 if code in DENIED_CODES:
-                    raise AccessDenied(operation, code, message) from exc
+                    raise AccessDenied(operation, code, message, service=self._service) from exc
                 details = {
                     k: v for k, v in exc.response.items() if k not in ("Error", "ResponseMetadata")
                 }
-                raise AwsError(operation, code, message, details=details) from exc
+                raise AwsError(
+                    operation, code, message, service=self._service, details=details
+                ) from exc
             except (TimeoutError, ConnectionError, HTTPClientError) as exc:
                 if attempt + 1 < TRANSIENT_ATTEMPTS:
                     stats.retried += 1
@@ -210,7 +221,9 @@ class IotControlPlane:
                     attempt += 1
                     continue
                 stats.failed += 1
-                raise AwsError(operation, type(exc).__name__, str(exc)) from exc
+                raise AwsError(
+                    operation, type(exc).__name__, str(exc), service=self._service
+                ) from exc
             except (NoCredentialsError, PartialCredentialsError) as exc:
                 raise CredentialsError(NO_CREDENTIALS) from exc
             limiter.recover()
@@ -268,9 +281,14 @@ def configured_region(profile: str | None) -> str | None:
 
 @asynccontextmanager
 async def connect(
-    target: Target, *, concurrency: int = 16, api_rates: Mapping[str, float] | None = None
+    target: Target,
+    *,
+    concurrency: int = 16,
+    api_rates: Mapping[str, float] | None = None,
+    service: str = "iot",
 ) -> AsyncIterator[IotControlPlane]:
-    """An `IotControlPlane` for `target`; the HTTP pool is as large as the concurrency."""
+    """An `IotControlPlane` for `target` (or the same, paced and retried, around another
+    service's client, e.g. `cloudwatch`); the HTTP pool is as large as the concurrency."""
     from aiobotocore.config import AioConfig
     from botocore.exceptions import NoRegionError
 
@@ -282,10 +300,13 @@ async def connect(
     )
     try:
         async with _session(target).client(
-            "iot", endpoint_url=target.endpoint_url, config=config
+            service, endpoint_url=target.endpoint_url, config=config
         ) as client:
             yield IotControlPlane(
-                client, concurrency=concurrency, api_rates=default_api_rates(api_rates)
+                client,
+                concurrency=concurrency,
+                api_rates=default_api_rates(api_rates),
+                service=service,
             )
     except NoRegionError as exc:
         raise UsageError("no AWS region: pass --region") from exc

@@ -284,6 +284,11 @@ class Snapshot:
     planned: int  # messages in the whole schedule
     span_s: float  # seconds the schedule spans (`schedule_span`)
     sending_s: float | None  # seconds since the schedule started (None: not yet)
+    # The run's histograms so far, for live metrics. In the sending process they are the live
+    # ones: read them in the callback, on the event loop (a copy crosses to a --workers parent).
+    ack: Histogram = field(default_factory=Histogram)
+    lag: Histogram = field(default_factory=Histogram)
+    connect: Histogram = field(default_factory=Histogram)
 
 
 @dataclass
@@ -536,4 +541,7 @@ class Sender:
             planned=sum(p.schedule.total for p in self.publishers),
             span_s=_span(self.publishers),
             sending_s=max(0.0, time.monotonic() - self._start) if self._start else None,
+            ack=self.shared.ack,
+            lag=self.shared.lag,
+            connect=self.connector.connect_time,
         )

@@ -4,13 +4,16 @@ it). The options come parsed and checked from the command line (elf_async.cli._o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from elf_async import statelock
-from elf_async.config import check_region
+from elf_async.config import check_region, resolve_target
+from elf_async.controlplane import cloudwatch
+from elf_async.controlplane.aws import configured_region
 from elf_async.controlplane.fleet import (
     THING_IDENTITY,
     identity_mode,
@@ -31,11 +34,12 @@ from elf_async.dataplane.plan import SendPlan, SendSetup, ThingPlan, send_here
 from elf_async.dataplane.schedule import plan
 from elf_async.dataplane.sender import Snapshot
 from elf_async.dataplane.topics import TopicTemplate, outside_policy
-from elf_async.errors import UsageError
+from elf_async.errors import RuntimeFailure, UsageError
+from elf_async.jobs.live_metrics import LiveMetrics
 from elf_async.jobs.target import Aim, ready_identities, resolve_endpoint
 from elf_async.jobs.workers import StartAt, monotonic_at, send_in_workers
-from elf_async.report.document import SendTally, send_report, sharding
-from elf_async.report.model import SendReport
+from elf_async.report.document import SendTally, aws_metrics, send_report, sharding
+from elf_async.report.model import AwsMetrics, SendReport
 from elf_async.shards import Shard
 from elf_async.stopping import StopSignal
 
@@ -63,9 +67,14 @@ class SendOptions:
     drain: float
     connect: ConnectOptions
     workers: int
+    cloudwatch: bool  # read AWS/IoT's counts for the run's window afterwards
+    cloudwatch_wait: float | None  # seconds to let them arrive (None: the target's default)
     as_given: Mapping[str, Any]
     shard: Shard | None = None  # else the shard the state dir was created as, if any
     start_at: float | None = None  # epoch seconds; None: as soon as connected
+
+
+CLOUDWATCH_WAIT_S = 180.0  # AWS/IoT publishes a minute's sums a minute or two after it ends
 
 
 @dataclass
@@ -204,8 +213,10 @@ async def run_send(
     *,
     on_tick: Callable[[Snapshot], None] = lambda snapshot: None,
     warn: Callable[[str], None] = lambda line: None,
+    metrics: LiveMetrics | None = None,
 ) -> SendReport:
-    """Run one send and return its report.
+    """Run one send and return its report; `metrics` (--metrics-port) sees every tick and,
+    at the end, the report's figures.
 
     Installs no signal handlers: `stop` is the caller's.
     """
@@ -218,8 +229,17 @@ async def run_send(
         for line in warnings.lines:
             warn(line)
         endpoint = await resolve_endpoint(aimed, ledger, options.connect)
-        fleet_id = ledger.meta().get("fleet_id")
-        identity = identity_mode(ledger.meta())
+        meta = ledger.meta()
+        identity = identity_mode(meta)
+    fleet_id = meta.get("fleet_id")
+    if metrics is not None:
+        metrics.for_fleet(fleet_id)
+        shown = on_tick
+
+        def on_tick(snapshot: Snapshot) -> None:
+            metrics.observe_send(snapshot)
+            shown(snapshot)
+
     setup = SendSetup(
         endpoint=endpoint,
         connect_per_s=options.connect.connect_per_s,
@@ -249,6 +269,8 @@ async def run_send(
             verbose=aimed.settings.verbose,
             start=start,
         )
+    if metrics is not None:
+        metrics.conclude_send(result)
     report = send_report(
         result,
         options=dict(options.as_given),
@@ -262,4 +284,41 @@ async def run_send(
         ),
     )
     report["fleet"]["identity"] = identity
+    if options.cloudwatch:
+        wait = options.cloudwatch_wait
+        if wait is None:
+            wait = 0.0 if aimed.stack is not None else CLOUDWATCH_WAIT_S
+        report["aws_metrics"] = await _cross_check(aimed, meta, report, result, wait, stop, warn)
     return report
+
+
+async def _cross_check(
+    aimed: Aim,
+    meta: dict[str, str],
+    report: SendReport,
+    result: SendTally,
+    wait: float,
+    stop: StopSignal,
+    warn: Callable[[str], None],
+) -> AwsMetrics:
+    """AWS/IoT's CloudWatch sums over the run's whole minutes, read `wait` seconds after the
+    run (a stop cuts the wait short). A failure to read them is said in the report and as a
+    warning: it does not undo the run."""
+    waited = 0.0
+    if wait > 0 and not stop.event.is_set():
+        warn(f"waiting {wait:g}s for AWS/IoT's one-minute CloudWatch metrics (--cloudwatch-wait)")
+        began = time.monotonic()
+        await stop.sleep(wait)
+        waited = time.monotonic() - began
+    start, end = cloudwatch.window(result.started_at, result.ended_at)
+    sums: dict[str, float | None] = {}
+    error = None
+    try:
+        target = resolve_target(
+            aimed.settings, meta, configured_region=configured_region(aimed.settings.profile)
+        )
+        sums = await cloudwatch.iot_sums(target, start=start, end=end)
+    except RuntimeFailure as exc:
+        error = str(exc)
+        warn(f"--cloudwatch: {error}")
+    return aws_metrics(report, sums, start=start, end=end, waited_s=waited, error=error)

@@ -26,6 +26,7 @@ from elf_async.dataplane.options import ConnectOptions, Qos
 from elf_async.dataplane.subscriber import Subscriber, Watch
 from elf_async.dataplane.topics import TopicTemplate, outside_policy
 from elf_async.errors import UsageError
+from elf_async.jobs.live_metrics import LiveMetrics
 from elf_async.jobs.send import Warnings, effective_shard, policy_warning, shard_slice
 from elf_async.jobs.target import Aim, ready_identities, resolve_endpoint
 from elf_async.report.document import sharding, subscribe_report
@@ -125,8 +126,10 @@ async def run_subscribe(
     on_message: Callable[[str, bytes | bytearray], None] = lambda topic, payload: None,
     on_tick: Callable[[dict[str, Any]], None] = lambda row: None,
     warn: Callable[[str], None] = lambda line: None,
+    metrics: LiveMetrics | None = None,
 ) -> SubscribeReport:
-    """Run one subscribe and return its report."""
+    """Run one subscribe and return its report; `metrics` (--metrics-port) sees every tick
+    and, at the end, the report's figures."""
     state_dir = aimed.settings.state_dir
     # Shared: never while a create or clean changes the fleet, but next to other readers.
     with statelock.hold(state_dir, shared=True), Ledger.open(state_dir) as ledger:
@@ -153,15 +156,25 @@ async def run_subscribe(
         retries=options.connect.connect_retries,
         keepalive=options.connect.keepalive,
     )
+
+    def tick(row: dict[str, Any]) -> None:
+        if metrics is not None:
+            metrics.observe_subscribe(subscriber, row)
+        on_tick(row)
+
     subscriber = Subscriber(
         watches,
         connector,
         qos=options.qos,
         duration=duration,
         on_message=on_message,
-        on_tick=on_tick,
+        on_tick=tick,
     )
+    if metrics is not None:
+        metrics.for_fleet(fleet_id)
     result = await subscriber.run(stop)
+    if metrics is not None:
+        metrics.conclude_subscribe(result)
     report = subscribe_report(
         result,
         options=dict(options.as_given),

@@ -36,10 +36,10 @@ import uvloop
 
 from elf_async.dataplane.mqtt import debug_paho
 from elf_async.dataplane.plan import SendPlan, SendSetup, sender_for
-from elf_async.dataplane.sender import Phase, Shared, Snapshot, schedule_span
+from elf_async.dataplane.sender import Phase, Snapshot, schedule_span
 from elf_async.dataplane.tally import Totals
 from elf_async.errors import EXIT_RUNTIME
-from elf_async.metrics import Histogram, merged
+from elf_async.metrics import merged
 from elf_async.report.document import SendTally, ThingTally
 from elf_async.shards import series_origin
 from elf_async.stopping import StopSignal
@@ -78,8 +78,7 @@ class Ready:
 
 @dataclass(frozen=True)
 class Tick:
-    snapshot: Snapshot
-    ack: Histogram  # the worker's whole ack histogram: the view's percentiles are merged
+    snapshot: Snapshot  # with the worker's whole histograms: the parent merges them
 
 
 @dataclass(frozen=True)
@@ -152,7 +151,6 @@ class _Worker:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     connected: int = 0
     snapshot: Snapshot | None = None
-    ack: Histogram = field(default_factory=Histogram)
     tally: SendTally | None = None
 
     @classmethod
@@ -184,7 +182,7 @@ class _Worker:
                     self.connected = message.connected
                     self.ready.set()
                 elif isinstance(message, Tick):
-                    self.snapshot, self.ack = message.snapshot, message.ack
+                    self.snapshot = message.snapshot
                 elif isinstance(message, Done):
                     self.tally = message.tally
         except asyncio.IncompleteReadError:
@@ -307,7 +305,7 @@ async def _show(
     while True:
         await asyncio.sleep(max(0.0, clock + second + TICK_SLACK_S - time.monotonic()))
         snapshots = [w.snapshot for w in workers if w.snapshot is not None]
-        ack = merged(w.ack for w in workers)
+        ack = merged(s.ack for s in snapshots)
         on_tick(
             Snapshot(
                 phase=min((s.phase for s in snapshots), key=_PHASES.index, default=_PHASES[0]),
@@ -325,6 +323,9 @@ async def _show(
                 sending_s=max(
                     (s.sending_s for s in snapshots if s.sending_s is not None), default=None
                 ),
+                ack=ack,
+                lag=merged(s.lag for s in snapshots),
+                connect=merged(s.connect for s in snapshots),
             )
         )
         second += 1
@@ -385,14 +386,12 @@ async def _work(channel: IO[bytes]) -> None:
         stopped.cancel()
         return monotonic_at(go.result()) if go.done() else time.monotonic()
 
-    shared = Shared()
     sender = sender_for(
         job.plan,
         job.setup,
-        on_tick=lambda snapshot: send(Tick(snapshot, shared.ack)),
+        on_tick=lambda snapshot: send(Tick(snapshot)),
         clock=monotonic_at(job.origin),
         go=ready,
-        shared=shared,
     )
     result = await sender.run(stop)
     send(Done(SendTally.of(result)))

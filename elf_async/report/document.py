@@ -28,6 +28,8 @@ from elf_async.files import write_public
 from elf_async.metrics import EMPTY_WINDOW, Histogram, Window, merge_series, merged
 from elf_async.report.model import (
     SCHEMA,
+    AwsMetric,
+    AwsMetrics,
     CommonReport,
     LatencySummary,
     ReportHead,
@@ -426,9 +428,11 @@ def send_report(
 
 
 class _Workers(TypedDict, total=False):
-    """`SendReport.workers`, a key that only reports of several workers have."""
+    """`SendReport.workers`, a key that only reports of several workers have (and
+    `aws_metrics`, which `--cloudwatch` adds later: typed here so the report's literal is)."""
 
     workers: Workers
+    aws_metrics: AwsMetrics
 
 
 def subscribe_report(
@@ -502,6 +506,45 @@ def subscribe_report(
             for w in result.watches
         ],
         "histograms": histograms,
+    }
+
+
+AWS_METRICS_NOTE = (
+    "AWS/IoT counts every client of the account in the region over whole minutes: the sums "
+    "include other clients' connections and messages in the window, so they show at least "
+    "what AWS IoT saw of this run, never this run alone; null is no data (CloudWatch had no "
+    "data point, or had not published it yet), not 0"
+)
+
+
+def aws_metrics(
+    report: SendReport,
+    sums: Mapping[str, float | None],
+    *,
+    start: float,
+    end: float,
+    waited_s: float,
+    error: str | None,
+) -> AwsMetrics:
+    """CloudWatch's AWS/IoT sums (by metric name) next to the client's own counts."""
+    messages = report["messages"]
+
+    def metric(name: str, client: int | None) -> AwsMetric:
+        return {"metric": name, "sum": sums.get(name), "client": client}
+
+    return {
+        "namespace": "AWS/IoT",
+        "start": iso(start),
+        "end": iso(end),
+        "waited_s": round(waited_s, 3),
+        "connect_success": metric("Connect.Success", report["connections"]["succeeded"]),
+        "connect_throttle": metric("Connect.Throttle", None),
+        "publish_in_success": metric(
+            "PublishIn.Success", messages["published"] + messages["retransmitted"]
+        ),
+        "publish_in_throttle": metric("PublishIn.Throttle", None),
+        "note": AWS_METRICS_NOTE,
+        "error": error,
     }
 
 

@@ -228,6 +228,36 @@ class Workers(TypedDict):
     lost: Annotated[list[str], "why a worker's counts are missing, one line each"]
 
 
+class AwsMetric(TypedDict):
+    metric: Annotated[str, "the AWS/IoT metric, e.g. `PublishIn.Success`"]
+    sum: Annotated[
+        float | None,
+        "the sum of its one-minute data points over the window; null: no data point (no data, "
+        "which is not 0)",
+    ]
+    client: Annotated[
+        int | None,
+        "the client's own count of the same: `connections.succeeded` for Connect.Success, "
+        "`messages.published + retransmitted` for PublishIn.Success; null for the throttles "
+        "(the client cannot tell one)",
+    ]
+
+
+class AwsMetrics(TypedDict):
+    namespace: Annotated[str, "`AWS/IoT`"]
+    start: Annotated[str, "the window's first minute, ISO 8601 UTC"]
+    end: Annotated[str, "the end of its last minute, ISO 8601 UTC"]
+    waited_s: Annotated[
+        float, "seconds waited after the run for AWS to publish (--cloudwatch-wait)"
+    ]
+    connect_success: Annotated[AwsMetric, "`Connect.Success`"]
+    connect_throttle: Annotated[AwsMetric, "`Connect.Throttle`"]
+    publish_in_success: Annotated[AwsMetric, "`PublishIn.Success`"]
+    publish_in_throttle: Annotated[AwsMetric, "`PublishIn.Throttle`"]
+    note: Annotated[str, "how to read them: the whole account counts, and what null means"]
+    error: Annotated[str | None, "why CloudWatch could not be read (null: it was)"]
+
+
 class SendReport(CommonReport):
     latency_ms: Annotated[
         SendLatency,
@@ -260,6 +290,13 @@ class SendReport(CommonReport):
             SendHistograms,
             f"v2: the latencies as {HDR}, for the whole run and per second (`seconds`, one per "
             "`series` row; null: nothing recorded), so that reports merge exactly",
+        ]
+    ]
+    aws_metrics: NotRequired[
+        Annotated[
+            AwsMetrics,
+            "`--cloudwatch`: AWS/IoT's own sums over the run's whole minutes next to the "
+            "client's counts; the account's other clients count too",
         ]
     ]
 

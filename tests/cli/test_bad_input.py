@@ -5,6 +5,7 @@ the CLI wiring: the global options, every command's text options, the ledger."""
 from __future__ import annotations
 
 import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,3 +43,33 @@ def test_a_create_that_fails_on_input_leaves_no_ledger(cli: Cli, iot: Any) -> No
     assert iot.list_things()["things"] == []
     assert cli("create", "1").returncode == 0
     assert (cli.state_dir / "ledger.sqlite3").is_file()
+
+
+def test_bad_metrics_and_cloudwatch_options_stop_before_anything_is_created(
+    cli: Cli, iot: Any
+) -> None:
+    """--metrics-port out of range, a port in use, an address that is not one or not this
+    machine's, companions without their option: one line, exit 2, before create or connect."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        cases = [
+            (["send", "--metrics-port", "0"], "--metrics-port 0: not a port (1 to 65535)"),
+            (["subscribe", "--metrics-port", "65536"], "--metrics-port 65536: not a port"),
+            (["send", "--metrics-port", port], f"--metrics-port {port}: 127.0.0.1:{port} is in"),
+            (["run", "1", "--metrics-port", port], f"127.0.0.1:{port} is in use"),
+            (["subscribe", "--metrics-port", port], f"127.0.0.1:{port} is in use"),
+            (["send", "--metrics-port", "9464", "--metrics-addr", "no such!"],
+             "--metrics-addr 'no such!': not an address or a host name"),
+            (["run", "1", "--metrics-port", "9464", "--metrics-addr", "192.0.2.1"],
+             "--metrics-port 9464: cannot listen on 192.0.2.1"),
+            (["send", "--metrics-linger", "1m"], "--metrics-linger need --metrics-port"),
+            (["run", "1", "--cloudwatch-wait", "1m"], "--cloudwatch-wait needs --cloudwatch"),
+        ]  # fmt: skip
+        with ThreadPoolExecutor(4) as pool:
+            results = pool.map(lambda case: cli(*case[0], timeout=120), cases)
+            for result, (_, fragment) in zip(results, cases, strict=True):
+                assert_one_line_error(result, 2, fragment)
+    assert not cli.state_dir.exists()
+    assert iot.list_things()["things"] == []

@@ -154,7 +154,8 @@ SEND_AS_GIVEN: dict[str, Any] = {
         "allow_over_aws_limits": False,
     },
     "sharding": {"shard": None, "start_at": None},
-    "workers": 1,
+    "metrics": {"metrics_port": None, "metrics_addr": "127.0.0.1", "metrics_linger": "0s"},
+    "cloudwatch": False, "cloudwatch_wait": None, "workers": 1,
 }  # fmt: skip
 
 
@@ -174,6 +175,7 @@ def test_the_report_keeps_what_the_user_typed() -> None:
         "things": None, "client_offset": None, "topic": None, "append_thing_name": False,
         "qos": 1, "duration": "5m", "report": None, "html": None,
         "connect": SEND_AS_GIVEN["connect"], "sharding": SEND_AS_GIVEN["sharding"],
+        "metrics": SEND_AS_GIVEN["metrics"],
     }  # fmt: skip
 
 

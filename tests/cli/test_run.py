@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from support.fixtures import assert_one_line_error, free_port, iot_client
 from support.local import LocalCli, alive, children, processes_under, reaping
 from support.report import assert_conforms
-from support.wait import wait_for_log
+from support.wait import wait_for_log, wait_until
 
 from elf_async.report.model import RunReport
 
@@ -294,3 +295,32 @@ def test_a_run_whose_things_cannot_connect_fails_and_owes_every_message(
     assert cases["achieved_rate>=99%"].find("failure") is not None
     assert cases["connections.attempted>=3"].find("failure") is None
     assert_nothing_left(iot_client(stack["endpoint_url"]))
+
+
+def test_run_serves_live_metrics_and_cross_checks_cloudwatch(
+    local_cli: LocalCli, stack: dict[str, Any], tmp_path: Path
+) -> None:
+    """`run --metrics-port` serves the send phase as `run`, ending on the report's figures;
+    `--cloudwatch` on the local stack reads moto's CloudWatch at once (nothing to wait for)."""
+    port, report = free_port(), tmp_path / "report.json"
+    process = local_cli.popen(
+        "--local", "run", "3", *SEND, "--metrics-port", str(port), "--metrics-linger", "10m",
+        "--cloudwatch", "--report", str(report),
+    )  # fmt: skip
+    try:
+        wait_until(report.exists, what="the report")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, stderr
+    document = json.loads(report.read_text())
+    assert_conforms(document, RunReport)
+    labels = f'command="run",fleet="{document["run"]["fleet_id"]}",shard=""'
+    assert f"elf_messages_acked_total{{{labels}}} {document['messages']['acked']:.1f}" in text
+    aws = document["aws_metrics"]
+    assert aws["waited_s"] == 0  # --local: moto's CloudWatch has nothing to wait for
+    assert aws["publish_in_success"]["client"] == document["messages"]["published"]
+    assert aws["error"] is None

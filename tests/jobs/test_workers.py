@@ -52,17 +52,6 @@ def test_series_of_workers_merge_by_second() -> None:
     ]
 
 
-@pytest.fixture
-def fleet4(cli: Cli, test_ca: FixtureCA) -> Cli:
-    """Four ready things signed by the test CA: two per worker."""
-    result = cli(
-        "create", "4", "--cert-mode", "ca", "--ca-cert", str(test_ca.cert_file),
-        "--ca-key", str(test_ca.key_file), "--key-type", "ec",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return cli
-
-
 def _plan_and_setup(
     mosquitto: Mosquitto, test_ca: FixtureCA, rogue_ca: FixtureCA, tmp_path: Path
 ) -> tuple[SendPlan, SendSetup]:

@@ -28,6 +28,17 @@ def fleet(cli: Cli, test_ca: FixtureCA) -> Cli:
     return cli
 
 
+@pytest.fixture
+def fleet4(cli: Cli, test_ca: FixtureCA) -> Cli:
+    """Four ready things signed by the test CA: two per worker."""
+    result = cli(
+        "create", "4", "--cert-mode", "ca", "--ca-cert", str(test_ca.cert_file),
+        "--ca-key", str(test_ca.key_file), "--key-type", "ec",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return cli
+
+
 def things_of(cli: Cli) -> list[str]:
     return sorted(p.stem for p in (cli.state_dir / "certs").glob("*.crt"))
 
