@@ -13,8 +13,10 @@ from elf_async import statelock
 from elf_async.cli._common import (
     ApiRateOption,
     ConcurrencyOption,
+    RunIdOption,
     ShardOption,
     api_rates,
+    fleet_id_of,
     print_api_table,
     run,
     settings,
@@ -48,11 +50,16 @@ def command(
     concurrency: ConcurrencyOption = 16,
     api_rate: ApiRateOption = None,
     shard: ShardOption = None,
+    run_id: RunIdOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Remove the fleet's things, certificates and policy from AWS, then its local files.
-    With --shard I/N only that shard's things; --fleet ID finds every shard's."""
+    With --shard I/N only that shard's things; --fleet ID (or --run-id) finds every shard's."""
     opts = settings(ctx)
+    if run_id is not None:  # the fleet every shard of that run made
+        if fleet is not None:
+            raise UsageError("--fleet and --run-id cannot be used together")
+        fleet = fleet_id_of(None, run_id)
     if fleet is not None and shard is not None:
         raise UsageError("--fleet finds every shard's things by their attribute: drop --shard")
     # --fleet cleans the whole fleet, whatever shard an array job's environment names.

@@ -8,7 +8,6 @@ import re
 import signal
 import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +27,6 @@ def assert_nothing_left(iot: Any) -> None:
     assert iot.list_things()["things"] == []
     assert iot.list_certificates()["certificates"] == []
     assert iot.list_policies()["policies"] == []
-
-
-@pytest.fixture
-def stack(local_cli: LocalCli) -> Iterator[dict[str, Any]]:
-    """A stack started with `local up`, so that moto can be inspected after the run."""
-    up = local_cli("local", "up")
-    assert up.returncode == 0, up.stderr
-    record = local_cli.stack()
-    assert record is not None
-    yield record
-    assert local_cli("local", "down").returncode == 0
-    assert not alive(record["moto"]["pid"])
-    assert not alive(record["mosquitto"]["pid"])
 
 
 def _junit_cases(path: Path) -> dict[str, ET.Element]:

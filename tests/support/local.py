@@ -174,3 +174,16 @@ def local_cli(tmp_path: Path) -> Iterator[LocalCli]:
         what=f"the killed leftovers {sorted(leftovers)} to exit",
         timeout=10,
     )
+
+
+@pytest.fixture
+def stack(local_cli: LocalCli) -> Iterator[dict[str, Any]]:
+    """A stack started with `local up`, so that moto can be inspected after the run."""
+    up = local_cli("local", "up")
+    assert up.returncode == 0, up.stderr
+    record = local_cli.stack()
+    assert record is not None
+    yield record
+    assert local_cli("local", "down").returncode == 0
+    assert not alive(record["moto"]["pid"])
+    assert not alive(record["mosquitto"]["pid"])
