@@ -1,7 +1,7 @@
 """Sharded runs through the real CLI: shards given by an array job's environment (Kubernetes
 Indexed Job), each in its own state dir against one moto and one mosquitto, one fleet id, one
---start-at; the union of their reports is one fleet-wide schedule, and `clean --fleet ID` from
-one state dir finds every shard's things."""
+--start-at; their reports merged (`report merge`) are one fleet-wide schedule, and
+`clean --fleet ID` from one state dir finds every shard's things."""
 
 from __future__ import annotations
 
@@ -61,16 +61,15 @@ def epoch(text: str) -> float:
     return dt.datetime.fromisoformat(text).timestamp()
 
 
-def union_by_second(reports: list[dict[str, Any]], field: str) -> dict[int, int]:
-    """The shards' series summed over absolute time: each row counts in the second (relative
-    to the shared start instant) it ends, whichever process sampled it."""
+def by_second(report: dict[str, Any], start_at: float, field: str) -> dict[int, int]:
+    """A report's series over absolute time: each row counts in the second (relative to the
+    shared start instant) it ends."""
     total: Counter[int] = Counter()
-    for report in reports:
-        origin, start = epoch(report["started_at"]), epoch(report["start"]["at"])
-        for row in report["series"]:
-            at = origin + row["t"] - start
-            second = round(at) if abs(at - round(at)) < 0.01 else math.ceil(at)
-            total[second] += row[field]
+    origin = epoch(report["started_at"])
+    for row in report["series"]:
+        at = origin + row["t"] - start_at
+        second = round(at) if abs(at - round(at)) < 0.01 else math.ceil(at)
+        total[second] += row[field]
     return dict(total)
 
 
@@ -122,7 +121,12 @@ def test_three_indexed_shards_make_one_fleet_and_one_schedule(
         assert [t["name"] for t in document["things"]] == names[index * 3 : index * 3 + 3]
         assert document["messages"]["acked"] == document["messages"]["scheduled"] == 60
 
-    scheduled = union_by_second(documents, "scheduled")
+    merged_file = clis[0].state_dir.parent / "merged.json"
+    merged = clis[0]("report", "merge", *map(str, reports), "-o", str(merged_file))
+    assert merged.returncode == 0, merged.stdout + merged.stderr
+    document = load(merged_file)
+    assert document["shards"] == {"count": SHARDS, "merged": SHARDS, "missing": 0}
+    scheduled = by_second(document, start_at, "scheduled")
     expected = planned_by_second()
     assert sum(scheduled.values()) == sum(expected.values()) == FLEET * RATE * DURATION
     for second in range(2, DURATION + 1):  # after the first second: 45 each, not bursts
