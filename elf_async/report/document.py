@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import platform
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -276,6 +277,7 @@ def _head(
         "schema": SCHEMA,
         "command": command,
         "version": __version__,
+        "python": platform.python_version(),
         "outcome": outcome,
         "started_at": iso(started_at),
         "ended_at": iso(ended_at),

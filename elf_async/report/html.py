@@ -587,6 +587,87 @@ def render_html(report: Mapping[str, Any]) -> str:
         charts = subscribe_charts(report)
     else:
         charts = send_charts(report)
+    title = f"elf-async {_command(report)} {report['started_at']}"
+    return _page(
+        title, verdict.line(), passed=verdict.passed, charts=charts, tables=tables(report),
+        embedded=report,
+    )  # fmt: skip
+
+
+def render_compare_html(
+    base: Mapping[str, Any],
+    new: Mapping[str, Any],
+    *,
+    rows: Sequence[Sequence[str]],
+    verdict: str,
+    passed: bool,
+) -> str:
+    """`report compare`'s page: its table (`rows`: metric, base, new, change, verdict) and the
+    two runs' per-second figures drawn over each other, second by second from each start."""
+    counted = "received" if base["command"] == "subscribe" else "published"
+    charts = [
+        _overlay(
+            f"{counted.capitalize()} messages per second",
+            [_second_rates(r, counted) for r in (base, new)],
+            y="msg/s",
+        )
+    ]
+    p99 = "e2e_p99_ms" if base["command"] == "subscribe" else "ack_p99_ms"
+    if all(_has_columns(r.get("series", []), [p99]) for r in (base, new)):
+        columns = [{_second(row["t"]): row[p99] for row in r["series"]} for r in (base, new)]
+        charts.append(_overlay(f"{p99.removesuffix('_ms').replace('_', ' ')} per second",
+                               columns, y="ms"))  # fmt: skip
+    else:
+        charts.append(_missing(base if base["schema"].endswith("/1") else new, "p99 per second"))
+    runs = [
+        (name, r["started_at"], r["outcome"], r.get("fleet", {}).get("things"), r["version"])
+        for name, r in (("base", base), ("new", new))
+    ]
+    page_tables = _table(
+        "Comparison", ("metric", "base", "new", "change", "verdict"), rows, wide=True
+    ) + _table("Runs", ("", "started", "outcome", "things", "elf-async"), runs, wide=True)
+    title = f"elf-async compare {base['started_at']} / {new['started_at']}"
+    return _page(
+        title, verdict, passed=passed, charts=charts, tables=page_tables,
+        embedded={"base": base, "new": new},
+    )  # fmt: skip
+
+
+def _second(t: float) -> int:
+    """The whole second since its run's start that a series row at `t` closes."""
+    return max(1, math.ceil(t - 1e-9))
+
+
+def _second_rates(report: Mapping[str, Any], column: str) -> dict[int, float | None]:
+    rows: list[Mapping[str, Any]] = report.get("series", [])
+    rated = _rates(rows, "", [(column, _series(column, BLUE))])
+    times, rates = rated["data"][0], rated["data"][1]
+    return {_second(t): rate for t, rate in zip(times, rates, strict=True) if t is not None}
+
+
+def _overlay(title: str, runs: Sequence[Mapping[int, float | None]], *, y: str) -> ChartSpec:
+    """Base's and new's per-second values on one axis of seconds since each one's start."""
+    seconds = sorted(set().union(*runs))
+    return _chart(
+        title,
+        x="seconds",
+        y=y,
+        series=[_series("base", GREY, style="dash"), _series("new", BLUE)],
+        data=[[float(t) for t in seconds], *([run.get(t) for t in seconds] for run in runs)],
+    )
+
+
+def _page(
+    title: str,
+    verdict: str,
+    *,
+    passed: bool,
+    charts: Sequence[ChartSpec],
+    tables: str,
+    embedded: object,
+) -> str:
+    """One self-contained page: the verdict, the charts (uPlot, inlined), the tables, and
+    the reports it was made from as JSON."""
     figures = []
     for n, chart in enumerate(charts):
         chart["id"] = f"chart-{n}"
@@ -596,18 +677,16 @@ def render_html(report: Mapping[str, Any]) -> str:
         figures.append(
             f"<figure{empty}><figcaption>{_e(chart['title'])}</figcaption>{note}{plot}</figure>\n"
         )
-    title = f"elf-async {_command(report)} {report['started_at']}"
-    state = "pass" if verdict.passed else "fail"
     return _PAGE.format(
         title=_e(title),
         uplot_css=_vendored("uPlot.min.css"),
         css=_CSS,
         heading=_e(title),
-        state=state,
-        verdict=_e(verdict.line()),
+        state="pass" if passed else "fail",
+        verdict=_e(verdict),
         figures="".join(figures),
-        tables=tables(report),
-        report_json=script_json(report),
+        tables=tables,
+        report_json=script_json(embedded),
         charts_json=script_json([chart for chart in charts if chart["series"]]),
         uplot_js=_vendored("uPlot.iife.min.js"),
         js=_JS,

@@ -99,6 +99,7 @@ class ReportHead(TypedDict):
         str, "`send` or `subscribe` (`run` writes a send report, or `run` if it never sent)"
     ]
     version: Annotated[str, "elf-async's version"]
+    python: NotRequired[Annotated[str, "the Python version it ran on (v2)"]]
     outcome: Annotated[str, "`completed`, `interrupted` (Ctrl-C) or `terminated` (SIGTERM)"]
     started_at: Annotated[str, "ISO 8601 UTC"]
     ended_at: Annotated[str, "ISO 8601 UTC"]

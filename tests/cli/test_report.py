@@ -154,10 +154,14 @@ def test_compare_exits_3_on_a_regression_and_0_on_an_equal_report(cli: Cli, tmp_
     assert same.stdout.startswith("compare passed: no metric regressed beyond 10%")
     assert "ack p99" in same.stdout
     slow = _write(tmp_path / "slow.json", sent_report(seconds=SLOW))
-    worse = cli("report", "compare", base, slow, "--max-regression", "50%")
+    page = tmp_path / "compare.html"
+    worse = cli("report", "compare", base, slow, "--max-regression", "50%", "--html", str(page))
     assert worse.returncode == 3, worse.stderr
     assert worse.stdout.startswith("compare failed: ")
     assert "REGRESSED" in worse.stdout
+    assert embedded_report(page) == {"base": json.loads(Path(base).read_text()),
+                                     "new": json.loads(Path(slow).read_text())}  # fmt: skip
+    assert "REGRESSED" in page.read_text()
 
 
 def test_bad_input_to_compare_is_one_line_and_exit_2(cli: Cli, tmp_path: Path) -> None:
@@ -168,3 +172,5 @@ def test_bad_input_to_compare_is_one_line_and_exit_2(cli: Cli, tmp_path: Path) -
     assert_one_line_error(
         cli("report", "compare", base, base, "--max-regression", "lots"), 2, "--max-regression"
     )
+    unwritable = str(tmp_path / "no" / "c.html")
+    assert_one_line_error(cli("report", "compare", base, base, "--html", unwritable), 2, "--html")

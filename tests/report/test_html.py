@@ -20,7 +20,7 @@ from support.sample_reports import (
 )
 
 from elf_async.errors import UsageError
-from elf_async.report.html import MAX_COLUMNS, judgement, nines, render_html
+from elf_async.report.html import MAX_COLUMNS, judgement, nines, render_compare_html, render_html
 from elf_async.report.model import RunReport, SendReport, SubscribeReport, UnsentRunReport
 from elf_async.report.reading import parse_report
 from elf_async.report.verdict import judge_run, judge_send, judge_subscribe
@@ -219,3 +219,22 @@ def test_what_is_not_a_readable_report_is_refused_in_one_line(text: str, fragmen
 def test_versions_1_and_2_are_read() -> None:
     for report in (send_report(), as_v2(subscribe_report())):
         assert parse_report(json.dumps(report), source="r.json") == report
+
+
+def test_the_compare_page_draws_both_runs_second_by_second() -> None:
+    """Base and new share one axis of seconds since each one's start; a second one of them
+    lacks is a gap; the table's cells are escaped."""
+    base, new = as_v2(send_report(seconds=3)), as_v2(send_report(seconds=5))
+    rows = [("ack p99", "1 ms", HOSTILE, "+100.0%", "REGRESSED")]
+    page = render_compare_html(base, new, rows=rows, verdict="compare failed", passed=False)
+    assert page.count("<script") == 4
+    assert "<img" not in page
+    assert embedded(page, "elf-report") == {"base": base, "new": new}
+    rates = charts(page)["Published messages per second"]
+    assert [s["label"] for s in rates["series"]] == ["base", "new"]
+    seconds, before, after = rates["data"]
+    assert seconds == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert before[3:] == [None, None]
+    assert None not in after
+    p99 = charts(page)["ack p99 per second"]
+    assert p99["data"][2] == [row["ack_p99_ms"] for row in new["series"]]

@@ -18,7 +18,7 @@ import pytest
 from support.local import LocalCli
 from support.sample_reports import as_v2, send_report, subscribe_report
 
-from elf_async.report.html import render_html
+from elf_async.report.html import render_compare_html, render_html
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -126,6 +126,18 @@ def test_the_page_of_a_version_2_report_draws_every_chart(
     page.write_text(render_html(report))
     assert "not in this report" not in page.read_text()
     check_page(browser, page, name)
+
+
+def test_the_compare_page_draws_both_runs(browser: Any, tmp_path: Path) -> None:
+    """`report compare --html`: base and new over each other, per second."""
+    base, new = as_v2(send_report(things=3, seconds=6)), as_v2(send_report(things=3, seconds=8))
+    rows = [("ack p99", "1 ms", "2 ms", "+100.0%", "REGRESSED")]
+    page = (tmp_path / "compare.html").resolve()
+    page.write_text(
+        render_compare_html(base, new, rows=rows, verdict="compare failed", passed=False)
+    )
+    assert "not in this report" not in page.read_text()
+    check_page(browser, page, "compare")
 
 
 def test_chromium_is_debians_not_a_download() -> None:
