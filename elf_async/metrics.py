@@ -179,14 +179,26 @@ class Window:
 EMPTY_WINDOW: Final = Window(b"", None, None)
 
 
+def row_seconds(times: Iterable[float]) -> list[int]:
+    """The whole second each row of one series closes, from the rows' times in order. A row
+    is sampled at a whole second, late by up to half a second on a busy machine (3.02 closes
+    second 3); a row less than a second after the one before (the last, cut short by the end)
+    closes a second of its own, so that no two rows of one series share a second."""
+    seconds: list[int] = []
+    for t in times:
+        second = math.ceil(t - 0.5)
+        seconds.append(second if not seconds else max(second, seconds[-1] + 1))
+    return seconds
+
+
 def merge_series(parts: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Series that share one time origin, as one: the rows falling in the same second are
-    summed (counts and gauges alike), their `Window`s merged; `t` is the latest of them."""
+    """Series that share one time origin, as one: the rows closing the same second
+    (`row_seconds`) are summed (counts and gauges alike), their `Window`s merged; `t` is the
+    latest of them."""
     seconds: dict[int, dict[str, Any]] = {}
     windows: dict[tuple[int, str], list[Window]] = {}
     for rows in parts:
-        for row in rows:
-            second = math.ceil(row["t"] - 1e-9)
+        for second, row in zip(row_seconds(r["t"] for r in rows), rows, strict=True):
             merged_row = seconds.setdefault(second, {"t": row["t"]})
             for name, value in row.items():
                 if name == "t":

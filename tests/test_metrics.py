@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from elf_async.metrics import Histogram, Series, merged
+from elf_async.metrics import Histogram, Series, merge_series, merged, row_seconds
 
 
 def test_histogram_percentiles_in_ms() -> None:
@@ -54,3 +54,18 @@ def test_buckets_are_cumulative_at_fixed_bounds() -> None:
     assert buckets.count == 6
     assert buckets.sum_s == pytest.approx(5.945, rel=0.01)
     assert Histogram().buckets((1.0,)).cumulative == (0,)
+
+
+def test_a_late_sample_still_closes_its_second_and_the_last_row_its_own() -> None:
+    """A row sampled late on a busy machine (3.02) belongs to second 3, not 4; the last row,
+    cut short by the end, has a second of its own; a row read back as 2.999 is second 3."""
+    assert row_seconds([1.0, 2.0, 3.02, 4.0, 4.3]) == [1, 2, 3, 4, 5]
+    assert row_seconds([0.999, 1.999, 2.999]) == [1, 2, 3]
+    assert row_seconds([-2.0, -1.0, 0.0, 1.4]) == [-2, -1, 0, 1]
+    on_time = [{"t": 1.0, "published": 5}, {"t": 2.0, "published": 5}]
+    late = [{"t": 1.0, "published": 3}, {"t": 2.3, "published": 3}, {"t": 2.6, "published": 1}]
+    assert merge_series([on_time, late]) == [
+        {"t": 1.0, "published": 8},
+        {"t": 2.3, "published": 8},
+        {"t": 2.6, "published": 1},
+    ]

@@ -1,5 +1,5 @@
-"""Output files (`--report`, `--junit`) written after the work: where the user asked, or else
-kept in the state dir. Their paths were checked before the work
+"""Output files (`--report`, `--html`, `--junit`) written after the work: where the user
+asked, or else kept in the state dir. Their paths were checked before the work
 (elf_async.cli._options.check_output_path), but a disk can fill up and a directory can go away
 while a run lasts: the results of a run must not be lost with it."""
 
@@ -10,6 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from elf_async.errors import UsageError
+from elf_async.report.document import write_report
+from elf_async.report.html import render_html, write_html
+from elf_async.report.model import RunReport, SendReport, SubscribeReport, UnsentRunReport
 
 FALLBACK_DIR = "reports"  # <state-dir>/reports/<command>-<UTC time>.<ext>
 
@@ -42,6 +45,26 @@ class Outputs:
             return None
         self.problems.append(f"{option} {path}: {reason}; kept it in {kept} instead")
         return kept
+
+    def report(
+        self,
+        document: SendReport | SubscribeReport | RunReport | UnsentRunReport,
+        *,
+        json_path: Path | None,
+        html_path: Path | None,
+        json_option: str = "--report",
+    ) -> Path | None:
+        """The report as JSON and as an HTML page, each where asked (if asked); where the JSON
+        is (None: nowhere)."""
+        written = None
+        if json_path is not None:
+            written = self.write(
+                json_option, json_path, lambda path: write_report(path, document), suffix=".json"
+            )
+        if html_path is not None:
+            page = render_html(document)
+            self.write("--html", html_path, lambda path: write_html(path, page), suffix=".html")
+        return written
 
     def _fallback(self, suffix: str) -> Path:
         directory = self.state_dir / FALLBACK_DIR

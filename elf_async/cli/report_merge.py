@@ -22,8 +22,6 @@ from elf_async.cli._options import check_output_path
 from elf_async.cli._output import Outputs
 from elf_async.cli._summary import Rows, print_summary, send_rows, subscribe_rows
 from elf_async.errors import EXIT_USAGE, PartialFailure, ThresholdFailed
-from elf_async.report.document import write_report
-from elf_async.report.html import render_html, write_html
 from elf_async.report.junit import junit_xml, write_junit
 from elf_async.report.merge import merge
 from elf_async.report.model import SendReport, SubscribeReport
@@ -69,12 +67,7 @@ def command(
     verdicts = evaluate(thresholds, merged)
     judgement = judge_merge(own, thresholds=verdicts)
     outputs = Outputs(opts.state_dir, "merge")
-    written = outputs.write(
-        "--output", output, lambda path: write_report(path, merged), suffix=".json"
-    )
-    if html is not None:
-        page = render_html(merged)
-        outputs.write("--html", html, lambda path: write_html(path, page), suffix=".html")
+    written = outputs.report(merged, json_path=output, html_path=html, json_option="--output")
     if junit is not None:
         xml = junit_xml(
             name=f"report merge ({len(reports)} reports)",

@@ -53,8 +53,7 @@ from elf_async.jobs.live_metrics import LiveMetrics, serving
 from elf_async.jobs.send import SendOptions, run_send
 from elf_async.jobs.target import Aim, aim
 from elf_async.local import stack as localstack
-from elf_async.report.document import unsent_run_report, write_report
-from elf_async.report.html import render_html, write_html
+from elf_async.report.document import unsent_run_report
 from elf_async.report.junit import junit_xml, write_junit
 from elf_async.report.model import RunReport, RunSummary, SendReport, UnsentRunReport
 from elf_async.report.thresholds import parse_all
@@ -230,15 +229,8 @@ def _finish(
     what they show then) and JUnit (kept in the state dir when they cannot be written where
     asked), print the summary, and exit with the documented code."""
     outputs = Outputs(opts.state_dir, "run")
-    written = None
     document = _document(result, options)
-    if report is not None:
-        written = outputs.write(
-            "--report", report, lambda path: write_report(path, document), suffix=".json"
-        )
-    if html is not None:
-        page = render_html(document)
-        outputs.write("--html", html, lambda path: write_html(path, page), suffix=".html")
+    written = outputs.report(document, json_path=report, html_path=html)
     if junit is not None:
         xml = junit_xml(
             name=f"run {count}",

@@ -23,8 +23,6 @@ from elf_async.errors import EXIT_USAGE, PartialFailure
 from elf_async.jobs.live_metrics import serving
 from elf_async.jobs.send import run_send
 from elf_async.jobs.target import aim
-from elf_async.report.document import write_report
-from elf_async.report.html import render_html, write_html
 from elf_async.report.model import SendReport
 from elf_async.report.verdict import judge_send
 from elf_async.stopping import StopSignal
@@ -56,12 +54,7 @@ def command(ctx: typer.Context, args: SendArgs) -> None:
         result, exit_code = run(main())
         view.finish(send_final_frame(result))
     outputs = Outputs(opts.state_dir, "send")
-    written = args.report and outputs.write(
-        "--report", args.report, lambda path: write_report(path, result), suffix=".json"
-    )
-    if args.html:
-        page = render_html(result)
-        outputs.write("--html", args.html, lambda path: write_html(path, page), suffix=".html")
+    written = outputs.report(result, json_path=args.report, html_path=args.html)
     judgement = judge_send(result)
     print_summary(
         judgement,

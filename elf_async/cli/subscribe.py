@@ -24,8 +24,6 @@ from elf_async.errors import EXIT_USAGE, PartialFailure
 from elf_async.jobs.live_metrics import serving
 from elf_async.jobs.subscribe import run_subscribe
 from elf_async.jobs.target import aim
-from elf_async.report.document import write_report
-from elf_async.report.html import render_html, write_html
 from elf_async.report.model import SubscribeReport
 from elf_async.report.verdict import judge_subscribe
 from elf_async.stopping import StopSignal
@@ -77,12 +75,7 @@ def command(
         view.finish(subscribe_final_frame(result))
     sys.stdout.flush()
     outputs = Outputs(opts.state_dir, "subscribe")
-    written = args.report and outputs.write(
-        "--report", args.report, lambda path: write_report(path, result), suffix=".json"
-    )
-    if args.html:
-        page = render_html(result)
-        outputs.write("--html", args.html, lambda path: write_html(path, page), suffix=".html")
+    written = outputs.report(result, json_path=args.report, html_path=args.html)
     judgement = judge_subscribe(result)
     print_summary(
         judgement,

@@ -17,11 +17,13 @@ from typing import Any
 
 import pytest
 from support.fixtures import Cli, MotoServer, assert_one_line_error
+from support.local import finished
 from support.mqtt import FixtureCA
 from support.send import load
 
 from elf_async.dataplane.schedule import plan
 from elf_async.local.mosquitto import Mosquitto
+from elf_async.metrics import row_seconds
 
 FLEET_ID = "shard001"
 FLEET = 9
@@ -50,11 +52,7 @@ def in_parallel(
         cli.popen(*args, *(extra[i] if extra else []), env=array_env(i))
         for i, cli in enumerate(clis)
     ]
-    results = []
-    for process in processes:
-        out, err = process.communicate(timeout=300)
-        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
-    return results
+    return finished(processes)
 
 
 def epoch(text: str) -> float:
@@ -63,12 +61,12 @@ def epoch(text: str) -> float:
 
 def by_second(report: dict[str, Any], start_at: float, field: str) -> dict[int, int]:
     """A report's series over absolute time: each row counts in the second (relative to the
-    shared start instant) it ends."""
-    total: Counter[int] = Counter()
+    shared start instant) it closes."""
     origin = epoch(report["started_at"])
-    for row in report["series"]:
-        at = origin + row["t"] - start_at
-        second = round(at) if abs(at - round(at)) < 0.01 else math.ceil(at)
+    rows = report["series"]
+    closes = row_seconds(origin + row["t"] - start_at for row in rows)
+    total: Counter[int] = Counter()
+    for second, row in zip(closes, rows, strict=True):
         total[second] += row[field]
     return dict(total)
 

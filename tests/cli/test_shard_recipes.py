@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from support.fixtures import iot_client
-from support.local import LocalCli
+from support.local import LocalCli, finished
 
 SHARDS = 2
 FLEET = 4
@@ -63,11 +63,7 @@ def run_shards(
                 cwd=tmp_path,
             )
         )
-    results = []
-    for process in processes:
-        out, err = process.communicate(timeout=300)
-        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
-    return results
+    return finished(processes)
 
 
 def assert_nothing_left(iot: Any) -> None:

@@ -34,13 +34,8 @@ def test_sequence_tracker_counts_loss_duplicates_and_order() -> None:
 
 
 @pytest.fixture
-def fleet(cli: Cli, test_ca: FixtureCA) -> Cli:
-    result = cli(
-        "create", "4", "--cert-mode", "ca", "--ca-cert", str(test_ca.cert_file),
-        "--ca-key", str(test_ca.key_file), "--key-type", "ec",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return cli
+def fleet(fleet4: Cli) -> Cli:
+    return fleet4
 
 
 def _publish(broker: Mosquitto, key: Path, cert: Path, topic: str, payloads: list[str]) -> None:

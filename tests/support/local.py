@@ -187,3 +187,14 @@ def stack(local_cli: LocalCli) -> Iterator[dict[str, Any]]:
     assert local_cli("local", "down").returncode == 0
     assert not alive(record["moto"]["pid"])
     assert not alive(record["mosquitto"]["pid"])
+
+
+def finished(
+    processes: list[subprocess.Popen[str]], *, timeout: float = 300
+) -> list[subprocess.CompletedProcess[str]]:
+    """Processes started together, once each has exited: their codes and output."""
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return results

@@ -17,26 +17,26 @@ from support.mqtt import FixtureCA
 from support.report import assert_conforms
 
 
-@pytest.fixture
-def fleet(cli: Cli, test_ca: FixtureCA) -> Cli:
-    """Three ready things signed by the test CA."""
+def created(cli: Cli, test_ca: FixtureCA, count: int) -> Cli:
+    """`cli`'s state dir with `count` ready things signed by the test CA."""
     result = cli(
-        "create", "3", "--cert-mode", "ca", "--ca-cert", str(test_ca.cert_file),
+        "create", str(count), "--cert-mode", "ca", "--ca-cert", str(test_ca.cert_file),
         "--ca-key", str(test_ca.key_file), "--key-type", "ec",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return cli
+
+
+@pytest.fixture
+def fleet(cli: Cli, test_ca: FixtureCA) -> Cli:
+    """Three ready things signed by the test CA."""
+    return created(cli, test_ca, 3)
 
 
 @pytest.fixture
 def fleet4(cli: Cli, test_ca: FixtureCA) -> Cli:
     """Four ready things signed by the test CA: two per worker."""
-    result = cli(
-        "create", "4", "--cert-mode", "ca", "--ca-cert", str(test_ca.cert_file),
-        "--ca-key", str(test_ca.key_file), "--key-type", "ec",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return cli
+    return created(cli, test_ca, 4)
 
 
 def things_of(cli: Cli) -> list[str]:
