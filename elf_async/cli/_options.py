@@ -29,6 +29,7 @@ from elf_async.dataplane.options import (
 from elf_async.dataplane.payload import template_parts
 from elf_async.dataplane.topics import TopicTemplate
 from elf_async.errors import UsageError
+from elf_async.jobs.cluster import ClusterOptions
 from elf_async.jobs.live_metrics import MetricsOptions
 from elf_async.jobs.send import SendOptions
 from elf_async.jobs.subscribe import SubscribeOptions
@@ -36,6 +37,8 @@ from elf_async.shards import Shard, choose_shard, parse_start_at
 from elf_async.units import parse_duration, parse_rate
 
 DEFAULT_RATE = "1/s"  # the seed's pace
+_CLUSTER = re.compile(r"^(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[^\s/:]+):(\d{1,5})$")
+_LOCAL_CLUSTER = re.compile(r"^local:(\d+)$")
 DEFAULT_DURATION = "10s"
 
 
@@ -134,6 +137,65 @@ def parse_subscribe_options(args: SubscribeArgs) -> SubscribeOptions:
         as_given=_as_given(args, connect),
         shard=shard,
         start_at=start_at,
+    )
+
+
+def parse_cluster_options(
+    cluster: str | None,
+    *,
+    shards: int | None,
+    state_root: str | None,
+    args: SendArgs,
+    identity: str | None,
+) -> ClusterOptions | None:
+    """`run --cluster ADDRESS --shards N`, checked against the options a cluster run cannot
+    take (None: no cluster). The driver shards the run itself, picks the start instant once
+    every shard is connected, and runs one process per shard; nothing secret crosses the
+    network, so a shared identity (one certificate the shards would have to share) is
+    refused."""
+    if cluster is None:
+        for given, option in ((shards, "--shards"), (state_root, "--shard-state-dir")):
+            if given is not None:
+                raise UsageError(f"{option} needs --cluster")
+        return None
+    local = _LOCAL_CLUSTER.match(cluster.strip())
+    remote = _CLUSTER.match(cluster.strip())
+    if not (local or remote) or (remote and not 0 < int(remote.group(3)) < 65536):
+        raise UsageError(
+            f"--cluster {cluster!r}: not tcp://HOST:PORT, tls://HOST:PORT (a Dask scheduler) "
+            "or local:N (N worker processes on this machine)"
+        )
+    local_workers = int(local.group(1)) if local else 0
+    if local and local_workers < 1:
+        raise UsageError(f"--cluster {cluster}: at least 1 worker process")
+    count = shards if shards is not None else local_workers or None
+    if count is None:
+        raise UsageError(f"--cluster {cluster}: say how many shards with --shards N")
+    if count < 1:
+        raise UsageError(f"--shards {count}: must be at least 1")
+    refused = [
+        (shard_of(args.sharding.shard) is not None, "--shard (or an array job's index)"),
+        (args.sharding.start_at is not None, "--start-at"),
+        (args.workers > 1, "--workers"),
+        (args.metrics.metrics_port is not None, "--metrics-port"),
+        (args.cloudwatch, "--cloudwatch"),
+    ]
+    for given, option in refused:
+        if given:
+            raise UsageError(
+                f"--cluster shards the run itself (one process per shard, started together "
+                f"once all are connected): drop {option}"
+            )
+    if identity == "shared":
+        raise UsageError(
+            "--identity shared makes one certificate that every shard would need: it would "
+            "have to cross the network, which --cluster never does; use --identity thing"
+        )
+    return ClusterOptions(
+        address=cluster.strip() if remote else None,
+        local_workers=local_workers,
+        shards=count,
+        state_root=state_root,
     )
 
 

@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import shlex
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -38,6 +38,7 @@ from elf_async.cli._common import (
 from elf_async.cli._live import LiveView, send_final_frame, send_frame
 from elf_async.cli._options import (
     check_output_path,
+    parse_cluster_options,
     parse_metrics_options,
     parse_send_options,
     shard_label,
@@ -46,9 +47,11 @@ from elf_async.cli._output import Outputs
 from elf_async.cli._progress import progress_for
 from elf_async.cli._summary import AWS_HINT, REPORT_HINT, Rows, print_summary, send_rows
 from elf_async.config import Settings
+from elf_async.controlplane.create import CreateRequest
 from elf_async.controlplane.ledger import Ledger
 from elf_async.errors import EXIT_USAGE, ThresholdFailed, UsageError
 from elf_async.jobs import run as runner
+from elf_async.jobs.cluster import ClusterOptions, ClusterRun, run_cluster
 from elf_async.jobs.live_metrics import LiveMetrics, serving
 from elf_async.jobs.send import SendOptions, run_send
 from elf_async.jobs.target import Aim, aim
@@ -56,7 +59,7 @@ from elf_async.local import stack as localstack
 from elf_async.report.document import unsent_run_report
 from elf_async.report.junit import junit_xml, write_junit
 from elf_async.report.model import RunReport, RunSummary, SendReport, UnsentRunReport
-from elf_async.report.thresholds import parse_all
+from elf_async.report.thresholds import Threshold, parse_all
 from elf_async.report.verdict import judge_run
 from elf_async.stopping import StopSignal, outcome_of
 
@@ -125,6 +128,29 @@ def command(
     yes: YesOption = False,
     fleet_id: FleetIdOption = None,
     run_id: RunIdOption = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the shards on a Dask cluster: tcp://HOST:8786, tls://HOST:8786, or "
+            "local:N (N worker processes on 127.0.0.1). Needs elf-async[dask].",
+            show_default=False,
+        ),
+    ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            help="With --cluster: how many shards, one per worker process. [default: N of local:N]",
+            show_default=False,
+        ),
+    ] = None,
+    shard_state_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="With --cluster: where each worker keeps its shard's state dir (keys "
+            "included, 0700). [default: the Dask worker's local directory]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Create COUNT things, send from all of them, clean up: the clean-up always runs.
 
@@ -133,10 +159,16 @@ def command(
     input, or a report or JUnit file that could not be written at the end (kept in the state
     dir), 3 a threshold failed, 130 Ctrl-C, 143 SIGTERM; the first that applies of 130/143,
     1, 2, 3. A second Ctrl-C aborts the clean-up and prints the command that finishes it.
+    With --cluster, a missing shard (its worker died) is a runtime failure (1).
     """
     opts = settings(ctx)
     thresholds = parse_all(threshold or [])
     check_output_path("--junit", junit)
+    on_cluster = parse_cluster_options(
+        cluster, shards=shards, state_root=shard_state_dir, args=args, identity=identity
+    )
+    if on_cluster is not None:
+        on_cluster = dataclasses.replace(on_cluster, verbose=opts.verbose)
     request = create.build_request(
         size,
         prefix=None,
@@ -177,17 +209,27 @@ def command(
                 if ephemeral and not opts.quiet:
                     print(f"started a local stack for this run:\n{_describe(brought.stack)}")
             aimed = aim(opts)
-            result = run(
-                runner.run(
-                    aimed,
-                    aimed.create_request(request),
-                    send_step,
-                    thresholds,
-                    progress=lambda label: progress_for(label, quiet=opts.quiet),
-                    notify=console_err,
-                    clean_concurrency=concurrency,
+            summary = None
+            if on_cluster is not None:
+                on = run(
+                    _on_cluster(
+                        aimed, request, send_options, on_cluster, thresholds,
+                        quiet=opts.quiet, concurrency=concurrency,
+                    )
+                )  # fmt: skip
+                result, summary = on.result, _cluster_summary(on)
+            else:
+                result = run(
+                    runner.run(
+                        aimed,
+                        aimed.create_request(request),
+                        send_step,
+                        thresholds,
+                        progress=lambda label: progress_for(label, quiet=opts.quiet),
+                        notify=console_err,
+                        clean_concurrency=concurrency,
+                    )
                 )
-            )
     except runner.Terminated:
         console_err("terminated")
         raise typer.Exit(runner.signal_exit_code(signal.SIGTERM)) from None
@@ -204,7 +246,49 @@ def command(
         junit=junit,
         ephemeral=ephemeral,
         options=send_options.as_given,
+        summary=summary,
     )
+
+
+async def _on_cluster(
+    aimed: Aim,
+    request: CreateRequest,
+    options: SendOptions,
+    on_cluster: ClusterOptions,
+    thresholds: Sequence[Threshold],
+    *,
+    quiet: bool,
+    concurrency: int,
+) -> ClusterRun:
+    """The sharded run on the cluster, its shards' snapshots shown as one live view."""
+    with LiveView("send", quiet=quiet) as view:
+        on = await run_cluster(
+            aimed,
+            aimed.create_request(request),
+            options,
+            on_cluster,
+            thresholds,
+            on_tick=lambda snapshot: view.update(send_frame(snapshot)),
+            notify=console_err,
+            progress=lambda label: progress_for(label, quiet=quiet),
+            clean_concurrency=concurrency,
+        )
+        if on.result.report is not None:
+            view.finish(send_final_frame(on.result.report))
+    return on
+
+
+def _cluster_summary(on: ClusterRun) -> RunSummary:
+    """The report's `run` for a cluster run: the fleet's life across its shards."""
+    result = on.result
+    return {
+        "exit_code": result.exit_code,
+        "failure": result.failure,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "fleet_id": on.fleet_id,
+        "created": on.created,
+        "cleaned": on.cleaned,
+    }
 
 
 def _describe(stack: localstack.LocalStack) -> str:
@@ -224,12 +308,13 @@ def _finish(
     junit: Path | None,
     ephemeral: bool,
     options: Mapping[str, object],
+    summary: RunSummary | None = None,
 ) -> None:
     """Write the report and its HTML page (whether or not the run got to send: `options` are
     what they show then) and JUnit (kept in the state dir when they cannot be written where
     asked), print the summary, and exit with the documented code."""
     outputs = Outputs(opts.state_dir, "run")
-    document = _document(result, options)
+    document = _document(result, options, summary or _run_json(result))
     written = outputs.report(document, json_path=report, html_path=html)
     if junit is not None:
         xml = junit_xml(
@@ -249,7 +334,7 @@ def _finish(
         hint: str | None = AWS_HINT
     else:
         hint = None if report else REPORT_HINT
-    print_summary(judgement, _rows(result), quiet=opts.quiet, report=written, hint=hint)
+    print_summary(judgement, _rows(result, summary), quiet=opts.quiet, report=written, hint=hint)
     for problem in outputs.problems:
         console_err(f"error: {problem}")
     if result.aborted:
@@ -268,7 +353,7 @@ def _finish(
 
 
 def _document(
-    result: runner.RunResult, options: Mapping[str, object]
+    result: runner.RunResult, options: Mapping[str, object], summary: RunSummary
 ) -> RunReport | UnsentRunReport:
     thresholds = [v.to_json() for v in result.verdicts]
     if result.report is None:  # stopped (or failed) before its send phase
@@ -278,18 +363,27 @@ def _document(
             ended_at=result.started_at + result.elapsed_s,
             options=dict(options),
             thresholds=thresholds,
-            run=_run_json(result),
+            run=summary,
         )
-    return {**result.report, "thresholds": thresholds, "run": _run_json(result)}
+    return {**result.report, "thresholds": thresholds, "run": summary}
 
 
 def _stopped(signum: int) -> str:
     return "terminated" if signum == signal.SIGTERM else "interrupted"
 
 
-def _rows(result: runner.RunResult) -> Rows:
-    """The fleet's life (created, removed), the send phase's figures, each threshold."""
+def _rows(result: runner.RunResult, summary: RunSummary | None = None) -> Rows:
+    """The fleet's life (created, removed), the send phase's figures, each threshold; a
+    cluster run's `summary` says the fleet's life across its shards."""
     fleet = []
+    if summary is not None:
+        fleet.append(
+            f"{summary['fleet_id']}: {summary['created']} things created by the shards, "
+            + ("nothing left" if summary["cleaned"] else "NOT all removed")
+        )
+    shards = result.report.get("shards") if result.report else None
+    if shards is not None:
+        fleet.append(f"{shards['merged']} of {shards['count']} shards merged")
     if result.create is not None:
         s = result.create.summary
         fleet.append(

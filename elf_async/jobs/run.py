@@ -11,6 +11,7 @@ process); the thresholds add to it, they never replace it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -126,14 +127,17 @@ async def run(
     progress: ProgressFactory,
     notify: Callable[[str], None],
     clean_concurrency: int = 16,
+    stop: StopSignal | None = None,
 ) -> RunResult:
     """create → send → clean; the clean-up runs whatever happened before it. `aimed` (with
-    `--local` resolved once by the caller) goes to every phase."""
+    `--local` resolved once by the caller) goes to every phase. `stop` is the caller's when
+    it has no signals of its own to watch (a cluster's shard, stopped by its driver); else
+    Ctrl-C and SIGTERM stop the run."""
     settings = aimed.settings
     started = time.monotonic()
     result = RunResult(started_at=time.time())
     phase = "create"
-    with StopSignal() as stop:
+    with StopSignal() if stop is None else contextlib.nullcontext(stop) as stop:
         announcer = asyncio.create_task(_announce(stop, notify))
         try:
             result.create = await _unless(

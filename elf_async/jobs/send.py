@@ -4,6 +4,7 @@ it). The options come parsed and checked from the command line (elf_async.cli._o
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -214,9 +215,11 @@ async def run_send(
     on_tick: Callable[[Snapshot], None] = lambda snapshot: None,
     warn: Callable[[str], None] = lambda line: None,
     metrics: LiveMetrics | None = None,
+    start: StartAt | None = None,
 ) -> SendReport:
     """Run one send and return its report; `metrics` (--metrics-port) sees every tick and,
-    at the end, the report's figures.
+    at the end, the report's figures. `start` is an engine's start instant (a cluster
+    driver's broadcast, `StartAt.broadcast`) instead of --start-at.
 
     Installs no signal handlers: `stop` is the caller's.
     """
@@ -248,7 +251,8 @@ async def run_send(
         keepalive=options.connect.keepalive,
         drain=options.drain,
     )
-    start = None if options.start_at is None else StartAt(options.start_at)
+    if start is None and options.start_at is not None:
+        start = StartAt(options.start_at)
     if options.workers == 1:
         sent = await send_here(
             send_plan,
@@ -256,7 +260,7 @@ async def run_send(
             stop,
             on_tick=on_tick,
             clock=None if start is None else monotonic_at(start.origin),
-            go=None if start is None else lambda: start.wait(stop),
+            go=None if start is None else functools.partial(start.wait, stop),
         )
         result = SendTally.of(sent)
     else:
@@ -279,7 +283,7 @@ async def run_send(
         qos=options.qos,
         placement=sharding(
             shard=shard,
-            start_at=options.start_at,
+            start_at=start.at if start else None,
             late_start_s=start.late_s if start else 0.0,
         ),
     )

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import pickle
 import signal
@@ -112,9 +113,17 @@ class StartAt:
     at: float  # epoch seconds
     origin: float = field(init=False)  # epoch seconds: t = 0 of the per-second series
     late_s: float = 0.0
+    # An engine's broadcast (the cluster driver's): the instant, told once connected.
+    told: Callable[[StopSignal], Awaitable[float]] | None = None
 
     def __post_init__(self) -> None:
         self.origin = series_origin(self.at, time.time())
+
+    @classmethod
+    def broadcast(cls, told: Callable[[StopSignal], Awaitable[float]]) -> StartAt:
+        """An instant told once connected, in whole epoch seconds: the series starts at this
+        whole second, so it covers the same seconds as every other shard's."""
+        return cls(math.floor(time.time()), told=told)
 
     def ready(self) -> float:
         """Connected now: the lateness recorded; the instant, in this process's monotonic time."""
@@ -123,6 +132,8 @@ class StartAt:
 
     async def wait(self, stop: StopSignal) -> float:
         """Connected: wait for the instant (or a stop); `Sender`'s `go`."""
+        if self.told is not None:
+            self.at = await self.told(stop)
         start = self.ready()
         await stop.sleep(max(0.0, start - time.monotonic()))
         return start
@@ -305,30 +316,45 @@ async def _show(
     while True:
         await asyncio.sleep(max(0.0, clock + second + TICK_SLACK_S - time.monotonic()))
         snapshots = [w.snapshot for w in workers if w.snapshot is not None]
-        ack = merged(s.ack for s in snapshots)
-        on_tick(
-            Snapshot(
-                phase=min((s.phase for s in snapshots), key=_PHASES.index, default=_PHASES[0]),
-                elapsed=second,
-                things=len(plan.things),
-                connected=sum(s.connected for s in snapshots),
-                connect_failed=sum(s.connect_failed for s in snapshots),
-                totals=Totals.of(s.totals for s in snapshots),
-                last_second=_summed(s.last_second for s in snapshots),
-                target_per_s=plan.target_per_s,
-                ack_p50_ms=ack.percentile_ms(50),
-                ack_p99_ms=ack.percentile_ms(99),
-                planned=sum(t.schedule.total for t in plan.things),
-                span_s=schedule_span(t.schedule for t in plan.things),
-                sending_s=max(
-                    (s.sending_s for s in snapshots if s.sending_s is not None), default=None
-                ),
-                ack=ack,
-                lag=merged(s.lag for s in snapshots),
-                connect=merged(s.connect for s in snapshots),
-            )
-        )
+        on_tick(merge_snapshots(snapshots, elapsed=second, plan=plan))
         second += 1
+
+
+def merge_snapshots(
+    snapshots: Sequence[Snapshot], *, elapsed: float, plan: SendPlan | None = None
+) -> Snapshot:
+    """Several processes' latest snapshots as one live view's: counts summed, histograms
+    merged, the earliest phase. The whole `plan` gives the things and the schedule when the
+    caller has it (--workers); else they are summed from the snapshots (a cluster's shards)."""
+    ack = merged(s.ack for s in snapshots)
+    if plan is not None:
+        things = len(plan.things)
+        target_per_s = plan.target_per_s
+        planned = sum(t.schedule.total for t in plan.things)
+        span_s = schedule_span(t.schedule for t in plan.things)
+    else:
+        things = sum(s.things for s in snapshots)
+        target_per_s = sum(s.target_per_s for s in snapshots)
+        planned = sum(s.planned for s in snapshots)
+        span_s = max((s.span_s for s in snapshots), default=0.0)
+    return Snapshot(
+        phase=min((s.phase for s in snapshots), key=_PHASES.index, default=_PHASES[0]),
+        elapsed=elapsed,
+        things=things,
+        connected=sum(s.connected for s in snapshots),
+        connect_failed=sum(s.connect_failed for s in snapshots),
+        totals=Totals.of(s.totals for s in snapshots),
+        last_second=_summed(s.last_second for s in snapshots),
+        target_per_s=target_per_s,
+        ack_p50_ms=ack.percentile_ms(50),
+        ack_p99_ms=ack.percentile_ms(99),
+        planned=planned,
+        span_s=span_s,
+        sending_s=max((s.sending_s for s in snapshots if s.sending_s is not None), default=None),
+        ack=ack,
+        lag=merged(s.lag for s in snapshots),
+        connect=merged(s.connect for s in snapshots),
+    )
 
 
 def _summed(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -345,7 +371,7 @@ def _summed(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 # The worker.
 
 
-class _ForwardedStop(StopSignal):
+class ForwardedStop(StopSignal):
     """A StopSignal fired by the parent's Stop messages instead of signal handlers."""
 
     def forward(self, signum: int) -> None:
@@ -373,7 +399,7 @@ async def _work(channel: IO[bytes]) -> None:
     if job.verbose:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
         debug_paho(True)
-    stop = _ForwardedStop()
+    stop = ForwardedStop()
     go: asyncio.Future[float] = loop.create_future()
     listener = asyncio.create_task(_listen(reader, stop, go))
 
@@ -399,7 +425,7 @@ async def _work(channel: IO[bytes]) -> None:
 
 
 async def _listen(
-    reader: asyncio.StreamReader, stop: _ForwardedStop, go: asyncio.Future[float]
+    reader: asyncio.StreamReader, stop: ForwardedStop, go: asyncio.Future[float]
 ) -> None:
     """The parent's messages; the end of stdin means the parent is gone: exit at once."""
     while True:
