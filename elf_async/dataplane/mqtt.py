@@ -132,6 +132,8 @@ class _Slot:
     context: ssl.SSLContext
     session: ssl.SSLSession | None = None
     session_at: float = float("-inf")  # when it was kept (monotonic)
+    # The first connect of a shared identity, while it runs: the others wait for its session.
+    first: asyncio.Future[None] | None = None
 
 
 class ClientTls:
@@ -237,7 +239,7 @@ def _unusable(thing: ThingTls, exc: OSError) -> UsageError:
 class ThingTls:
     """One thing's side of `ClientTls`: which certificate and key it presents."""
 
-    __slots__ = ("_offered", "_tls", "cert_file", "key_file", "shared")
+    __slots__ = ("_leads", "_offered", "_tls", "cert_file", "key_file", "shared")
 
     def __init__(self, tls: ClientTls, cert_file: Path, key_file: Path, shared: bool) -> None:
         self._tls = tls
@@ -245,6 +247,27 @@ class ThingTls:
         self.key_file = key_file
         self.shared = shared
         self._offered: ssl.SSLSession | None = None
+        self._leads: _Slot | None = None  # the slot whose first connect this is
+
+    async def turn(self) -> None:
+        """A shared identity's first connect goes alone; the others wait until it is over, then
+        resume its session: a burst would otherwise make each of them a full handshake."""
+        if not self.shared:
+            return
+        slot = self._tls.slot(self)
+        if slot.session is not None or (slot.first is not None and slot.first.done()):
+            return
+        if slot.first is None:
+            slot.first = asyncio.get_running_loop().create_future()
+            self._leads = slot
+            return
+        await asyncio.wait([slot.first])  # not cancelled with this waiter
+
+    def over(self) -> None:
+        """This connect is over, whatever its outcome: if it went first, the others go now."""
+        slot, self._leads = self._leads, None
+        if slot is not None and slot.first is not None and not slot.first.done():
+            slot.first.set_result(None)
 
     def wrap(self, sock: socket.socket, *, server_hostname: str) -> tuple[ssl.SSLSocket, _Slot]:
         """The TLS side of a connected socket (no handshake yet), offering the kept session of
@@ -428,9 +451,38 @@ async def connect(
     broker's, resolved once by the caller (`resolve`); `host` names it for SNI and the check of
     its certificate. A certificate or key that cannot be used raises `UsageError`.
     """
+    try:
+        return await _connect(
+            host=host,
+            port=port,
+            client_id=client_id,
+            tls=tls,
+            within=within,
+            keepalive=keepalive,
+            max_inflight=max_inflight,
+            on_message=on_message,
+            addresses=addresses,
+        )
+    finally:
+        tls.over()
+
+
+async def _connect(
+    *,
+    host: str,
+    port: int,
+    client_id: str,
+    tls: ThingTls,
+    within: float,
+    keepalive: int,
+    max_inflight: int,
+    on_message: MessageCallback | None,
+    addresses: list[Address] | None,
+) -> Link:
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(within):
+            await tls.turn()
             if addresses is None:
                 addresses = await resolve(host, port)
             tls_sock, slot = await open_tls(addresses=addresses, host=host, tls=tls)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ async def _close(links: list[Link]) -> None:
 async def test_a_shared_identity_connects_every_device_on_one_context_built_once(
     mosquitto: Mosquitto, test_ca: FixtureCA, tmp_path: Path
 ) -> None:
+    """All at once: the first connect goes alone, the others resume its TLS session."""
     key_file, cert_file = test_ca.client_cert(tmp_path, "elf-shared-identity")
     devices = [Identity(f"dev-{i:03d}", i, key_file, cert_file, shared=True) for i in range(30)]
     connector = _connector(mosquitto)
@@ -49,7 +51,7 @@ async def test_a_shared_identity_connects_every_device_on_one_context_built_once
     try:
         assert connector.tls.contexts_built - before == 1
         assert _presented(mosquitto, "dev") == {d.name: "elf-shared-identity" for d in devices}
-        assert connector.succeeded == 30
+        assert (connector.succeeded, connector.resumed) == (30, 29)
     finally:
         await _close(links)
 
@@ -185,3 +187,24 @@ async def test_a_missing_key_is_a_usage_error_and_a_later_thing_still_connects(
         assert _presented(mosquitto, "fine") == {"fine-0": "fine-0"}
     finally:
         await link.close()
+
+
+async def test_when_a_shared_identitys_first_connect_fails_the_others_do_not_wait_forever(
+    test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    """The others wait for the first connect's session: its failure must release them (they
+    then fail for the same reason, not after their timeout)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once closed
+    key_file, cert_file = test_ca.client_cert(tmp_path, "elf-shared-down")
+    endpoint = Endpoint("127.0.0.1", port, test_ca.cert_file.read_text())
+    connector = Connector(endpoint, rate=1000.0, timeout=30.0, retries=0)
+    devices = [Identity(f"down-{i}", i, key_file, cert_file, shared=True) for i in range(5)]
+
+    outcomes = await asyncio.gather(
+        *(connector.open(device) for device in devices), return_exceptions=True
+    )
+    assert [str(outcome) for outcome in outcomes] == [
+        "connection refused (is the broker running?)"
+    ] * 5
