@@ -140,7 +140,9 @@ class ClientTls:
     """TLS for every thing of one endpoint: verify the broker against `ca_pem` (and its host
     name), present each thing's own certificate; ALPN x-amzn-mqtt-ca when `alpn`.
 
-    Connections are made on the event loop (`open_tls`), so contexts need no per-thread copies:
+    A connection gets its certificate on the event loop (`open_tls`: the load, then ``SSL_new``,
+    with no await between; a full handshake may then run in a thread, on the connection's own
+    copy), so contexts need no per-thread copies:
     - a shared identity (one certificate for many client ids) gets one context, its chain
       loaded once: a connect costs no PEM parsing and no context;
     - things with certificates of their own share one context per key kind. The stdlib gives a
@@ -172,7 +174,7 @@ class ClientTls:
         self._slots: dict[object, _Slot] = {}
         self._kinds: dict[Path, str | None] = {}
         self.contexts_built = 0
-        self._slots[None] = _Slot(self.new_context())  # a CA OpenSSL refuses fails here
+        self.new_context()  # a CA OpenSSL refuses fails here, before any connection
 
     def new_context(self) -> ssl.SSLContext:
         """Hostname checking, CERT_REQUIRED, TLS 1.2 at least; no certificate yet."""
