@@ -17,7 +17,7 @@ from support.mqtt import FixtureCA, start_mosquitto
 
 from elf_async.controlplane.certs import generate_key, key_pem
 from elf_async.dataplane.connections import Connector, Endpoint, Identity
-from elf_async.dataplane.mqtt import Link
+from elf_async.dataplane.mqtt import ClientTls, Link, connect
 from elf_async.errors import UsageError
 from elf_async.files import write_private, write_public
 from elf_async.local.mosquitto import Mosquitto
@@ -32,6 +32,14 @@ def _presented(broker: Mosquitto, prefix: str) -> dict[str, str]:
     """client id -> the CN of the certificate it connected with, from mosquitto's log."""
     log = broker.log_file.read_text()
     return dict(re.findall(rf" as ({prefix}-\d+) \(.*?u'([^']*)'\)", log))
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 async def _close(links: list[Link]) -> None:
@@ -81,8 +89,6 @@ async def test_things_of_their_own_share_one_context_per_key_kind(
 async def test_the_endpoint_name_is_resolved_once_for_all_connects(
     mosquitto: Mosquitto, test_ca: FixtureCA, tmp_path: Path
 ) -> None:
-    """`localhost` may also name ::1, where mosquitto does not listen: the connect goes on to
-    the next address."""
     things = []
     for index in range(5):
         key_file, cert_file = test_ca.client_cert(tmp_path, f"dns-{index}")
@@ -95,6 +101,30 @@ async def test_the_endpoint_name_is_resolved_once_for_all_connects(
         assert connector.succeeded == 5
     finally:
         await _close(links)
+
+
+async def test_an_address_that_refuses_is_skipped_for_the_next_one(
+    mosquitto: Mosquitto, test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    """A name over several addresses (a load balancer's, or localhost's ::1 where the broker
+    listens on 127.0.0.1 only): a connect that one refuses goes on to the next."""
+    key_file, cert_file = test_ca.client_cert(tmp_path, "skip-0")
+    tls = ClientTls(ca_pem=mosquitto.ca_file.read_text(), alpn=False)
+    link = await connect(
+        host="localhost",
+        port=mosquitto.port,
+        addresses=[
+            (socket.AF_INET, ("127.0.0.1", _closed_port())),
+            (socket.AF_INET, ("127.0.0.1", mosquitto.port)),
+        ],
+        client_id="skip-0",
+        tls=tls.identity(cert_file=cert_file, key_file=key_file),
+        within=10,
+    )
+    try:
+        assert _presented(mosquitto, "skip") == {"skip-0": "skip-0"}
+    finally:
+        await link.close()
 
 
 async def test_an_unresolvable_endpoint_is_a_permanent_failure_that_names_it(
@@ -194,11 +224,8 @@ async def test_when_a_shared_identitys_first_connect_fails_the_others_do_not_wai
 ) -> None:
     """The others wait for the first connect's session: its failure must release them (they
     then fail for the same reason, not after their timeout)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # nothing listens there once closed
     key_file, cert_file = test_ca.client_cert(tmp_path, "elf-shared-down")
-    endpoint = Endpoint("127.0.0.1", port, test_ca.cert_file.read_text())
+    endpoint = Endpoint("127.0.0.1", _closed_port(), test_ca.cert_file.read_text())
     connector = Connector(endpoint, rate=1000.0, timeout=30.0, retries=0)
     devices = [Identity(f"down-{i}", i, key_file, cert_file, shared=True) for i in range(5)]
 
