@@ -1,20 +1,29 @@
 """Mutual-TLS connect rate and memory per connection: RSA-2048 against EC P-256 client keys.
 
 For each key type and connection count, a fresh mosquitto (mutual TLS, 127.0.0.1) and a worker
-process that opens every connection through elf-async's own Connector (variant ``elf_async``)
-or, as a floor, bare uvloop TLS + CONNECT/CONNACK (variant ``asyncio``). Reports connects/s,
-client CPU ms per connect, client and broker RSS growth per idle connection, and the EC/RSA
-ratios of the same run. JSON on stdout (and --out). The fd limit is raised in-process; the
-worker and mosquitto inherit it.
+process that opens every connection through elf-async's own Connector (variant ``elf_async``:
+a certificate per client; ``shared``: one certificate and key for all, as
+``create --identity shared``) or, as a floor, bare uvloop TLS + CONNECT/CONNACK (variant
+``asyncio``). Reports connects/s, client CPU ms per connect, client and broker RSS growth per
+idle connection, and the EC/RSA ratios of the same run. JSON on stdout (and --out). The fd
+limit is raised in-process; the worker and mosquitto inherit it.
+
+``--baseline REV`` runs each elf-async variant twice per round, with this tree's code
+(``code: current``) and with the elf_async package of git revision REV (``code: baseline``,
+first on the worker's PYTHONPATH), in alternating order, so that before and after share the
+machine's noise; ``ratios`` then gives current/baseline client CPU per connect.
 
 Each row also gives the rates the CPU allows: ``broker_bound`` (mosquitto is one thread) and
 ``cpu_bound`` (all cores busy with client and broker, nothing else running); a rate ratio
 cannot beat the ratio of those. ``phases`` (--phases N, 0 for none) is where the client's CPU
 goes in one connect, measured one connection at a time in this process (thread CPU time, no
-contention) through elf-async's own TLS setup (`elf_async.mqtt.ClientTls`), next to what a
-context of its own per thing costs (``own_context_ms``, the design before).
+contention) through elf-async's own TLS setup (`elf_async.dataplane.mqtt.ClientTls`, a shared
+identity's TLS session kept as the Connector keeps it), next to what a context of its own per
+thing costs (``own_context_ms``, the design before); ``shared: true`` rows use one identity.
 
     .venv/bin/python benchmarks/connect.py --counts 500 5000
+    .venv/bin/python benchmarks/connect.py --counts 500 --variants elf_async shared \\
+        --baseline f44373f --rounds 2
     .venv/bin/python benchmarks/connect.py --quick
 """
 
@@ -26,6 +35,8 @@ import os
 import signal
 import socket
 import ssl
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +49,7 @@ import contextlib
 
 from benchmarks._harness import (
     ROOT,
+    ClientFiles,
     Pki,
     Processes,
     cpu_seconds,
@@ -57,10 +69,19 @@ def _connect_packet(client_id: str) -> bytes:
     return bytes([0x10, len(variable)]) + variable
 
 
-def phases(pki: Pki, key_type: str, count: int, workdir: Path) -> dict[str, Any]:
+def _one_identity(clients: list[ClientFiles]) -> list[ClientFiles]:
+    """Every client on the first one's certificate and key, each with its own client id."""
+    return [ClientFiles(c.id, clients[0].cert, clients[0].key) for c in clients]
+
+
+def phases(
+    pki: Pki, key_type: str, count: int, workdir: Path, *, shared: bool = False
+) -> dict[str, Any]:
     """Client CPU ms per step of a connect, `count` connections one after the other."""
     clients = pki.clients(count, key_type)  # type: ignore[arg-type]
-    broker = Mosquitto.start(directory=workdir / f"phases-{key_type}", ca=pki.ca)
+    if shared:
+        clients = _one_identity(clients)
+    broker = Mosquitto.start(directory=workdir / f"phases-{key_type}-{shared}", ca=pki.ca)
     ca_pem = pki.ca_file.read_text()
     clock = time.thread_time
     spent = dict.fromkeys(("tcp_ms", "chain_and_ssl_ms", "handshake_ms", "connack_ms"), 0.0)
@@ -74,14 +95,12 @@ def phases(pki: Pki, key_type: str, count: int, workdir: Path) -> dict[str, Any]
             context.load_cert_chain(spec.cert, spec.key)
             own += clock() - start
             del context
-            thing = tls.identity(cert_file=Path(spec.cert), key_file=Path(spec.key))
+            thing = tls.identity(cert_file=Path(spec.cert), key_file=Path(spec.key), shared=shared)
             t0 = clock()
             sock = socket.create_connection((broker.host, broker.port))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             t1 = clock()
-            tls_sock = thing.wrap_socket(
-                sock, server_hostname=broker.host, do_handshake_on_connect=False
-            )
+            tls_sock, slot = thing.wrap(sock, server_hostname=broker.host)
             t2 = clock()
             tls_sock.do_handshake()
             t3 = clock()
@@ -89,10 +108,12 @@ def phases(pki: Pki, key_type: str, count: int, workdir: Path) -> dict[str, Any]
             if tls_sock.recv(4)[:1] != b"\x20":
                 raise RuntimeError(f"{spec.id}: no CONNACK")
             t4 = clock()
+            thing.keep_session(slot, tls_sock)
             keep.append(tls_sock)
             for key, seconds in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 spent[key] += seconds
         version = keep[-1].version() if keep else None
+        resumed = sum(bool(s.session_reused) for s in keep)
     finally:
         for tls_sock in keep:
             tls_sock.close()
@@ -100,7 +121,23 @@ def phases(pki: Pki, key_type: str, count: int, workdir: Path) -> dict[str, Any]
     row: dict[str, Any] = {k: round(1000 * v / count, 3) for k, v in spent.items()}
     row["total_ms"] = round(sum(row.values()), 3)
     row["own_context_ms"] = round(1000 * own / count, 3)
-    return {"key_type": key_type, "connections": count, "tls": version, **row}
+    row["resumed"] = resumed
+    return {"key_type": key_type, "shared": shared, "connections": count, "tls": version, **row}
+
+
+def baseline_tree(revision: str, directory: Path) -> Path:
+    """The elf_async package of `revision`, extracted under `directory`, next to a link to this
+    tree's benchmarks: the worker runs there (``python -m`` puts its directory first on
+    sys.path), so it imports the baseline's elf_async and the current worker."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, "elf_async"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
+    (directory / "benchmarks").symlink_to(ROOT / "benchmarks")
+    return directory
 
 
 def one_run(
@@ -111,10 +148,14 @@ def one_run(
     variant: str,
     connect_rate: float,
     workdir: Path,
+    code: Path | None = None,
 ) -> dict[str, Any]:
-    """A fresh broker, one worker, `count` connections; returns the measured row."""
+    """A fresh broker, one worker, `count` connections; returns the measured row. `code`: an
+    elf_async tree to run instead of this one's (the baseline)."""
     clients = pki.clients(count, key_type)  # type: ignore[arg-type]
-    run_dir = workdir / f"{key_type}-{count}-{variant}"
+    if variant == "shared":
+        clients = _one_identity(clients)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{key_type}-{count}-{variant}-", dir=workdir))
     broker = Mosquitto.start(directory=run_dir / "broker", ca=pki.ca)
     procs.brokers.append(broker)
     config = {
@@ -131,8 +172,8 @@ def one_run(
         [sys.executable, "-m", "benchmarks.peers.connect_worker", str(config_file)],
         stdin=-1,
         stdout=-1,
-        cwd=str(ROOT),
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=str(code or ROOT),
+        env=dict(os.environ, PYTHONPATH=str(code or ROOT)),
     )
     try:
         read_tagged(process, "READY", timeout=60)
@@ -159,6 +200,7 @@ def one_run(
         "key_type": key_type,
         "connections": count,
         "variant": variant,
+        "code": "baseline" if code else "current",
         **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()},
         "broker_cpu_ms_per_connect": round(1000 * broker_cpu / connected, 3) if connected else None,
         "broker_rss_kb_per_connection": (
@@ -178,8 +220,15 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[500, 5000])
     parser.add_argument("--key-types", nargs="+", default=["rsa", "ec"], choices=["rsa", "ec"])
     parser.add_argument(
-        "--variants", nargs="+", default=["elf_async", "asyncio"], choices=["elf_async", "asyncio"]
+        "--variants",
+        nargs="+",
+        default=["elf_async", "shared", "asyncio"],
+        choices=["elf_async", "shared", "asyncio"],
     )
+    parser.add_argument(
+        "--baseline", default=None, help="git revision: also run its elf_async, alternating"
+    )
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument(
         "--connect-rate", type=float, default=1000.0, help="elf-async Connector's CONNECT rate"
     )
@@ -200,50 +249,88 @@ def main() -> None:
     split: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="elf-connect-") as tmp:
+            base = baseline_tree(args.baseline, Path(tmp) / "baseline") if args.baseline else None
             for key_type in args.key_types if args.phases > 0 else []:
-                split.append(phases(pki, key_type, args.phases, Path(tmp)))
-                print(f"phases {json.dumps(split[-1])}", file=sys.stderr)
-            for count in args.counts:
-                for variant in args.variants:
-                    for key_type in args.key_types:
-                        print(f"{count} x {key_type} ({variant})", file=sys.stderr)
-                        try:
-                            row = one_run(
-                                procs, pki, key_type, count, variant, args.connect_rate, Path(tmp)
-                            )
-                        except (TimeoutError, RuntimeError) as exc:
-                            row = {"key_type": key_type, "connections": count, "error": str(exc)}
-                        print(f"  {json.dumps(row)}", file=sys.stderr)
-                        rows.append(row)
-                        time.sleep(1)
+                for shared in (False, True) if "shared" in args.variants else (False,):
+                    split.append(phases(pki, key_type, args.phases, Path(tmp), shared=shared))
+                    print(f"phases {json.dumps(split[-1])}", file=sys.stderr)
+            for round_no in range(args.rounds):
+                for count in args.counts:
+                    for variant in args.variants:
+                        codes: list[Path | None] = [None]
+                        if base is not None and variant != "asyncio":
+                            codes = [base, None] if round_no % 2 == 0 else [None, base]
+                        for key_type in args.key_types:
+                            for code in codes:
+                                label = "baseline" if code else "current"
+                                print(f"{count} x {key_type} ({variant}, {label})", file=sys.stderr)
+                                try:
+                                    row = one_run(
+                                        procs,
+                                        pki,
+                                        key_type,
+                                        count,
+                                        variant,
+                                        args.connect_rate,
+                                        Path(tmp),
+                                        code,
+                                    )
+                                except (TimeoutError, RuntimeError) as exc:
+                                    row = {
+                                        "key_type": key_type,
+                                        "connections": count,
+                                        "variant": variant,
+                                        "code": label,
+                                        "error": str(exc),
+                                    }
+                                row["round"] = round_no + 1
+                                print(f"  {json.dumps(row)}", file=sys.stderr)
+                                rows.append(row)
+                                time.sleep(1)
     finally:
         procs.close()
     ratios: dict[str, Any] = {}
+    ok = [r for r in rows if "error" not in r]
+
+    def median(count: int, variant: str, key_type: str, code: str, field: str) -> float | None:
+        values = [
+            r[field]
+            for r in ok
+            if (r["connections"], r["variant"], r["key_type"], r.get("code"))
+            == (
+                count,
+                variant,
+                key_type,
+                code,
+            )
+            and r.get(field)
+        ]
+        return statistics.median(values) if values else None
+
     for count in args.counts:
         for variant in args.variants:
-            pick = {
-                r["key_type"]: r
-                for r in rows
-                if r.get("connections") == count
-                and r.get("variant") == variant
-                and "error" not in r
-            }
-            if "rsa" in pick and "ec" in pick and pick["rsa"].get("connects_per_s"):
-                ratios[f"{variant}@{count} ec/rsa connects_per_s"] = round(
-                    pick["ec"]["connects_per_s"] / pick["rsa"]["connects_per_s"], 3
-                )
-            if "rsa" in pick and "ec" in pick and pick["rsa"].get("cpu_bound_connects_per_s"):
-                ratios[f"{variant}@{count} ec/rsa cpu_bound"] = round(
-                    pick["ec"]["cpu_bound_connects_per_s"]
-                    / pick["rsa"]["cpu_bound_connects_per_s"],
-                    3,
-                )
+            rsa = median(count, variant, "rsa", "current", "connects_per_s")
+            ec = median(count, variant, "ec", "current", "connects_per_s")
+            if rsa and ec:
+                ratios[f"{variant}@{count} ec/rsa connects_per_s"] = round(ec / rsa, 3)
+            rsa = median(count, variant, "rsa", "current", "cpu_bound_connects_per_s")
+            ec = median(count, variant, "ec", "current", "cpu_bound_connects_per_s")
+            if rsa and ec:
+                ratios[f"{variant}@{count} ec/rsa cpu_bound"] = round(ec / rsa, 3)
+            for key_type in args.key_types:
+                now = median(count, variant, key_type, "current", "cpu_ms_per_connect")
+                before = median(count, variant, key_type, "baseline", "cpu_ms_per_connect")
+                if now and before:
+                    ratios[f"{variant}@{count} {key_type} current/baseline cpu_ms_per_connect"] = (
+                        round(now / before, 3)
+                    )
     report = {
-        "benchmark": "elf-async/connect/1",
+        "benchmark": "elf-async/connect/2",
         "machine": machine(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "fd_limit": limit,
         "connect_rate": args.connect_rate,
+        "baseline": args.baseline,
         "runs": rows,
         "ratios": ratios,
         "phases": split,

@@ -1,9 +1,11 @@
 """Connect-benchmark worker: opens N mutual-TLS MQTT connections, reports rate, CPU and RSS.
 
 Runs in its own process so its RSS growth per connection is not mixed with the harness.
-``variant``: ``elf_async`` uses elf-async's own Connector (aiomqtt; paho's blocking connect
-in the default executor, as `send` does); ``asyncio`` is a floor for comparison: a bare
-uvloop TLS connection that sends CONNECT and waits for CONNACK, no MQTT library.
+``variant``: ``elf_async`` uses elf-async's own Connector, as `send` does; ``shared`` is the
+same with every client on one certificate and key (``create --identity shared``); ``asyncio``
+is a floor for comparison: a bare uvloop TLS connection that sends CONNECT and waits for
+CONNACK, no MQTT library. The elf-async code is whatever ``elf_async`` imports as (the harness
+puts a baseline revision first on PYTHONPATH to measure before and after in one run).
 """
 
 from __future__ import annotations
@@ -76,8 +78,17 @@ async def open_asyncio(config: PeerConfig, keep: list[Any], gate: asyncio.Semaph
 
 
 async def open_elf_async(config: PeerConfig, keep: list[Any]) -> tuple[int, dict[str, Any]]:
+    import dataclasses
+
+    import elf_async
     from elf_async.dataplane.connections import Connector, Endpoint, Identity
     from elf_async.dataplane.mqtt import ConnectFailed
+
+    # A baseline from before shared identities has no `shared` field: it loads the one
+    # certificate per connect, as it did then.
+    shared = {"shared": True} if config.variant == "shared" else {}
+    if "shared" not in {f.name for f in dataclasses.fields(Identity)}:
+        shared = {}
 
     endpoint = Endpoint(config.host, config.port, Path(config.ca_file).read_text())  # noqa: ASYNC240 - before timing
     rate = float(config.extra.get("connect_rate", 10_000))
@@ -87,7 +98,9 @@ async def open_elf_async(config: PeerConfig, keep: list[Any]) -> tuple[int, dict
         spec = config.clients[index]
         try:
             keep.append(
-                await connector.open(Identity(spec.id, index, Path(spec.key), Path(spec.cert)))
+                await connector.open(
+                    Identity(spec.id, index, Path(spec.key), Path(spec.cert), **shared)
+                )
             )
         except ConnectFailed:
             return False
@@ -98,7 +111,17 @@ async def open_elf_async(config: PeerConfig, keep: list[Any]) -> tuple[int, dict
         "connect_ms_p50": connector.connect_time.percentile_ms(50),
         "connect_ms_p99": connector.connect_time.percentile_ms(99),
         "errors": dict(connector.errors),
+        # What the new connect path counts (absent from a baseline that had no such counters).
+        **{
+            name: value
+            for name in ("resumed", "resolutions")
+            if isinstance(value := getattr(connector, name, None), int)
+        },
     }
+    detail["elf_async_from"] = str(Path(elf_async.__file__).parent)
+    tls = getattr(connector, "tls", None)
+    if tls is not None:
+        detail["contexts_built"] = tls.contexts_built
     return sum(results), detail
 
 

@@ -124,7 +124,7 @@ CertModeOption = Annotated[
     ),
 ]
 KeyTypeOption = Annotated[
-    str | None, typer.Option(help="rsa (2048) or ec (P-256), for csr and ca. [default: rsa]")
+    str | None, typer.Option(help="rsa (2048) or ec (P-256), for csr and ca. [default: ec]")
 ]
 CaCertOption = Annotated[Path | None, typer.Option(help="CA certificate for --cert-mode ca.")]
 CaKeyOption = Annotated[Path | None, typer.Option(help="CA private key for --cert-mode ca.")]

@@ -16,10 +16,12 @@ from pathlib import Path
 from elf_async.dataplane.mqtt import (
     ALPN_PORT,
     KEEPALIVE,
+    Address,
     ClientTls,
     ConnectFailed,
     Link,
     MessageCallback,
+    resolve,
 )
 from elf_async.dataplane.mqtt import connect as mqtt_connect
 from elf_async.metrics import Histogram
@@ -34,6 +36,9 @@ RECONNECT_CAP = 10.0  # longest wait between reconnect attempts
 # lost early is not counted: a broker restarted right after the start drops those too.
 TAKEOVER_WINDOW_S = 5.0
 TAKEOVER = "taken over: another client connected with the same client ID"
+# The endpoint is resolved once, then again when this old: an AWS endpoint is a DNS name over
+# load balancers, so a long run follows its answers; connects take its addresses in turn.
+RESOLVE_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,7 @@ class Identity:
     key_file: Path
     cert_file: Path
     alias: str | None = None
+    shared: bool = False  # the certificate and key serve many client ids (`--identity shared`)
 
     @property
     def client_id(self) -> str:
@@ -87,16 +93,42 @@ class Connector:
     reconnect_attempts: int = 0  # attempts to reopen them, failed ones included
     takeovers: int = 0  # connections closed within TAKEOVER_WINDOW_S of their CONNACK
     connect_time: Histogram = field(default_factory=Histogram)
+    resumed: int = 0  # connections whose TLS session was resumed (no full handshake)
+    resolutions: int = 0  # DNS look-ups of the endpoint
     errors: Counter[str] = field(default_factory=Counter)
+    tls: ClientTls = field(init=False)
     _limiter: RateLimiter = field(init=False)
-    _tls: ClientTls = field(init=False)
     _last_attempt: dict[str, float] = field(default_factory=dict)
+    _addresses: list[Address] = field(default_factory=list)
+    _resolved_at: float = float("-inf")
+    _resolving: asyncio.Future[None] | None = None
+    _turn: int = 0
 
     def __post_init__(self) -> None:
         self._limiter = RateLimiter(self.rate, name="CONNECT")
-        # One TLS context per executor thread for all things; each attempt loads the thing's
-        # certificate and key in that thread, off the event loop (see ClientTls).
-        self._tls = ClientTls(ca_pem=self.endpoint.ca_pem, alpn=self.endpoint.alpn)
+        # Contexts shared by all things, TLS sessions kept for reconnects (see ClientTls).
+        self.tls = ClientTls(ca_pem=self.endpoint.ca_pem, alpn=self.endpoint.alpn)
+
+    async def addresses(self) -> list[Address]:
+        """The endpoint's addresses, resolved at most once per RESOLVE_EVERY_S (concurrent
+        connects share one look-up), starting at the next one in turn: connects spread over
+        every address the name has, as the load balancers behind it expect."""
+        if time.monotonic() - self._resolved_at >= RESOLVE_EVERY_S:
+            if self._resolving is None:
+                self._resolving = asyncio.ensure_future(self._resolve())
+            resolving = self._resolving
+            try:
+                await asyncio.shield(resolving)
+            finally:
+                if self._resolving is resolving and resolving.done():
+                    self._resolving = None
+        self._turn = (self._turn + 1) % len(self._addresses)
+        return self._addresses[self._turn :] + self._addresses[: self._turn]
+
+    async def _resolve(self) -> None:
+        self.resolutions += 1
+        self._addresses = await resolve(self.endpoint.host, self.endpoint.port)
+        self._resolved_at = time.monotonic()
 
     async def _attempt(
         self,
@@ -115,8 +147,11 @@ class Connector:
             link = await mqtt_connect(
                 host=self.endpoint.host,
                 port=self.endpoint.port,
+                addresses=await self.addresses(),
                 client_id=thing.client_id,
-                tls=self._tls.identity(cert_file=thing.cert_file, key_file=thing.key_file),
+                tls=self.tls.identity(
+                    cert_file=thing.cert_file, key_file=thing.key_file, shared=thing.shared
+                ),
                 within=self.timeout,
                 keepalive=self.keepalive,
                 max_inflight=self.max_inflight,
@@ -127,6 +162,7 @@ class Connector:
             self.errors[exc.reason] += 1
             raise
         self.succeeded += 1
+        self.resumed += link.resumed
         self.connect_time.record(time.monotonic() - started)
         return link
 

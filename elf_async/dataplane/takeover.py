@@ -63,8 +63,17 @@ PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
         "_last_bytes_received",
         "_easy_log",
         "_sock_close",
+        "_create_socket",
     ),
-    "aiomqtt.Client": ("_client", "_misc_task", "_disconnected"),
+    "aiomqtt.Client": (
+        "_client",
+        "_misc_task",
+        "_disconnected",
+        "_connected",
+        "_lock",
+        "_client_connect",
+        "_wait_for",
+    ),
     "ssl.SSLSocket": ("_sslobj",),
 }
 """Every private name of another package this module uses, by the class that owns it."""
@@ -549,6 +558,28 @@ def paho_client(client: aiomqtt.Client) -> paho.Client:
     """The paho client under an aiomqtt client."""
     inner: paho.Client = client._client
     return inner
+
+
+async def enter(client: aiomqtt.Client, sock: ssl.SSLSocket) -> None:
+    """aiomqtt's ``__aenter__`` on a socket already connected (TCP and TLS, on the loop): paho
+    sends CONNECT on `sock` instead of making its own, so no executor thread, DNS look-up or
+    blocking handshake. Waits for CONNACK as aiomqtt does; raises `aiomqtt.MqttError`."""
+    inner = paho_client(client)
+    inner._create_socket = lambda: sock  # type: ignore[method-assign]
+    await client._lock.acquire()
+    try:
+        client._client_connect()  # paho's connect: no blocking step is left in it
+    except OSError as exc:
+        client._lock.release()
+        raise aiomqtt.MqttError(str(exc)) from None
+    try:
+        await client._wait_for(client._connected, timeout=None)
+    except aiomqtt.MqttError:
+        client._lock.release()
+        client._connected = asyncio.Future()
+        raise
+    if client._disconnected.done():
+        client._disconnected = asyncio.Future()
 
 
 def collect_disconnection(client: aiomqtt.Client) -> None:

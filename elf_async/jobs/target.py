@@ -82,7 +82,7 @@ def _shared_identities(
     key_file, cert_file = thing_files(state_dir, shared_identity_name(prefix))
     _check_files([Identity(shared_identity_name(prefix), -1, key_file, cert_file)], state_dir)
     return [
-        Identity(device_name(prefix, index), index, key_file, cert_file)
+        Identity(device_name(prefix, index), index, key_file, cert_file, shared=True)
         for index in range(offset, offset + wanted)
     ]
 
