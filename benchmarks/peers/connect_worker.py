@@ -81,7 +81,10 @@ async def open_elf_async(config: PeerConfig, keep: list[Any]) -> tuple[int, dict
 
     endpoint = Endpoint(config.host, config.port, Path(config.ca_file).read_text())  # noqa: ASYNC240 - before timing
     rate = float(config.extra.get("connect_rate", 10_000))
-    connector = Connector(endpoint, rate=rate, timeout=60.0, retries=0, max_inflight=100)
+    keepalive = int(config.extra.get("keepalive", 60))
+    connector = Connector(
+        endpoint, rate=rate, timeout=120.0, retries=0, max_inflight=100, keepalive=keepalive
+    )
 
     async def one(index: int) -> bool:
         spec = config.clients[index]
@@ -102,10 +105,71 @@ async def open_elf_async(config: PeerConfig, keep: list[Any]) -> tuple[int, dict
     return sum(results), detail
 
 
+def take_over(keep: list[Any]) -> Any:
+    """Each connection as `send` holds it once connected (elf_async.dataplane.takeover): its
+    socket in the hot path's epoll set, aiomqtt's keep-alive task per client replaced by one
+    keep-alive pass a second for all. A soak then measures what `send` pays to stay connected."""
+    from elf_async.dataplane.takeover import Takeover
+
+    takeover = Takeover()
+    for link in keep:
+        takeover.install(
+            link.client,
+            "idle",
+            1,
+            on_ack=lambda mid: None,
+            on_sent=lambda token, mid, size: None,
+            on_drained=lambda: None,
+        )
+    return takeover
+
+
+async def soak(seconds: float, keep: list[Any]) -> dict[str, Any]:
+    """Idle for `seconds` with every connection taken over (PINGREQ/PINGRESP only): the
+    process's CPU over it, and how many connections are still open at the end."""
+    cpu0 = self_cpu()
+    start = time.monotonic()
+    await asyncio.sleep(seconds)
+    cpu = self_cpu() - cpu0
+    wall = time.monotonic() - start
+    return {
+        "idle_s": round(wall, 3),
+        "idle_cpu_s": round(cpu, 3),
+        "idle_cpu_pct_of_one_core": round(100 * cpu / wall, 2),
+        "open_after_idle": sum(1 for link in keep if not link.lost.done()),
+    }
+
+
+def traced(connections: int) -> dict[str, Any]:
+    """Python allocations still held per connection (tracemalloc, started before the first
+    connect), by source line: what the aiomqtt/paho objects and our own cost. OpenSSL's own
+    memory is native and not traced: RSS per connection minus this is mostly the TLS state."""
+    import tracemalloc
+
+    snapshot = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    stats = snapshot.statistics("lineno")
+    total = sum(s.size for s in stats)
+    top = [
+        {
+            "where": f"{s.traceback[0].filename.rsplit('/site-packages/', 1)[-1]}:"
+            f"{s.traceback[0].lineno}",
+            "bytes_per_connection": round(s.size / connections, 1),
+            "blocks_per_connection": round(s.count / connections, 2),
+        }
+        for s in stats[:25]
+    ]
+    return {"python_bytes_per_connection": round(total / max(connections, 1), 1), "top": top}
+
+
 async def run() -> None:
     config = load_config()
     variant = config.variant or "elf_async"
     keep: list[Any] = []
+    if config.extra.get("tracemalloc"):
+        import tracemalloc
+
+        tracemalloc.start()
     emit("READY", {"rss_kb": rss_kb(), "pid": os.getpid()})
     if await wait_line_async() != "GO":
         return
@@ -119,8 +183,14 @@ async def run() -> None:
         connected, detail = await open_elf_async(config, keep)
     elapsed = time.monotonic() - start
     cpu = self_cpu() - cpu0
+    takeover = take_over(keep) if variant == "elf_async" else None
     await asyncio.sleep(2.0)  # idle: what a connection costs while it just keeps alive
     rss1 = rss_kb()
+    idle_s = float(config.extra.get("idle_s", 0))
+    if idle_s > 0 and takeover is not None:
+        detail |= await soak(idle_s, keep)
+    if config.extra.get("tracemalloc"):
+        detail["tracemalloc"] = traced(connected)
     emit(
         "RESULT",
         {
