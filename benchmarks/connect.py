@@ -20,8 +20,9 @@ context of its own per thing costs (``own_context_ms``, the design before).
         --variants elf_async --phases 0 --keepalive 30 --idle 60
 
 ``--idle S`` adds an idle soak after connecting (connections taken over as `send` holds them)
-and reports the client's CPU for keep-alives; a count above what RLIMIT_NOFILE's hard limit
-can hold is measured at what it can hold (``clamped_by_fd_limit``).
+and reports the client's CPU for keep-alives, the keep-alive pass as it is against every
+connection every second, alternated on the same connections; a count above what
+RLIMIT_NOFILE's hard limit can hold is measured at what it can hold (``clamped_by_fd_limit``).
 """
 
 from __future__ import annotations
@@ -209,6 +210,12 @@ def main() -> None:
         "over as `send` holds them): the client's CPU for keep-alives",
     )
     parser.add_argument(
+        "--trim",
+        action="store_true",
+        help="RSS again after glibc's malloc_trim(0): what is held per connection against "
+        "what malloc keeps free",
+    )
+    parser.add_argument(
         "--tracemalloc",
         action="store_true",
         help="Python allocations held per connection, by source line (slows the connects)",
@@ -225,7 +232,12 @@ def main() -> None:
     reachable = limit - FD_HEADROOM
     clamped = {c: min(c, reachable) for c in args.counts if c > reachable}
     args.counts = [min(c, reachable) for c in args.counts]
-    idle = {"keepalive": args.keepalive, "idle_s": args.idle, "tracemalloc": args.tracemalloc}
+    idle = {
+        "keepalive": args.keepalive,
+        "idle_s": args.idle,
+        "tracemalloc": args.tracemalloc,
+        "trim": args.trim,
+    }
     pki = Pki()
     procs = Processes()
     rows: list[dict[str, Any]] = []

@@ -140,6 +140,41 @@ async def soak(seconds: float, keep: list[Any]) -> dict[str, Any]:
     }
 
 
+async def soak_ab(seconds: float, keep: list[Any]) -> dict[str, Any]:
+    """The idle soak in four alternated windows on the same connections: the keep-alive pass
+    as it is (each connection's timers once every keep-alive/10, `KEEPALIVE_SPREAD`), then as
+    it was (every connection every second), twice; each side's CPU over its two windows."""
+    from elf_async.dataplane import takeover
+
+    spread = takeover.KEEPALIVE_SPREAD
+    sides: dict[str, list[dict[str, Any]]] = {"spread": [], "every_pass": []}
+    try:
+        for side in ("spread", "every_pass", "spread", "every_pass"):
+            takeover.KEEPALIVE_SPREAD = spread if side == "spread" else 0.0
+            sides[side].append(await soak(seconds / 2, keep))
+    finally:
+        takeover.KEEPALIVE_SPREAD = spread
+    out: dict[str, Any] = {}
+    for side, windows in sides.items():
+        cpu = sum(w["idle_cpu_s"] for w in windows)
+        wall = sum(w["idle_s"] for w in windows)
+        out[f"idle_{side}"] = {
+            "idle_s": round(wall, 3),
+            "idle_cpu_s": round(cpu, 3),
+            "idle_cpu_pct_of_one_core": round(100 * cpu / wall, 2),
+            "open_after_idle": windows[-1]["open_after_idle"],
+        }
+    return out
+
+
+def trim_heap() -> None:
+    """glibc's malloc_trim(0): give the heap's free pages back (the handshakes' temporaries,
+    freed but kept by malloc's arenas); research only, glibc only."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def traced(connections: int) -> dict[str, Any]:
     """Python allocations still held per connection (tracemalloc, started before the first
     connect), by source line: what the aiomqtt/paho objects and our own cost. OpenSSL's own
@@ -186,9 +221,14 @@ async def run() -> None:
     takeover = take_over(keep) if variant == "elf_async" else None
     await asyncio.sleep(2.0)  # idle: what a connection costs while it just keeps alive
     rss1 = rss_kb()
+    if config.extra.get("trim"):
+        detail["rss_kb_per_connection_untrimmed"] = (rss1 - rss0) / connected if connected else None
+        trim_heap()
+        await asyncio.sleep(1.0)
+        rss1 = rss_kb()
     idle_s = float(config.extra.get("idle_s", 0))
     if idle_s > 0 and takeover is not None:
-        detail |= await soak(idle_s, keep)
+        detail |= await soak_ab(idle_s, keep)
     if config.extra.get("tracemalloc"):
         detail["tracemalloc"] = traced(connected)
     emit(

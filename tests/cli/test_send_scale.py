@@ -88,14 +88,17 @@ def test_workers_share_one_connect_budget_as_the_broker_counts_it(
     assert max(per_second.values()) <= rate + workers, sorted(per_second.items())
 
 
-def _with_hard_limit(limit: int) -> Callable[[], None]:
+def _with_limit(soft: int, hard: int | None = None) -> Callable[[], None]:
     def lower() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, soft if hard is None else hard))
 
     return lower
 
 
-def _run_limited(cli: Cli, limit: int, *args: str) -> subprocess.CompletedProcess[str]:
+def _run_limited(
+    cli: Cli, soft: int, *args: str, hard: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI started with RLIMIT_NOFILE lowered (the hard limit to `soft` too unless given)."""
     return subprocess.run(
         cli.args(*args),
         capture_output=True,
@@ -103,8 +106,25 @@ def _run_limited(cli: Cli, limit: int, *args: str) -> subprocess.CompletedProces
         timeout=300,
         env=cli.env(),
         cwd=cli.state_dir.parent,
-        preexec_fn=_with_hard_limit(limit),
+        preexec_fn=_with_limit(soft, hard),
     )
+
+
+def test_send_raises_its_soft_open_file_limit_to_the_hard_one(
+    cli: Cli, test_ca: FixtureCA, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """100 connections and a soft limit of 100: the send raises it (the hard limit allows)."""
+    prefix = _shared_fleet(cli, test_ca, 100)
+    report_file = tmp_path / "report.json"
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    result = _run_limited(
+        cli, 100, "send", "--mqtt-endpoint", f"127.0.0.1:{mosquitto.port}",
+        "--ca-file", str(mosquitto.ca_file), "--count", "1", "--connect-rate", "500/s",
+        "--report", str(report_file), "-q", hard=hard,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert load(report_file)["messages"]["acked"] == 100
+    assert sum(_connects_by_second(mosquitto, prefix).values()) == 100
 
 
 def test_send_above_the_open_file_limit_is_one_line_and_exit_2(

@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from support.mqtt import FixtureCA
 
 from elf_async.dataplane.mqtt import ClientTls, connect
-from elf_async.dataplane.takeover import Wire, remaining_length
+from elf_async.dataplane.takeover import Wire, keepalive_share, remaining_length
 from elf_async.local.mosquitto import Mosquitto
 
 
@@ -207,3 +207,15 @@ async def test_a_packet_paho_queues_in_the_pass_the_wire_writes_leaves_no_writer
         assert wire.idle_writes == 0, f"the writer fired {wire.idle_writes} times for nothing"
     finally:
         await link.close()
+
+
+@pytest.mark.parametrize(("keepalive", "passes"), [(1, 1), (5, 1), (30, 3), (60, 6), (1200, 120)])
+def test_each_connection_keeps_alive_once_per_round_of_passes(keepalive: int, passes: int) -> None:
+    """An idle fleet's timers are spread over the keep-alive (a pass a second runs a share),
+    and a round of passes still visits every connection exactly once."""
+    wires = list(range(1000))
+    for first in (0, 7):  # any pass can start a round
+        round_ = [keepalive_share(wires, turn, keepalive) for turn in range(first, first + passes)]
+        visited = [wire for share in round_ for wire in share]
+        assert sorted(visited) == wires
+        assert max(len(share) for share in round_) <= -(-len(wires) // passes)
