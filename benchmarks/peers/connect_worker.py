@@ -105,14 +105,14 @@ async def open_elf_async(config: PeerConfig, keep: list[Any]) -> tuple[int, dict
     return sum(results), detail
 
 
-def take_over(keep: list[Any]) -> Any:
+def take_over(keep: list[Any]) -> tuple[Any, list[Any]]:
     """Each connection as `send` holds it once connected (elf_async.dataplane.takeover): its
-    socket in the hot path's epoll set, aiomqtt's keep-alive task per client replaced by one
-    keep-alive pass a second for all. A soak then measures what `send` pays to stay connected."""
+    socket in the hot path's epoll set, aiomqtt's keep-alive task per client replaced by the
+    takeover's keep-alive pass. A soak then measures what `send` pays to stay connected."""
     from elf_async.dataplane.takeover import Takeover
 
     takeover = Takeover()
-    for link in keep:
+    wires = [
         takeover.install(
             link.client,
             "idle",
@@ -121,7 +121,9 @@ def take_over(keep: list[Any]) -> Any:
             on_sent=lambda token, mid, size: None,
             on_drained=lambda: None,
         )
-    return takeover
+        for link in keep
+    ]
+    return takeover, wires
 
 
 async def soak(seconds: float, keep: list[Any]) -> dict[str, Any]:
@@ -140,20 +142,30 @@ async def soak(seconds: float, keep: list[Any]) -> dict[str, Any]:
     }
 
 
-async def soak_ab(seconds: float, keep: list[Any]) -> dict[str, Any]:
+async def soak_ab(seconds: float, keep: list[Any], held: tuple[Any, list[Any]]) -> dict[str, Any]:
     """The idle soak in four alternated windows on the same connections: the keep-alive pass
-    as it is (each connection's timers once every keep-alive/10, `KEEPALIVE_SPREAD`), then as
-    it was (every connection every second), twice; each side's CPU over its two windows."""
-    from elf_async.dataplane import takeover
+    as it is (each connection visited when its keep-alive is due), then as it was before
+    (every connection's paho timers every second), twice; each side's CPU over its windows."""
+    takeover, wires = held
 
-    spread = takeover.KEEPALIVE_SPREAD
-    sides: dict[str, list[dict[str, Any]]] = {"spread": [], "every_pass": []}
-    try:
-        for side in ("spread", "every_pass", "spread", "every_pass"):
-            takeover.KEEPALIVE_SPREAD = spread if side == "spread" else 0.0
+    async def every_second() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for wire in wires:
+                wire.keep_alive()
+
+    sides: dict[str, list[dict[str, Any]]] = {"when_due": [], "every_second": []}
+    for side in ("when_due", "every_second", "when_due", "every_second"):
+        if side == "when_due":
             sides[side].append(await soak(seconds / 2, keep))
-    finally:
-        takeover.KEEPALIVE_SPREAD = spread
+            continue
+        takeover._keeper.cancel()  # noqa: SLF001 - research: the pass before, on the same wires
+        before = asyncio.create_task(every_second())
+        try:
+            sides[side].append(await soak(seconds / 2, keep))
+        finally:
+            before.cancel()
+            takeover._keeper = asyncio.create_task(takeover._keep_alive())  # noqa: SLF001
     out: dict[str, Any] = {}
     for side, windows in sides.items():
         cpu = sum(w["idle_cpu_s"] for w in windows)
@@ -218,7 +230,7 @@ async def run() -> None:
         connected, detail = await open_elf_async(config, keep)
     elapsed = time.monotonic() - start
     cpu = self_cpu() - cpu0
-    takeover = take_over(keep) if variant == "elf_async" else None
+    held = take_over(keep) if variant == "elf_async" else None
     await asyncio.sleep(2.0)  # idle: what a connection costs while it just keeps alive
     rss1 = rss_kb()
     if config.extra.get("trim"):
@@ -227,8 +239,8 @@ async def run() -> None:
         await asyncio.sleep(1.0)
         rss1 = rss_kb()
     idle_s = float(config.extra.get("idle_s", 0))
-    if idle_s > 0 and takeover is not None:
-        detail |= await soak_ab(idle_s, keep)
+    if idle_s > 0 and held is not None:
+        detail |= await soak_ab(idle_s, keep, held)
     if config.extra.get("tracemalloc"):
         detail["tracemalloc"] = traced(connected)
     emit(
