@@ -19,6 +19,7 @@ from typing import Any
 import uvloop
 
 from benchmarks.peers._common import PeerConfig, emit, load_config, self_cpu, wait_line_async
+from elf_async.dataplane.takeover import Takeover
 
 
 def rss_kb() -> int:
@@ -75,7 +76,12 @@ async def open_asyncio(config: PeerConfig, keep: list[Any], gate: asyncio.Semaph
     return sum(results)
 
 
-async def open_elf_async(config: PeerConfig, keep: list[Any]) -> tuple[int, dict[str, Any]]:
+async def open_elf_async(
+    config: PeerConfig, keep: list[Any], held: tuple[Any, list[Any]]
+) -> tuple[int, dict[str, Any]]:
+    """Every connection through elf-async's Connector, each taken over the moment it is open,
+    as `send` does (`Publisher.attach`): from then on its socket is read in the hot path's
+    epoll set and its keep-alive runs in the takeover's pass instead of aiomqtt's task."""
     from elf_async.dataplane.connections import Connector, Endpoint, Identity
     from elf_async.dataplane.mqtt import ConnectFailed
 
@@ -85,15 +91,25 @@ async def open_elf_async(config: PeerConfig, keep: list[Any]) -> tuple[int, dict
     connector = Connector(
         endpoint, rate=rate, timeout=120.0, retries=0, max_inflight=100, keepalive=keepalive
     )
+    takeover, wires = held
 
     async def one(index: int) -> bool:
         spec = config.clients[index]
         try:
-            keep.append(
-                await connector.open(Identity(spec.id, index, Path(spec.key), Path(spec.cert)))
-            )
+            link = await connector.open(Identity(spec.id, index, Path(spec.key), Path(spec.cert)))
         except ConnectFailed:
             return False
+        keep.append(link)
+        wires.append(
+            takeover.install(
+                link.client,
+                "idle",
+                1,
+                on_ack=lambda mid: None,
+                on_sent=lambda token, mid, size: None,
+                on_drained=lambda: None,
+            )
+        )
         return True
 
     results = await asyncio.gather(*(one(i) for i in range(len(config.clients))))
@@ -103,27 +119,6 @@ async def open_elf_async(config: PeerConfig, keep: list[Any]) -> tuple[int, dict
         "errors": dict(connector.errors),
     }
     return sum(results), detail
-
-
-def take_over(keep: list[Any]) -> tuple[Any, list[Any]]:
-    """Each connection as `send` holds it once connected (elf_async.dataplane.takeover): its
-    socket in the hot path's epoll set, aiomqtt's keep-alive task per client replaced by the
-    takeover's keep-alive pass. A soak then measures what `send` pays to stay connected."""
-    from elf_async.dataplane.takeover import Takeover
-
-    takeover = Takeover()
-    wires = [
-        takeover.install(
-            link.client,
-            "idle",
-            1,
-            on_ack=lambda mid: None,
-            on_sent=lambda token, mid, size: None,
-            on_drained=lambda: None,
-        )
-        for link in keep
-    ]
-    return takeover, wires
 
 
 async def soak(seconds: float, keep: list[Any]) -> dict[str, Any]:
@@ -224,13 +219,14 @@ async def run() -> None:
     rss0 = rss_kb()
     start = time.monotonic()
     detail: dict[str, Any] = {}
+    held: tuple[Any, list[Any]] | None = None
     if variant == "asyncio":
         connected = await open_asyncio(config, keep, asyncio.Semaphore(config.connect_concurrency))
     else:
-        connected, detail = await open_elf_async(config, keep)
+        held = (Takeover(), [])
+        connected, detail = await open_elf_async(config, keep, held)
     elapsed = time.monotonic() - start
     cpu = self_cpu() - cpu0
-    held = take_over(keep) if variant == "elf_async" else None
     await asyncio.sleep(2.0)  # idle: what a connection costs while it just keeps alive
     rss1 = rss_kb()
     if config.extra.get("trim"):
