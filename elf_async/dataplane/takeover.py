@@ -156,6 +156,7 @@ class Wire(Generic[Token]):
         self._on_sent = on_sent
         self._on_drained = on_drained
         self.idle_writes = 0  # writer callbacks that found nothing to write (a spinning writer)
+        self._writing_now = False  # paho's packets are written by the caller, not a writer
         self._loop = asyncio.get_running_loop()
         client.loop_read = self.loop_read  # type: ignore[method-assign]
         client.loop_write = self.loop_write  # type: ignore[method-assign]
@@ -173,7 +174,8 @@ class Wire(Generic[Token]):
         client, loop, fd = self._client, self._loop, self._sock.fileno()
 
         def register(_client: paho.Client, _userdata: Any, sock: Any) -> None:
-            loop.add_writer(sock.fileno(), self.loop_write)
+            if not self._writing_now:  # else `keep_alive` writes it in this very pass
+                loop.add_writer(sock.fileno(), self.loop_write)
 
         def unregister(_client: paho.Client, _userdata: Any, sock: Any) -> None:
             if sock.fileno() >= 0:
@@ -303,9 +305,20 @@ class Wire(Generic[Token]):
 
     def keep_alive(self) -> None:
         """Run paho's timers: a PINGREQ after a keep-alive without traffic, a close when its
-        PINGRESP never came."""
-        if not self.dead:
-            self._client.loop_misc()
+        PINGRESP never came. A PINGREQ is written at once, not by a writer callback (an idle
+        fleet's whole cost is its PINGREQs: a writer added and removed, and a loop pass, each)."""
+        if self.dead:
+            return
+        client = self._client
+        self._writing_now = not self.busy  # a busy Wire's writer is registered already
+        try:
+            client.loop_misc()
+        finally:
+            self._writing_now = False
+        if client._out_packet and not self.busy and not self.dead:
+            self._flush()
+            if client._out_packet and not self.dead:  # the socket took only part: the writer
+                self._loop.add_writer(self.fileno, self.loop_write)
 
     @property
     def keepalive_due(self) -> float:
