@@ -25,6 +25,13 @@ thing costs (``own_context_ms``, the design before); ``shared: true`` rows use o
     .venv/bin/python benchmarks/connect.py --counts 500 --variants elf_async shared \\
         --baseline f44373f --rounds 2
     .venv/bin/python benchmarks/connect.py --quick
+    .venv/bin/python benchmarks/connect.py --counts 1000 5000 20000 --key-types ec \
+        --variants elf_async --phases 0 --keepalive 30 --idle 60
+
+``--idle S`` adds an idle soak after connecting (connections taken over as `send` holds them)
+and reports the client's CPU for keep-alives, the keep-alive pass as it is against every
+connection every second, alternated on the same connections; a count above what
+RLIMIT_NOFILE's hard limit can hold is measured at what it can hold (``clamped_by_fd_limit``).
 """
 
 from __future__ import annotations
@@ -60,6 +67,8 @@ from benchmarks._harness import (
 from benchmarks.throughput import read_tagged
 from elf_async.dataplane.mqtt import ClientTls
 from elf_async.local.mosquitto import Mosquitto
+
+FD_HEADROOM = 100  # descriptors a process needs besides its connections
 
 
 def _connect_packet(client_id: str) -> bytes:
@@ -149,9 +158,12 @@ def one_run(
     connect_rate: float,
     workdir: Path,
     code: Path | None = None,
+    idle: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A fresh broker, one worker, `count` connections; returns the measured row. `code`: an
-    elf_async tree to run instead of this one's (the baseline)."""
+    elf_async tree to run instead of this one's (the baseline). `idle` (keepalive, idle_s,
+    tracemalloc) goes to the worker: an idle soak after connecting."""
+    idle = idle or {}
     clients = pki.clients(count, key_type)  # type: ignore[arg-type]
     if variant == "shared":
         clients = _one_identity(clients)
@@ -164,7 +176,7 @@ def one_run(
         "ca_file": str(pki.ca_file),
         "clients": [c.as_dict() for c in clients],
         "variant": variant,
-        "extra": {"connect_rate": connect_rate},
+        "extra": {"connect_rate": connect_rate, **idle},
     }
     config_file = run_dir / "config.json"
     config_file.write_text(json.dumps(config))
@@ -182,7 +194,9 @@ def one_run(
         assert process.stdin is not None
         process.stdin.write(b"GO\n")
         process.stdin.flush()
-        result = read_tagged(process, "RESULT", timeout=120 + count / 10)
+        result = read_tagged(
+            process, "RESULT", timeout=120 + count / 10 + float(idle.get("idle_s", 0))
+        )
         broker_cpu = cpu_seconds(broker.pid) - broker_cpu0
         broker_rss1 = rss_kb(broker.pid)
         process.stdin.write(b"EXIT\n")
@@ -236,6 +250,25 @@ def main() -> None:
         "--phases", type=int, default=200, help="connections for the per-step CPU split (0: none)"
     )
     parser.add_argument("--quick", action="store_true", help="smoke test: 200 connections")
+    parser.add_argument("--keepalive", type=int, default=60, help="MQTT keep-alive, seconds")
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=0.0,
+        help="after connecting, an idle soak this long (elf_async variant, connections taken "
+        "over as `send` holds them): the client's CPU for keep-alives",
+    )
+    parser.add_argument(
+        "--trim",
+        action="store_true",
+        help="RSS again after glibc's malloc_trim(0): what is held per connection against "
+        "what malloc keeps free",
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="Python allocations held per connection, by source line (slows the connects)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # stop children via `finally`
@@ -243,6 +276,17 @@ def main() -> None:
     if args.quick:
         args.counts = [200]
     limit = raise_fd_limit(max(65536, 4 * max(args.counts) + 1024))
+    # The client and mosquitto each hold one descriptor per connection, plus their own files:
+    # a count the hard limit cannot hold is measured at what it can (and the report says so).
+    reachable = limit - FD_HEADROOM
+    clamped = {c: min(c, reachable) for c in args.counts if c > reachable}
+    args.counts = [min(c, reachable) for c in args.counts]
+    idle = {
+        "keepalive": args.keepalive,
+        "idle_s": args.idle,
+        "tracemalloc": args.tracemalloc,
+        "trim": args.trim,
+    }
     pki = Pki()
     procs = Processes()
     rows: list[dict[str, Any]] = []
@@ -274,6 +318,7 @@ def main() -> None:
                                         args.connect_rate,
                                         Path(tmp),
                                         code,
+                                        idle,
                                     )
                                 except (TimeoutError, RuntimeError) as exc:
                                     row = {
@@ -329,6 +374,8 @@ def main() -> None:
         "machine": machine(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "fd_limit": limit,
+        "clamped_by_fd_limit": clamped,
+        "keepalive": args.keepalive,
         "connect_rate": args.connect_rate,
         "baseline": args.baseline,
         "runs": rows,

@@ -21,6 +21,7 @@ from typing import Any
 import uvloop
 
 from benchmarks.peers._common import PeerConfig, emit, load_config, self_cpu, wait_line_async
+from elf_async.dataplane.takeover import Takeover
 
 
 def rss_kb() -> int:
@@ -77,7 +78,12 @@ async def open_asyncio(config: PeerConfig, keep: list[Any], gate: asyncio.Semaph
     return sum(results)
 
 
-async def open_elf_async(config: PeerConfig, keep: list[Any]) -> tuple[int, dict[str, Any]]:
+async def open_elf_async(
+    config: PeerConfig, keep: list[Any], held: tuple[Any, list[Any]]
+) -> tuple[int, dict[str, Any]]:
+    """Every connection through elf-async's Connector, each taken over the moment it is open,
+    as `send` does (`Publisher.attach`): from then on its socket is read in the hot path's
+    epoll set and its keep-alive runs in the takeover's pass instead of aiomqtt's task."""
     import dataclasses
 
     import elf_async
@@ -92,18 +98,31 @@ async def open_elf_async(config: PeerConfig, keep: list[Any]) -> tuple[int, dict
 
     endpoint = Endpoint(config.host, config.port, Path(config.ca_file).read_text())  # noqa: ASYNC240 - before timing
     rate = float(config.extra.get("connect_rate", 10_000))
-    connector = Connector(endpoint, rate=rate, timeout=60.0, retries=0, max_inflight=100)
+    keepalive = int(config.extra.get("keepalive", 60))
+    connector = Connector(
+        endpoint, rate=rate, timeout=120.0, retries=0, max_inflight=100, keepalive=keepalive
+    )
+    takeover, wires = held
 
     async def one(index: int) -> bool:
         spec = config.clients[index]
         try:
-            keep.append(
-                await connector.open(
-                    Identity(spec.id, index, Path(spec.key), Path(spec.cert), **shared)
-                )
+            link = await connector.open(
+                Identity(spec.id, index, Path(spec.key), Path(spec.cert), **shared)
             )
         except ConnectFailed:
             return False
+        keep.append(link)
+        wires.append(
+            takeover.install(
+                link.client,
+                "idle",
+                1,
+                on_ack=lambda mid: None,
+                on_sent=lambda token, mid, size: None,
+                on_drained=lambda: None,
+            )
+        )
         return True
 
     results = await asyncio.gather(*(one(i) for i in range(len(config.clients))))
@@ -125,10 +144,99 @@ async def open_elf_async(config: PeerConfig, keep: list[Any]) -> tuple[int, dict
     return sum(results), detail
 
 
+async def soak(seconds: float, keep: list[Any]) -> dict[str, Any]:
+    """Idle for `seconds` with every connection taken over (PINGREQ/PINGRESP only): the
+    process's CPU over it, and how many connections are still open at the end."""
+    cpu0 = self_cpu()
+    start = time.monotonic()
+    await asyncio.sleep(seconds)
+    cpu = self_cpu() - cpu0
+    wall = time.monotonic() - start
+    return {
+        "idle_s": round(wall, 3),
+        "idle_cpu_s": round(cpu, 3),
+        "idle_cpu_pct_of_one_core": round(100 * cpu / wall, 2),
+        "open_after_idle": sum(1 for link in keep if not link.lost.done()),
+    }
+
+
+async def soak_ab(seconds: float, keep: list[Any], held: tuple[Any, list[Any]]) -> dict[str, Any]:
+    """The idle soak in four alternated windows on the same connections: the keep-alive pass
+    as it is (each connection visited when its keep-alive is due, its PINGREQ written at once),
+    then as it was before (every connection's paho timers every second, a PINGREQ through a
+    writer callback), twice; each side's CPU over its windows."""
+    takeover, wires = held
+
+    async def every_second() -> None:  # the pass before this session, as it was
+        while True:
+            await asyncio.sleep(1.0)
+            for wire in wires:
+                if not wire.dead:
+                    wire._client.loop_misc()  # noqa: SLF001 - PINGREQ through paho's writer
+
+    sides: dict[str, list[dict[str, Any]]] = {"when_due": [], "every_second": []}
+    for side in ("when_due", "every_second", "when_due", "every_second"):
+        if side == "when_due":
+            sides[side].append(await soak(seconds / 2, keep))
+            continue
+        takeover._keeper.cancel()  # noqa: SLF001 - research: the pass before, on the same wires
+        before = asyncio.create_task(every_second())
+        try:
+            sides[side].append(await soak(seconds / 2, keep))
+        finally:
+            before.cancel()
+            takeover._keeper = asyncio.create_task(takeover._keep_alive())  # noqa: SLF001
+    out: dict[str, Any] = {}
+    for side, windows in sides.items():
+        cpu = sum(w["idle_cpu_s"] for w in windows)
+        wall = sum(w["idle_s"] for w in windows)
+        out[f"idle_{side}"] = {
+            "idle_s": round(wall, 3),
+            "idle_cpu_s": round(cpu, 3),
+            "idle_cpu_pct_of_one_core": round(100 * cpu / wall, 2),
+            "open_after_idle": windows[-1]["open_after_idle"],
+        }
+    return out
+
+
+def trim_heap() -> None:
+    """glibc's malloc_trim(0): give the heap's free pages back (the handshakes' temporaries,
+    freed but kept by malloc's arenas); research only, glibc only."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def traced(connections: int) -> dict[str, Any]:
+    """Python allocations still held per connection (tracemalloc, started before the first
+    connect), by source line: what the aiomqtt/paho objects and our own cost. OpenSSL's own
+    memory is native and not traced: RSS per connection minus this is mostly the TLS state."""
+    import tracemalloc
+
+    snapshot = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    stats = snapshot.statistics("lineno")
+    total = sum(s.size for s in stats)
+    top = [
+        {
+            "where": f"{s.traceback[0].filename.rsplit('/site-packages/', 1)[-1]}:"
+            f"{s.traceback[0].lineno}",
+            "bytes_per_connection": round(s.size / connections, 1),
+            "blocks_per_connection": round(s.count / connections, 2),
+        }
+        for s in stats[:25]
+    ]
+    return {"python_bytes_per_connection": round(total / max(connections, 1), 1), "top": top}
+
+
 async def run() -> None:
     config = load_config()
     variant = config.variant or "elf_async"
     keep: list[Any] = []
+    if config.extra.get("tracemalloc"):
+        import tracemalloc
+
+        tracemalloc.start()
     emit("READY", {"rss_kb": rss_kb(), "pid": os.getpid()})
     if await wait_line_async() != "GO":
         return
@@ -136,14 +244,26 @@ async def run() -> None:
     rss0 = rss_kb()
     start = time.monotonic()
     detail: dict[str, Any] = {}
+    held: tuple[Any, list[Any]] | None = None
     if variant == "asyncio":
         connected = await open_asyncio(config, keep, asyncio.Semaphore(config.connect_concurrency))
     else:
-        connected, detail = await open_elf_async(config, keep)
+        held = (Takeover(), [])
+        connected, detail = await open_elf_async(config, keep, held)
     elapsed = time.monotonic() - start
     cpu = self_cpu() - cpu0
     await asyncio.sleep(2.0)  # idle: what a connection costs while it just keeps alive
     rss1 = rss_kb()
+    if config.extra.get("trim"):
+        detail["rss_kb_per_connection_untrimmed"] = (rss1 - rss0) / connected if connected else None
+        trim_heap()
+        await asyncio.sleep(1.0)
+        rss1 = rss_kb()
+    idle_s = float(config.extra.get("idle_s", 0))
+    if idle_s > 0 and held is not None:
+        detail |= await soak_ab(idle_s, keep, held)
+    if config.extra.get("tracemalloc"):
+        detail["tracemalloc"] = traced(connected)
     emit(
         "RESULT",
         {

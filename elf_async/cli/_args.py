@@ -221,13 +221,12 @@ class SendArgs:
         ),
     ] = None
     workers: Annotated[
-        int,
+        str,
         typer.Option(
-            min=1,
             help="Processes sharing the things, each with its own event loop: one schedule, "
-            "one live view, one report.",
+            "one live view, one report. `auto`: the usable cores minus one, at least 1.",
         ),
-    ] = 1
+    ] = "1"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

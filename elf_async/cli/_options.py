@@ -29,6 +29,7 @@ from elf_async.dataplane.options import (
 from elf_async.dataplane.payload import template_parts
 from elf_async.dataplane.topics import TopicTemplate
 from elf_async.errors import UsageError
+from elf_async.fdlimit import check_connections
 from elf_async.jobs.cluster import ClusterOptions
 from elf_async.jobs.live_metrics import MetricsOptions
 from elf_async.jobs.send import SendOptions
@@ -49,8 +50,11 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
     --total-rate's share be checked here too."""
     shard, start_at = parse_shard_options(args.sharding)
     connect = parse_connect_options(args.connect, shard=shard)
-    if args.workers < 1:
-        raise UsageError(f"--workers {args.workers}: must be at least 1")
+    workers = parse_workers(args.workers)
+    if fleet_size is not None:  # `run`: the fleet's size is known before it exists
+        wanted = fleet_size if args.things is None else min(args.things, fleet_size)
+        mine = -(-wanted // shard.count) if shard is not None else wanted
+        check_connections(-(-mine // workers), what="the send")
     qos = parse_qos(args.qos)
     if args.count is not None and args.duration is not None:
         raise UsageError("--count and --duration cannot be used together")
@@ -106,13 +110,27 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
         max_inflight=args.max_inflight,
         drain=drain,
         connect=connect,
-        workers=args.workers,
+        workers=workers,
         cloudwatch=args.cloudwatch,
         cloudwatch_wait=cloudwatch_wait,
-        as_given=_as_given(args, connect),
+        as_given=_as_given(args, connect) | {"workers": workers},
         shard=shard,
         start_at=start_at,
     )
+
+
+def parse_workers(text: str) -> int:
+    """--workers: a count, or `auto`: the cores this process may run on, minus one for the
+    parent and the system (the event loop of each worker wants a core of its own), at least 1."""
+    if text.strip().lower() == "auto":
+        return max(1, len(os.sched_getaffinity(0)) - 1)
+    try:
+        workers = int(text)
+    except ValueError:
+        raise UsageError(f"--workers {text}: a number of processes, or auto") from None
+    if workers < 1:
+        raise UsageError(f"--workers {text}: must be at least 1")
+    return workers
 
 
 def parse_subscribe_options(args: SubscribeArgs) -> SubscribeOptions:
@@ -176,7 +194,7 @@ def parse_cluster_options(
     refused = [
         (shard_of(args.sharding.shard) is not None, "--shard (or an array job's index)"),
         (args.sharding.start_at is not None, "--start-at"),
-        (args.workers > 1, "--workers"),
+        (parse_workers(args.workers) > 1, "--workers"),
         (args.metrics.metrics_port is not None, "--metrics-port"),
         (args.cloudwatch, "--cloudwatch"),
     ]

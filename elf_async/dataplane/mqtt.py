@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import re
 import socket
@@ -35,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from elf_async.dataplane.takeover import abandon, collect_disconnection, enter, paho_client
 from elf_async.errors import UsageError
+from elf_async.fdlimit import refused
 
 DEFAULT_PORT = 8883
 ALPN_PORT = 443
@@ -427,6 +429,11 @@ def explain(error: BaseException | str) -> ConnectFailed:
         return ConnectFailed(f"cannot resolve the MQTT endpoint ({error.strerror})", permanent=True)
     if isinstance(error, ConnectionRefusedError) or "Connection refused" in text:
         return ConnectFailed("connection refused (is the broker running?)")
+    code = error.errno if isinstance(error, OSError) else None
+    if code is None and "Too many open files" in text:  # aiomqtt passes paho's OSError as text
+        code = errno.EMFILE
+    if (lack := refused(code)) is not None:
+        return ConnectFailed(lack, permanent=True)
     if isinstance(error, MqttConnectError):
         return ConnectFailed(f"the broker refused the MQTT connection: {text}", permanent=True)
     return ConnectFailed(text or type(error).__name__)

@@ -36,6 +36,7 @@ from elf_async.dataplane.schedule import plan
 from elf_async.dataplane.sender import Snapshot
 from elf_async.dataplane.topics import TopicTemplate, outside_policy
 from elf_async.errors import RuntimeFailure, UsageError
+from elf_async.fdlimit import check_connections
 from elf_async.jobs.live_metrics import LiveMetrics
 from elf_async.jobs.target import Aim, ready_identities, resolve_endpoint
 from elf_async.jobs.workers import StartAt, monotonic_at, send_in_workers
@@ -229,6 +230,9 @@ async def run_send(
         check_region(aimed.settings, ledger.meta())
         warnings = Warnings()
         send_plan, shard = plan_send(options, ledger, state_dir, warnings)
+        things = len(send_plan.things)
+        # Each process holds its share of the connections (the parent none with --workers).
+        check_connections(-(-things // min(options.workers, things)), what="the send")
         for line in warnings.lines:
             warn(line)
         endpoint = await resolve_endpoint(aimed, ledger, options.connect)

@@ -26,6 +26,7 @@ from elf_async.dataplane.options import ConnectOptions, Qos
 from elf_async.dataplane.subscriber import Subscriber, Watch
 from elf_async.dataplane.topics import TopicTemplate, outside_policy
 from elf_async.errors import UsageError
+from elf_async.fdlimit import check_connections
 from elf_async.jobs.live_metrics import LiveMetrics
 from elf_async.jobs.send import Warnings, effective_shard, policy_warning, shard_slice
 from elf_async.jobs.target import Aim, ready_identities, resolve_endpoint
@@ -140,6 +141,7 @@ async def run_subscribe(
         )
         for line in warnings.lines:
             warn(line)
+        check_connections(len(watches), what="the subscribe")
         endpoint = await resolve_endpoint(aimed, ledger, options.connect)
         fleet_id = ledger.meta().get("fleet_id")
         identity = identity_mode(ledger.meta())

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from elf_async.controlplane.certs import CertificateAuthority, generate_key, key_pem
 from elf_async.errors import LocalStackError
+from elf_async.fdlimit import raise_to_hard
 from elf_async.files import write_private, write_public
 from elf_async.local import processes
 from elf_async.local.processes import Owned
@@ -99,6 +100,9 @@ def _config(
 ) -> str:
     lines = [
         f"listener {port} {host}",
+        # No cap on connections (the listener's default, said here): a fleet of 20,000 on one
+        # machine is bounded by the file-descriptor limit, which `_launch` raises to the hard one.
+        "max_connections -1",
         f"cafile {ca_file}",
         f"certfile {cert_file}",
         f"keyfile {key_file}",
@@ -258,6 +262,7 @@ class Mosquitto:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                preexec_fn=raise_to_hard,  # one descriptor per connection: soft limit = hard
             )
         # Popen returns once the child has exec'd: the command line is mosquitto's already.
         # None: it exited already (then never ours again; poll() below tells why).

@@ -69,7 +69,8 @@ def test_a_total_rate_is_left_for_the_fleet_to_share_and_check() -> None:
         (SendArgs(max_inflight=101), "--max-inflight 101: AWS IoT allows 1 to 100"),
         (SendArgs(max_inflight=0), "--max-inflight 0"),
         (SendArgs(drain="soon"), "--drain: 'soon' is not a duration"),
-        (SendArgs(workers=0), "--workers 0: must be at least 1"),
+        (SendArgs(workers="0"), "--workers 0: must be at least 1"),
+        (SendArgs(workers="two"), "--workers two: a number of processes, or auto"),
         (SendArgs(report=Path("/nonexistent/dir/r.json")), "does not exist"),
         (SendArgs(report=Path("/")), "--report /: is a directory"),
         (SendArgs(count=10**20), "--count 100000000000000000000 at 1 messages/s per thing"),
@@ -284,3 +285,13 @@ def test_api_rates_pace_only_apis_elf_async_calls() -> None:
     message = str(caught.value)
     assert message.startswith("--api-rate Foo: not an API elf-async calls; one of AttachPolicy, ")
     assert all(name in message for name in AWS_DEFAULT_QUOTAS)
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(1, 1), (2, 1), (8, 7)])
+def test_workers_auto_is_the_usable_cores_minus_one_and_at_least_one(
+    monkeypatch: pytest.MonkeyPatch, cores: int, workers: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    options = parse_send_options(SendArgs(workers="auto"))
+    assert options.workers == workers
+    assert options.as_given["workers"] == workers  # the report says what auto became

@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from support.mqtt import FixtureCA
 
 from elf_async.dataplane.mqtt import ClientTls, connect
-from elf_async.dataplane.takeover import Wire, remaining_length
+from elf_async.dataplane.takeover import Takeover, Wire, remaining_length
 from elf_async.local.mosquitto import Mosquitto
 
 
@@ -207,3 +207,45 @@ async def test_a_packet_paho_queues_in_the_pass_the_wire_writes_leaves_no_writer
         assert wire.idle_writes == 0, f"the writer fired {wire.idle_writes} times for nothing"
     finally:
         await link.close()
+
+
+@dataclass
+class _IdleWire:
+    """A connection with no traffic, as paho's timers see it: a PINGREQ (answered at once)
+    whenever a visit finds the keep-alive elapsed; how late each one was."""
+
+    keepalive: int
+    last: float
+    now: float = 0.0
+    visits: int = 0
+    late: list[float] = field(default_factory=list)
+    dead: bool = False
+
+    @property
+    def keepalive_due(self) -> float:
+        return self.last + self.keepalive
+
+    def keep_alive(self) -> None:
+        self.visits += 1
+        if self.now - self.last >= self.keepalive:
+            self.late.append(self.now - self.keepalive_due)
+            self.last = self.now
+
+
+@pytest.mark.parametrize("keepalive", [1, 5, 30])
+def test_the_keep_alive_pass_visits_a_connection_when_it_is_due_not_every_second(
+    keepalive: int,
+) -> None:
+    """An idle fleet costs one visit per connection per keep-alive (each visit sends the
+    PINGREQ), and none is a pass or more late. The clock is simulated, second by second."""
+    takeover = Takeover(epoll=False)
+    wires = [_IdleWire(keepalive, last=i / 100) for i in range(100)]
+    for wire in wires:
+        takeover._schedule(wire, 0.0)  # type: ignore[arg-type]
+    for second in range(1, 3 * keepalive + 2):
+        for wire in wires:
+            wire.now = float(second)
+        takeover.keep_alive_pass(float(second))
+    for wire in wires:
+        assert wire.visits == len(wire.late) >= 3
+        assert all(0 <= late < 1 for late in wire.late), wire.late

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 from pathlib import Path
 
-from support.mqtt import FixtureCA
+from support.mqtt import FixtureCA, start_mosquitto
 
 from elf_async.local.mosquitto import Mosquitto
 
@@ -57,3 +58,29 @@ def test_restart_from_its_own_config_keeps_its_port_and_certificate(
         assert _pub(again, *test_ca.client_cert(tmp_path, "good")).returncode == 0
     finally:
         again.stop()
+
+
+def _open_files_limit(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open-file limit in /proc")
+
+
+def test_mosquitto_may_open_as_many_files_as_the_hard_limit_allows(
+    test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    """Each connection is a descriptor: mosquitto starts with its soft limit at the hard one
+    (whatever soft limit its parent had) and no connection cap of its own."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+    try:
+        broker = start_mosquitto(tmp_path / "mosquitto", test_ca)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert _open_files_limit(broker.pid) == (hard, hard)
+        assert "max_connections -1" in (broker.directory / "mosquitto.conf").read_text()
+    finally:
+        broker.stop()
