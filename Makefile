@@ -54,8 +54,9 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Four test processes (pytest-xdist): the tests mostly wait on real brokers and processes.
 test: deps lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 4
 
 demo: deps
 	$(BIN)/elf-async --state-dir .elf-demo run 50 --local --rate 5/s --duration 10s
