@@ -37,6 +37,8 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else \
 		echo "chromium is missing (Debian/Ubuntu: sudo apt-get install chromium): the browser test of the HTML report will be skipped" >&2; \
+	fi
+
 # promtool (Debian's prometheus package) checks the --metrics-port exposition in the tests;
 # without it that one test is skipped, with the reason.
 promtool:
