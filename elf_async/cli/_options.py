@@ -279,13 +279,6 @@ def parse_metrics_options(args: MetricsArgs) -> MetricsOptions | None:
     return MetricsOptions(port=args.metrics_port, addr=args.metrics_addr, linger=linger)
 
 
-def shard_label(args: SendArgs | SubscribeArgs) -> str:
-    """The live metrics' shard label: the shard (`--shard I/N`, else the array job's
-    environment), empty when the run is not one shard of several."""
-    shard = shard_of(args.sharding.shard)
-    return "" if shard is None else str(shard)
-
-
 def parse_qos(value: int) -> Qos:
     if value == 0:
         return 0

@@ -41,7 +41,6 @@ from elf_async.cli._options import (
     parse_cluster_options,
     parse_metrics_options,
     parse_send_options,
-    shard_label,
 )
 from elf_async.cli._output import Outputs
 from elf_async.cli._progress import progress_for
@@ -190,7 +189,7 @@ def command(
     )
     send_options = parse_send_options(args, fleet_size=request.count)
     metrics_options = parse_metrics_options(args.metrics)
-    live = ctx.with_resource(serving(metrics_options, command="run", shard=shard_label(args)))
+    live = ctx.with_resource(serving(metrics_options, command="run"))
     send_step = _send_step(send_options, quiet=opts.quiet, metrics=live)
     ctx.with_resource(statelock.hold(opts.state_dir))  # until the command returns
     if Ledger.exists(opts.state_dir):

@@ -16,7 +16,7 @@ import typer
 from elf_async.cli._args import SubscribeArgs, takes
 from elf_async.cli._common import console_err, run, settings
 from elf_async.cli._live import LiveView, subscribe_final_frame, subscribe_frame
-from elf_async.cli._options import parse_metrics_options, parse_subscribe_options, shard_label
+from elf_async.cli._options import parse_metrics_options, parse_subscribe_options
 from elf_async.cli._output import Outputs
 from elf_async.cli._summary import print_summary, subscribe_hint, subscribe_rows
 from elf_async.dataplane.mqtt import debug_paho
@@ -43,7 +43,7 @@ def command(
     quiet = quiet or opts.quiet
     options = parse_subscribe_options(args)
     metrics_options = parse_metrics_options(args.metrics)
-    live = ctx.with_resource(serving(metrics_options, command="subscribe", shard=shard_label(args)))
+    live = ctx.with_resource(serving(metrics_options, command="subscribe"))
     aimed = aim(opts)
 
     def show(topic: str, payload: bytes | bytearray) -> None:

@@ -29,6 +29,7 @@ from elf_async.dataplane.tally import Totals
 from elf_async.errors import UsageError
 from elf_async.metrics import Buckets, Histogram
 from elf_async.report.document import SendTally
+from elf_async.shards import Shard
 
 # prometheus_client and the HTTP server behind it (~50 ms to import) are imported where metrics
 # are served or built: a command without --metrics-port does not pay for them.
@@ -66,9 +67,9 @@ class LiveMetrics:
     """The metrics of one command; `observe_*` once a second on the event loop, `conclude_*`
     at the end; `collect` on the server's thread."""
 
-    def __init__(self, *, command: str, shard: str = UNSHARDED) -> None:
+    def __init__(self, *, command: str) -> None:
         self.command = command
-        self.shard = shard
+        self.shard = UNSHARDED
         self.fleet = ""
         self._served = _Served()
         self.final_scraped = threading.Event()  # a response with the final figures was sent
@@ -85,8 +86,11 @@ class LiveMetrics:
         """Whether the final figures are in."""
         return self._served.final
 
-    def for_fleet(self, fleet_id: str | None) -> None:
+    def for_fleet(self, fleet_id: str | None, shard: Shard | None) -> None:
+        """The fleet and the shard the command turned out to send for (the shard a state dir
+        records counts, as for its report)."""
         self.fleet = fleet_id or ""
+        self.shard = UNSHARDED if shard is None else str(shard)
 
     # A send (and `run`'s send phase).
 
@@ -305,9 +309,7 @@ def _app(metrics: LiveMetrics, registry: CollectorRegistry) -> WSGIApplication:
 
 
 @contextlib.contextmanager
-def serving(
-    options: MetricsOptions | None, *, command: str, shard: str = UNSHARDED
-) -> Iterator[LiveMetrics | None]:
+def serving(options: MetricsOptions | None, *, command: str) -> Iterator[LiveMetrics | None]:
     """Serve /metrics on `options`' address (None: no metrics), as prometheus_client's
     `start_http_server` does. The port is bound here, before the command creates or connects
     anything: one in use, or an address this machine does not have, is bad input. On the way
@@ -325,7 +327,7 @@ def serving(
         def log_message(self, format: str, *args: Any) -> None:
             """No access log on the command's terminal."""
 
-    metrics = LiveMetrics(command=command, shard=shard)
+    metrics = LiveMetrics(command=command)
     Histogram().buckets(BOUNDS_S)  # HDR's slot table, built once here, not on the event loop
     registry = CollectorRegistry(auto_describe=False)
     registry.register(metrics)

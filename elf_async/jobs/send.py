@@ -240,7 +240,7 @@ async def run_send(
         identity = identity_mode(meta)
     fleet_id = meta.get("fleet_id")
     if metrics is not None:
-        metrics.for_fleet(fleet_id)
+        metrics.for_fleet(fleet_id, shard)
         shown = on_tick
 
         def on_tick(snapshot: Snapshot) -> None:

@@ -173,7 +173,7 @@ async def run_subscribe(
         on_tick=tick,
     )
     if metrics is not None:
-        metrics.for_fleet(fleet_id)
+        metrics.for_fleet(fleet_id, shard)
     result = await subscriber.run(stop)
     if metrics is not None:
         metrics.conclude_subscribe(result)

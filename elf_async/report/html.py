@@ -184,6 +184,20 @@ def _missing(report: Mapping[str, Any], title: str) -> ChartSpec:
     return _chart(title, x="seconds", y="", series=[], data=[], note=note)
 
 
+def _percentiles(
+    report: Mapping[str, Any],
+    title: str,
+    columns: Sequence[tuple[str, SeriesSpec]],
+    *,
+    note: str,
+) -> ChartSpec:
+    """Schema 2's per-second percentile columns, in ms; in place of them, why they are not."""
+    rows: list[Mapping[str, Any]] = report["series"]
+    if not _has_columns(rows, [name for name, _ in columns]):
+        return _missing(report, title)
+    return _per_second(rows, title, columns, y="ms", note=note)
+
+
 def send_charts(report: Mapping[str, Any]) -> list[ChartSpec]:
     """`send`'s (and `run`'s) charts; in place of one the report has no data for, why."""
     rows: list[Mapping[str, Any]] = report["series"]
@@ -213,24 +227,19 @@ def send_charts(report: Mapping[str, Any]) -> list[ChartSpec]:
             note="QoS 0: nothing is acknowledged" if qos0 else "failed and reconnects: right axis",
         ),
     ]
-    latency = ("ack_p50_ms", "ack_p99_ms", "lag_p50_ms", "lag_p99_ms")
-    if _has_columns(rows, latency):
-        charts.append(
-            _per_second(
-                rows,
-                "Ack and lag latency per second",
-                [
-                    ("ack_p50_ms", _series("ack p50", GREEN)),
-                    ("ack_p99_ms", _series("ack p99", GREEN, style="dash")),
-                    ("lag_p50_ms", _series("lag p50", PURPLE)),
-                    ("lag_p99_ms", _series("lag p99", PURPLE, style="dash")),
-                ],
-                y="ms",
-                note="ack: PUBACK - due time; lag: send - due time",
-            )
+    charts.append(
+        _percentiles(
+            report,
+            "Ack and lag latency per second",
+            [
+                ("ack_p50_ms", _series("ack p50", GREEN)),
+                ("ack_p99_ms", _series("ack p99", GREEN, style="dash")),
+                ("lag_p50_ms", _series("lag p50", PURPLE)),
+                ("lag_p99_ms", _series("lag p99", PURPLE, style="dash")),
+            ],
+            note="ack: PUBACK - due time; lag: send - due time",
         )
-    else:
-        charts.append(_missing(report, "Ack and lag latency per second"))
+    )
     charts.append(distribution(report, "connect", "Connect latency distribution"))
     charts.append(
         thing_strip(
@@ -264,21 +273,17 @@ def subscribe_charts(report: Mapping[str, Any]) -> list[ChartSpec]:
             [("lost", _series("lost", RED)), ("duplicates", _series("duplicates", ORANGE))],
         ),
     ]
-    if _has_columns(rows, ("e2e_p50_ms", "e2e_p99_ms")):
-        charts.append(
-            _per_second(
-                rows,
-                "End-to-end latency per second",
-                [
-                    ("e2e_p50_ms", _series("p50", GREEN)),
-                    ("e2e_p99_ms", _series("p99", GREEN, style="dash")),
-                ],
-                y="ms",
-                note="receive time - the message's ts",
-            )
+    charts.append(
+        _percentiles(
+            report,
+            "End-to-end latency per second",
+            [
+                ("e2e_p50_ms", _series("p50", GREEN)),
+                ("e2e_p99_ms", _series("p99", GREEN, style="dash")),
+            ],
+            note="receive time - the message's ts",
         )
-    else:
-        charts.append(_missing(report, "End-to-end latency per second"))
+    )
     charts.append(distribution(report, "end_to_end", "End-to-end latency distribution"))
     charts.append(distribution(report, "connect", "Connect latency distribution"))
     charts.append(
