@@ -22,8 +22,13 @@ callback calls paho's ``loop_write`` by name, which the Wire replaces:
   paho's own packets (PINGREQ, DISCONNECT) are written by paho, never inside one of ours.
   A batch counts as sent only once all its bytes are in the kernel.
 - reading: every TLS record available is read at once, straight from the OpenSSL connection into
-  one shared buffer, and PUBACKs are parsed here; any other packet (PINGRESP, ...) is handed to
+  one shared buffer, and PUBACKs and PINGRESPs are parsed here; any other packet is handed to
   paho's own packet handler.
+- keep-alive: an idle connection's PINGREQ is written here and its PINGRESP read here, with
+  paho's own bookkeeping (``_ping_t``, the last packet out and in) kept as paho keeps it, so that
+  paho's timers agree; anything unusual (a PINGRESP that never came, a socket that is busy) is
+  left to paho's timers as before. An idle fleet's whole cost is its PINGREQs: through paho,
+  each cost a packet queued, a log call and a packet dict per direction.
 
 All publishing on such a link goes through its Wire, so paho allocates no message IDs there
 and the caller's IDs cannot collide with paho's. Errors go through paho's own error path
@@ -62,6 +67,7 @@ PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
         "_registered_write",
         "_last_msg_out",
         "_last_bytes_received",
+        "_ping_t",
         "_easy_log",
         "_sock_close",
         "_create_socket",
@@ -83,6 +89,8 @@ HAVE_EPOLL = hasattr(select, "epoll")
 KEEPALIVE_PASS_S = 1.0  # as aiomqtt's own task per client: paho's keep-alive timers need no finer
 
 _PUBACK = 0x40
+_PINGREQ = b"\xc0\x00"
+_PINGRESP = 0xD0
 _WRITE_CHUNK = 1 << 16  # a write OpenSSL refused is retried with the same bytes: keep them few
 _READ_SIZE = 1 << 16  # one TLS record is at most 16 KB of plaintext
 _READS_PER_EVENT = 64  # bounds one reader callback, so one busy connection cannot hog the loop
@@ -166,6 +174,7 @@ class Wire(Generic[Token]):
         self._on_drained = on_drained
         self.idle_writes = 0  # writer callbacks that found nothing to write (a spinning writer)
         self._writing_now = False  # paho's packets are written by the caller, not a writer
+        self._pinging = False  # our PINGREQ is partly unsent: frame nothing until it is
         self._loop = asyncio.get_running_loop()
         client.loop_read = self.loop_read  # type: ignore[method-assign]
         client.loop_write = self.loop_write  # type: ignore[method-assign]
@@ -207,8 +216,8 @@ class Wire(Generic[Token]):
 
     @property
     def busy(self) -> bool:
-        """A batch is still partly unsent: frame nothing more until it is."""
-        return self._batch is not None
+        """A batch (or a PINGREQ) is still partly unsent: frame nothing more until it is."""
+        return self._batch is not None or self._pinging
 
     @property
     def unsent(self) -> tuple[Token, int] | None:
@@ -308,17 +317,32 @@ class Wire(Generic[Token]):
         if not was_busy and not self._client._out_packet:
             self.idle_writes += 1
         self._flush()
+        if self._pinging and not self._unsent:
+            self._pinging = False
         if was_busy and not self.busy and not self.dead:
             self._on_drained()
         return _OK
 
     def keep_alive(self) -> None:
-        """Run paho's timers: a PINGREQ after a keep-alive without traffic, a close when its
-        PINGRESP never came. A PINGREQ is written at once, not by a writer callback (an idle
-        fleet's whole cost is its PINGREQs: a writer added and removed, and a loop pass, each)."""
+        """paho's timers: a PINGREQ after a keep-alive without traffic, a close when its
+        PINGRESP never came. The usual case, an answered connection due for a PINGREQ with
+        nothing else to write, is done here as paho would (`_ping`); the rest by paho's own
+        timers. A PINGREQ is written at once, not by a writer callback (an idle fleet's whole
+        cost is its PINGREQs: a writer added and removed, and a loop pass, each)."""
         if self.dead:
             return
         client = self._client
+        keepalive = client.keepalive
+        if client._ping_t == 0 and keepalive and client.is_connected():
+            now = time.monotonic()
+            if (
+                now - client._last_msg_out < keepalive
+                and now - client._last_bytes_received < keepalive
+            ):
+                return  # not due: traffic moved it on
+            if not self.busy and not client._out_packet:
+                self._ping(now)
+                return
         self._writing_now = not self.busy  # a busy Wire's writer is registered already
         try:
             client.loop_misc()
@@ -328,6 +352,21 @@ class Wire(Generic[Token]):
             self._flush()
             if client._out_packet and not self.dead:  # the socket took only part: the writer
                 self._loop.add_writer(self.fileno, self.loop_write)
+
+    def _ping(self, now: float) -> None:
+        """Write a PINGREQ and note it where paho's timers look (paho's `_check_keepalive`):
+        the PINGRESP is then awaited for a keep-alive, as paho awaits its own."""
+        client = self._client
+        self._unsent = _PINGREQ
+        self._pinging = True
+        self._flush()  # what the socket does not take, the writer finishes (`loop_write`)
+        if not self._unsent:
+            self._pinging = False
+        if self.dead:
+            return
+        client._ping_t = now
+        client._last_msg_out = now
+        client._last_bytes_received = now
 
     @property
     def keepalive_due(self) -> float:
@@ -401,6 +440,10 @@ class Wire(Generic[Token]):
                 acks += 1
                 on_ack(buf[pos + 2] << 8 | buf[pos + 3])
                 pos += 4
+                continue
+            if command == _PINGRESP and buf[pos + 1] == 0:
+                self._client._ping_t = 0  # no longer waiting for it (paho's `_handle_pingresp`)
+                pos += 2
                 continue
             length, header = 0, 1
             while True:  # the remaining length: 1-4 bytes

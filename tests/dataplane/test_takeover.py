@@ -132,7 +132,7 @@ async def test_a_refused_write_is_kept_and_finished_when_writable_and_pubacks_re
 
     pair.client._ping_t = 1.0  # a PINGREQ is out
     pair.peer.sendall(b"".join(b"\x40\x02" + m.to_bytes(2, "big") for m in range(1, 21)))
-    pair.peer.sendall(b"\xd0\x00")  # PINGRESP: handed to paho
+    pair.peer.sendall(b"\xd0\x00")  # PINGRESP: read by the Wire, noted where paho looks
     while len(acked) < 20 or pair.client._ping_t:
         pair.wait_readable()
         assert pair.client.loop_read() == paho.MQTT_ERR_SUCCESS

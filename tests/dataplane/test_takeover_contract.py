@@ -151,15 +151,20 @@ async def test_traffic_both_ways_keeps_the_connection_alive_without_pingreq(
 async def test_an_idle_connection_pings_and_the_pingresp_reaches_paho(
     peer: MqttPeer, test_ca: FixtureCA, tmp_path: Path
 ) -> None:
-    """The keep-alive pass runs paho's timers; PINGRESPs go from the Wire to paho's own
-    handler. Were one lost, paho would close the connection one keep-alive after its ping."""
+    """The keep-alive pass writes the PINGREQs and the Wire reads the PINGRESPs, keeping
+    paho's timers' state (`_ping_t`, last packet out and in) as paho would: were a PINGRESP
+    not noted, paho would close the connection one keep-alive after its ping."""
     link = await _connect(peer, test_ca, tmp_path, keepalive=1)
     takeover = Takeover()
+    through_paho: list[int] = []
+    own_pingreq = link.paho._send_pingreq
+    link.paho._send_pingreq = lambda: through_paho.append(1) or own_pingreq()  # type: ignore[method-assign]
     try:
         _install(takeover, link)
         await _wait_at_peer(peer, "three PINGREQs", lambda kinds: kinds.count(PINGREQ) >= 3)
         assert not link.lost.done(), link.lost.result()
         assert EOF not in peer.kinds()
+        assert not through_paho, "the PINGREQs went through paho's packet queue"
     finally:
         takeover.close()
         await link.close()
