@@ -404,3 +404,18 @@ def wait_settled(counter: Any, quiet: float = 0.5, limit: float = 15.0) -> None:
             last, last_change = value, time.monotonic()
         elif time.monotonic() - last_change >= quiet:
             return
+
+
+def baseline_tree(revision: str, directory: Path) -> Path:
+    """The elf_async package of `revision`, extracted under `directory`, next to a link to this
+    tree's benchmarks: a peer run there (``python -m`` puts its directory first on sys.path,
+    and PYTHONPATH points there) imports the baseline's elf_async and the current peer code."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, "elf_async"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
+    (directory / "benchmarks").symlink_to(ROOT / "benchmarks")
+    return directory

@@ -43,7 +43,6 @@ import signal
 import socket
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +58,7 @@ from benchmarks._harness import (
     ClientFiles,
     Pki,
     Processes,
+    baseline_tree,
     cpu_seconds,
     machine,
     raise_fd_limit,
@@ -132,21 +132,6 @@ def phases(
     row["own_context_ms"] = round(1000 * own / count, 3)
     row["resumed"] = resumed
     return {"key_type": key_type, "shared": shared, "connections": count, "tls": version, **row}
-
-
-def baseline_tree(revision: str, directory: Path) -> Path:
-    """The elf_async package of `revision`, extracted under `directory`, next to a link to this
-    tree's benchmarks: the worker runs there (``python -m`` puts its directory first on
-    sys.path), so it imports the baseline's elf_async and the current worker."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", revision, "elf_async"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    directory.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
-    (directory / "benchmarks").symlink_to(ROOT / "benchmarks")
-    return directory
 
 
 def one_run(

@@ -9,12 +9,16 @@ received, the publisher's CPU seconds (its process and every process under it, f
 between GO and RESULT), messages per CPU-second, and the broker's and subscribers' CPU so a
 saturated broker or subscriber is visible; before the next run the broker must be idle again.
 `--workers 1 2` adds `send --workers 2` (peer `elf_async:w2`) next to the in-process elf_async.
+`--baseline REV` adds peer `elf_async@base`: the same in-process peer with the elf_async package
+of git revision REV, alternated with this tree's, so before and after share the machine's noise.
 JSON on stdout (and --out).
 
     .venv/bin/python benchmarks/throughput.py --quick
     .venv/bin/python benchmarks/throughput.py --clients 500 --seconds 10 --rounds 3
     .venv/bin/python benchmarks/throughput.py --paced --clients 500 --rate 10 --seconds 60
     .venv/bin/python benchmarks/throughput.py --peers elf_async --workers 1 2 --rounds 3
+    .venv/bin/python benchmarks/throughput.py --paced --clients 2000 --rate 1 --peers elf_async \
+        --baseline HEAD~3 --rounds 2
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from benchmarks._harness import (
     CountingSubscriber,
     Pki,
     Processes,
+    baseline_tree,
     cpu_seconds,
     machine,
     raise_fd_limit,
@@ -66,12 +71,14 @@ DEFAULT_PEERS = ["paho", "aiomqtt_naive", "gmqtt", "mqttjs", "aiomqtt_fast", "el
 WORKERS_PEER = "benchmarks.peers.elf_async_workers"
 MQTTJS_DIR = ROOT / "benchmarks" / "peers" / "mqttjs"
 SCHEDULE_BOUND = 0.95  # flat out: a peer this close to the offered rate was held by it
+BASELINE = "@base"  # a peer's suffix: run with the baseline revision's elf_async
 
 
 def peer_argv(peer: str, config_file: Path) -> list[str]:
     """The command that runs one peer; `elf_async:wN` is `send --workers N`, its own module."""
     if peer == "mqttjs":
         return ["node", str(ROOT / PEERS["mqttjs"]), str(config_file)]
+    peer = peer.removesuffix(BASELINE)
     module = WORKERS_PEER if peer.startswith("elf_async:") else PEERS[peer.split(":")[0]]
     return [sys.executable, "-m", module, str(config_file)]
 
@@ -144,8 +151,10 @@ def run_peer(
     ca_file: Path,
     scenario: dict[str, Any],
     workdir: Path,
+    baseline: Path | None = None,
 ) -> dict[str, Any]:
-    """One run of one publisher: connect (untimed), GO, publish, drain, count what arrived."""
+    """One run of one publisher: connect (untimed), GO, publish, drain, count what arrived.
+    A `BASELINE` peer runs in `baseline` (a tree with the baseline's elf_async)."""
     config = {
         "host": broker.host,
         "port": broker.port,
@@ -157,16 +166,17 @@ def run_peer(
         # One load model for every peer: open loop at `rate` per client (flat out: above reach).
         "rate": scenario["rate"],
         "paced": scenario["paced"],
-        "variant": peer.split(":", 1)[1] if ":" in peer else "",
+        "variant": peer.removesuffix(BASELINE).split(":", 1)[1] if ":" in peer else "",
     }
     config_file = workdir / f"{peer.replace(':', '-')}.json"
     config_file.write_text(json.dumps(config))
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    tree = baseline if peer.endswith(BASELINE) and baseline is not None else ROOT
+    env = dict(os.environ, PYTHONPATH=str(tree))
     process = procs.spawn(
         peer_argv(peer, config_file),
         stdin=-1,
         stdout=-1,
-        cwd=str(ROOT),
+        cwd=str(tree),
         env=env,
     )
     try:
@@ -381,6 +391,12 @@ def main() -> None:
     parser.add_argument(
         "--py-spy", type=Path, default=None, help="profile each peer (collapsed stacks) into DIR"
     )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="REV",
+        help="git revision: also run its elf_async (peer elf_async@base), alternating",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     # Ctrl-C or SIGTERM: unwind through `finally` so every child is stopped by PID. (A shell
@@ -397,6 +413,9 @@ def main() -> None:
         if min(args.workers) < 1:
             parser.error("--workers: counts of at least 1")
         peers = with_workers(peers, args.workers)
+    if args.baseline:
+        at = peers.index("elf_async") + 1 if "elf_async" in peers else len(peers)
+        peers = [*peers[:at], "elf_async" + BASELINE, *peers[at:]]
     if "mqttjs" in peers:
         ensure_mqttjs()
     raise_fd_limit()
@@ -415,11 +434,13 @@ def main() -> None:
         "seconds": args.seconds,
         "rounds": args.rounds,
         "peers": peers,
+        "baseline": args.baseline,
         "scenarios": [],
     }
     try:
         with tempfile.TemporaryDirectory(prefix="elf-bench-") as tmp:
             workdir = Path(tmp)
+            base = baseline_tree(args.baseline, workdir / "baseline") if args.baseline else None
             broker = Mosquitto.start(directory=workdir / "broker", ca=pki.ca)
             procs.brokers.append(broker)
             counter = None
@@ -455,6 +476,7 @@ def main() -> None:
                                 pki.ca_file,
                                 scenario,
                                 workdir,
+                                base,
                             )
                         except (TimeoutError, RuntimeError) as exc:
                             row = {"peer": peer, "error": str(exc)}

@@ -28,6 +28,20 @@ _EXACT_BELOW_US = 1 << _MANTISSA_BITS  # smaller values are kept as they are
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
 
 
+def _hdr_layout() -> tuple[int, int, int, int]:
+    """What HDR's counts-array index needs for this range and precision (unit 1 µs): the
+    sub-bucket mask, the shift that turns a value's bit length into its bucket, and the
+    half count with its magnitude. Checked against HDR's own `record_value` in the tests."""
+    hdr = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
+    if hdr.unit_magnitude:
+        raise RuntimeError("HDR histogram layout changed: unit magnitude is not 0")
+    magnitude = hdr.sub_bucket_half_count_magnitude
+    return hdr.sub_bucket_mask, magnitude + 1, hdr.sub_bucket_half_count, magnitude
+
+
+_SUB_BUCKET_MASK, _BUCKET_SHIFT, _HALF_COUNT, _HALF_MAGNITUDE = _hdr_layout()
+
+
 class Histogram:
     """Durations in seconds, kept in microseconds from 1 µs to 1 h (3 significant digits)."""
 
@@ -47,12 +61,25 @@ class Histogram:
         pending[micros] = pending.get(micros, 0) + 1
 
     def _flush(self) -> HdrHistogram:
-        hdr, second = self._hdr, self._second
-        for micros, count in self._pending.items():
-            hdr.record_value(min(max(micros, _LOWEST_US), _HIGHEST_US), count)
+        """Count the pending values into the HDR histogram. Its `record_value` is ~8 Python
+        calls a value (~1.6 µs); at thousands of values a second, three histograms per
+        message, that was a measurable share of a paced run: the counts-array index is
+        computed here instead, by HDR's own formula from its own layout (`_hdr_index`)."""
+        hdr, second, pending = self._hdr, self._second, self._pending
+        if not pending:
+            return hdr
+        counts, added = hdr.counts, 0
+        for micros, count in pending.items():
+            value = min(max(micros, _LOWEST_US), _HIGHEST_US)
+            bucket = (value | _SUB_BUCKET_MASK).bit_length() - _BUCKET_SHIFT
+            counts[((bucket + 1) << _HALF_MAGNITUDE) + (value >> bucket) - _HALF_COUNT] += count
+            added += count
             if second is not None:
                 second[micros] = second.get(micros, 0) + count
-        self._pending.clear()
+        hdr.total_count += added
+        hdr.min_value = min(hdr.min_value, max(min(pending), _LOWEST_US))
+        hdr.max_value = max(hdr.max_value, min(max(pending), _HIGHEST_US))
+        pending.clear()
         return hdr
 
     def take_second(self) -> Window:
