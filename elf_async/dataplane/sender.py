@@ -35,17 +35,12 @@ from elf_async.stopping import StopSignal
 SERIES_FIELDS = ("scheduled", "published", "acked", "failed", "reconnects")
 SERIES_WINDOWS = ("ack", "lag")  # the `Shared` histograms each series row has a `Window` of
 _BATCH_BYTES = 1 << 18  # one pump frames at most about this much (then pumps again)
-# The scheduler's shortest sleep (s): messages due within it go together, in one loop pass. A
-# dense fleet's messages are sent up to a tick late (measured: lag counts it) and its PUBACKs
-# read up to a tick late (ack latency counts it); in exchange a pass, its wake-up and the
-# broker's, is shared by more messages: 2,000 things x 1/s, 1 ms against 3 ms ticks, 0.8-0.9x
-# the CPU (benchmarks/NOTES.md, session 5). A sparse fleet sleeps until its next due time.
-_TICK = 0.003
+_TICK = 0.001  # the scheduler's shortest sleep (s): messages due within it go together
 _BURST = 256  # due messages the scheduler hands out before it yields to the event loop
 # Bytes the scheduler lets pumps frame before it yields: far behind schedule every pump frames
 # a whole batch, and 256 of them made one loop pass take seconds (a stop acted on seconds late).
 _PASS_BYTES = 1 << 20
-_WATCH_AFTER = 2 * _TICK  # a longer pause of the scheduler: read PUBACKs as they come meanwhile
+_WATCH_AFTER = 0.002  # a longer pause of the scheduler: read PUBACKs as they come meanwhile
 
 
 @dataclass
