@@ -19,7 +19,8 @@ callback calls paho's ``loop_write`` by name, which the Wire replaces:
 - writing: PUBLISH packets are framed here from a cached fixed header and topic, and what one
   pump framed goes out in one ``send()``. What the socket does not take is kept and written
   when it becomes writable (registered through paho, so aiomqtt's writer callback runs);
-  paho's own packets (PINGREQ, DISCONNECT) are written by paho, never inside one of ours.
+  paho's own packets (DISCONNECT; a PINGREQ when ours cannot go) are written by paho, never
+  inside one of ours.
   A batch counts as sent only once all its bytes are in the kernel.
 - reading: every TLS record available is read at once, straight from the OpenSSL connection into
   one shared buffer, and PUBACKs and PINGRESPs are parsed here; any other packet is handed to
