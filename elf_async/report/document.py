@@ -126,6 +126,7 @@ class SendTally:
     target_per_s: float
     workers: int = 1
     lost: list[str] = field(default_factory=list)  # workers whose counts are missing, and why
+    shape: dict[str, Any] | None = None  # stages, storm, churn of a shaped send
 
     @classmethod
     def of(cls, result: SendResult) -> SendTally:
@@ -154,6 +155,7 @@ class SendTally:
             ended_at=result.ended_at,
             publish_window_s=result.publish_window_s,
             target_per_s=result.target_per_s,
+            shape=result.shape,
         )
 
     @classmethod
@@ -426,6 +428,7 @@ def send_report(
         ],
         **several,
         "histograms": histograms,
+        **cast(Any, result.shape or {}),
     }
 
 
