@@ -387,7 +387,7 @@ def send_report(
         "lag": text(shared.lag.encode()),
         "seconds": cast(Any, seconds),
     }
-    return {
+    report: SendReport = {
         **common,
         "latency_ms": {
             "connect": latency(result.connections.connect_time),
@@ -428,8 +428,10 @@ def send_report(
         ],
         **several,
         "histograms": histograms,
-        **cast(Any, result.shape or {}),
     }
+    if result.shape is not None:  # --stages, --churn, --storm: `stages`, `storm`, `churn`
+        report.update(cast(Any, result.shape))
+    return report
 
 
 class _Workers(TypedDict, total=False):
