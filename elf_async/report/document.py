@@ -31,6 +31,7 @@ from elf_async.report.model import (
     SCHEMA,
     AwsMetric,
     AwsMetrics,
+    Churn,
     CommonReport,
     LatencySummary,
     ReportHead,
@@ -39,8 +40,10 @@ from elf_async.report.model import (
     SendHistograms,
     SendReport,
     SendSecond,
+    SendStage,
     ShardPart,
     StartInstant,
+    Storm,
     SubscribeHistograms,
     SubscribeReport,
     SubscribeSecond,
@@ -379,6 +382,8 @@ def send_report(
     several: _Workers = {}
     if result.workers > 1:
         several["workers"] = {"count": result.workers, "lost": result.lost}
+    if result.shape is not None:  # --stages, --churn, --storm: `stages`, `storm`, `churn`
+        several.update(cast(Any, result.shape))
     series, seconds = report_series(result.series, SEND_WINDOWS)
     histograms: SendHistograms = {
         "connect": text(result.connections.connect_time.encode()),
@@ -387,7 +392,7 @@ def send_report(
         "lag": text(shared.lag.encode()),
         "seconds": cast(Any, seconds),
     }
-    report: SendReport = {
+    return {
         **common,
         "latency_ms": {
             "connect": latency(result.connections.connect_time),
@@ -429,9 +434,6 @@ def send_report(
         **several,
         "histograms": histograms,
     }
-    if result.shape is not None:  # --stages, --churn, --storm: `stages`, `storm`, `churn`
-        report.update(cast(Any, result.shape))
-    return report
 
 
 class _Workers(TypedDict, total=False):
@@ -440,6 +442,9 @@ class _Workers(TypedDict, total=False):
 
     workers: Workers
     aws_metrics: AwsMetrics
+    stages: list[SendStage]
+    storm: Storm | None
+    churn: Churn | None
 
 
 def subscribe_report(
