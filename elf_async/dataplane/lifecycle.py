@@ -13,6 +13,7 @@ message to know one.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import heapq
 import random
@@ -189,6 +190,7 @@ class Lifecycle:
     storm: StormTally | None = None
     churn: ChurnTally | None = None
     _first: set[int] = field(default_factory=set)  # id() of the devices connected at the start
+    _indexes: list[int] = field(default_factory=list)  # the devices' fleet indexes, sorted
 
     def adopt(self, publishers: Sequence[Publisher]) -> None:
         """The sender's publishers, every one staged (`SendPlan.publishers` made them)."""
@@ -197,6 +199,7 @@ class Lifecycle:
             for p in publishers
             if isinstance(p, StagedPublisher)
         ]
+        self._indexes = sorted(d.publisher.thing.index for d in self.devices)
         self._first = {id(d.publisher) for d in self.devices if d.windows and d.windows[0][0] <= 0}
         if self.plan.storm_at is not None:
             self.storm = StormTally(at_s=self.plan.storm_at)
@@ -247,8 +250,11 @@ class Lifecycle:
 
     def gauges(self, elapsed: float) -> dict[str, Any]:
         """Per-second series columns: the devices planned connected, the stage running."""
-        target = sum(1 for d in self.devices if any(on <= elapsed < off for on, off in d.windows))
-        return {"target_connected": target, "stage": self.plan.shape.stage_at(elapsed)}
+        elapsed = round(elapsed, 6)  # a whole second of the series, not 1e-12 before it
+        planned = self.plan.shape.devices_at(elapsed)  # of the fleet: those indexed below
+        target = bisect.bisect_left(self._indexes, planned)
+        # The stage of the second the row closes (a row is sampled at its second's end).
+        return {"target_connected": target, "stage": self.plan.shape.stage_at(elapsed - 0.5)}
 
     async def _at(self, offset: float) -> None:
         await asyncio.sleep(max(0.0, self.start + offset - time.monotonic()))
@@ -305,9 +311,10 @@ class Lifecycle:
                     p.error = f"lost its connection and never got it back ({reason})"
                 await link.close()
                 p.connection_lost()
-            if stop.event.is_set() or time.monotonic() >= self.start + off:
+            ended = time.monotonic() >= self.start + off
+            if stop.event.is_set() or (ended and not p.owed):
                 self._settle_storm(d, cause)
-                return
+                return  # its window closed meanwhile, with nothing owed: no need to come back
             p.attach(await self.connector.reopen(p.thing), self.takeover)
             p.error = None
             self._reconnected(d, cause)
@@ -365,7 +372,7 @@ class Lifecycle:
         per_s = self.plan.churn_per_s or 0.0
         owed = 0.0
         await self._at(0.0)
-        while True:
+        while time.monotonic() < self.start + self.plan.shape.span - 1.0:
             await asyncio.sleep(1.0)
             ready = [
                 d
