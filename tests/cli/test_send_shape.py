@@ -90,13 +90,15 @@ def test_a_storm_drops_every_connection_and_each_client_reconnects_once(
 ) -> None:
     report_file = tmp_path / "report.json"
     result = send(fleet40, mosquitto, "--things", "10", "--rate", "5/s", "--duration", "6",
-                  "--storm", "3s", "--connect-rate", "20/s", "--report", str(report_file))  # fmt: skip
+                  "--storm", "3s", "--connect-rate", "20/s",
+                  "--report", str(report_file))  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = load(report_file)
     storm = report["storm"]
     assert storm["at_s"] == 3
     assert storm["dropped"] == storm["reconnected"] == 10
-    assert storm["reconnect_s"] is not None and storm["reconnect_s"] > 0
+    assert storm["reconnect_s"] is not None
+    assert storm["reconnect_s"] > 0
     assert storm["connect_p99_ms"] is not None
     assert storm["failed"] == 0
     assert report["connections"]["reconnects"] == 10
