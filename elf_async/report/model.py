@@ -197,7 +197,7 @@ class SendSecond(TypedDict):
         Annotated[int, "shaped send: the devices the stages plan connected at this second"]
     ]
     stage: NotRequired[
-        Annotated[int | None, "shaped send: the index of the stage running (null: none)"]
+        Annotated[int | None, "shaped send: the stage that ran this second (null: none)"]
     ]
 
 
