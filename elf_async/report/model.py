@@ -281,7 +281,11 @@ class Storm(TypedDict):
         float | None, "from the drop to the last reconnect (null: not all came back)"
     ]
     connect_p99_ms: Annotated[float | None, "99th percentile, per client, of drop to CONNACK"]
-    throttled: Annotated[int, "reconnect attempts the broker throttled until all were back"]
+    throttled: Annotated[
+        int,
+        "of the failed ones, those whose reason says throttled (AWS may just close: with "
+        "--cloudwatch, aws_metrics has Connect.Throttle)",
+    ]
     failed: Annotated[int, "reconnect attempts that failed until all were back"]
 
 
