@@ -69,3 +69,14 @@ def test_a_late_sample_still_closes_its_second_and_the_last_row_its_own() -> Non
         {"t": 2.3, "published": 8},
         {"t": 2.6, "published": 1},
     ]
+
+
+def test_merged_series_sum_the_planned_devices_and_keep_the_stage() -> None:
+    first = [{"t": 1.0, "connected": 2, "target_connected": 2, "stage": None},
+             {"t": 2.0, "connected": 3, "target_connected": 4, "stage": 0}]  # fmt: skip
+    second = [{"t": 1.0, "connected": 1, "target_connected": 1, "stage": None},
+              {"t": 2.0, "connected": 4, "target_connected": 4, "stage": 0}]  # fmt: skip
+    assert merge_series([first, second]) == [
+        {"t": 1.0, "connected": 3, "target_connected": 3, "stage": None},
+        {"t": 2.0, "connected": 7, "target_connected": 8, "stage": 0},
+    ]
