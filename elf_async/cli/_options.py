@@ -92,7 +92,7 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
         duration = sum(stage.duration for stage in stages)
     elif args.count is None:
         duration = parse_run_length(args.duration or DEFAULT_DURATION)
-    churn, storm = _churn_and_storm(args, workers=workers, span=duration)
+    churn, storm = _churn_and_storm(args, span=duration)
     cloudwatch_wait = None
     if args.cloudwatch_wait is not None:
         if not args.cloudwatch:
@@ -148,21 +148,11 @@ def _stages(
     return stages
 
 
-def _churn_and_storm(
-    args: SendArgs, *, workers: int, span: float | None
-) -> tuple[float | None, float | None]:
+def _churn_and_storm(args: SendArgs, *, span: float | None) -> tuple[float | None, float | None]:
     """--churn's share per second and --storm's instant, checked against the schedule."""
-    shaped = [
-        o
-        for o, v in (("--stages", args.stages), ("--churn", args.churn), ("--storm", args.storm))
-        if v
-    ]
-    if shaped and workers > 1:
-        raise UsageError(
-            f"{shaped[0]} cannot be used with --workers (one process runs the devices)"
-        )
-    if (args.churn or args.storm) and span is None:
-        raise UsageError(f"{shaped[0]} needs --duration or --stages, not --count")
+    for given, option in ((args.churn, "--churn"), (args.storm, "--storm")):
+        if given is not None and span is None:
+            raise UsageError(f"{option} needs --duration or --stages, not --count")
     churn = parse_churn(args.churn) if args.churn is not None else None
     storm = None
     if args.storm is not None:

@@ -19,7 +19,7 @@ import heapq
 import random
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +126,7 @@ class Device:
     cause: str | None = None  # why its connection is being dropped: STORM, CHURN, None (broker)
     churn: asyncio.Event = field(default_factory=asyncio.Event)
     left_at: float = float("-inf")  # monotonic: its last clean disconnect
+    off: float = 0.0  # the end of its current window (seconds after the start)
 
 
 @dataclass
@@ -171,6 +172,42 @@ class ChurnTally:
             "disconnects": self.disconnects,
             "reconnects": self.reconnects,
         }
+
+
+def merged_reports(parts: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Several processes' `Lifecycle.report`s of one shaped send (`send --workers`: one
+    origin, one storm instant) as one: counts summed, the storm's reconnect time and p99 the
+    highest (the p99 of all the clients is at most the highest part's)."""
+    found = [part for part in parts if part is not None]
+    if not found:
+        return None
+    storms = [part["storm"] for part in found if part["storm"] is not None]
+    churns = [part["churn"] for part in found if part["churn"] is not None]
+    storm = None
+    if storms:
+        storm = {
+            "at_s": storms[0]["at_s"],
+            **{key: sum(s[key] for s in storms) for key in _STORM_COUNTS},
+            "reconnect_s": _highest(s["reconnect_s"] for s in storms),
+            "connect_p99_ms": max(
+                (s["connect_p99_ms"] for s in storms if s["connect_p99_ms"] is not None),
+                default=None,
+            ),
+        }
+    churn = None
+    if churns:
+        churn = {**churns[0], **{k: sum(c[k] for c in churns) for k in _CHURN_COUNTS}}
+    return {"stages": found[0]["stages"], "storm": storm, "churn": churn}
+
+
+_STORM_COUNTS = ("dropped", "reconnected", "throttled", "failed")
+_CHURN_COUNTS = ("disconnects", "reconnects")
+
+
+def _highest(values: Iterable[float | None]) -> float | None:
+    """The largest, or None if any is (a part whose clients did not all come back)."""
+    seen = list(values)
+    return None if any(v is None for v in seen) else max(v for v in seen if v is not None)
 
 
 def _throttles(connector: Connector) -> int:
@@ -266,6 +303,7 @@ class Lifecycle:
     async def _device(self, d: Device, stop: StopSignal) -> None:
         p = d.publisher
         for on, off in d.windows:
+            d.off = off
             if p.link is None:
                 await self._at(on - self._lead())
                 if stop.event.is_set():
@@ -395,8 +433,8 @@ class Lifecycle:
         storm.throttled_before = _throttles(self.connector)
         for d in self.devices:
             link = d.publisher.link
-            if link is None or link.lost.done():
-                continue
+            if link is None or link.lost.done() or d.off <= storm.at_s:
+                continue  # not connected, or leaving: its window is over
             d.cause = STORM
             storm.dropped += 1
             storm.pending.add(id(d))

@@ -21,6 +21,7 @@ from typing import Any, Final, TypedDict, cast
 
 from elf_async import __version__
 from elf_async.dataplane.connections import Connector, Endpoint
+from elf_async.dataplane.lifecycle import merged_reports
 from elf_async.dataplane.sender import SERIES_WINDOWS, SendResult, Shared
 from elf_async.dataplane.subscriber import SubscribeResult
 from elf_async.dataplane.tally import Totals
@@ -191,6 +192,7 @@ class SendTally:
             target_per_s=target_per_s,
             workers=len(parts) + len(lost),
             lost=lost,
+            shape=merged_reports([p.shape for p in parts]),
         )
 
     def totals(self) -> Totals:

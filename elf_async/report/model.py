@@ -276,9 +276,14 @@ class SendStage(TypedDict):
 class Storm(TypedDict):
     at_s: Annotated[float, "when every connection was dropped, seconds into the schedule"]
     dropped: Annotated[int, "connections dropped"]
-    reconnected: Annotated[int, "of them, reconnected (through the connect budget)"]
+    reconnected: Annotated[
+        int,
+        "of them, reconnected (through the connect budget; one whose window closed before it "
+        "was back is not)",
+    ]
     reconnect_s: Annotated[
-        float | None, "from the drop to the last reconnect (null: not all came back)"
+        float | None,
+        "from the drop to the last reconnect (null: one still due back never came)",
     ]
     connect_p99_ms: Annotated[float | None, "99th percentile, per client, of drop to CONNACK"]
     throttled: Annotated[

@@ -127,6 +127,29 @@ def test_churn_cycles_devices_and_owes_their_messages(
     assert messages["acked"] == messages["scheduled"] == 20 * 16
 
 
+def test_workers_split_the_shape_by_device_and_storm_together(
+    fleet40: Cli, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    report_file = tmp_path / "report.json"
+    stages = "4s:0..4,4s:4..0"
+    result = send(fleet40, mosquitto, "--things", "4", "--workers", "2", "--stages", stages,
+                  "--rate", "5/s", "--storm", "5s", "--report", str(report_file))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = load(report_file)
+    assert report["workers"]["count"] == 2
+    shape = Shape(parse_stages(stages, rate=5.0))
+    messages = report["messages"]
+    assert messages["acked"] == messages["scheduled"] == sum(shape.planned_per_second(range(4), 4))
+    offset = report["stages"][0]["start_s"]
+    for row in report["series"]:  # while both workers have devices: none has ended its run
+        if row["t"] == int(row["t"]) and 0 < row["t"] - offset <= 6:
+            assert row["target_connected"] == shape.devices_at(row["t"] - offset), row
+            assert row["stage"] == shape.stage_at(row["t"] - offset - 0.5), row
+    storm = report["storm"]
+    assert storm["dropped"] == storm["reconnected"] == 3  # N(5 s) = 3 of the ramp down
+    assert storm["reconnect_s"] is not None
+
+
 def test_bad_shapes_are_one_line_and_exit_2(fleet40: Cli, mosquitto: Mosquitto) -> None:
     cases = [
         (["--stages", "5s:0..40,,5s:40"], "empty stage"),
@@ -135,7 +158,6 @@ def test_bad_shapes_are_one_line_and_exit_2(fleet40: Cli, mosquitto: Mosquitto) 
         (["--stages", "5s:4@-2/s"], "not a rate"),
         (["--stages", "5s:50"], "a stage has 50 devices, the fleet 40"),
         (["--stages", "5s:4", "--duration", "5s"], "cannot be used together"),
-        (["--stages", "5s:4", "--workers", "2"], "--workers"),
         (["--churn", "200%/min"], "at most 100%/min"),
         (["--churn", "lots"], "PERCENT/TIME"),
         (["--storm", "20s", "--duration", "10s"], "after the schedule's end"),
