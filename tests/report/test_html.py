@@ -254,4 +254,6 @@ def test_a_shaped_send_draws_the_planned_devices_and_its_stages() -> None:
     assert [s["label"] for s in chart["series"]] == ["connected", "planned", "stage"]
     assert chart["data"][3] == [0, 0, 1, 1]
     assert chart["note"] == "stages start at t = 1, 3 s (right axis: the stage running)"
+    rates = charts(render_html(report))["Messages per second: target and achieved"]
+    assert [s["label"] for s in rates["series"]] == ["due", "published"]  # no flat mean
     assert "Connected clients" in charts(render_html(send_report()))  # a plain send: as before
