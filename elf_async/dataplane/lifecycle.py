@@ -329,10 +329,16 @@ class Lifecycle:
             left = self.start + off - time.monotonic()
             if left <= 0:
                 return
-            churned: asyncio.Future[Any] = asyncio.ensure_future(d.churn.wait())
-            waited: list[asyncio.Future[Any]] = [link.lost, churned]
-            done, _ = await asyncio.wait(waited, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            churned.cancel()
+            waited: list[asyncio.Future[Any]] = [link.lost]
+            if self.churn is not None:
+                waited.append(asyncio.ensure_future(d.churn.wait()))
+            try:
+                done, _ = await asyncio.wait(
+                    waited, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for churned in waited[1:]:
+                    churned.cancel()  # never left pending (the task is cancelled at the end)
             if not done:
                 return
             cause: str | None

@@ -43,6 +43,7 @@ def test_a_stage_ramp_follows_the_plan_and_the_subscriber_gets_what_was_acknowle
     result = send(fleet40, mosquitto, "--stages", stages, "--rate", "10/s",
                   "--connect-rate", "200/s", "--report", str(report_file))  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no warning, no task left pending
     report = load(report_file)
     shape = Shape(parse_stages(stages, rate=10.0))
     planned = shape.planned_per_second(range(40), 40)
@@ -71,6 +72,7 @@ def test_a_rate_step_shows_in_the_series(
     result = send(fleet40, mosquitto, "--things", "4", "--stages", "5s:4@2/s,5s:4@10/s",
                   "--report", str(report_file))  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no warning, no task left pending
     report = load(report_file)
     rows = _rows_of_the_plan(report)
     scheduled = [row["scheduled"] for row in rows]
@@ -95,6 +97,7 @@ def test_a_storm_drops_every_connection_and_each_client_reconnects_once(
                   "--storm", "3s", "--connect-rate", "20/s",
                   "--report", str(report_file))  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no warning, no task left pending
     report = load(report_file)
     storm = report["storm"]
     assert storm["at_s"] == 3
@@ -118,6 +121,7 @@ def test_churn_cycles_devices_and_owes_their_messages(
     result = send(fleet40, mosquitto, "--things", "20", "--rate", "2/s", "--duration", "8",
                   "--churn", "100%/min", "--report", str(report_file))  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no warning, no task left pending
     report = load(report_file)
     churn = report["churn"]
     assert churn["per_min_percent"] == 100
@@ -137,6 +141,7 @@ def test_workers_split_the_shape_by_device_and_storm_together(
     result = send(fleet40, mosquitto, "--things", "4", "--workers", "2", "--stages", stages,
                   "--rate", "5/s", "--storm", "5s", "--report", str(report_file))  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no warning, no task left pending
     report = load(report_file)
     assert report["workers"]["count"] == 2
     shape = Shape(parse_stages(stages, rate=5.0))
