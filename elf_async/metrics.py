@@ -218,10 +218,13 @@ def row_seconds(times: Iterable[float]) -> list[int]:
     return seconds
 
 
+PLAN_GAUGES = frozenset({"stage"})  # the same in every part of one run: kept, not summed
+
+
 def merge_series(parts: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Series that share one time origin, as one: the rows closing the same second
-    (`row_seconds`) are summed (counts and gauges alike), their `Window`s merged; `t` is the
-    latest of them."""
+    (`row_seconds`) are summed (counts and gauges alike, but `PLAN_GAUGES`), their `Window`s
+    merged; `t` is the latest of them."""
     seconds: dict[int, dict[str, Any]] = {}
     windows: dict[tuple[int, str], list[Window]] = {}
     for rows in parts:
@@ -232,6 +235,9 @@ def merge_series(parts: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
                     merged_row["t"] = max(merged_row["t"], value)
                 elif isinstance(value, Window):
                     windows.setdefault((second, name), []).append(value)
+                elif name in PLAN_GAUGES:
+                    if merged_row.get(name) is None:
+                        merged_row[name] = value
                 else:
                     merged_row[name] = merged_row.get(name, 0) + value
     for (second, name), found in windows.items():

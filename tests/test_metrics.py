@@ -86,3 +86,14 @@ def test_recorded_values_land_where_hdr_itself_would_count_them() -> None:
     assert histogram.encode() == bytes(reference.encode())
     assert histogram.count == len(micros)
     assert histogram.summary_ms() == Histogram.decode(bytes(reference.encode())).summary_ms()
+
+
+def test_merged_series_sum_the_planned_devices_and_keep_the_stage() -> None:
+    first = [{"t": 1.0, "connected": 2, "target_connected": 2, "stage": None},
+             {"t": 2.0, "connected": 3, "target_connected": 4, "stage": 0}]  # fmt: skip
+    second = [{"t": 1.0, "connected": 1, "target_connected": 1, "stage": None},
+              {"t": 2.0, "connected": 4, "target_connected": 4, "stage": 0}]  # fmt: skip
+    assert merge_series([first, second]) == [
+        {"t": 1.0, "connected": 3, "target_connected": 3, "stage": None},
+        {"t": 2.0, "connected": 7, "target_connected": 8, "stage": 0},
+    ]

@@ -167,6 +167,31 @@ class SendArgs:
     count: Annotated[
         int | None, typer.Option(help="Messages per thing, instead of --duration.")
     ] = None
+    stages: Annotated[
+        str | None,
+        typer.Option(
+            help="Load shape instead of --duration: DURATION:DEVICES[@RATE],... with DEVICES N "
+            "or FROM..TO (connected devices, ramped) and RATE per device (R or R1..R2; "
+            "default --rate), e.g. 30s:0..500,2m:500,1m:500@5/s,30s:500..0.",
+            show_default=False,
+        ),
+    ] = None
+    churn: Annotated[
+        str | None,
+        typer.Option(
+            help="Disconnect and reconnect this share of the connected devices continuously, "
+            "e.g. 5%/min (at most 100%/min).",
+            show_default=False,
+        ),
+    ] = None
+    storm: Annotated[
+        str | None,
+        typer.Option(
+            help="Drop every connection this long into the schedule (e.g. 20s) and time the "
+            "reconnect (report: storm).",
+            show_default=False,
+        ),
+    ] = None
     qos: Qos = 1
     topic: Annotated[
         str | None,

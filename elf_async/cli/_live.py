@@ -112,6 +112,9 @@ def send_frame(snapshot: Snapshot) -> Frame:
         ("errors", f"{totals.failed} failed, {totals.reconnects} reconnects"),
         ("ack p50/p99", f"{ms(snapshot.ack_p50_ms)} / {ms(snapshot.ack_p99_ms)}"),
     ]
+    if "target_connected" in last:  # --stages, --churn, --storm: the plan beside the figures
+        stage = "-" if last["stage"] is None else str(last["stage"])
+        fields.insert(3, ("stage", f"{stage} ({last['target_connected']} devices planned)"))
     return fields, (totals.scheduled / snapshot.planned if snapshot.planned else None)
 
 

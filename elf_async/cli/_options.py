@@ -27,6 +27,7 @@ from elf_async.dataplane.options import (
     check_send_length,
 )
 from elf_async.dataplane.payload import template_parts
+from elf_async.dataplane.shape import Stage, parse_churn, parse_stages
 from elf_async.dataplane.topics import TopicTemplate
 from elf_async.errors import UsageError
 from elf_async.fdlimit import check_connections
@@ -85,9 +86,13 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
     if per_thing is not None:
         check_publish_rate(per_thing, allow_over_aws_limits=connect.allow_over_aws_limits)
         check_send_length(args.count, per_thing)
+    stages = _stages(args, rate=rate, allow_over_aws_limits=connect.allow_over_aws_limits)
     duration = None
-    if args.count is None:
+    if stages is not None:
+        duration = sum(stage.duration for stage in stages)
+    elif args.count is None:
         duration = parse_run_length(args.duration or DEFAULT_DURATION)
+    churn, storm = _churn_and_storm(args, span=duration)
     cloudwatch_wait = None
     if args.cloudwatch_wait is not None:
         if not args.cloudwatch:
@@ -116,7 +121,45 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
         as_given=_as_given(args, connect) | {"workers": workers},
         shard=shard,
         start_at=start_at,
+        stages=stages,
+        churn_per_s=churn,
+        storm_at=storm,
     )
+
+
+def _stages(
+    args: SendArgs, *, rate: float, allow_over_aws_limits: bool
+) -> tuple[Stage, ...] | None:
+    """--stages replaces --duration and --count; a stage without @RATE sends at --rate."""
+    if args.stages is None:
+        return None
+    for given, option in ((args.duration, "--duration"), (args.count, "--count")):
+        if given is not None:
+            raise UsageError(
+                f"--stages and {option} cannot be used together (stages set the length)"
+            )
+    if args.total_rate is not None:
+        raise UsageError("--stages and --total-rate cannot be used together (rates are per device)")
+    stages = parse_stages(args.stages, rate=rate)
+    check_publish_rate(
+        max(max(s.rate) for s in stages), allow_over_aws_limits=allow_over_aws_limits
+    )
+    parse_run_length(f"{sum(s.duration for s in stages)}s")
+    return stages
+
+
+def _churn_and_storm(args: SendArgs, *, span: float | None) -> tuple[float | None, float | None]:
+    """--churn's share per second and --storm's instant, checked against the schedule."""
+    for given, option in ((args.churn, "--churn"), (args.storm, "--storm")):
+        if given is not None and span is None:
+            raise UsageError(f"{option} needs --duration or --stages, not --count")
+    churn = parse_churn(args.churn) if args.churn is not None else None
+    storm = None
+    if args.storm is not None:
+        storm = parse_duration(args.storm, what="--storm", zero=True)
+        if span is not None and storm >= span:
+            raise UsageError(f"--storm {args.storm}: after the schedule's end ({span:g}s)")
+    return churn, storm
 
 
 def parse_workers(text: str) -> int:

@@ -8,9 +8,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from elf_async.dataplane.connections import Connector, Endpoint, Identity
+from elf_async.dataplane.lifecycle import Lifecycle, StagedPublisher
 from elf_async.dataplane.payload import PayloadSpec
 from elf_async.dataplane.schedule import ThingSchedule
 from elf_async.dataplane.sender import Publisher, Sender, SendResult, Shared, Snapshot
+from elf_async.dataplane.shape import ShapePlan, StagedSchedule
+from elf_async.dataplane.takeover import Takeover
 from elf_async.stopping import StopSignal
 
 
@@ -20,7 +23,7 @@ class ThingPlan:
 
     identity: Identity
     topic: str
-    schedule: ThingSchedule
+    schedule: ThingSchedule | StagedSchedule
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class SendPlan:
     spec: PayloadSpec
     qos: int
     window: int  # QoS 1 messages in flight per client
+    shape: ShapePlan | None = None  # --stages, --churn, --storm
 
     @property
     def target_per_s(self) -> float:
@@ -38,18 +42,31 @@ class SendPlan:
 
     def publishers(self, shared: Shared) -> list[Publisher]:
         """The publishers of this plan (on the running event loop)."""
-        return [
-            Publisher(
+        return [self._publisher(t, shared) for t in self.things]
+
+    def _publisher(self, t: ThingPlan, shared: Shared) -> Publisher:
+        encode = self.spec.encoder(t.identity.name)
+        if isinstance(t.schedule, StagedSchedule):
+            staged = StagedPublisher(
                 t.identity,
                 t.topic,
                 t.schedule,
-                self.spec.encoder(t.identity.name),
+                encode,
                 qos=self.qos,
                 window=self.window,
                 shared=shared,
             )
-            for t in self.things
-        ]
+            staged.staged = t.schedule
+            return staged
+        return Publisher(
+            t.identity,
+            t.topic,
+            t.schedule,
+            encode,
+            qos=self.qos,
+            window=self.window,
+            shared=shared,
+        )
 
 
 @dataclass(frozen=True)
@@ -97,12 +114,20 @@ def sender_for(
         max_inflight=send_plan.window,
     )
     shared = Shared() if shared is None else shared
+    publishers = send_plan.publishers(shared)
+    takeover = Takeover()
+    shaped = None
+    if send_plan.shape is not None:
+        shaped = Lifecycle(send_plan.shape, connector, takeover, drain=setup.drain)
+        shaped.adopt(publishers)
     return Sender(
-        send_plan.publishers(shared),
+        publishers,
         connector,
         shared,
         drain=setup.drain,
         on_tick=on_tick,
         clock=clock,
         go=go,
+        takeover=takeover,
+        shaped=shaped,
     )

@@ -10,6 +10,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+
+class Schedule(Protocol):
+    """What a publisher needs of a schedule: a `ThingSchedule`, or a device's under stages
+    (elf_async.dataplane.shape.StagedSchedule)."""
+
+    @property
+    def rate(self) -> float: ...
+    @property
+    def phase(self) -> float: ...
+    @property
+    def total(self) -> int: ...
+    def due(self, seq: int) -> float: ...
+    def due_by(self, elapsed: float) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)

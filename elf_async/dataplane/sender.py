@@ -16,18 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from elf_async.dataplane.connections import Connector, Identity
 from elf_async.dataplane.mqtt import ConnectFailed, Link
 from elf_async.dataplane.payload import Encoder
-from elf_async.dataplane.schedule import ThingSchedule
-from elf_async.dataplane.takeover import Takeover, Wire
+from elf_async.dataplane.schedule import Schedule
+from elf_async.dataplane.takeover import Readers, Takeover, Wire
 from elf_async.dataplane.tally import Totals
 from elf_async.metrics import Histogram, Series
 from elf_async.stopping import StopSignal
@@ -67,7 +68,7 @@ class Publisher:
         self,
         thing: Identity,
         topic: str,
-        schedule: ThingSchedule,
+        schedule: Schedule,
         encode: Encoder,
         *,
         qos: int,
@@ -305,12 +306,13 @@ class SendResult:
     ended_at: float
     publish_window_s: float
     target_per_s: float
+    shape: dict[str, Any] | None = None  # stages, storm, churn (`Lifecycle.report`)
 
     def totals(self) -> Totals:
         return Totals.of(self.publishers)
 
 
-def schedule_span(schedules: Iterable[ThingSchedule]) -> float:
+def schedule_span(schedules: Iterable[Schedule]) -> float:
     """The seconds the fleet's schedule spans, total/rate: phases only shift each thing within
     its first interval, so a run that keeps its schedule achieves exactly its target."""
     return max((s.total / s.rate for s in schedules), default=0.0)
@@ -318,6 +320,18 @@ def schedule_span(schedules: Iterable[ThingSchedule]) -> float:
 
 def _span(publishers: list[Publisher]) -> float:
     return schedule_span(p.schedule for p in publishers)
+
+
+class Shaping(Protocol):
+    """The devices' lifecycle under --stages, --churn, --storm (elf_async.dataplane.lifecycle):
+    what the `Sender` asks of it, off the constant-rate path."""
+
+    def first(self, p: Publisher) -> bool: ...  # connected before the start
+    def begin(self, start: float) -> None: ...  # the schedule's t = 0 (monotonic)
+    def tasks(self, stop: StopSignal) -> list[asyncio.Task[None]]: ...  # instead of keepers
+    async def schedule(self, readers: Readers) -> None: ...  # instead of `_schedule`
+    def gauges(self, elapsed: float) -> dict[str, Any]: ...  # series columns
+    def report(self, offset: float) -> dict[str, Any]: ...  # `SendResult.shape`
 
 
 @dataclass
@@ -335,10 +349,12 @@ class Sender:
     clock: float | None = None
     go: Callable[[], Awaitable[float]] | None = None
     takeover: Takeover = field(default_factory=Takeover)  # the connections' I/O, read together
+    shaped: Shaping | None = None  # --stages, --churn, --storm: the devices come and go
     _phase: Phase = Phase.CONNECTING
     _start: float = 0.0
     _keepers: list[asyncio.Task[None]] = field(default_factory=list)
     _unconnected: list[Publisher] = field(default_factory=list)  # never connected: owe all
+    _clock: float = 0.0
 
     @property
     def target_per_s(self) -> float:
@@ -350,7 +366,7 @@ class Sender:
         return sum(1 for p in self.publishers if p.link is not None)
 
     async def run(self, stop: StopSignal) -> SendResult:
-        clock = time.monotonic() if self.clock is None else self.clock
+        clock = self._clock = time.monotonic() if self.clock is None else self.clock
         started_at = time.time() - (time.monotonic() - clock)  # the series' t = 0, in epoch
         ticker = asyncio.create_task(self._tick(clock))
         # The things that never connected owe what fell due up to this many seconds into the
@@ -358,15 +374,19 @@ class Sender:
         owed_until: float | None = -1.0
         try:
             await self._connect_all(stop)
-            live = [p for p in self.publishers if p.link is not None]
-            self._unconnected = [p for p in self.publishers if p.link is None]
+            live = [p for p in self.publishers if p.link is not None or self.shaped]
+            self._unconnected = [p for p in self.publishers if p.link is None and not self.shaped]
             start = time.monotonic() + 0.05 if self.go is None else await self.go()
+            if self.shaped is not None and self.go is None:
+                start = clock + math.ceil(start - clock)  # the series' seconds are the stages'
             window = 0.0
             if live and not stop.event.is_set():
                 self._phase = Phase.SENDING
                 self._start = start
                 for p in live:
                     p.base = self._start + p.schedule.phase
+                if self.shaped is not None:
+                    self.shaped.begin(start)
                 window = await self._publish(live, stop)
                 owed_until = time.monotonic() - self._start if stop.event.is_set() else None
                 self._phase = Phase.DRAINING
@@ -399,6 +419,7 @@ class Sender:
             ended_at=time.time(),
             publish_window_s=window,
             target_per_s=self.target_per_s,
+            shape=self.shaped.report(self._start - clock) if self.shaped and self._start else None,
         )
 
     async def _connect_all(self, stop: StopSignal) -> None:
@@ -408,7 +429,7 @@ class Sender:
             except ConnectFailed as exc:
                 p.error = exc.reason
 
-        connecting: asyncio.Future[Any] = asyncio.gather(*(one(p) for p in self.publishers))
+        connecting: asyncio.Future[Any] = asyncio.gather(*(one(p) for p in self._first()))
         stopped: asyncio.Future[Any] = asyncio.create_task(stop.event.wait())
         await asyncio.wait([connecting, stopped], return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
@@ -417,10 +438,20 @@ class Sender:
             with contextlib.suppress(asyncio.CancelledError):
                 await connecting
 
+    def _first(self) -> list[Publisher]:
+        """The publishers connected before the start (shaped: those whose window opens there)."""
+        if self.shaped is None:
+            return self.publishers
+        return [p for p in self.publishers if self.shaped.first(p)]
+
     async def _publish(self, live: list[Publisher], stop: StopSignal) -> float:
         """Run the schedule until its end or a stop; returns the seconds it spans."""
-        self._keepers = [asyncio.create_task(self._keep_connected(p, stop)) for p in live]
-        scheduler = asyncio.create_task(self._schedule(live))
+        if self.shaped is not None:
+            self._keepers = self.shaped.tasks(stop)
+            scheduler = asyncio.create_task(self.shaped.schedule(self.takeover.readers))
+        else:
+            self._keepers = [asyncio.create_task(self._keep_connected(p, stop)) for p in live]
+            scheduler = asyncio.create_task(self._schedule(live))
         stopped = asyncio.create_task(stop.event.wait())
         try:
             await asyncio.wait([scheduler, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -524,7 +555,12 @@ class Sender:
 
     def _sample(self, second: float, now: Totals) -> dict[str, Any]:
         windows = {name: getattr(self.shared, name).take_second() for name in SERIES_WINDOWS}
-        return self.series.sample(second, now.as_dict(), connected=self.connected, **windows)
+        shaped: dict[str, Any] = {}
+        if self.shaped is not None:  # the plan beside what happened: the devices, the stage
+            shaped = self.shaped.gauges(self._clock + second - self._start if self._start else -1)
+        return self.series.sample(
+            second, now.as_dict(), connected=self.connected, **windows, **shaped
+        )
 
     def _snapshot(self, second: float, row: dict[str, Any], now: Totals) -> Snapshot:
         return Snapshot(

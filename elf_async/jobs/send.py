@@ -5,8 +5,9 @@ it). The options come parsed and checked from the command line (elf_async.cli._o
 from __future__ import annotations
 
 import functools
+import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,9 @@ from elf_async.dataplane.options import (
 )
 from elf_async.dataplane.payload import build_spec
 from elf_async.dataplane.plan import SendPlan, SendSetup, ThingPlan, send_here
-from elf_async.dataplane.schedule import plan
+from elf_async.dataplane.schedule import ThingSchedule, plan
 from elf_async.dataplane.sender import Snapshot
+from elf_async.dataplane.shape import Shape, ShapePlan, Stage, StagedSchedule
 from elf_async.dataplane.topics import TopicTemplate, outside_policy
 from elf_async.errors import RuntimeFailure, UsageError
 from elf_async.fdlimit import check_connections
@@ -74,6 +76,9 @@ class SendOptions:
     as_given: Mapping[str, Any]
     shard: Shard | None = None  # else the shard the state dir was created as, if any
     start_at: float | None = None  # epoch seconds; None: as soon as connected
+    stages: tuple[Stage, ...] | None = None  # --stages (then `duration` is their length)
+    churn_per_s: float | None = None  # --churn: share of the connected devices per second
+    storm_at: float | None = None  # --storm: seconds into the schedule
 
 
 CLOUDWATCH_WAIT_S = 180.0  # AWS/IoT publishes a minute's sums a minute or two after it ends
@@ -164,14 +169,22 @@ def plan_send(
     )
     identities = sliced.things
     rate = _per_thing_rate(options, sliced.fleet_size)
-    schedules = plan(
-        len(identities),
-        rate,
-        duration=options.duration,
-        count=options.count,
-        indexes=[i.index for i in identities] if sliced.shard else None,
-        fleet=sliced.fleet_size,
-    )
+    shape = shape_plan(options, rate, sliced.fleet_size)
+    schedules: Sequence[ThingSchedule | StagedSchedule]
+    if shape is not None:
+        schedules = [shape.shape.schedule(i.index, sliced.fleet_size) for i in identities]
+        # The busiest stage's share of this process's things, as the constant-rate check.
+        rate = max(max(s.rate) * min(max(s.devices), len(identities)) for s in shape.shape.stages)
+        rate /= len(identities)
+    else:
+        schedules = plan(
+            len(identities),
+            rate,
+            duration=options.duration,
+            count=options.count,
+            indexes=[i.index for i in identities] if sliced.shard else None,
+            fleet=sliced.fleet_size,
+        )
     check_account_publish_rate(
         rate * len(identities),
         shards=sliced.shard.count if sliced.shard else 1,
@@ -194,7 +207,23 @@ def plan_send(
     ]
     if outside:
         warnings.lines.append(policy_warning(outside[0], root, per_thing=per_thing))
-    return SendPlan(things, spec, qos=options.qos, window=options.max_inflight), sliced.shard
+    send_plan = SendPlan(things, spec, qos=options.qos, window=options.max_inflight, shape=shape)
+    return send_plan, sliced.shard
+
+
+def shape_plan(options: SendOptions, rate: float, fleet: int) -> ShapePlan | None:
+    """The stages (or, for --churn/--storm alone, one stage holding the whole fleet at --rate
+    for --duration), checked against the fleet's size."""
+    if options.stages is None and options.churn_per_s is None and options.storm_at is None:
+        return None
+    stages = options.stages or (Stage(options.duration or 0.0, (fleet, fleet), (rate, rate)),)
+    shape = Shape(stages)
+    if shape.max_devices > fleet:
+        raise UsageError(
+            f"--stages: a stage has {shape.max_devices} devices, the fleet {fleet} ready things"
+        )
+    seed = random.randrange(1 << 31)
+    return ShapePlan(shape, options.churn_per_s, options.storm_at, seed)
 
 
 def policy_warning(topic: str, root: str, *, per_thing: bool) -> str:

@@ -40,7 +40,7 @@ from elf_async.dataplane.plan import SendPlan, SendSetup, sender_for
 from elf_async.dataplane.sender import Phase, Snapshot, schedule_span
 from elf_async.dataplane.tally import Totals
 from elf_async.errors import EXIT_RUNTIME
-from elf_async.metrics import merged
+from elf_async.metrics import PLAN_GAUGES, merged
 from elf_async.report.document import SendTally, ThingTally
 from elf_async.shards import series_origin
 from elf_async.stopping import StopSignal
@@ -363,7 +363,9 @@ def _summed(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     total: dict[str, Any] = {}
     for row in rows:
         for name, value in row.items():
-            if name != "t" and isinstance(value, int):
+            if name in PLAN_GAUGES:  # the same in every worker: kept, not summed
+                total[name] = value if total.get(name) is None else total[name]
+            elif name != "t" and isinstance(value, int):
                 total[name] = total.get(name, 0) + value
     return total
 

@@ -21,6 +21,7 @@ from typing import Any, Final, TypedDict, cast
 
 from elf_async import __version__
 from elf_async.dataplane.connections import Connector, Endpoint
+from elf_async.dataplane.lifecycle import merged_reports
 from elf_async.dataplane.sender import SERIES_WINDOWS, SendResult, Shared
 from elf_async.dataplane.subscriber import SubscribeResult
 from elf_async.dataplane.tally import Totals
@@ -31,6 +32,7 @@ from elf_async.report.model import (
     SCHEMA,
     AwsMetric,
     AwsMetrics,
+    Churn,
     CommonReport,
     LatencySummary,
     ReportHead,
@@ -39,8 +41,10 @@ from elf_async.report.model import (
     SendHistograms,
     SendReport,
     SendSecond,
+    SendStage,
     ShardPart,
     StartInstant,
+    Storm,
     SubscribeHistograms,
     SubscribeReport,
     SubscribeSecond,
@@ -126,6 +130,7 @@ class SendTally:
     target_per_s: float
     workers: int = 1
     lost: list[str] = field(default_factory=list)  # workers whose counts are missing, and why
+    shape: dict[str, Any] | None = None  # stages, storm, churn of a shaped send
 
     @classmethod
     def of(cls, result: SendResult) -> SendTally:
@@ -154,6 +159,7 @@ class SendTally:
             ended_at=result.ended_at,
             publish_window_s=result.publish_window_s,
             target_per_s=result.target_per_s,
+            shape=result.shape,
         )
 
     @classmethod
@@ -186,6 +192,7 @@ class SendTally:
             target_per_s=target_per_s,
             workers=len(parts) + len(lost),
             lost=lost,
+            shape=merged_reports([p.shape for p in parts]),
         )
 
     def totals(self) -> Totals:
@@ -377,6 +384,8 @@ def send_report(
     several: _Workers = {}
     if result.workers > 1:
         several["workers"] = {"count": result.workers, "lost": result.lost}
+    if result.shape is not None:  # --stages, --churn, --storm: `stages`, `storm`, `churn`
+        several.update(cast(Any, result.shape))
     series, seconds = report_series(result.series, SEND_WINDOWS)
     histograms: SendHistograms = {
         "connect": text(result.connections.connect_time.encode()),
@@ -435,6 +444,9 @@ class _Workers(TypedDict, total=False):
 
     workers: Workers
     aws_metrics: AwsMetrics
+    stages: list[SendStage]
+    storm: Storm | None
+    churn: Churn | None
 
 
 def subscribe_report(

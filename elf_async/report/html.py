@@ -208,13 +208,12 @@ def send_charts(report: Mapping[str, Any]) -> list[ChartSpec]:
             rows,
             "Messages per second: target and achieved",
             [("scheduled", _series("due", ORANGE)), ("published", _series("published", BLUE))],
-            target=_series("target", GREY, style="dash"),
+            # A shaped send's target changes by stage: its due line is the plan, not a mean.
+            target=None if "stages" in report else _series("target", GREY, style="dash"),
             target_per_s=target,
             note="due: what the schedule asked for; published: what was written",
         ),
-        _per_second(
-            rows, "Connected clients", [("connected", _series("connected", TEAL))], y="clients"
-        ),
+        _connected(report, rows),
         _rates(
             rows,
             "Acknowledged, failed and reconnects per second",
@@ -253,6 +252,25 @@ def send_charts(report: Mapping[str, Any]) -> list[ChartSpec]:
         )
     )
     return charts
+
+
+def _connected(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> ChartSpec:
+    """Connections; a shaped send's (--stages, --churn, --storm) beside the plan, with its
+    stage boundaries as the stage's index on the right axis."""
+    columns = [("connected", _series("connected", TEAL))]
+    if not _has_columns(rows, ["target_connected"]):
+        return _per_second(rows, "Connected clients", columns, y="clients")
+    columns.append(("target_connected", _series("planned", GREY, style="dash")))
+    columns.append(("stage", _series("stage", ORANGE, scale="y2", style="dash")))
+    starts = ", ".join(f"{stage['start_s']:g}" for stage in report.get("stages", []))
+    return _per_second(
+        rows,
+        "Connected clients: planned by the stages and connected",
+        columns,
+        y="clients",
+        y2="stage",
+        note=f"stages start at t = {starts} s (right axis: the stage running)",
+    )
 
 
 def subscribe_charts(report: Mapping[str, Any]) -> list[ChartSpec]:

@@ -104,6 +104,13 @@ def merge(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> SendReport | Subs
     encoded: dict[str, Any] = {name: text(h.encode()) for name, h in histograms.items()}
     encoded["seconds"] = seconds
     parts = [s.report for s in shards]
+    if "stages" in first:  # one shape for every shard: its boundaries on the merged origin
+        shift = shards[0].started_at - origin
+        common["stages"] = [
+            {**stage, "start_s": round(stage["start_s"] + shift, 3),
+             "end_s": round(stage["end_s"] + shift, 3)}
+            for stage in first["stages"]
+        ]  # fmt: skip
     if command == "send":
         return cast(SendReport, {**common, **_send_parts(parts), "histograms": encoded})
     return cast(SubscribeReport, {**common, **_subscribe_parts(parts), "histograms": encoded})

@@ -193,6 +193,12 @@ class SendSecond(TypedDict):
         Annotated[float | None, "median lag of this second's publishes (null: none; v2)"]
     ]
     lag_p99_ms: NotRequired[Annotated[float | None, "their 99th percentile (v2)"]]
+    target_connected: NotRequired[
+        Annotated[int, "shaped send: the devices the stages plan connected at this second"]
+    ]
+    stage: NotRequired[
+        Annotated[int | None, "shaped send: the stage that ran this second (null: none)"]
+    ]
 
 
 class SendSecondHistograms(TypedDict):
@@ -259,6 +265,42 @@ class AwsMetrics(TypedDict):
     error: Annotated[str | None, "why CloudWatch could not be read (null: it was)"]
 
 
+class SendStage(TypedDict):
+    index: Annotated[int, "its place in --stages, from 0"]
+    start_s: Annotated[float, "when it starts, in the series' seconds (`t`)"]
+    end_s: Annotated[float, "when it ends, in the series' seconds"]
+    devices: Annotated[list[int], "connected devices at its start and end (a ramp if they differ)"]
+    rate: Annotated[list[float], "messages/s per connected device at its start and end"]
+
+
+class Storm(TypedDict):
+    at_s: Annotated[float, "when every connection was dropped, seconds into the schedule"]
+    dropped: Annotated[int, "connections dropped"]
+    reconnected: Annotated[
+        int,
+        "of them, reconnected (through the connect budget; one whose window closed before it "
+        "was back is not)",
+    ]
+    reconnect_s: Annotated[
+        float | None,
+        "from the drop to the last reconnect (null: one still due back never came)",
+    ]
+    connect_p99_ms: Annotated[float | None, "99th percentile, per client, of drop to CONNACK"]
+    throttled: Annotated[
+        int,
+        "of the failed ones, those whose reason says throttled (AWS may just close: with "
+        "--cloudwatch, aws_metrics has Connect.Throttle)",
+    ]
+    failed: Annotated[int, "reconnect attempts that failed until all were back"]
+
+
+class Churn(TypedDict):
+    per_min_percent: Annotated[float, "--churn: percent of the connected devices per minute"]
+    seed: Annotated[int, "the random sample's seed"]
+    disconnects: Annotated[int, "clean disconnects by the churn"]
+    reconnects: Annotated[int, "their reconnects (at least 1 s after, per client ID)"]
+
+
 class SendReport(CommonReport):
     latency_ms: Annotated[
         SendLatency,
@@ -300,6 +342,14 @@ class SendReport(CommonReport):
             "client's counts; the account's other clients count too",
         ]
     ]
+    stages: NotRequired[
+        Annotated[
+            list[SendStage],
+            "a shaped send (--stages, --churn, --storm): the stages, with their boundaries",
+        ]
+    ]
+    storm: NotRequired[Annotated[Storm | None, "--storm: the drop and the reconnect"]]
+    churn: NotRequired[Annotated[Churn | None, "--churn: the devices cycled"]]
 
 
 # `subscribe`.

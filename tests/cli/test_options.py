@@ -146,7 +146,8 @@ def test_the_broker_is_host_and_port(
 
 SEND_AS_GIVEN: dict[str, Any] = {
     "message": None, "things": 2, "rate": "600/m", "total_rate": None, "duration": None,
-    "count": None, "qos": 1, "topic": None, "append_thing_name": False,
+    "count": None, "stages": None, "churn": None, "storm": None, "qos": 1, "topic": None,
+    "append_thing_name": False,
     "json_message": "a.json", "payload_template": None, "payload_size": None, "stamp": None,
     "max_inflight": 100, "drain": "5s", "report": "r.json", "html": "r.html",
     "connect": {

@@ -238,3 +238,22 @@ def test_the_compare_page_draws_both_runs_second_by_second() -> None:
     assert None not in after
     p99 = charts(page)["ack p99 per second"]
     assert p99["data"][2] == [row["ack_p99_ms"] for row in new["series"]]
+
+
+def test_a_shaped_send_draws_the_planned_devices_and_its_stages() -> None:
+    report = send_report(seconds=4)
+    for row, stage in zip(report["series"], [0, 0, 1, 1], strict=True):
+        row["target_connected"], row["stage"] = 3, stage
+    report["stages"] = [
+        {"index": 0, "start_s": 1.0, "end_s": 3.0, "devices": [0, 3], "rate": [1.0, 1.0]},
+        {"index": 1, "start_s": 3.0, "end_s": 5.0, "devices": [3, 3], "rate": [1.0, 1.0]},
+    ]
+    report["storm"] = report["churn"] = None
+    assert_conforms(report, SendReport)
+    chart = charts(render_html(report))["Connected clients: planned by the stages and connected"]
+    assert [s["label"] for s in chart["series"]] == ["connected", "planned", "stage"]
+    assert chart["data"][3] == [0, 0, 1, 1]
+    assert chart["note"] == "stages start at t = 1, 3 s (right axis: the stage running)"
+    rates = charts(render_html(report))["Messages per second: target and achieved"]
+    assert [s["label"] for s in rates["series"]] == ["due", "published"]  # no flat mean
+    assert "Connected clients" in charts(render_html(send_report()))  # a plain send: as before

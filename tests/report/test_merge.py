@@ -139,3 +139,19 @@ def test_the_encoded_histograms_are_the_hdr_wire_form() -> None:
     base64.b64decode(report["histograms"]["ack"], validate=True)
     assert _decoded(report["histograms"]["ack"]).count == 5
     assert report["histograms"]["seconds"][0]["ack"] is not None
+
+
+def test_the_shards_of_a_shaped_send_merge_with_its_stages_on_the_merged_origin() -> None:
+    a = sent_report(seconds=FAST, shard=(0, 2), started_at=1.7e9 + 1)
+    b = sent_report(seconds=SLOW, names=("elf-2", "elf-3"), shard=(1, 2))
+    stages = [{"index": 0, "start_s": 1.0, "end_s": 3.0, "devices": [4, 4], "rate": [1.0, 1.0]}]
+    for report in (a, b):
+        report["stages"] = [dict(stage) for stage in stages]
+        for row in report["series"]:
+            row["target_connected"], row["stage"] = 2, 0
+    merged: Any = merge([("a.json", a), ("b.json", b)])
+    assert_conforms(merged, SendReport)
+    # a's origin is 1 s after the merged one (b's): its stages, on the merged seconds
+    assert merged["stages"] == [{**stages[0], "start_s": 2.0, "end_s": 4.0}]
+    assert {row["stage"] for row in merged["series"]} == {0}
+    assert max(row["target_connected"] for row in merged["series"]) == 4
