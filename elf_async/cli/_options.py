@@ -88,6 +88,15 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
     duration = None
     if args.count is None:
         duration = parse_run_length(args.duration or DEFAULT_DURATION)
+    commands = None
+    if args.commands is not None:
+        commands = parse_rate(args.commands, what="--commands")
+        if workers > 1:
+            raise UsageError("--commands runs its controller in one process: drop --workers")
+        if shard is not None:
+            raise UsageError(
+                "--commands needs the whole fleet's controller: it cannot run in a shard"
+            )
     cloudwatch_wait = None
     if args.cloudwatch_wait is not None:
         if not args.cloudwatch:
@@ -116,6 +125,7 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
         as_given=_as_given(args, connect) | {"workers": workers},
         shard=shard,
         start_at=start_at,
+        commands=commands,
     )
 
 
