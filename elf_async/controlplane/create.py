@@ -425,7 +425,7 @@ class FleetChoices:
             raise UsageError(problem)
         if request.controller and (request.shard or recorded_shard(meta)):
             raise UsageError(
-                "--controller makes one command controller for a whole fleet: it cannot be "
+                "a command controller (--controller, --commands) serves a whole fleet: it cannot be "
                 "made for a shard (--shard)"
             )
         _check_identity(request, meta)
