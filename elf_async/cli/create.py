@@ -164,8 +164,8 @@ def build_request(
         raise UsageError(f"--cert-mode must be one of {', '.join(CERT_MODES)}, not {cert_mode!r}")
     if controller and chosen is not None:
         raise UsageError(
-            "a command controller (--controller, --commands) serves a whole fleet: it cannot be made "
-            "for a shard (--shard)"
+            "a command controller (--controller, --commands) serves a whole fleet: it cannot "
+            "be made for a shard (--shard)"
         )
     if identity is not None and identity not in IDENTITIES:
         raise UsageError(f"--identity must be thing or shared, not {identity!r}")

@@ -425,8 +425,8 @@ class FleetChoices:
             raise UsageError(problem)
         if request.controller and (request.shard or recorded_shard(meta)):
             raise UsageError(
-                "a command controller (--controller, --commands) serves a whole fleet: it cannot be "
-                "made for a shard (--shard)"
+                "a command controller (--controller, --commands) serves a whole fleet: it "
+                "cannot be made for a shard (--shard)"
             )
         _check_identity(request, meta)
         return cls(
