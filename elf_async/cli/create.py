@@ -49,13 +49,14 @@ from elf_async.jobs.target import aim
 KEY_TYPES: tuple[KeyType, ...] = ("rsa", "ec")
 
 
-def parse_count(text: str, *, max_things: int, yes: bool) -> int:
+def parse_count(text: str, *, max_things: int, yes: bool, least: int = 1) -> int:
+    """COUNT; `least` 0 lets `create 0 --controller` add only the controller to a fleet."""
     try:
         count = int(text)
     except ValueError:
         raise UsageError(f"COUNT must be a whole number, not {text!r}") from None
-    if count <= 0:
-        raise UsageError(f"COUNT must be at least 1, not {count}")
+    if count < least:
+        raise UsageError(f"COUNT must be at least {least}, not {count}")
     if count > max_things and not yes:
         raise UsageError(
             f"COUNT {count} is above --max-things {max_things}: pass --yes (or raise --max-things)"
@@ -180,7 +181,7 @@ def build_request(
         if path is not None and not path.is_file():
             raise UsageError(f"{flag} {path}: no such file")
     return CreateRequest(
-        count=parse_count(count, max_things=max_things, yes=yes),
+        count=parse_count(count, max_things=max_things, yes=yes, least=0 if controller else 1),
         prefix=_checked(prefix, prefix_problem),
         cert_mode=cert_mode,
         key_type=key_type,

@@ -201,7 +201,8 @@ class Controller:
     def pending(self) -> bool:
         """Commands still to send or to be answered: the sender's drain waits for them."""
         running = self._task is not None and not self._task.done()
-        return running or (bool(self._sent_at) and self._link is not None)
+        link = self._link
+        return running or (bool(self._sent_at) and link is not None and not link.lost.done())
 
     async def close(self) -> None:
         if self._task is not None:

@@ -78,3 +78,19 @@ def test_commands_without_a_controller_or_with_a_bad_rate_are_refused(
     workers = local_cli("--local", "send", "--commands", "1/s", "--workers", "2")
     assert_one_line_error(workers, 2, "--commands runs its controller in one process")
     assert local_cli("--local", "clean", "--yes").returncode == 0
+
+
+def test_run_with_commands_makes_the_controller_and_cleans_it(
+    local_cli: LocalCli, stack: dict[str, Any], tmp_path: Path
+) -> None:
+    report_path = tmp_path / "run.json"
+    result = local_cli(
+        "--local", "run", "4", "--rate", "1/s", "--duration", "2s", "--commands", "4/s",
+        "--report", str(report_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    commands = json.loads(report_path.read_text())["commands"]
+    assert commands["due"] == commands["delivered"] == commands["replied"] == 8
+    iot = iot_client(stack["endpoint_url"])
+    assert iot.list_certificates()["certificates"] == []
+    assert iot.list_policies()["policies"] == []
