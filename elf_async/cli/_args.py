@@ -252,6 +252,15 @@ class SendArgs:
             "one live view, one report. `auto`: the usable cores minus one, at least 1.",
         ),
     ] = "1"
+    commands: Annotated[
+        str | None,
+        typer.Option(
+            help="Also send commands cloud to device at this rate across the fleet (10/s, "
+            "600/m): the controller (`create --controller`) publishes to <root>/<thing>/cmd, "
+            "each device replies on <root>/<thing>/cmd/reply; round trips in the report.",
+            show_default=False,
+        ),
+    ] = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -93,6 +93,20 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
     elif args.count is None:
         duration = parse_run_length(args.duration or DEFAULT_DURATION)
     churn, storm = _churn_and_storm(args, span=duration)
+    commands = None
+    if args.commands is not None:
+        commands = parse_rate(args.commands, what="--commands")
+        if stages is not None or churn is not None or storm is not None:
+            raise UsageError(
+                "--commands answers from every device of the fleet: it cannot be combined with "
+                "--stages, --churn or --storm yet"
+            )
+        if workers > 1:
+            raise UsageError("--commands runs its controller in one process: drop --workers")
+        if shard is not None:
+            raise UsageError(
+                "--commands needs the whole fleet's controller: it cannot run in a shard"
+            )
     cloudwatch_wait = None
     if args.cloudwatch_wait is not None:
         if not args.cloudwatch:
@@ -124,6 +138,7 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
         stages=stages,
         churn_per_s=churn,
         storm_at=storm,
+        commands=commands,
     )
 
 

@@ -49,13 +49,14 @@ from elf_async.jobs.target import aim
 KEY_TYPES: tuple[KeyType, ...] = ("rsa", "ec")
 
 
-def parse_count(text: str, *, max_things: int, yes: bool) -> int:
+def parse_count(text: str, *, max_things: int, yes: bool, least: int = 1) -> int:
+    """COUNT; `least` 0 lets `create 0 --controller` add only the controller to a fleet."""
     try:
         count = int(text)
     except ValueError:
         raise UsageError(f"COUNT must be a whole number, not {text!r}") from None
-    if count <= 0:
-        raise UsageError(f"COUNT must be at least 1, not {count}")
+    if count < least:
+        raise UsageError(f"COUNT must be at least {least}, not {count}")
     if count > max_things and not yes:
         raise UsageError(
             f"COUNT {count} is above --max-things {max_things}: pass --yes (or raise --max-things)"
@@ -84,6 +85,15 @@ def command(
     shard: ShardOption = None,
     fleet_id: FleetIdOption = None,
     run_id: RunIdOption = None,
+    controller: Annotated[
+        bool,
+        typer.Option(
+            "--controller",
+            help="Also make the command controller's identity: its own certificate and a "
+            "policy that publishes only to <root>/*/cmd and reads only <root>/+/cmd/reply "
+            "(for send/run --commands).",
+        ),
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Create COUNT things, or finish the things an interrupted create left unfinished.
@@ -106,6 +116,7 @@ def command(
         shard=shard,
         fleet_id=fleet_id,
         run_id=run_id,
+        controller=controller,
     )
     ctx.with_resource(statelock.hold(settings(ctx).state_dir))  # until the command returns
     aimed = aim(settings(ctx))
@@ -144,6 +155,7 @@ def build_request(
     shard: str | None,
     fleet_id: str | None,
     run_id: str | None,
+    controller: bool = False,
 ) -> CreateRequest:
     """Check the create options (`run` takes them too) and build the request."""
     chosen = shard_of(shard)
@@ -151,6 +163,11 @@ def build_request(
     check_shard_fleet(chosen, fleet)
     if cert_mode is not None and cert_mode not in CERT_MODES:
         raise UsageError(f"--cert-mode must be one of {', '.join(CERT_MODES)}, not {cert_mode!r}")
+    if controller and chosen is not None:
+        raise UsageError(
+            "a command controller (--controller, --commands) serves a whole fleet: it cannot "
+            "be made for a shard (--shard)"
+        )
     if identity is not None and identity not in IDENTITIES:
         raise UsageError(f"--identity must be thing or shared, not {identity!r}")
     if identity == SHARED_IDENTITY and chosen is not None:
@@ -164,7 +181,7 @@ def build_request(
         if path is not None and not path.is_file():
             raise UsageError(f"{flag} {path}: no such file")
     return CreateRequest(
-        count=parse_count(count, max_things=max_things, yes=yes),
+        count=parse_count(count, max_things=max_things, yes=yes, least=0 if controller else 1),
         prefix=_checked(prefix, prefix_problem),
         cert_mode=cert_mode,
         key_type=key_type,
@@ -178,6 +195,7 @@ def build_request(
         api_rates=api_rates(api_rate, chosen),
         fleet_id=fleet,
         shard=chosen,
+        controller=controller,
     )
 
 
@@ -196,6 +214,8 @@ def _print_summary(result: CreateResult, *, quiet: bool) -> None:
         f"{s.created} of {s.attempted} {unit} in {s.elapsed_s:.1f}s "
         f"({s.things_per_s:.1f} {unit}/s), {s.failed} failed; {result.things_in_fleet} in the fleet"
     )
+    if result.controller:
+        print(f"  command controller: {result.controller} (send --commands)")
     if result.identity == SHARED_IDENTITY:
         print("  no registry things: every device connects with the fleet's one certificate")
     if s.resumed:
@@ -224,6 +244,7 @@ def _as_json(result: CreateResult) -> dict[str, object]:
         "account": result.account,
         "prefix": result.prefix,
         "identity": result.identity,
+        "controller": result.controller,
         "attempted": s.attempted,
         "created": s.created,
         "failed": s.failed,

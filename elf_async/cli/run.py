@@ -163,6 +163,8 @@ def command(
     opts = settings(ctx)
     thresholds = parse_all(threshold or [])
     check_output_path("--junit", junit)
+    if cluster is not None and args.commands is not None:
+        raise UsageError("--commands runs one controller for the whole fleet: drop --cluster")
     on_cluster = parse_cluster_options(
         cluster, shards=shards, state_root=shard_state_dir, args=args, identity=identity
     )
@@ -186,6 +188,7 @@ def command(
         shard=args.sharding.shard,
         fleet_id=fleet_id,
         run_id=run_id,
+        controller=args.commands is not None,  # --commands: the fleet's controller too
     )
     send_options = parse_send_options(args, fleet_size=request.count)
     metrics_options = parse_metrics_options(args.metrics)

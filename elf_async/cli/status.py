@@ -43,6 +43,9 @@ def command(
     shared = status.get("shared_certificate")
     if shared:
         print(f"{'certificate':>14}: {shared['name']} ({shared['state']}, shared by every device)")
+    controller = status.get("controller")
+    if controller:
+        print(f"{'controller':>14}: {controller['name']} ({controller['state']}, sends commands)")
     things = status["things"]
     assert isinstance(things, dict)
     by_state = (

@@ -18,7 +18,14 @@ from elf_async.config import Settings
 from elf_async.controlplane.aws import NOT_FOUND_CODES, ControlPlane
 from elf_async.controlplane.certs import thing_files
 from elf_async.controlplane.fanout import fan_out
-from elf_async.controlplane.fleet import FLEET_ATTRIBUTE, policy_name, recorded_shard
+from elf_async.controlplane.fleet import (
+    CONTROLLER_SUFFIX,
+    FLEET_ATTRIBUTE,
+    controller_policy_name,
+    is_controller,
+    policy_name,
+    recorded_shard,
+)
 from elf_async.controlplane.ledger import LEDGER_FILE, Ledger, ThingRecord
 from elf_async.controlplane.recovery import resolve_cert_intents
 from elf_async.controlplane.session import FleetSession, open_fleet
@@ -117,7 +124,8 @@ class Cleaner:
         mark = self.ledger.mark
         if record.policy_state in ("intended", "created"):
             if arn:
-                policy = policy_name(self.ledger.meta()["fleet_id"])
+                fleet_id = self.ledger.meta()["fleet_id"]
+                policy = (controller_policy_name if is_controller(name) else policy_name)(fleet_id)
                 await _gone_ok(self.plane, "DetachPolicy", policyName=policy, target=arn)
             mark(name, "policy", "removed")
         if record.cert_state == "created" and cert_id:
@@ -247,22 +255,30 @@ async def discover_fleet(
     if policy_arn:
         warnings += await _discover_shared(plane, ledger, policy, names)
         ledger.mark_fleet_resource("policy", policy, "created", arn=policy_arn)
+    controller = controller_policy_name(fleet_id)
+    controller_arn = await _policy_arn(plane, controller)
+    if controller_arn:
+        warnings += await _discover_shared(
+            plane, ledger, controller, set(), suffix=CONTROLLER_SUFFIX
+        )
+        ledger.mark_fleet_resource("policy", controller, "created", arn=controller_arn)
     return warnings
 
 
 async def _discover_shared(
-    plane: ControlPlane, ledger: Ledger, policy: str, names: set[str]
+    plane: ControlPlane, ledger: Ledger, policy: str, names: set[str], *, suffix: str = ""
 ) -> list[str]:
     """The certificates the fleet policy holds besides its things' (a `--identity shared`
-    fleet's one certificate): adopted when nothing but the policy holds them, else let go of.
-    """
+    fleet's one certificate), or the controller policy holds (with `suffix`, which marks
+    their rows as the controller's): adopted when nothing but the policy holds them, else
+    let go of."""
     warnings: list[str] = []
     known = {r.cert_arn for r in ledger.things()}
     targets = await _pages(plane, "ListTargetsForPolicy", "targets", policyName=policy)
     for arn in sorted(t for t in targets if ":cert/" in t and t not in known):
         foreign = await _foreign_holders(plane, arn, set(), policy)
         if foreign is None:
-            name = f"certificate-{arn.rsplit('/', 1)[-1]}"
+            name = f"certificate-{arn.rsplit('/', 1)[-1]}{suffix}"
             ledger.add_identity(name)
             ledger.mark(name, "cert", "created", cert_id=arn.rsplit("/", 1)[-1], cert_arn=arn)
             ledger.mark(name, "policy", "created")

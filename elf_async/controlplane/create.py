@@ -43,7 +43,11 @@ from elf_async.controlplane.fleet import (
     SHARED_IDENTITY,
     THING_IDENTITY,
     WATCH_IDS_KEY,
+    controller_name,
+    controller_policy_document,
+    controller_policy_name,
     default_prefix,
+    is_controller,
     new_fleet_id,
     per_thing_topics,
     policy_document,
@@ -112,10 +116,6 @@ class CreateSummary:
 
 async def ensure_policy(plane: ControlPlane, ledger: Ledger, fleet: Fleet) -> None:
     """Create the fleet policy once; recorded as intended before the call."""
-    existing = ledger.fleet_resource("policy", fleet.policy)
-    if existing and existing.state == "created":
-        return
-    ledger.mark_fleet_resource("policy", fleet.policy, "intended")
     document = policy_document(
         region=fleet.region,
         account=fleet.account,
@@ -124,17 +124,39 @@ async def ensure_policy(plane: ControlPlane, ledger: Ledger, fleet: Fleet) -> No
         prefix=fleet.prefix,
         shared_identity=fleet.shared_identity,
     )
+    await _ensure_policy(plane, ledger, fleet.policy, document)
+
+
+async def _ensure_policy(plane: ControlPlane, ledger: Ledger, name: str, document: str) -> None:
+    existing = ledger.fleet_resource("policy", name)
+    if existing and existing.state == "created":
+        return
+    ledger.mark_fleet_resource("policy", name, "intended")
     try:
-        response = await plane.call(
-            "CreatePolicy", policyName=fleet.policy, policyDocument=document
-        )
+        response = await plane.call("CreatePolicy", policyName=name, policyDocument=document)
         arn = str(response["policyArn"])
     except AwsError as exc:
         if exc.code != "ResourceAlreadyExistsException":
             raise
         # The name holds our random fleet id: an existing one is ours, from an interrupted run.
-        arn = str((await plane.call("GetPolicy", policyName=fleet.policy))["policyArn"])
-    ledger.mark_fleet_resource("policy", fleet.policy, "created", arn=arn)
+        arn = str((await plane.call("GetPolicy", policyName=name))["policyArn"])
+    ledger.mark_fleet_resource("policy", name, "created", arn=arn)
+
+
+async def ensure_controller(
+    plane: ControlPlane, ledger: Ledger, fleet: Fleet, progress: ProgressSink
+) -> CreateSummary:
+    """The command controller (`create --controller`): its policy, then its certificate with
+    that policy attached, each step recorded around its call like a thing's (its ledger row's
+    thing and principal steps stay pending: it is no registry thing)."""
+    policy = controller_policy_name(fleet.fleet_id)
+    document = controller_policy_document(
+        region=fleet.region, account=fleet.account, topic_root=fleet.topic_root, prefix=fleet.prefix
+    )
+    await _ensure_policy(plane, ledger, policy, document)
+    record = ledger.add_identity(controller_name(fleet.prefix))
+    provisioner = Provisioner(plane, ledger, fleet, concurrency=1, progress=progress, policy=policy)
+    return await provisioner.run([] if record.ready_for(SHARED_STEPS) else [record])
 
 
 async def register_ca(plane: ControlPlane, ca: CertificateAuthority) -> dict[str, Any]:
@@ -180,10 +202,14 @@ class Provisioner:
         *,
         concurrency: int,
         progress: ProgressSink,
+        policy: str | None = None,
     ) -> None:
         self.plane = plane
         self.ledger = ledger
         self.fleet = fleet
+        # The policy its certificates get: the fleet's, or the controller's (no thing then).
+        self.policy = policy or fleet.policy
+        self.with_things = not fleet.shared_identity and policy is None
         self.concurrency = concurrency
         self.progress = progress
         self.summary = CreateSummary()
@@ -211,7 +237,7 @@ class Provisioner:
             cert_arn = record.cert_arn
             if record.cert_state != "created" or cert_arn is None:
                 cert_arn = await self._certificate(record)
-            if record.thing_state != "created" and not self.fleet.shared_identity:
+            if record.thing_state != "created" and self.with_things:
                 await self._step(
                     name,
                     "thing",
@@ -219,13 +245,13 @@ class Provisioner:
                     thingName=name,
                     attributePayload={"attributes": {FLEET_ATTRIBUTE: self.fleet.fleet_id}},
                 )
-            if record.principal_state != "created" and not self.fleet.shared_identity:
+            if record.principal_state != "created" and self.with_things:
                 await self._step(
                     name, "principal", "AttachThingPrincipal", thingName=name, principal=cert_arn
                 )
             if record.policy_state != "created":
                 await self._step(
-                    name, "policy", "AttachPolicy", policyName=self.fleet.policy, target=cert_arn
+                    name, "policy", "AttachPolicy", policyName=self.policy, target=cert_arn
                 )
         except AwsError as exc:
             self.ledger.record_error(name, exc.code, exc.message)
@@ -348,6 +374,7 @@ class CreateRequest:
     api_rates: dict[str, float] = field(default_factory=dict)
     fleet_id: str | None = None  # None: as the fleet already is, else a new random one
     shard: Shard | None = None  # create only this shard's slice of `count` things
+    controller: bool = False  # also the command controller's identity (`send --commands`)
 
 
 @dataclass
@@ -361,6 +388,7 @@ class CreateResult:
     api: dict[str, dict[str, float]]
     recovery: RecoveryResult
     identity: str = THING_IDENTITY  # thing, or shared: `things_in_fleet` counts devices
+    controller: str | None = None  # the command controller's client id, once it is ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,6 +423,11 @@ class FleetChoices:
         )
         if problem:
             raise UsageError(problem)
+        if request.controller and (request.shard or recorded_shard(meta)):
+            raise UsageError(
+                "a command controller (--controller, --commands) serves a whole fleet: it "
+                "cannot be made for a shard (--shard)"
+            )
         _check_identity(request, meta)
         return cls(
             prefix=prefix,
@@ -456,7 +489,50 @@ async def create_fleet(
 async def create_with(
     session: FleetSession, request: CreateRequest, progress: ProgressSink
 ) -> CreateResult:
-    """`create_fleet` on an open fleet (its control plane may be an in-memory one)."""
+    """`create_fleet` on an open fleet (its control plane may be an in-memory one); with
+    `request.controller`, or to finish one an interrupted create left, the controller too."""
+    result = await _create_devices(session, request, progress)
+    ledger = session.ledger
+    name = controller_name(result.prefix)
+    wanted = request.controller or _known(ledger, name)
+    if wanted and not result.summary.stopped_early:
+        fleet_id = result.fleet_id
+        meta = ledger.meta()
+        fleet = Fleet(
+            fleet_id=fleet_id,
+            prefix=result.prefix,
+            region=result.region,
+            account=result.account,
+            topic_root=meta["topic_root"],
+            shared_topics=not per_thing_topics(meta),
+            cert_mode=cast(CertMode, meta["cert_mode"]),
+            key_type=cast(KeyType, meta["key_type"]),
+            state_dir=session.state_dir,
+            ca=_signing_ca(meta["cert_mode"], request, meta),
+        )
+        made = await ensure_controller(session.plane, ledger, fleet, progress)
+        errors = result.summary.errors
+        errors.counts.update(made.errors.counts)
+        for code, first in made.errors.first.items():
+            errors.first.setdefault(code, first)
+        result.summary.stopped_early = made.stopped_early
+        result.api = session.plane.api_report()
+    if _known(ledger, name) and ledger.thing(name).ready_for(SHARED_STEPS):
+        result.controller = name
+    return result
+
+
+def _known(ledger: Ledger, name: str) -> bool:
+    try:
+        ledger.thing(name)
+    except KeyError:
+        return False
+    return True
+
+
+async def _create_devices(
+    session: FleetSession, request: CreateRequest, progress: ProgressSink
+) -> CreateResult:
     ledger, target, plane = session.ledger, session.target, session.plane
     meta = ledger.meta()
     choices = FleetChoices.of(request, meta)
@@ -498,7 +574,7 @@ async def create_with(
     await ensure_policy(plane, ledger, fleet)
     if request.register_ca and ca is not None:
         await ensure_ca_registered(plane, ledger, ca)
-    unfinished = [r.name for r in ledger.things() if not r.ready]
+    unfinished = [r.name for r in ledger.things() if not r.ready and not is_controller(r.name)]
     recovery = await resolve_cert_intents(
         session, cert_mode=choices.cert_mode, ca_pem=ca.cert_pem if ca else None
     )

@@ -37,6 +37,12 @@ THING_IDENTITY = "thing"
 SHARED_IDENTITY = "shared"
 IDENTITIES = (THING_IDENTITY, SHARED_IDENTITY)
 _CLIENT = "${iot:ClientId}"  # the policy variable of a shared identity: the connection's id
+# The command controller (`create --controller`, `send --commands`): its own certificate and
+# policy, connecting as `<prefix>-controller`; it publishes to every device's command topic
+# and reads their replies, nothing else.
+CONTROLLER_SUFFIX = "-controller"
+COMMAND_LEVEL = "cmd"  # <root>/<device>/cmd; replies on <root>/<device>/cmd/reply
+REPLY_LEVEL = "reply"
 # Ledger meta of a shard's state dir: which shard (I/N) and how many things the whole fleet has.
 SHARD_KEY = "shard"
 FLEET_SIZE_KEY = "fleet_size"
@@ -82,6 +88,22 @@ def shared_identity_name(prefix: str) -> str:
     """The ledger row (and key and certificate files) of a shared fleet's one certificate: no
     device has this name (theirs end in digits)."""
     return f"{prefix}-shared"
+
+
+def controller_name(prefix: str) -> str:
+    """The ledger row, key files and client id of the fleet's command controller (`create
+    --controller`): like a shared identity's, no device has this name."""
+    return f"{prefix}{CONTROLLER_SUFFIX}"
+
+
+def is_controller(name: str) -> bool:
+    """Whether a ledger row is a controller's (its policy is the controller policy)."""
+    return name.endswith(CONTROLLER_SUFFIX)
+
+
+def controller_policy_name(fleet_id: str) -> str:
+    """Derived from the fleet id alone, like the fleet policy's, so `clean --fleet ID` finds it."""
+    return f"elf-{fleet_id}-controller-policy"
 
 
 def identity_mode(meta: Mapping[str, str]) -> str:
@@ -222,6 +244,42 @@ def policy_document(
                 "Action": "iot:Subscribe",
                 "Resource": f"{arn}:topicfilter/{root}/*",
                 "Condition": only_watchers,
+            },
+        ],
+    }
+    return json.dumps(document, separators=(",", ":"))
+
+
+def controller_policy_document(*, region: str, account: str, topic_root: str, prefix: str) -> str:
+    """The controller's least-privilege policy: connect as ``<prefix>-controller`` only,
+    publish to ``<root>/<any device>/cmd``, subscribe to ``<root>/+/cmd/reply`` and receive
+    the replies; no other topic. The devices' side is the fleet policy's: a device's own
+    ``<root>/<device>/...`` (or the shared root) holds its command topic and its reply."""
+    arn = f"arn:aws:iot:{region}:{account}"
+    root = topic_root.strip("/")
+    reply = f"{COMMAND_LEVEL}/{REPLY_LEVEL}"
+    document = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "iot:Connect",
+                "Resource": f"{arn}:client/{controller_name(prefix)}",
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Publish",
+                "Resource": f"{arn}:topic/{root}/*/{COMMAND_LEVEL}",
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Subscribe",
+                "Resource": f"{arn}:topicfilter/{root}/+/{reply}",
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Receive",
+                "Resource": f"{arn}:topic/{root}/*/{reply}",
             },
         ],
     }

@@ -11,6 +11,7 @@ from elf_async.controlplane.fleet import (
     SHARED,
     SHARED_IDENTITY,
     identity_mode,
+    is_controller,
     per_thing_topics,
     shared_identity_name,
 )
@@ -28,6 +29,8 @@ def fleet_status(state_dir: Path) -> dict[str, Any]:
         records = ledger.things()
         if "fleet_id" not in meta and not records and not ledger.fleet_resources():
             return {"exists": False, "state_dir": str(state_dir), "empty_ledger": True}
+        controllers = [r for r in records if is_controller(r.name)]
+        records = [r for r in records if not is_controller(r.name)]
         shared = _shared_certificate(meta, records)
         if shared is not None:
             records = []  # the certificate's row: shown as `shared_certificate`, not a thing
@@ -53,9 +56,11 @@ def fleet_status(state_dir: Path) -> dict[str, Any]:
             else None,
             "keys_dir": str((state_dir / "certs").resolve()),
             "shared_certificate": shared,
+            # `create --controller`: the command controller's certificate (null: none).
+            "controller": _identity(controllers[0]) if controllers else None,
             "things": {
                 "total": len(records),
-                "by_state": ledger.count_by_status() if records else {},
+                "by_state": _by_status(records),
                 "failed": failed,
             },
             "fleet_resources": [
@@ -63,6 +68,20 @@ def fleet_status(state_dir: Path) -> dict[str, Any]:
                 for r in ledger.fleet_resources()
             ],
         }
+
+
+def _by_status(records: list[ThingRecord]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.status] = counts.get(record.status, 0) + 1
+    return counts
+
+
+def _identity(record: ThingRecord) -> dict[str, Any]:
+    """A certificate-only row (a controller's): ready once it exists with its policy."""
+    state = "ready" if record.ready_for(SHARED_STEPS) else record.status
+    described = {"name": record.name, "state": state, "id": record.cert_id}
+    return described | ({"error": record.error_code} if record.error_code else {})
 
 
 def _shared_certificate(meta: dict[str, str], records: list[ThingRecord]) -> dict[str, Any] | None:
@@ -74,6 +93,4 @@ def _shared_certificate(meta: dict[str, str], records: list[ThingRecord]) -> dic
     record = next((r for r in records if r.name == name), None)
     if record is None:
         return {"name": name, "state": "pending", "id": None}
-    state = "ready" if record.ready_for(SHARED_STEPS) else record.status
-    described = {"name": name, "state": state, "id": record.cert_id}
-    return described | ({"error": record.error_code} if record.error_code else {})
+    return _identity(record)

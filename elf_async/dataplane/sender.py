@@ -350,6 +350,10 @@ class Sender:
     go: Callable[[], Awaitable[float]] | None = None
     takeover: Takeover = field(default_factory=Takeover)  # the connections' I/O, read together
     shaped: Shaping | None = None  # --stages, --churn, --storm: the devices come and go
+    # `send --commands` (elf_async.dataplane.commands): called on each new connection, once it
+    # is taken over (a device subscribes to its commands); and whether the drain must wait on.
+    on_attach: Callable[[Publisher], Awaitable[None]] | None = None
+    pending: Callable[[], bool] = lambda: False
     _phase: Phase = Phase.CONNECTING
     _start: float = 0.0
     _keepers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -426,6 +430,8 @@ class Sender:
         async def one(p: Publisher) -> None:
             try:
                 p.attach(await self.connector.open(p.thing), self.takeover)
+                if self.on_attach is not None:
+                    await self.on_attach(p)
             except ConnectFailed as exc:
                 p.error = exc.reason
 
@@ -517,6 +523,8 @@ class Sender:
             if stop.event.is_set():
                 return
             p.attach(await self.connector.reopen(p.thing), self.takeover)
+            if self.on_attach is not None:
+                await self.on_attach(p)
             p.reconnects += 1
             p.error = None
             p.pump()
@@ -532,7 +540,7 @@ class Sender:
             if stop.event.is_set():
                 for p in live:
                     p.halted = True
-            if not any(p.inflight if p.halted else p.owed for p in live):
+            if not any(p.inflight if p.halted else p.owed for p in live) and not self.pending():
                 break
             if stop.urgent.is_set():
                 break

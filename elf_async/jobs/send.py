@@ -16,13 +16,16 @@ from elf_async import statelock
 from elf_async.config import check_region, resolve_target
 from elf_async.controlplane import cloudwatch
 from elf_async.controlplane.aws import configured_region
+from elf_async.controlplane.certs import thing_files
 from elf_async.controlplane.fleet import (
     THING_IDENTITY,
+    controller_name,
     identity_mode,
     per_thing_topics,
     recorded_shard,
 )
-from elf_async.controlplane.ledger import Ledger
+from elf_async.controlplane.ledger import SHARED_STEPS, Ledger
+from elf_async.dataplane.commands import CommandPlan, CommandTally, send_with_commands
 from elf_async.dataplane.connections import Identity
 from elf_async.dataplane.options import (
     ConnectOptions,
@@ -79,6 +82,7 @@ class SendOptions:
     stages: tuple[Stage, ...] | None = None  # --stages (then `duration` is their length)
     churn_per_s: float | None = None  # --churn: share of the connected devices per second
     storm_at: float | None = None  # --storm: seconds into the schedule
+    commands: float | None = None  # --commands: commands/s across the fleet; None: none
 
 
 CLOUDWATCH_WAIT_S = 180.0  # AWS/IoT publishes a minute's sums a minute or two after it ends
@@ -226,6 +230,27 @@ def shape_plan(options: SendOptions, rate: float, fleet: int) -> ShapePlan | Non
     return ShapePlan(shape, options.churn_per_s, options.storm_at, seed)
 
 
+def command_plan(rate: float, ledger: Ledger, state_dir: Path) -> CommandPlan:
+    """--commands: the rate and the fleet's controller identity (`create --controller`)."""
+    meta = ledger.meta()
+    name = controller_name(meta.get("prefix", ""))
+    try:
+        ready = ledger.thing(name).ready_for(SHARED_STEPS)
+    except KeyError:
+        ready = False
+    key_file, cert_file = thing_files(state_dir, name)
+    if not ready or not (key_file.is_file() and cert_file.is_file()):
+        raise UsageError(
+            "--commands needs the fleet's command controller identity: run "
+            "`elf-async create --controller` first"
+        )
+    return CommandPlan(
+        rate=rate,
+        topic_root=meta.get("topic_root") or "elf",
+        controller=Identity(name, -1, key_file, cert_file),
+    )
+
+
 def policy_warning(topic: str, root: str, *, per_thing: bool) -> str:
     """One line for a topic outside what the fleet's policy allows its client."""
     allowed = f"{root}/<client's thing name> and below" if per_thing else f"{root}/ and below"
@@ -259,6 +284,9 @@ async def run_send(
         check_region(aimed.settings, ledger.meta())
         warnings = Warnings()
         send_plan, shard = plan_send(options, ledger, state_dir, warnings)
+        commands = (
+            None if options.commands is None else command_plan(options.commands, ledger, state_dir)
+        )
         things = len(send_plan.things)
         # Each process holds its share of the connections (the parent none with --workers).
         check_connections(-(-things // min(options.workers, things)), what="the send")
@@ -286,15 +314,16 @@ async def run_send(
     )
     if start is None and options.start_at is not None:
         start = StartAt(options.start_at)
+    command_tally: CommandTally | None = None
     if options.workers == 1:
-        sent = await send_here(
-            send_plan,
-            setup,
-            stop,
-            on_tick=on_tick,
-            clock=None if start is None else monotonic_at(start.origin),
-            go=None if start is None else functools.partial(start.wait, stop),
-        )
+        clock = None if start is None else monotonic_at(start.origin)
+        go = None if start is None else functools.partial(start.wait, stop)
+        if commands is None:
+            sent = await send_here(send_plan, setup, stop, on_tick=on_tick, clock=clock, go=go)
+        else:
+            sent, command_tally = await send_with_commands(
+                send_plan, setup, commands, stop, on_tick=on_tick, clock=clock, go=go
+            )
         result = SendTally.of(sent)
     else:
         result = await send_in_workers(
@@ -319,6 +348,7 @@ async def run_send(
             start_at=start.at if start else None,
             late_start_s=start.late_s if start else 0.0,
         ),
+        commands=command_tally,
     )
     report["fleet"]["identity"] = identity
     if options.cloudwatch:

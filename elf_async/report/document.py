@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final, TypedDict, cast
 
 from elf_async import __version__
+from elf_async.dataplane.commands import CommandTally
 from elf_async.dataplane.connections import Connector, Endpoint
 from elf_async.dataplane.lifecycle import merged_reports
 from elf_async.dataplane.sender import SERIES_WINDOWS, SendResult, Shared
@@ -33,6 +34,7 @@ from elf_async.report.model import (
     AwsMetric,
     AwsMetrics,
     Churn,
+    Commands,
     CommonReport,
     LatencySummary,
     ReportHead,
@@ -364,6 +366,7 @@ def send_report(
     endpoint: Endpoint,
     qos: int,
     placement: Sharding | None = None,
+    commands: CommandTally | None = None,
 ) -> SendReport:
     common = base_report(
         command="send",
@@ -386,6 +389,8 @@ def send_report(
         several["workers"] = {"count": result.workers, "lost": result.lost}
     if result.shape is not None:  # --stages, --churn, --storm: `stages`, `storm`, `churn`
         several.update(cast(Any, result.shape))
+    if commands is not None:
+        several["commands"] = commands_section(commands)
     series, seconds = report_series(result.series, SEND_WINDOWS)
     histograms: SendHistograms = {
         "connect": text(result.connections.connect_time.encode()),
@@ -394,6 +399,8 @@ def send_report(
         "lag": text(shared.lag.encode()),
         "seconds": cast(Any, seconds),
     }
+    if commands is not None:
+        histograms["commands"] = text(commands.round_trip.encode())
     return {
         **common,
         "latency_ms": {
@@ -440,13 +447,29 @@ def send_report(
 
 class _Workers(TypedDict, total=False):
     """`SendReport.workers`, a key that only reports of several workers have (and
-    `aws_metrics`, which `--cloudwatch` adds later: typed here so the report's literal is)."""
+    `aws_metrics`, which `--cloudwatch` adds later: typed here so the report's literal is;
+    and `commands`, which only reports of `--commands` have)."""
 
     workers: Workers
     aws_metrics: AwsMetrics
     stages: list[SendStage]
     storm: Storm | None
     churn: Churn | None
+    commands: Commands
+
+
+def commands_section(tally: CommandTally) -> Commands:
+    """The report's `commands`, from a run's command counts."""
+    return {
+        "rate": round(tally.rate, 3),
+        "due": tally.due,
+        "sent": tally.sent,
+        "delivered": tally.delivered,
+        "replied": tally.replied,
+        "lost": tally.lost,
+        "round_trip": latency(tally.round_trip),
+        "error": tally.error,
+    }
 
 
 def subscribe_report(

@@ -36,6 +36,7 @@ from elf_async.report.document import (
 )
 from elf_async.report.model import (
     SCHEMA,
+    Commands,
     Connections,
     SendReport,
     Shards,
@@ -44,6 +45,7 @@ from elf_async.report.model import (
 from elf_async.report.reading import check_report
 
 MERGEABLE = ("send", "subscribe")
+COMMANDS = "commands"  # a `--commands` send's section, and its round-trip histogram
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,7 @@ def merge(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> SendReport | Subs
     histograms = {
         name: Histogram.decode(*(s.report["histograms"][name].encode() for s in shards))
         for name in first["histograms"]
-        if name != "seconds"
+        if name not in ("seconds", COMMANDS)
     }
     windows = SEND_WINDOWS if command == "send" else SUBSCRIBE_WINDOWS
     series, seconds = report_series(
@@ -112,7 +114,10 @@ def merge(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> SendReport | Subs
             for stage in first["stages"]
         ]  # fmt: skip
     if command == "send":
-        return cast(SendReport, {**common, **_send_parts(parts), "histograms": encoded})
+        sent = _send_parts(parts)
+        if COMMANDS in first:
+            sent[COMMANDS], encoded[COMMANDS] = _commands(shards)
+        return cast(SendReport, {**common, **sent, "histograms": encoded})
     return cast(SubscribeReport, {**common, **_subscribe_parts(parts), "histograms": encoded})
 
 
@@ -164,6 +169,9 @@ def _same(name: str, report: Mapping[str, Any], first_name: str, first: Mapping[
     qos, first_qos = report["messages"]["qos"], first["messages"]["qos"]
     if qos != first_qos:
         raise UsageError(f"{name}: QoS {qos}, but {first_name} used QoS {first_qos}")
+    if (COMMANDS in report) != (COMMANDS in first):
+        with_commands = name if COMMANDS in report else first_name
+        raise UsageError(f"{with_commands}: sent commands (--commands), unlike the other reports")
 
 
 def _shard_of(name: str, report: Mapping[str, Any], position: int, files: int) -> tuple[int, int]:
@@ -222,6 +230,28 @@ def _send_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "lost": [line for w in workers for line in w["lost"]],
         }
     return merged
+
+
+def _commands(shards: Sequence[Shard]) -> tuple[Commands, str]:
+    """The shards' command counts summed, their round trips from the merged histograms."""
+    parts = [s.report[COMMANDS] for s in shards]
+    round_trip = Histogram.decode(*(s.report["histograms"][COMMANDS].encode() for s in shards))
+    errors = [p["error"] for p in parts if p["error"]]
+
+    def total(name: str) -> int:
+        return sum(int(p[name]) for p in parts)
+
+    merged: Commands = {
+        "rate": round(sum(p["rate"] for p in parts), 3),
+        "due": total("due"),
+        "sent": total("sent"),
+        "delivered": total("delivered"),
+        "replied": total("replied"),
+        "lost": total("lost"),
+        "round_trip": latency(round_trip),
+        "error": "; ".join(errors) or None,
+    }
+    return merged, text(round_trip.encode())
 
 
 def _subscribe_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

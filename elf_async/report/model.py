@@ -212,6 +212,7 @@ class SendHistograms(TypedDict):
     ack_from_send: Annotated[str, "its PUBACK - send times"]
     lag: Annotated[str, "its lags"]
     seconds: Annotated[list[SendSecondHistograms], "one per `series` row, in the same order"]
+    commands: NotRequired[Annotated[str, "`--commands`: the commands' round trips"]]
 
 
 class SendThing(TypedDict):
@@ -227,6 +228,19 @@ class SendThing(TypedDict):
         str | None,
         "why it never connected, or lost its connection and never got it back (or why its "
         "worker's counts are lost)",
+    ]
+
+
+class Commands(TypedDict):
+    rate: Annotated[float, "commands per second asked for, across the fleet (--commands)"]
+    due: Annotated[int, "commands due by the controller's open-loop schedule"]
+    sent: Annotated[int, "published by the controller (QoS 1), to the devices in turn"]
+    delivered: Annotated[int, "received by a device on its `<root>/<thing>/cmd`"]
+    replied: Annotated[int, "whose reply on `<root>/<thing>/cmd/reply` reached the controller"]
+    lost: Annotated[int, "sent and never replied to by the end of the drain"]
+    round_trip: Annotated[LatencySummary, "the reply's arrival - the command's send time"]
+    error: Annotated[
+        str | None, "why the controller could not send, or devices could not subscribe"
     ]
 
 
@@ -327,6 +341,9 @@ class SendReport(CommonReport):
     ]
     workers: NotRequired[
         Annotated[Workers, "`send --workers N` with N > 1: `lost` says whose counts are missing"]
+    ]
+    commands: NotRequired[
+        Annotated[Commands, "`--commands`: command round trips cloud to device and back"]
     ]
     histograms: NotRequired[
         Annotated[

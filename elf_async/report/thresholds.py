@@ -165,9 +165,13 @@ def parse(expr: str) -> Threshold:
     return Threshold(expr=expr.strip(), metric=metric, op=match["op"], limit=limit)
 
 
+# Where latency summaries live: `latency_ms`'s, and the command round trips' (`--commands`).
+LATENCY_PARTS = ("latency_ms.", "commands.round_trip.")
+
+
 def _is_duration(metric: str) -> bool:
     """A latency statistic in ms (a latency's count is not)."""
-    return metric.startswith("latency_ms.") and metric.rpartition(".")[2] in DURATIONS
+    return metric.startswith(LATENCY_PARTS) and metric.rpartition(".")[2] in DURATIONS
 
 
 def parse_all(exprs: Iterable[str]) -> list[Threshold]:

@@ -8,7 +8,8 @@ happen cannot judge it (`run` applies both and 1 wins over a threshold's 3, see
 - `send_problems`: `send`'s and `run`'s. A thing that never connected (it owes its whole
   schedule, so its messages are also due but not published), messages due but not published,
   QoS 1 messages never acknowledged, a lost --workers process (its things are not counted);
-  for `run`, also certificates an interrupted create could not resolve.
+  for `run`, also certificates an interrupted create could not resolve; with --commands, a
+  command due but not sent, not delivered, or never replied to (`commands_problems`).
 - `subscribe_problems`: a subscriber that never connected.
 - both: a session takeover, connections the broker closed right after they reopened, again and
   again, because another client connected with the same client id; and, in a report made by
@@ -79,6 +80,23 @@ def send_problems(report: SendReport, *, unresolved: Sequence[str] = ()) -> list
     if lost:
         problems.append("the measurement is incomplete: " + "; ".join(lost))
     problems += [f"create left a certificate unresolved: {line}" for line in unresolved]
+    return problems + commands_problems(report)
+
+
+def commands_problems(report: SendReport) -> list[str]:
+    """A `--commands` send: every command due was sent, reached its device, and its reply
+    came back (a command round trip that did not happen is a load that did not happen)."""
+    commands = report.get("commands")
+    if commands is None:
+        return []
+    problems = [commands["error"]] if commands["error"] else []
+    if commands["due"] > commands["sent"]:
+        problems.append(f"{commands['due'] - commands['sent']} commands were due but not sent")
+    undelivered = commands["sent"] - commands["delivered"]
+    if undelivered > 0:
+        problems.append(f"{undelivered} commands never reached their device")
+    if commands["lost"]:
+        problems.append(f"{commands['lost']} of {commands['sent']} commands got no reply")
     return problems
 
 
@@ -145,6 +163,11 @@ def send_figures(report: SendReport) -> list[str]:
     figures = [through, f"{number(achieved)} of {number(rate['target_per_s'])} msg/s achieved"]
     if summary["count"]:
         figures.append(f"{latency} p99 {_ms(summary)}")
+    commands = report.get("commands")
+    if commands is not None:
+        figures.append(f"{commands['replied']} of {commands['due']} commands replied")
+        if commands["round_trip"]["count"]:
+            figures.append(f"command round trip p99 {_ms(commands['round_trip'])}")
     return figures
 
 

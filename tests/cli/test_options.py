@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from elf_async.cli._args import ShardArgs
 from elf_async.cli._common import api_rates
 from elf_async.cli._options import (
     ConnectArgs,
@@ -157,7 +158,7 @@ SEND_AS_GIVEN: dict[str, Any] = {
     },
     "sharding": {"shard": None, "start_at": None},
     "metrics": {"metrics_port": None, "metrics_addr": "127.0.0.1", "metrics_linger": "0s"},
-    "cloudwatch": False, "cloudwatch_wait": None, "workers": 1,
+    "cloudwatch": False, "cloudwatch_wait": None, "workers": 1, "commands": None,
 }  # fmt: skip
 
 
@@ -296,3 +297,14 @@ def test_workers_auto_is_the_usable_cores_minus_one_and_at_least_one(
     options = parse_send_options(SendArgs(workers="auto"))
     assert options.workers == workers
     assert options.as_given["workers"] == workers  # the report says what auto became
+
+
+def test_commands_are_a_rate_in_one_process_of_a_whole_fleet() -> None:
+    assert parse_send_options(SendArgs(commands="600/m")).commands == 10.0
+    assert parse_send_options(SendArgs()).commands is None
+    with pytest.raises(UsageError, match=r"--commands: 'fast' is not a rate"):
+        parse_send_options(SendArgs(commands="fast"))
+    with pytest.raises(UsageError, match="--commands runs its controller in one process"):
+        parse_send_options(SendArgs(commands="1/s", workers="2"))
+    with pytest.raises(UsageError, match="--commands needs the whole fleet's controller"):
+        parse_send_options(SendArgs(commands="1/s", sharding=ShardArgs(shard="0/2")))

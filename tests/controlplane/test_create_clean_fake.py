@@ -13,8 +13,9 @@ from support.fake_plane import DENIED, FakeIot, FakePlane, fake_session
 from elf_async.controlplane.clean import CleanResult, clean_with, forget
 from elf_async.controlplane.create import CreateRequest, CreateResult, create_with
 from elf_async.controlplane.fanout import fan_out
-from elf_async.controlplane.fleet import policy_name
+from elf_async.controlplane.fleet import controller_name, controller_policy_name, policy_name
 from elf_async.controlplane.ledger import Ledger
+from elf_async.controlplane.status import fleet_status
 from elf_async.errors import AwsError
 from elf_async.progress import NoProgress
 
@@ -175,3 +176,49 @@ async def test_fan_out_cancels_the_other_workers_when_one_fails() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         await fan_out(range(10), step, concurrency=3, progress=NoProgress())
     assert sorted(cancelled) == [1, 2]  # done by the time fan_out returns
+
+
+async def test_the_controller_has_its_own_certificate_and_policy_and_goes_with_clean(
+    tmp_path: Path,
+) -> None:
+    """`create --controller`: a certificate holding only the controller policy, no thing;
+    status shows it apart from the things; clean removes both."""
+    plane = FakePlane()
+    created, ledger = await create(tmp_path, plane, 3, controller=True)
+    name = controller_name(created.prefix)
+    assert created.controller == name
+    assert sorted(plane.iot.things) == sorted(r.name for r in ledger.things() if r.ready)
+    controller = ledger.thing(name)
+    controller_policy = controller_policy_name(created.fleet_id)
+    assert list(plane.iot.attached[controller_policy]) == [controller.cert_arn]
+    assert controller.cert_arn not in plane.iot.attached[policy_name(created.fleet_id)]
+    status = fleet_status(tmp_path)
+    assert status["controller"] == {"name": name, "state": "ready", "id": controller.cert_id}
+    assert status["things"]["total"] == 3
+    assert (await clean(tmp_path, plane, ledger)).summary.forgotten
+    assert plane.iot.is_empty()
+
+
+async def test_an_interrupted_controller_is_finished_by_the_next_create(tmp_path: Path) -> None:
+    plane = FakePlane()
+    created, ledger = await create(tmp_path, plane, 2)
+    plane.fail["AttachPolicy"] = "InternalFailureException"
+    failed, _ = await create(tmp_path, plane, 0, controller=True)
+    assert failed.controller is None
+    assert failed.summary.failed == 1
+    plane.fail.clear()
+    finished, _ = await create(tmp_path, plane, 0)  # no --controller: finishes what it began
+    assert finished.controller == controller_name(created.prefix)
+    assert len(plane.iot.things) == 2
+    assert (await clean(tmp_path, plane, ledger)).summary.forgotten
+    assert plane.iot.is_empty()
+
+
+async def test_clean_fleet_finds_the_controller_without_a_ledger(tmp_path: Path) -> None:
+    plane = FakePlane()
+    created, ledger = await create(tmp_path, plane, 2, controller=True)
+    forget(tmp_path, ledger)
+    fresh = Ledger.open(tmp_path, create=True)
+    cleaned = await clean(tmp_path, plane, fresh, created.fleet_id)
+    assert cleaned.summary.failed == 0
+    assert plane.iot.is_empty()

@@ -11,6 +11,7 @@ import pytest
 from elf_async.controlplane.fleet import (
     INDEX_WIDTH,
     MAX_THING_NAME,
+    controller_policy_document,
     policy_document,
     policy_problem,
     prefix_problem,
@@ -257,3 +258,61 @@ def test_a_shared_identitys_policy_fits_aws_limit_or_is_refused() -> None:
     )
     assert problem is not None
     assert "AWS IoT allows 2048" in problem
+
+
+def controller_policy(root: str = "elf") -> dict[str, Any]:
+    text = controller_policy_document(
+        region="us-west-2", account="123456789012", topic_root=root, prefix="elf-x"
+    )
+    assert len(re.sub(r"\s", "", text)) <= 2048
+    return dict(json.loads(text))
+
+
+def test_the_controller_publishes_commands_and_reads_replies_only() -> None:
+    """`create --controller`: connect as <prefix>-controller only, publish exactly the command
+    topics, subscribe to and receive exactly the replies."""
+    document = controller_policy()
+    me = "elf-x-controller"
+
+    def can(action: str, resource: str, client: str = me) -> bool:
+        return allows(document, action, f"{ARN}:{resource}", None, client)
+
+    assert can("iot:Connect", f"client/{me}")
+    for client in ("elf-x-00001", "elf-x-controller2", "elf-x-controller-watch", "other"):
+        assert not can("iot:Connect", f"client/{client}", client), client
+    for device in ("elf-x-00001", "elf-x-99999"):
+        assert can("iot:Publish", f"topic/elf/{device}/cmd")
+        assert not can("iot:Publish", f"topic/elf/{device}/cmd/reply")
+        assert not can("iot:Publish", f"topic/elf/{device}")
+        assert can("iot:Receive", f"topic/elf/{device}/cmd/reply")
+        assert not can("iot:Receive", f"topic/elf/{device}/cmd")
+        assert not can("iot:Receive", f"topic/elf/{device}")
+        assert not can("iot:Subscribe", f"topicfilter/elf/{device}/cmd")
+    assert can("iot:Subscribe", "topicfilter/elf/+/cmd/reply")
+    for topic_filter in ("elf/#", "elf/+/cmd", "#", "elf/+/cmd/#"):
+        assert not can("iot:Subscribe", f"topicfilter/{topic_filter}"), topic_filter
+    assert not can("iot:Publish", "topic/other/elf-x-00001/cmd")
+    assert not can("iot:Publish", "topic/$aws/things/elf-x-00001/shadow/update")
+
+
+@pytest.mark.parametrize("shared_identity", [False, True])
+@pytest.mark.parametrize("shared_topics", [False, True])
+def test_a_device_reads_its_commands_and_publishes_its_replies(
+    shared_topics: bool, shared_identity: bool
+) -> None:
+    """The fleet policy holds a device's side of the commands: subscribe to and receive its
+    own `<root>/<device>/cmd`, publish its `<root>/<device>/cmd/reply`; per-thing topics keep
+    it off another device's commands."""
+    document = policy(shared_topics=shared_topics, shared_identity=shared_identity)
+    me = "elf-x-00001"
+    thing = None if shared_identity else me
+
+    def can(action: str, resource: str) -> bool:
+        return allows(document, action, f"{ARN}:{resource}", thing, me)
+
+    assert can("iot:Subscribe", f"topicfilter/elf/{me}/cmd")
+    assert can("iot:Receive", f"topic/elf/{me}/cmd")
+    assert can("iot:Publish", f"topic/elf/{me}/cmd/reply")
+    other = "elf-x-00002"
+    assert can("iot:Subscribe", f"topicfilter/elf/{other}/cmd") == shared_topics
+    assert can("iot:Receive", f"topic/elf/{other}/cmd") == shared_topics

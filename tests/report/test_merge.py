@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from support.report import assert_conforms, sent_report
 
+from elf_async.dataplane.commands import CommandTally
 from elf_async.errors import UsageError
 from elf_async.metrics import Histogram
-from elf_async.report.document import latency
+from elf_async.report.document import commands_section, latency, text
 from elf_async.report.merge import merge
 from elf_async.report.model import SendReport
 from elf_async.report.verdict import judge_report
@@ -155,3 +156,33 @@ def test_the_shards_of_a_shaped_send_merge_with_its_stages_on_the_merged_origin(
     assert merged["stages"] == [{**stages[0], "start_s": 2.0, "end_s": 4.0}]
     assert {row["stage"] for row in merged["series"]} == {0}
     assert max(row["target_connected"] for row in merged["series"]) == 4
+
+
+def _with_commands(report: dict[str, Any], round_trips: list[float], *, sent: int) -> Any:
+    """`report` as a `--commands` send writes it: `sent` commands, one reply per round trip."""
+    tally = CommandTally(rate=5.0, due=sent, sent=sent, delivered=sent, replied=len(round_trips))
+    for value in round_trips:
+        tally.round_trip.record(value)
+    report["commands"] = commands_section(tally)
+    report["histograms"]["commands"] = text(tally.round_trip.encode())
+    return report
+
+
+def test_the_commands_of_shards_sum_and_their_round_trips_merge_exactly() -> None:
+    a = _with_commands(sent_report(seconds=FAST, shard=(0, 2)), [0.004, 0.006], sent=2)
+    b = _with_commands(
+        sent_report(seconds=SLOW, names=("elf-2", "elf-3"), shard=(1, 2)), [0.2, 0.3], sent=3
+    )
+    merged: Any = merge([("a.json", a), ("b.json", b)])
+    assert_conforms(merged, SendReport)
+    commands = merged["commands"]
+    assert (commands["rate"], commands["due"], commands["sent"]) == (10.0, 5, 5)
+    assert (commands["delivered"], commands["replied"], commands["lost"]) == (5, 4, 1)
+    every = _values_histogram([0.004, 0.006, 0.2, 0.3])
+    assert commands["round_trip"] == latency(every)
+    assert _decoded(merged["histograms"]["commands"]).count == 4
+    assert "commands" not in merged["latency_ms"]
+    assert "1 of 5 commands got no reply" in judge_report(merged).line()
+    plain = sent_report(seconds=SLOW, names=("elf-2", "elf-3"), shard=(1, 2))
+    with pytest.raises(UsageError, match=r"a\.json: sent commands \(--commands\), unlike"):
+        merge([("a.json", a), ("b.json", plain)])

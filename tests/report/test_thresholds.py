@@ -146,3 +146,15 @@ def test_a_latency_count_is_a_number_not_a_duration() -> None:
         parse("ack.count>=100ms")
     (verdict,) = evaluate(parse_all(["ack.count>=100"]), {"latency_ms": {"ack": {"count": 120}}})
     assert verdict.describe() == "ack.count>=100: 120 (limit >= 100) ok"
+
+
+def test_command_round_trips_and_counts_are_metrics() -> None:
+    report = {"commands": {"lost": 0, "round_trip": {"count": 30, "p99": 4.5}}}
+    verdicts = evaluate(
+        parse_all(["commands.round_trip.p99<10ms", "commands.lost==0", "commands.replied>=1"]),
+        report,
+    )
+    assert [v.ok for v in verdicts] == [True, True, False]  # no `replied`: no data, failed
+    assert verdicts[0].describe() == "commands.round_trip.p99<10ms: 4.5 ms (limit < 10 ms) ok"
+    with pytest.raises(UsageError, match="latencies only"):
+        parse("commands.round_trip.count>=1ms")

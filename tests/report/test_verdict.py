@@ -218,3 +218,38 @@ def test_the_verdict_line_of_a_subscribe() -> None:
         "subscribe passed: 10 messages received (3 lost, 1 duplicates), "
         "2 unstamped (not judged), end-to-end p99 12.3 ms"
     )
+
+
+COMMANDS = {
+    "rate": 10.0, "due": 30, "sent": 30, "delivered": 30, "replied": 30, "lost": 0,
+    "round_trip": {"count": 30, "p50": 1.0, "p90": 2.0, "p99": 3.0, "p999": 3.0, "max": 3.0,
+                   "mean": 1.2},
+    "error": None,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("changes", "problems"),
+    [
+        ({}, []),
+        ({"replied": 28, "lost": 2}, ["2 of 30 commands got no reply"]),
+        (
+            {"delivered": 29, "replied": 29, "lost": 1},
+            ["1 commands never reached their device", "1 of 30 commands got no reply"],
+        ),
+        ({"due": 31}, ["1 commands were due but not sent"]),
+        (
+            {"sent": 0, "delivered": 0, "replied": 0, "error": "the controller could not connect"},
+            ["the controller could not connect", "30 commands were due but not sent"],
+        ),
+    ],
+    ids=["all-replied", "lost", "undelivered", "unsent", "no-controller"],
+)
+def test_commands_fail_the_send_unless_every_one_is_answered(
+    changes: dict[str, Any], problems: list[str]
+) -> None:
+    report = send_report(commands={**COMMANDS, **changes})
+    assert send_problems(report) == problems
+    assert judge_send(report).passed == (not problems)
+    if not problems:
+        assert "30 of 30 commands replied, command round trip p99 3" in judge_send(report).line()
