@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from elf_async.dataplane.connections import Connector, Endpoint, Identity
+from elf_async.dataplane.mqtt5 import Publish5
 from elf_async.dataplane.payload import PayloadSpec
 from elf_async.dataplane.schedule import ThingSchedule
 from elf_async.dataplane.sender import Publisher, Sender, SendResult, Shared, Snapshot
@@ -31,6 +32,7 @@ class SendPlan:
     spec: PayloadSpec
     qos: int
     window: int  # QoS 1 messages in flight per client
+    publish5: Publish5 | None = None  # MQTT 5: what every PUBLISH carries
 
     @property
     def target_per_s(self) -> float:
@@ -38,7 +40,7 @@ class SendPlan:
 
     def publishers(self, shared: Shared) -> list[Publisher]:
         """The publishers of this plan (on the running event loop)."""
-        return [
+        publishers = [
             Publisher(
                 t.identity,
                 t.topic,
@@ -50,6 +52,9 @@ class SendPlan:
             )
             for t in self.things
         ]
+        for p in publishers:
+            p.publish5 = self.publish5
+        return publishers
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class SendSetup:
     connect_retries: int
     keepalive: int
     drain: float
+    protocol: int = 4  # paho's MQTTv311; 5: MQTT 5
 
 
 async def send_here(
@@ -95,6 +101,7 @@ def sender_for(
         retries=setup.connect_retries,
         keepalive=setup.keepalive,
         max_inflight=send_plan.window,
+        protocol=setup.protocol,
     )
     shared = Shared() if shared is None else shared
     return Sender(

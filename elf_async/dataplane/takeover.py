@@ -48,6 +48,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 
+from elf_async.dataplane.mqtt5 import FAILED, puback
+
 Token = TypeVar("Token")
 
 PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
@@ -137,6 +139,9 @@ class Wire(Generic[Token]):
         on_ack: Callable[[int], None],
         on_sent: Callable[[Token, int, int], None],
         on_drained: Callable[[], None],
+        properties: bytes | None = None,
+        aliased: bool = False,
+        on_refused: Callable[[int, int], None] | None = None,
     ) -> None:
         sock = client._sock
         if not isinstance(sock, ssl.SSLSocket):
@@ -167,6 +172,13 @@ class Wire(Generic[Token]):
         self.idle_writes = 0  # writer callbacks that found nothing to write (a spinning writer)
         self._writing_now = False  # paho's packets are written by the caller, not a writer
         self._loop = asyncio.get_running_loop()
+        # MQTT 5 (elf_async.dataplane.mqtt5): every PUBLISH carries `properties` after its
+        # packet id; `aliased`: the first one sends the topic, the later ones an empty topic.
+        self._properties = properties
+        self._full_topic = self._topic if aliased else None
+        self._on_refused = on_refused
+        if properties is not None:
+            self.publish = self._publish5  # type: ignore[method-assign]
         client.loop_read = self.loop_read  # type: ignore[method-assign]
         client.loop_write = self.loop_write  # type: ignore[method-assign]
         self._own_writer_registration()
@@ -234,6 +246,39 @@ class Wire(Generic[Token]):
             self.outstanding += 1
         parts.append(payload)
         self.size += len(self._head) + len(payload) + (2 if self._qos else 0)
+        self._ends.append(self.size)
+
+    def _publish5(self, payload: bytes, mid: int) -> None:
+        """`publish` for MQTT 5: the properties block after the packet id; with a topic
+        alias the first message carries the topic (and sets the alias), the others none."""
+        properties = self._properties
+        assert properties is not None
+        extra = (2 if self._qos else 0) + len(properties)
+        if self._full_topic is not None:
+            topic, self._full_topic = self._full_topic, None
+            self._topic, self._head_for = b"\x00\x00", -1
+            head = (
+                bytes([paho.PUBLISH | self._qos << 1])
+                + remaining_length(len(topic) + extra + len(payload))
+                + topic
+            )
+        else:
+            if len(payload) != self._head_for:
+                self._head = (
+                    bytes([paho.PUBLISH | self._qos << 1])
+                    + remaining_length(len(self._topic) + extra + len(payload))
+                    + self._topic
+                )
+                self._head_for = len(payload)
+            head = self._head
+        parts = self._parts
+        parts.append(head)
+        if self._qos:
+            parts.append(mid.to_bytes(2, "big"))
+            self.outstanding += 1
+        parts.append(properties)
+        parts.append(payload)
+        self.size += len(head) + extra + len(payload)
         self._ends.append(self.size)
 
     def send(self, batch: Token) -> None:
@@ -417,6 +462,11 @@ class Wire(Generic[Token]):
                     break
             if rc or length < 0 or pos + header + length > size:
                 break
+            if command == _PUBACK and length > 2:  # MQTT 5: a reason code, maybe properties
+                acks += 1
+                self._acked5(buf[pos + header : pos + header + length])
+                pos += header + length
+                continue
             rc = self._to_paho(command, buf[pos + header : pos + header + length])
             pos += header + length
             if rc or self.dead:
@@ -426,6 +476,14 @@ class Wire(Generic[Token]):
         if rc and not self.dead:
             return self._client._loop_rc_handle(rc)
         return _OK
+
+    def _acked5(self, body: bytearray) -> None:
+        """An MQTT 5 PUBACK with a reason code: 0x80 or more refused the message."""
+        mid, code = puback(body)
+        if code < FAILED or self._on_refused is None:
+            self._on_ack(mid)
+        else:
+            self._on_refused(mid, code)
 
     def _to_paho(self, command: int, body: bytearray) -> MQTTErrorCode:
         """Let paho handle a packet the hot path does not know, as its own reader would."""
@@ -544,10 +602,22 @@ class Takeover:
         on_ack: Callable[[int], None],
         on_sent: Callable[[Token, int, int], None],
         on_drained: Callable[[], None],
+        properties: bytes | None = None,
+        aliased: bool = False,
+        on_refused: Callable[[int, int], None] | None = None,
     ) -> Wire[Token]:
-        """Take over a connected client: from now on all its I/O goes through the Wire."""
+        """Take over a connected client: from now on all its I/O goes through the Wire
+        (`properties`, `aliased`, `on_refused`: MQTT 5, see `Wire`)."""
         wire: Wire[Token] = Wire(
-            client._client, topic, qos, on_ack=on_ack, on_sent=on_sent, on_drained=on_drained
+            client._client,
+            topic,
+            qos,
+            on_ack=on_ack,
+            on_sent=on_sent,
+            on_drained=on_drained,
+            properties=properties,
+            aliased=aliased,
+            on_refused=on_refused,
         )
         self.readers.add(wire)
         own_timer = client._misc_task  # aiomqtt's keep-alive task for this client

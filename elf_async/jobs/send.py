@@ -23,6 +23,7 @@ from elf_async.controlplane.fleet import (
 )
 from elf_async.controlplane.ledger import Ledger
 from elf_async.dataplane.connections import Identity
+from elf_async.dataplane.mqtt5 import PROTOCOL_LEVEL, Publish5
 from elf_async.dataplane.options import (
     ConnectOptions,
     Qos,
@@ -74,6 +75,7 @@ class SendOptions:
     as_given: Mapping[str, Any]
     shard: Shard | None = None  # else the shard the state dir was created as, if any
     start_at: float | None = None  # epoch seconds; None: as soon as connected
+    publish5: Publish5 | None = None  # MQTT 5 (--mqtt 5): what every PUBLISH carries
 
 
 CLOUDWATCH_WAIT_S = 180.0  # AWS/IoT publishes a minute's sums a minute or two after it ends
@@ -194,7 +196,12 @@ def plan_send(
     ]
     if outside:
         warnings.lines.append(policy_warning(outside[0], root, per_thing=per_thing))
-    return SendPlan(things, spec, qos=options.qos, window=options.max_inflight), sliced.shard
+    return (
+        SendPlan(
+            things, spec, qos=options.qos, window=options.max_inflight, publish5=options.publish5
+        ),
+        sliced.shard,
+    )
 
 
 def policy_warning(topic: str, root: str, *, per_thing: bool) -> str:
@@ -254,6 +261,7 @@ async def run_send(
         connect_retries=options.connect.connect_retries,
         keepalive=options.connect.keepalive,
         drain=options.drain,
+        protocol=PROTOCOL_LEVEL[options.connect.mqtt_version],
     )
     if start is None and options.start_at is not None:
         start = StartAt(options.start_at)
@@ -285,6 +293,7 @@ async def run_send(
         fleet_id=fleet_id,
         endpoint=endpoint,
         qos=options.qos,
+        mqtt_version=options.connect.mqtt_version,
         placement=sharding(
             shard=shard,
             start_at=start.at if start else None,
