@@ -91,6 +91,8 @@ def test_a_refused_publish_counts_as_failed_with_its_reason_code(
     assert report["reason_codes"] == {"0x87 Not authorized": 6}
     messages = report["messages"]
     assert (messages["published"], messages["acked"], messages["failed"]) == (6, 0, 6)
+    verdict = "send failed: 6 messages failed (not acknowledged; refused: 6 0x87 Not authorized)"
+    assert result.stdout.startswith(verdict), result.stdout
 
 
 def test_a_refused_connect_names_its_connack_reason_code(
