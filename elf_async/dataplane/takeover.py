@@ -177,6 +177,7 @@ class Wire(Generic[Token]):
         self._properties = properties
         self._full_topic = self._topic if aliased else None
         self._on_refused = on_refused
+        self._framing = 0  # MQTT 5: the bytes `_head` and the rest add to a payload
         if properties is not None:
             self.publish = self._publish5  # type: ignore[method-assign]
         client.loop_read = self.loop_read  # type: ignore[method-assign]
@@ -249,37 +250,36 @@ class Wire(Generic[Token]):
         self._ends.append(self.size)
 
     def _publish5(self, payload: bytes, mid: int) -> None:
-        """`publish` for MQTT 5: the properties block after the packet id; with a topic
-        alias the first message carries the topic (and sets the alias), the others none."""
-        properties = self._properties
-        assert properties is not None
-        extra = (2 if self._qos else 0) + len(properties)
-        if self._full_topic is not None:
-            topic, self._full_topic = self._full_topic, None
-            self._topic, self._head_for = b"\x00\x00", -1
-            head = (
-                bytes([paho.PUBLISH | self._qos << 1])
-                + remaining_length(len(topic) + extra + len(payload))
-                + topic
-            )
-        else:
-            if len(payload) != self._head_for:
-                self._head = (
-                    bytes([paho.PUBLISH | self._qos << 1])
-                    + remaining_length(len(self._topic) + extra + len(payload))
-                    + self._topic
-                )
-                self._head_for = len(payload)
-            head = self._head
+        """`publish` for MQTT 5: the properties block after the packet id."""
+        if len(payload) != self._head_for:
+            self._head5(len(payload))
         parts = self._parts
-        parts.append(head)
+        parts.append(self._head)
         if self._qos:
             parts.append(mid.to_bytes(2, "big"))
             self.outstanding += 1
-        parts.append(properties)
+        parts.append(self._properties)  # type: ignore[arg-type]  # not None here
         parts.append(payload)
-        self.size += len(head) + extra + len(payload)
+        self.size += self._framing + len(payload)
         self._ends.append(self.size)
+
+    def _head5(self, size: int) -> None:
+        """The fixed header and topic of an MQTT 5 PUBLISH of `size` bytes of payload, and the
+        bytes it adds to the payload. With a topic alias, the first one has the topic (and
+        sets the alias) and is for one message only; the later ones have an empty topic."""
+        assert self._properties is not None
+        topic = self._topic
+        self._head_for = size
+        if self._full_topic is not None:
+            topic, self._full_topic = self._full_topic, None
+            self._topic, self._head_for = b"\x00\x00", -1  # the next message: a head again
+        extra = (2 if self._qos else 0) + len(self._properties)
+        self._head = (
+            bytes([paho.PUBLISH | self._qos << 1])
+            + remaining_length(len(topic) + extra + size)
+            + topic
+        )
+        self._framing = len(self._head) + extra
 
     def send(self, batch: Token) -> None:
         """Write what was framed since the last `send` as one batch.
