@@ -81,9 +81,10 @@ def acl_broker(test_ca: FixtureCA, tmp_path: Path) -> Iterator[Mosquitto]:
 def test_a_refused_publish_counts_as_failed_with_its_reason_code(
     fleet: Cli, acl_broker: Mosquitto, tmp_path: Path
 ) -> None:
+    """Two workers, one thing each: their refusals are added up."""
     report_file = tmp_path / "report.json"
     result = send(
-        fleet, acl_broker, "--mqtt", "5", "--count", "3", "--things", "2",
+        fleet, acl_broker, "--mqtt", "5", "--count", "3", "--things", "2", "--workers", "2",
         "--topic", "elf/denied/{thing}", "--report", str(report_file),
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
