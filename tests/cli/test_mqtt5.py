@@ -50,6 +50,8 @@ def test_user_properties_reach_a_subscriber_on_the_right_topic(
         assert sorted(d["seq"] for d in docs) == list(range(5))
         assert {d["thing"] for d in docs} == {name}
     assert watcher.user_properties == [[("team", "load"), ("run", "a=b")]] * 15
+    # What is left of the expiry when the broker forwards it: at most the 60 s given.
+    assert all(expiry is not None and 0 < expiry <= 60 for expiry in watcher.expiries)
 
 
 def test_a_3_1_1_report_says_so(fleet: Cli, mosquitto: Mosquitto, tmp_path: Path) -> None:

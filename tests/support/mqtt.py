@@ -87,9 +87,11 @@ class Observer:
     topic: str = "#"
     qos: int = 1
     client_id: str = "observer"
-    protocol: int = paho.MQTTv311  # paho.MQTTv5: also records each message's user properties
+    # paho.MQTTv5: also records each message's user properties and message expiry
+    protocol: int = paho.MQTTv311
     messages: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
     user_properties: list[list[tuple[str, str]]] = field(default_factory=list)
+    expiries: list[int | None] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _subscribed: threading.Event = field(default_factory=threading.Event)
     _client: Any = None
@@ -126,6 +128,7 @@ class Observer:
             if self.protocol == paho.MQTTv5:
                 given = getattr(message.properties, "UserProperty", [])
                 self.user_properties.append([tuple(pair) for pair in given])
+                self.expiries.append(getattr(message.properties, "MessageExpiryInterval", None))
 
     def counts(self) -> dict[str, int]:
         with self._lock:
