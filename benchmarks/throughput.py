@@ -19,6 +19,11 @@ JSON on stdout (and --out).
     .venv/bin/python benchmarks/throughput.py --peers elf_async --workers 1 2 --rounds 3
     .venv/bin/python benchmarks/throughput.py --paced --clients 2000 --rate 1 --peers elf_async \
         --baseline HEAD~3 --rounds 2
+    .venv/bin/python benchmarks/throughput.py --peers elf_async --mqtt5 --rounds 3
+
+`--mqtt5` adds `elf_async:mqtt5` (`send --mqtt 5`, no property: what the version costs) and
+`elf_async:mqtt5props` (a user property and the topic alias) next to the in-process elf_async,
+in the same run; the ratios say what MQTT 5 costs against 3.1.1.
 """
 
 from __future__ import annotations
@@ -79,7 +84,8 @@ def peer_argv(peer: str, config_file: Path) -> list[str]:
     if peer == "mqttjs":
         return ["node", str(ROOT / PEERS["mqttjs"]), str(config_file)]
     peer = peer.removesuffix(BASELINE)
-    module = WORKERS_PEER if peer.startswith("elf_async:") else PEERS[peer.split(":")[0]]
+    workers = elf_async_workers(peer) is not None and ":" in peer
+    module = WORKERS_PEER if workers else PEERS[peer.split(":")[0]]
     return [sys.executable, "-m", module, str(config_file)]
 
 
@@ -117,6 +123,17 @@ def with_workers(peers: list[str], counts: list[int]) -> list[str]:
         return rest + runs
     at = len([p for p in peers[: peers.index("elf_async")] if p in rest])
     return rest[:at] + runs + rest[at:]
+
+
+def with_mqtt5(peers: list[str]) -> list[str]:
+    """`peers` with the MQTT 5 variants of the in-process elf_async right after it (and it
+    added, to measure them against)."""
+    variants = ["elf_async:mqtt5", "elf_async:mqtt5props"]
+    rest = [p for p in peers if p not in variants]
+    if "elf_async" not in rest:
+        rest.append("elf_async")
+    at = rest.index("elf_async") + 1
+    return rest[:at] + variants + rest[at:]
 
 
 def read_tagged(process: Any, tag: str, timeout: float) -> dict[str, Any]:
@@ -397,6 +414,11 @@ def main() -> None:
         metavar="REV",
         help="git revision: also run its elf_async (peer elf_async@base), alternating",
     )
+    parser.add_argument(
+        "--mqtt5",
+        action="store_true",
+        help="add elf_async:mqtt5 and elf_async:mqtt5props (send --mqtt 5) next to elf_async",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     # Ctrl-C or SIGTERM: unwind through `finally` so every child is stopped by PID. (A shell
@@ -416,6 +438,8 @@ def main() -> None:
     if args.baseline:
         at = peers.index("elf_async") + 1 if "elf_async" in peers else len(peers)
         peers = [*peers[:at], "elf_async" + BASELINE, *peers[at:]]
+    if args.mqtt5:
+        peers = with_mqtt5(peers)
     if "mqttjs" in peers:
         ensure_mqttjs()
     raise_fd_limit()

@@ -9,6 +9,7 @@ from typing import Any
 
 from benchmarks.peers._common import PeerConfig
 from elf_async.dataplane.connections import Endpoint, Identity
+from elf_async.dataplane.mqtt5 import MQTT_5, MQTT_311, PROTOCOL_LEVEL, Publish5
 from elf_async.dataplane.payload import build_spec
 from elf_async.dataplane.plan import SendPlan, SendSetup, ThingPlan
 from elf_async.dataplane.schedule import plan
@@ -16,6 +17,12 @@ from elf_async.dataplane.sender import Shared
 from elf_async.dataplane.tally import Totals
 
 CONNECT_PER_S = 1000.0  # connecting is untimed (before GO): as fast as the broker takes it
+# Variants of the in-process peer (`elf_async:VARIANT`): MQTT 5, bare (an empty properties
+# block: what the version itself costs) and with a user property and the topic alias.
+MQTT5_VARIANTS: dict[str, Publish5] = {
+    "mqtt5": Publish5(),
+    "mqtt5props": Publish5(user_properties=(("run", "bench"),), topic_alias=True),
+}
 
 
 def send_plan(config: PeerConfig) -> SendPlan:
@@ -32,6 +39,7 @@ def send_plan(config: PeerConfig) -> SendPlan:
         spec,
         qos=config.qos,
         window=config.inflight,
+        publish5=MQTT5_VARIANTS.get(config.variant),
     )
 
 
@@ -43,6 +51,7 @@ def send_setup(config: PeerConfig) -> SendSetup:
         connect_retries=2,
         keepalive=60,
         drain=config.drain_seconds,
+        protocol=PROTOCOL_LEVEL[MQTT_5 if config.variant in MQTT5_VARIANTS else MQTT_311],
     )
 
 

@@ -109,6 +109,9 @@ class ConnectArgs:
             help="MQTT keep-alive: a PINGREQ after this long without traffic (AWS: 30s-20m)."
         ),
     ] = "60s"
+    mqtt: Annotated[
+        str, typer.Option("--mqtt", help="The MQTT version: 3.1.1 or 5 (AWS IoT speaks both).")
+    ] = "3.1.1"
     allow_over_aws_limits: Annotated[
         bool,
         typer.Option(
@@ -224,6 +227,26 @@ class SendArgs:
     drain: Annotated[
         str, typer.Option(help="After the run or Ctrl-C: wait this long for acknowledgements.")
     ] = "5s"
+    user_property: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--user-property",
+            help="MQTT 5: KEY=VALUE on every message (repeatable).",
+            show_default=False,
+        ),
+    ] = None
+    topic_alias: Annotated[
+        bool,
+        typer.Option(
+            "--topic-alias",
+            help="MQTT 5: send each thing's topic once, then a topic alias (if the broker "
+            "allows one).",
+        ),
+    ] = False
+    message_expiry: Annotated[
+        str | None,
+        typer.Option(help="MQTT 5: the broker drops a message not delivered within this: 60s."),
+    ] = None
     report: Report = None
     html: Html = None
     connect: ConnectArgs = dataclasses.field(default_factory=ConnectArgs)
@@ -289,6 +312,14 @@ class SubscribeArgs:
     qos: Qos = 1
     duration: Annotated[
         str | None, typer.Option(help="How long to listen: 60, 60s, 5m. [default: 10s]")
+    ] = None
+    shared: Annotated[
+        str | None,
+        typer.Option(
+            help="Subscribe as a member of shared subscription GROUP ($share/GROUP/...): the "
+            "group's members split the messages (merge their reports with `report merge`).",
+            show_default=False,
+        ),
     ] = None
     report: Report = None
     html: Html = None

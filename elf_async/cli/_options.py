@@ -15,6 +15,13 @@ from urllib.parse import urlsplit
 
 from elf_async.cli._args import ConnectArgs, MetricsArgs, SendArgs, ShardArgs, SubscribeArgs
 from elf_async.dataplane.mqtt import parse_endpoint
+from elf_async.dataplane.mqtt5 import (
+    MQTT_5,
+    Publish5,
+    check_group,
+    parse_user_property,
+    parse_version,
+)
 from elf_async.dataplane.options import (
     AWS_CONNECT_PER_S,
     AWS_KEEPALIVE_S,
@@ -42,6 +49,7 @@ DEFAULT_RATE = "1/s"  # the seed's pace
 _CLUSTER = re.compile(r"^(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[^\s/:]+):(\d{1,5})$")
 _LOCAL_CLUSTER = re.compile(r"^local:(\d+)$")
 DEFAULT_DURATION = "10s"
+MAX_EXPIRY_S = 2**32 - 1  # MQTT 5's Message Expiry Interval: a four-byte integer
 
 
 def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> SendOptions:
@@ -139,6 +147,39 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
         churn_per_s=churn,
         storm_at=storm,
         commands=commands,
+        publish5=parse_publish5(args, connect),
+    )
+
+
+def parse_publish5(args: SendArgs, connect: ConnectOptions) -> Publish5 | None:
+    """--user-property, --topic-alias and --message-expiry: what every PUBLISH of an MQTT 5
+    send carries (None for MQTT 3.1.1, which has no properties: they need --mqtt 5)."""
+    given = [
+        option
+        for option, value in (
+            ("--user-property", args.user_property),
+            ("--topic-alias", args.topic_alias),
+            ("--message-expiry", args.message_expiry),
+        )
+        if value
+    ]
+    if connect.mqtt_version != MQTT_5:
+        if given:
+            raise UsageError(f"{given[0]} needs --mqtt 5 (MQTT 3.1.1 has no properties)")
+        return None
+    expiry = None
+    if args.message_expiry is not None:
+        seconds = parse_duration(args.message_expiry, what="--message-expiry")
+        if seconds != int(seconds) or seconds > MAX_EXPIRY_S:
+            raise UsageError(
+                f"--message-expiry {args.message_expiry}: whole seconds, 1 to {MAX_EXPIRY_S}"
+            )
+        expiry = int(seconds)
+    check_utf8("--user-property", args.user_property or [])
+    return Publish5(
+        user_properties=tuple(parse_user_property(text) for text in args.user_property or []),
+        message_expiry=expiry,
+        topic_alias=args.topic_alias,
     )
 
 
@@ -213,6 +254,7 @@ def parse_subscribe_options(args: SubscribeArgs) -> SubscribeOptions:
         as_given=_as_given(args, connect),
         shard=shard,
         start_at=start_at,
+        shared=None if args.shared is None else check_group(args.shared),
     )
 
 
@@ -315,6 +357,7 @@ def parse_connect_options(args: ConnectArgs, *, shard: Shard | None = None) -> C
         connect_retries=args.connect_retries,
         keepalive=keepalive,
         allow_over_aws_limits=args.allow_over_aws_limits,
+        mqtt_version=parse_version(args.mqtt),
     )
 
 

@@ -85,6 +85,7 @@ class Connector:
     retries: int  # extra attempts in the initial connect phase
     max_inflight: int = 100
     keepalive: int = KEEPALIVE  # seconds
+    protocol: int = 4  # paho's MQTTv311; 5: MQTT 5 (elf_async.dataplane.mqtt5.PROTOCOL_LEVEL)
     attempted: int = 0  # CONNECT attempts, reconnections included
     succeeded: int = 0
     failed: int = 0  # attempts that failed; attempted == succeeded + failed once settled
@@ -156,6 +157,7 @@ class Connector:
                 keepalive=self.keepalive,
                 max_inflight=self.max_inflight,
                 on_message=on_message,
+                protocol=self.protocol,
             )
         except ConnectFailed as exc:
             self.failed += 1

@@ -34,6 +34,7 @@ from aiomqtt.exceptions import MqttConnectError
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from elf_async.dataplane.mqtt5 import connack_refusal, topic_alias_maximum
 from elf_async.dataplane.takeover import abandon, collect_disconnection, enter, paho_client
 from elf_async.errors import UsageError
 from elf_async.fdlimit import refused
@@ -435,7 +436,9 @@ def explain(error: BaseException | str) -> ConnectFailed:
     if (lack := refused(code)) is not None:
         return ConnectFailed(lack, permanent=True)
     if isinstance(error, MqttConnectError):
-        return ConnectFailed(f"the broker refused the MQTT connection: {text}", permanent=True)
+        return ConnectFailed(
+            f"the broker refused the MQTT connection: {connack_refusal(text)}", permanent=True
+        )
     return ConnectFailed(text or type(error).__name__)
 
 
@@ -448,6 +451,7 @@ class Link:
     opened_at: float = field(default_factory=time.monotonic)  # its CONNACK
     reopened: bool = False  # it replaces a connection the broker dropped
     resumed: bool = False  # its TLS session was resumed (no full handshake)
+    topic_alias_maximum: int = 0  # MQTT 5: the topic aliases its CONNACK allows (0: none)
 
     @property
     def paho(self) -> paho.Client:
@@ -477,8 +481,10 @@ async def connect(
     max_inflight: int = 100,
     on_message: MessageCallback | None = None,
     addresses: list[Address] | None = None,
+    protocol: int = paho.MQTTv311,
 ) -> Link:
-    """Open one mutual-TLS MQTT 3.1.1 connection (clean session) or raise `ConnectFailed`.
+    """Open one mutual-TLS MQTT 3.1.1 connection (clean session; `protocol` paho.MQTTv5: an
+    MQTT 5 one, clean start) or raise `ConnectFailed`.
 
     TCP and TLS are done on the event loop (`open_tls`) and paho sends CONNECT on the socket
     made (`takeover.enter`): no executor thread, no blocking handshake. `addresses`: the
@@ -496,6 +502,7 @@ async def connect(
             max_inflight=max_inflight,
             on_message=on_message,
             addresses=addresses,
+            protocol=protocol,
         )
     finally:
         tls.over()
@@ -512,6 +519,7 @@ async def _connect(
     max_inflight: int,
     on_message: MessageCallback | None,
     addresses: list[Address] | None,
+    protocol: int = paho.MQTTv311,
 ) -> Link:
     loop = asyncio.get_running_loop()
     try:
@@ -531,7 +539,8 @@ async def _connect(
         tls_context=slot.context,  # paho only records it: the socket is already TLS
         timeout=within,
         keepalive=keepalive,
-        clean_session=True,
+        clean_session=True if protocol == paho.MQTTv311 else None,  # MQTT 5: clean start
+        protocol=aiomqtt.ProtocolVersion(protocol),
         max_inflight_messages=max_inflight,
         logger=_PAHO_LOGGER,
     )
@@ -541,6 +550,13 @@ async def _connect(
     lost: asyncio.Future[str] = loop.create_future()
     aiomqtt_on_disconnect = inner.on_disconnect
     assert aiomqtt_on_disconnect is not None
+    aiomqtt_on_connect = inner.on_connect
+    assert aiomqtt_on_connect is not None
+    connack: list[Any] = []  # the CONNACK's properties (MQTT 5)
+
+    def on_connect(*args: Any) -> None:
+        connack[:] = args[4:]
+        aiomqtt_on_connect(*args)
 
     def on_log(_client: Any, _userdata: Any, level: int, text: str) -> None:
         if level == paho.MQTT_LOG_ERR:
@@ -560,6 +576,7 @@ async def _connect(
     connected = False
     inner.on_log = on_log
     inner.on_disconnect = on_disconnect
+    inner.on_connect = on_connect
     entering = asyncio.ensure_future(enter(client, tls_sock))
     try:
         waiting: list[asyncio.Future[Any]] = [entering, failed]
@@ -591,4 +608,9 @@ async def _connect(
     inner.on_log = None  # paho formats every log line when on_log is set: not on the hot path
     if on_message is not None:
         inner.on_message = lambda _c, _u, message: on_message(message.topic, message.payload)
-    return Link(client, lost, resumed=bool(tls_sock.session_reused))
+    return Link(
+        client,
+        lost,
+        resumed=bool(tls_sock.session_reused),
+        topic_alias_maximum=topic_alias_maximum(connack[0] if connack else None),
+    )

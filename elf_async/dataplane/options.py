@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from elf_async.dataplane.mqtt5 import MQTT_311, MqttVersion
 from elf_async.errors import UsageError
 
 AWS_CONNECT_PER_S = 500.0  # per account
@@ -32,6 +33,7 @@ class ConnectOptions:
     connect_retries: int
     keepalive: int  # whole seconds
     allow_over_aws_limits: bool
+    mqtt_version: MqttVersion = MQTT_311  # --mqtt
 
 
 def check_publish_rate(per_thing: float, *, allow_over_aws_limits: bool) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from elf_async.dataplane.connections import Connector, Endpoint, Identity
 from elf_async.dataplane.lifecycle import Lifecycle, StagedPublisher
+from elf_async.dataplane.mqtt5 import Publish5
 from elf_async.dataplane.payload import PayloadSpec
 from elf_async.dataplane.schedule import ThingSchedule
 from elf_async.dataplane.sender import Publisher, Sender, SendResult, Shared, Snapshot
@@ -35,6 +36,7 @@ class SendPlan:
     qos: int
     window: int  # QoS 1 messages in flight per client
     shape: ShapePlan | None = None  # --stages, --churn, --storm
+    publish5: Publish5 | None = None  # MQTT 5: what every PUBLISH carries
 
     @property
     def target_per_s(self) -> float:
@@ -42,7 +44,11 @@ class SendPlan:
 
     def publishers(self, shared: Shared) -> list[Publisher]:
         """The publishers of this plan (on the running event loop)."""
-        return [self._publisher(t, shared) for t in self.things]
+        publishers = [self._publisher(t, shared) for t in self.things]
+        if self.publish5 is not None:
+            for p in publishers:
+                p.publish5 = self.publish5
+        return publishers
 
     def _publisher(self, t: ThingPlan, shared: Shared) -> Publisher:
         encode = self.spec.encoder(t.identity.name)
@@ -79,6 +85,7 @@ class SendSetup:
     connect_retries: int
     keepalive: int
     drain: float
+    protocol: int = 4  # paho's MQTTv311; 5: MQTT 5
 
 
 async def send_here(
@@ -112,6 +119,7 @@ def sender_for(
         retries=setup.connect_retries,
         keepalive=setup.keepalive,
         max_inflight=send_plan.window,
+        protocol=setup.protocol,
     )
     shared = Shared() if shared is None else shared
     publishers = send_plan.publishers(shared)

@@ -18,7 +18,7 @@ import contextlib
 import heapq
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from elf_async.dataplane.connections import Connector, Identity
 from elf_async.dataplane.mqtt import ConnectFailed, Link
+from elf_async.dataplane.mqtt5 import Publish5
 from elf_async.dataplane.payload import Encoder
 from elf_async.dataplane.schedule import Schedule
 from elf_async.dataplane.takeover import Readers, Takeover, Wire
@@ -52,6 +53,7 @@ class Shared:
     lag: Histogram = field(default_factory=lambda: Histogram(per_second=True))  # send - due time
     ack: Histogram = field(default_factory=lambda: Histogram(per_second=True))  # PUBACK - due
     ack_from_send: Histogram = field(default_factory=Histogram)  # PUBACK time - send time
+    refused: Counter[int] = field(default_factory=Counter)  # MQTT 5 PUBACK reason code -> count
 
 
 Resent = tuple[tuple[int, bool], ...]
@@ -101,6 +103,7 @@ class Publisher:
         self._pump_pending = False
         self.halted = False  # after a stop: publish nothing more, only collect PUBACKs
         self._loop = asyncio.get_running_loop()
+        self.publish5: Publish5 | None = None  # MQTT 5: what every PUBLISH carries
 
     @property
     def link(self) -> Link | None:
@@ -116,7 +119,20 @@ class Publisher:
             on_ack=self.acked_mid,
             on_sent=self._sent,
             on_drained=self._schedule_pump,
+            **self._wire5(link),
         )
+
+    def _wire5(self, link: Link) -> dict[str, Any]:
+        """An MQTT 5 Wire's options: its properties block, encoded once for the connection
+        (with the topic alias when asked for and the broker allows it), and `refused_mid`."""
+        if self.publish5 is None:
+            return {}
+        aliased = self.publish5.aliased(link.topic_alias_maximum)
+        return {
+            "properties": self.publish5.block(alias=aliased),
+            "aliased": aliased,
+            "on_refused": self.refused_mid,
+        }
 
     @property
     def owed(self) -> bool:
@@ -224,6 +240,17 @@ class Publisher:
         self.acked += 1
         self.shared.ack_from_send.record(now - sent)
         self.shared.ack.record(now - (self.base + seq * self.interval))
+        if self.resend or self.next_seq < self.scheduled:
+            self._schedule_pump()
+
+    def refused_mid(self, mid: int, code: int) -> None:
+        """An MQTT 5 PUBACK with a reason code of 0x80 or more: message `mid` failed, and the
+        reason is counted (`Shared.refused`)."""
+        entry = self.inflight.pop(mid, None)
+        if entry is None:
+            return
+        self.failed += 1
+        self.shared.refused[code] += 1
         if self.resend or self.next_seq < self.scheduled:
             self._schedule_pump()
 

@@ -92,6 +92,7 @@ class SubscribeResult:
     started_at: float
     ended_at: float
     listen_window_s: float
+    group: str | None = None  # a member of this shared subscription group (--shared)
 
 
 @dataclass
@@ -108,6 +109,9 @@ class Subscriber:
     latency: Histogram = field(default_factory=lambda: Histogram(per_second=True))
     series: Series = field(default_factory=lambda: Series(SERIES_FIELDS))
     unstamped: int = 0
+    # A member of a shared subscription group sees a share of each thing's messages: the gaps
+    # are the other members' share, not loss (`report merge` of the group's reports counts it).
+    group: str | None = None
 
     def _received(self, watch: Watch, topic: str, payload: bytes | bytearray) -> None:
         now_ms = time.time() * 1000
@@ -126,7 +130,7 @@ class Subscriber:
         trackers = self.trackers.values()
         return {
             "received": sum(t.received for t in trackers),
-            "lost": sum(t.lost for t in trackers),
+            "lost": 0 if self.group is not None else sum(t.lost for t in trackers),
             "duplicates": sum(t.duplicates for t in trackers),
         }
 
@@ -190,6 +194,7 @@ class Subscriber:
             started_at=started_at,
             ended_at=time.time(),
             listen_window_s=window,
+            group=self.group,
         )
 
     async def _tick(self, clock: float) -> None:

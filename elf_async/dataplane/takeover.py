@@ -54,6 +54,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 
+from elf_async.dataplane.mqtt5 import FAILED, puback
+
 Token = TypeVar("Token")
 
 PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
@@ -146,6 +148,9 @@ class Wire(Generic[Token]):
         on_ack: Callable[[int], None],
         on_sent: Callable[[Token, int, int], None],
         on_drained: Callable[[], None],
+        properties: bytes | None = None,
+        aliased: bool = False,
+        on_refused: Callable[[int, int], None] | None = None,
     ) -> None:
         sock = client._sock
         if not isinstance(sock, ssl.SSLSocket):
@@ -177,6 +182,14 @@ class Wire(Generic[Token]):
         self._writing_now = False  # paho's packets are written by the caller, not a writer
         self._pinging = False  # our PINGREQ is partly unsent: frame nothing until it is
         self._loop = asyncio.get_running_loop()
+        # MQTT 5 (elf_async.dataplane.mqtt5): every PUBLISH carries `properties` after its
+        # packet id; `aliased`: the first one sends the topic, the later ones an empty topic.
+        self._properties = properties
+        self._full_topic = self._topic if aliased else None
+        self._on_refused = on_refused
+        self._framing = 0  # MQTT 5: the bytes `_head` and the rest add to a payload
+        if properties is not None:
+            self.publish = self._publish5  # type: ignore[method-assign]
         client.loop_read = self.loop_read  # type: ignore[method-assign]
         client.loop_write = self.loop_write  # type: ignore[method-assign]
         self._own_writer_registration()
@@ -245,6 +258,38 @@ class Wire(Generic[Token]):
         parts.append(payload)
         self.size += len(self._head) + len(payload) + (2 if self._qos else 0)
         self._ends.append(self.size)
+
+    def _publish5(self, payload: bytes, mid: int) -> None:
+        """`publish` for MQTT 5: the properties block after the packet id."""
+        if len(payload) != self._head_for:
+            self._head5(len(payload))
+        parts = self._parts
+        parts.append(self._head)
+        if self._qos:
+            parts.append(mid.to_bytes(2, "big"))
+            self.outstanding += 1
+        parts.append(self._properties)  # type: ignore[arg-type]  # not None here
+        parts.append(payload)
+        self.size += self._framing + len(payload)
+        self._ends.append(self.size)
+
+    def _head5(self, size: int) -> None:
+        """The fixed header and topic of an MQTT 5 PUBLISH of `size` bytes of payload, and the
+        bytes it adds to the payload. With a topic alias, the first one has the topic (and
+        sets the alias) and is for one message only; the later ones have an empty topic."""
+        assert self._properties is not None
+        topic = self._topic
+        self._head_for = size
+        if self._full_topic is not None:
+            topic, self._full_topic = self._full_topic, None
+            self._topic, self._head_for = b"\x00\x00", -1  # the next message: a head again
+        extra = (2 if self._qos else 0) + len(self._properties)
+        self._head = (
+            bytes([paho.PUBLISH | self._qos << 1])
+            + remaining_length(len(topic) + extra + size)
+            + topic
+        )
+        self._framing = len(self._head) + extra
 
     def send(self, batch: Token) -> None:
         """Write what was framed since the last `send` as one batch.
@@ -461,6 +506,11 @@ class Wire(Generic[Token]):
                     break
             if rc or length < 0 or pos + header + length > size:
                 break
+            if command == _PUBACK and length > 2:  # MQTT 5: a reason code, maybe properties
+                acks += 1
+                self._acked5(buf[pos + header : pos + header + length])
+                pos += header + length
+                continue
             rc = self._to_paho(command, buf[pos + header : pos + header + length])
             pos += header + length
             if rc or self.dead:
@@ -470,6 +520,14 @@ class Wire(Generic[Token]):
         if rc and not self.dead:
             return self._client._loop_rc_handle(rc)
         return _OK
+
+    def _acked5(self, body: bytearray) -> None:
+        """An MQTT 5 PUBACK with a reason code: 0x80 or more refused the message."""
+        mid, code = puback(body)
+        if code < FAILED or self._on_refused is None:
+            self._on_ack(mid)
+        else:
+            self._on_refused(mid, code)
 
     def _to_paho(self, command: int, body: bytearray) -> MQTTErrorCode:
         """Let paho handle a packet the hot path does not know, as its own reader would."""
@@ -588,10 +646,22 @@ class Takeover:
         on_ack: Callable[[int], None],
         on_sent: Callable[[Token, int, int], None],
         on_drained: Callable[[], None],
+        properties: bytes | None = None,
+        aliased: bool = False,
+        on_refused: Callable[[int, int], None] | None = None,
     ) -> Wire[Token]:
-        """Take over a connected client: from now on all its I/O goes through the Wire."""
+        """Take over a connected client: from now on all its I/O goes through the Wire
+        (`properties`, `aliased`, `on_refused`: MQTT 5, see `Wire`)."""
         wire: Wire[Token] = Wire(
-            client._client, topic, qos, on_ack=on_ack, on_sent=on_sent, on_drained=on_drained
+            client._client,
+            topic,
+            qos,
+            on_ack=on_ack,
+            on_sent=on_sent,
+            on_drained=on_drained,
+            properties=properties,
+            aliased=aliased,
+            on_refused=on_refused,
         )
         self.readers.add(wire)
         own_timer = client._misc_task  # aiomqtt's keep-alive task for this client

@@ -27,6 +27,7 @@ from elf_async.controlplane.fleet import (
 from elf_async.controlplane.ledger import SHARED_STEPS, Ledger
 from elf_async.dataplane.commands import CommandPlan, CommandTally, send_with_commands
 from elf_async.dataplane.connections import Identity
+from elf_async.dataplane.mqtt5 import PROTOCOL_LEVEL, Publish5
 from elf_async.dataplane.options import (
     ConnectOptions,
     Qos,
@@ -83,6 +84,7 @@ class SendOptions:
     churn_per_s: float | None = None  # --churn: share of the connected devices per second
     storm_at: float | None = None  # --storm: seconds into the schedule
     commands: float | None = None  # --commands: commands/s across the fleet; None: none
+    publish5: Publish5 | None = None  # MQTT 5 (--mqtt 5): what every PUBLISH carries
 
 
 CLOUDWATCH_WAIT_S = 180.0  # AWS/IoT publishes a minute's sums a minute or two after it ends
@@ -211,7 +213,14 @@ def plan_send(
     ]
     if outside:
         warnings.lines.append(policy_warning(outside[0], root, per_thing=per_thing))
-    send_plan = SendPlan(things, spec, qos=options.qos, window=options.max_inflight, shape=shape)
+    send_plan = SendPlan(
+        things,
+        spec,
+        qos=options.qos,
+        window=options.max_inflight,
+        shape=shape,
+        publish5=options.publish5,
+    )
     return send_plan, sliced.shard
 
 
@@ -311,6 +320,7 @@ async def run_send(
         connect_retries=options.connect.connect_retries,
         keepalive=options.connect.keepalive,
         drain=options.drain,
+        protocol=PROTOCOL_LEVEL[options.connect.mqtt_version],
     )
     if start is None and options.start_at is not None:
         start = StartAt(options.start_at)
@@ -343,6 +353,7 @@ async def run_send(
         fleet_id=fleet_id,
         endpoint=endpoint,
         qos=options.qos,
+        mqtt_version=options.connect.mqtt_version,
         placement=sharding(
             shard=shard,
             start_at=start.at if start else None,

@@ -5,6 +5,7 @@ parsed and checked from the command line (elf_async.cli._options)."""
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from elf_async.controlplane.fleet import (
 )
 from elf_async.controlplane.ledger import Ledger
 from elf_async.dataplane.connections import Connector
+from elf_async.dataplane.mqtt5 import PROTOCOL_LEVEL, shared_filter
 from elf_async.dataplane.options import ConnectOptions, Qos
 from elf_async.dataplane.subscriber import Subscriber, Watch
 from elf_async.dataplane.topics import TopicTemplate, outside_policy
@@ -51,6 +53,7 @@ class SubscribeOptions:
     as_given: Mapping[str, Any]
     shard: Shard | None = None  # else the shard the state dir was created as, if any
     start_at: float | None = None  # epoch seconds: listen until `duration` after it
+    shared: str | None = None  # --shared GROUP: a member of a shared subscription group
 
 
 OLD_POLICY = (
@@ -116,7 +119,29 @@ def build_watches(
     ]
     if outside:  # e.g. --client-offset under a per-thing policy: watching another's topic
         warnings.lines.append(policy_warning(outside[0], root, per_thing=per_thing))
+    if options.shared is not None:
+        return share(watches, options.shared)
     return watches
+
+
+def share(watches: list[Watch], group: str) -> list[Watch]:
+    """The watches as members of shared subscription `group`: each subscribes to
+    ``$share/GROUP/<filter>``, and a watcher id becomes ``<thing>-GROUP-<member>-watch``, the
+    member a random tag of this process: every process of the group connects with ids of its
+    own (one id holds one connection), all within the fleet's watcher ids."""
+    member = secrets.token_hex(3)
+    return [
+        dataclasses.replace(
+            w,
+            topic=shared_filter(group, w.topic),
+            identity=dataclasses.replace(
+                w.identity, alias=watch_client_id(f"{w.identity.name}-{group}-{member}")
+            )
+            if w.identity.alias
+            else w.identity,
+        )
+        for w in watches
+    ]
 
 
 async def run_subscribe(
@@ -157,6 +182,7 @@ async def run_subscribe(
         timeout=options.connect.connect_timeout,
         retries=options.connect.connect_retries,
         keepalive=options.connect.keepalive,
+        protocol=PROTOCOL_LEVEL[options.connect.mqtt_version],
     )
 
     def tick(row: dict[str, Any]) -> None:
@@ -171,6 +197,7 @@ async def run_subscribe(
         duration=duration,
         on_message=on_message,
         on_tick=tick,
+        group=options.shared,
     )
     if metrics is not None:
         metrics.for_fleet(fleet_id, shard)
@@ -183,6 +210,7 @@ async def run_subscribe(
         fleet_id=fleet_id,
         endpoint=endpoint,
         qos=options.qos,
+        mqtt_version=options.connect.mqtt_version,
         placement=sharding(shard=shard, start_at=options.start_at, late_start_s=late_start_s),
     )
     report["fleet"]["identity"] = identity

@@ -97,6 +97,7 @@ def _config(
     max_inflight: int,
     persistence: bool,
     log_types: Sequence[str],
+    extra: Sequence[str] = (),
 ) -> str:
     lines = [
         f"listener {port} {host}",
@@ -125,6 +126,7 @@ def _config(
         "log_type information",
         *(f"log_type {kind}" for kind in log_types),
         "connection_messages true",
+        *extra,
     ]
     if os.geteuid() == 0:
         # As root mosquitto drops to the `mosquitto` user, which cannot read our 0600 key.
@@ -168,6 +170,7 @@ class Mosquitto:
         log_file: Path | None = None,
         persistence: bool = False,
         log_types: Sequence[str] = (),
+        extra_config: Sequence[str] = (),
     ) -> Mosquitto:
         """Write a server certificate signed by `ca` and the config, then start mosquitto.
 
@@ -176,6 +179,7 @@ class Mosquitto:
         (and another one tried if it was taken in between). With `persistence`, sessions
         and queued messages survive a SIGTERM restart (saved in `directory`). `log_types` adds
         mosquitto log types, e.g. "debug" to log every packet: tests wait for those lines.
+        `extra_config`: more lines of its config (e.g. a test's ``acl_file``).
         """
         binary = find_mosquitto()
         directory.mkdir(parents=True, exist_ok=True)
@@ -201,6 +205,7 @@ class Mosquitto:
                     max_inflight=max_inflight,
                     persistence=persistence,
                     log_types=log_types,
+                    extra=extra_config,
                 )
             )
             broker = cls._launch(

@@ -23,8 +23,9 @@ from elf_async import __version__
 from elf_async.dataplane.commands import CommandTally
 from elf_async.dataplane.connections import Connector, Endpoint
 from elf_async.dataplane.lifecycle import merged_reports
+from elf_async.dataplane.mqtt5 import MQTT_5, MQTT_311, reason_counts
 from elf_async.dataplane.sender import SERIES_WINDOWS, SendResult, Shared
-from elf_async.dataplane.subscriber import SubscribeResult
+from elf_async.dataplane.subscriber import SequenceTracker, SubscribeResult
 from elf_async.dataplane.tally import Totals
 from elf_async.errors import UsageError
 from elf_async.files import write_public
@@ -185,6 +186,7 @@ class SendTally:
                 lag=merged(p.shared.lag for p in parts),
                 ack=merged(p.shared.ack for p in parts),
                 ack_from_send=merged(p.shared.ack_from_send for p in parts),
+                refused=sum((p.shared.refused for p in parts), Counter()),
             ),
             series=merge_series(p.series for p in parts),
             outcome=outcome,
@@ -307,6 +309,7 @@ def base_report(
     endpoint: Endpoint,
     connections: ConnectionTally,
     placement: Sharding,
+    mqtt_version: str = MQTT_311,
 ) -> CommonReport:
     """The fields every report of a send or a subscribe has."""
     return {
@@ -314,6 +317,7 @@ def base_report(
         **placement,  # type: ignore[typeddict-item]
         "fleet": {"fleet_id": fleet_id, "things": things},
         "endpoint": {"host": endpoint.host, "port": endpoint.port, "alpn": endpoint.alpn},
+        "mqtt_version": mqtt_version,
         "connections": {
             "attempted": connections.attempted,
             "succeeded": connections.succeeded,
@@ -367,6 +371,7 @@ def send_report(
     qos: int,
     placement: Sharding | None = None,
     commands: CommandTally | None = None,
+    mqtt_version: str = MQTT_311,
 ) -> SendReport:
     common = base_report(
         command="send",
@@ -379,6 +384,7 @@ def send_report(
         endpoint=endpoint,
         connections=result.connections,
         placement=placement or Sharding(),
+        mqtt_version=mqtt_version,
     )
     totals = result.totals()
     window = result.publish_window_s
@@ -391,6 +397,8 @@ def send_report(
         several.update(cast(Any, result.shape))
     if commands is not None:
         several["commands"] = commands_section(commands)
+    if mqtt_version == MQTT_5:
+        several["reason_codes"] = reason_counts(result.shared.refused)
     series, seconds = report_series(result.series, SEND_WINDOWS)
     histograms: SendHistograms = {
         "connect": text(result.connections.connect_time.encode()),
@@ -456,6 +464,7 @@ class _Workers(TypedDict, total=False):
     storm: Storm | None
     churn: Churn | None
     commands: Commands
+    reason_codes: dict[str, int]
 
 
 def commands_section(tally: CommandTally) -> Commands:
@@ -480,6 +489,7 @@ def subscribe_report(
     endpoint: Endpoint,
     qos: int,
     placement: Sharding | None = None,
+    mqtt_version: str = MQTT_311,
 ) -> SubscribeReport:
     connections = ConnectionTally.of(result.connector)
     common = base_report(
@@ -493,9 +503,11 @@ def subscribe_report(
         endpoint=endpoint,
         connections=connections,
         placement=placement or Sharding(),
+        mqtt_version=mqtt_version,
     )
     trackers = result.trackers
     received = sum(t.received for t in trackers.values())
+    member = result.group is not None  # a share of each thing's messages: no loss to count
     window = result.listen_window_s
     series, seconds = report_series(result.series.rows, SUBSCRIBE_WINDOWS)
     histograms: SubscribeHistograms = {
@@ -503,6 +515,7 @@ def subscribe_report(
         "end_to_end": text(result.latency.encode()),
         "seconds": cast(Any, seconds),
     }
+    group: _Group = {} if result.group is None else {"shared_group": result.group}
     return {
         **common,
         "latency_ms": {
@@ -515,7 +528,7 @@ def subscribe_report(
             "qos": qos,
             "received": received,
             "unique": sum(t.unique for t in trackers.values()),
-            "lost": sum(t.lost for t in trackers.values()),
+            "lost": 0 if member else sum(t.lost for t in trackers.values()),
             "duplicates": sum(t.duplicates for t in trackers.values()),
             "out_of_order": sum(t.out_of_order for t in trackers.values()),
             "unstamped": result.unstamped,
@@ -526,9 +539,10 @@ def subscribe_report(
                 "name": name,
                 "received": t.received,
                 "unique": t.unique,
-                "lost": t.lost,
+                "lost": 0 if member else t.lost,
                 "duplicates": t.duplicates,
                 "out_of_order": t.out_of_order,
+                **_sequence_span(t, member=member),
             }
             for name, t in sorted(trackers.items())
         ],
@@ -542,8 +556,30 @@ def subscribe_report(
             }
             for w in result.watches
         ],
+        **group,
         "histograms": histograms,
     }
+
+
+class _Group(TypedDict, total=False):
+    """`SubscribeReport.shared_group`, a key only a shared subscription member's has."""
+
+    shared_group: str
+
+
+class _Span(TypedDict, total=False):
+    """`SubscribeThing`'s keys that only a shared subscription member's rows have."""
+
+    first_seq: int
+    highest_seq: int
+
+
+def _sequence_span(tracker: SequenceTracker, *, member: bool) -> _Span:
+    """A shared subscription member's first and highest sequence number of a thing: what
+    `report merge` needs to count the group's loss (the span less the members' unique)."""
+    if not member or tracker.first is None:
+        return _Span()
+    return {"first_seq": tracker.first, "highest_seq": tracker.highest}
 
 
 AWS_METRICS_NOTE = (

@@ -98,6 +98,7 @@ def merge(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> SendReport | Subs
             "things": sum(s.report["fleet"]["things"] for s in shards),
         },
         "endpoint": first["endpoint"],
+        **({"mqtt_version": first["mqtt_version"]} if "mqtt_version" in first else {}),
         "connections": _connections([s.report["connections"] for s in shards]),
         "shards": Shards(count=count, merged=len(shards), missing=count - len(shards)),
         "latency_ms": {name: latency(h) for name, h in histograms.items()},
@@ -223,6 +224,9 @@ def _send_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         },
         "things": [row for p in parts for row in p["things"]],
     }
+    reasons = [p["reason_codes"] for p in parts if "reason_codes" in p]
+    if reasons:
+        merged["reason_codes"] = dict(sum(map(Counter, reasons), Counter()).most_common())
     workers = [p["workers"] for p in parts if "workers" in p]
     if workers:
         merged["workers"] = {
@@ -256,9 +260,38 @@ def _commands(shards: Sequence[Shard]) -> tuple[Commands, str]:
 
 def _subscribe_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     rates = [p["rate"]["achieved_per_s"] for p in parts if p["rate"]["achieved_per_s"] is not None]
+    messages = _messages(parts)
+    things = [row for p in parts for row in p["things"]]
+    groups = {p["shared_group"] for p in parts if "shared_group" in p}
+    if groups:  # members of a shared subscription: each saw a share of every thing's messages
+        things = _group_things(things)
+        messages["lost"] = sum(row["lost"] for row in things)
     return {
-        "messages": _messages(parts),
+        "messages": messages,
         "rate": {"achieved_per_s": round(sum(rates), 3) if rates else None},
-        "things": [row for p in parts for row in p["things"]],
+        "things": things,
         "subscribers": [row for p in parts for row in p["subscribers"]],
+        **({"shared_group": ",".join(sorted(groups))} if groups else {}),
     }
+
+
+def _group_things(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of a shared subscription group's members, one per thing: counts summed, the
+    sequence span from the first to the highest any member saw, and the loss in it (the span
+    less the unique messages of all members; a message two members both got counts twice)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        into = merged.get(row["name"])
+        if into is None:
+            merged[row["name"]] = dict(row)
+            continue
+        for name in ("received", "unique", "duplicates", "out_of_order"):
+            into[name] += row[name]
+        if "first_seq" in row:
+            into["first_seq"] = min(into.get("first_seq", row["first_seq"]), row["first_seq"])
+            into["highest_seq"] = max(into.get("highest_seq", -1), row["highest_seq"])
+    for row in merged.values():
+        if "first_seq" in row:
+            span = row["highest_seq"] - row["first_seq"] + 1
+            row["lost"] = max(0, span - row["unique"])
+    return [merged[name] for name in sorted(merged)]

@@ -128,6 +128,7 @@ class StartInstant(TypedDict):
 class CommonReport(ReportHead):
     fleet: Annotated[Fleet, "the fleet used; `things` sent (send) or subscribed (subscribe)"]
     endpoint: Annotated[Broker, "the broker used"]
+    mqtt_version: NotRequired[Annotated[str, "the MQTT version spoken: `3.1.1` or `5` (--mqtt)"]]
     connections: Annotated[
         Connections,
         "every CONNECT attempt, reconnections included; `errors` counts reasons (e.g. "
@@ -352,6 +353,13 @@ class SendReport(CommonReport):
             "`series` row; null: nothing recorded), so that reports merge exactly",
         ]
     ]
+    reason_codes: NotRequired[
+        Annotated[
+            dict[str, int],
+            "MQTT 5: the PUBACK reason codes of 0x80 or more (refused messages, counted in "
+            "`failed`) and how often, e.g. `0x87 Not authorized`, most frequent first",
+        ]
+    ]
     aws_metrics: NotRequired[
         Annotated[
             AwsMetrics,
@@ -419,6 +427,10 @@ class SubscribeThing(TypedDict):
     lost: Annotated[int, "missing sequence numbers"]
     duplicates: Annotated[int, "received again"]
     out_of_order: Annotated[int, "received after a higher sequence number"]
+    first_seq: NotRequired[
+        Annotated[int, "a shared subscription member's first sequence number of the thing"]
+    ]
+    highest_seq: NotRequired[Annotated[int, "and its highest (to merge the group's loss)"]]
 
 
 class Subscriber(TypedDict):
@@ -446,6 +458,14 @@ class SubscribeReport(CommonReport):
     rate: Annotated[SubscribeRate, "received per second of listening"]
     things: Annotated[list[SubscribeThing], "per sending thing"]
     subscribers: Annotated[list[Subscriber], "per subscribing connection"]
+    shared_group: NotRequired[
+        Annotated[
+            str,
+            "`subscribe --shared GROUP`: a member of this shared subscription group, which saw "
+            "a share of each thing's messages, so `lost` is 0 here: `report merge` of the "
+            "members' reports counts the group's loss",
+        ]
+    ]
     histograms: NotRequired[
         Annotated[
             SubscribeHistograms,

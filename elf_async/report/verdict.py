@@ -74,7 +74,12 @@ def send_problems(report: SendReport, *, unresolved: Sequence[str] = ()) -> list
     if messages["unsent"]:
         problems.append(f"{messages['unsent']} messages were due but not published")
     if messages["failed"]:
-        problems.append(f"{messages['failed']} messages failed (not acknowledged)")
+        refused = report.get("reason_codes") or {}
+        why = ", ".join(f"{count} {reason}" for reason, count in refused.items())
+        problems.append(
+            f"{messages['failed']} messages failed (not acknowledged"
+            + (f"; refused: {why})" if why else ")")
+        )
     workers = report.get("workers")
     lost = workers["lost"] if workers else []
     if lost:

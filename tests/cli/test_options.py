@@ -151,9 +151,10 @@ SEND_AS_GIVEN: dict[str, Any] = {
     "append_thing_name": False,
     "json_message": "a.json", "payload_template": None, "payload_size": None, "stamp": None,
     "max_inflight": 100, "drain": "5s", "report": "r.json", "html": "r.html",
+    "user_property": None, "topic_alias": False, "message_expiry": None,
     "connect": {
         "mqtt_endpoint": "h:1", "port": None, "ca_file": "/x/ca.pem", "connect_rate": "100/s",
-        "connect_timeout": 10.0, "connect_retries": 3, "keepalive": 60,
+        "connect_timeout": 10.0, "connect_retries": 3, "keepalive": 60, "mqtt": "3.1.1",
         "allow_over_aws_limits": False,
     },
     "sharding": {"shard": None, "start_at": None},
@@ -176,7 +177,7 @@ def test_the_report_keeps_what_the_user_typed() -> None:
     subscribe = parse_subscribe_options(SubscribeArgs(duration="5m", connect=connect))
     assert subscribe.as_given == {
         "things": None, "client_offset": None, "topic": None, "append_thing_name": False,
-        "qos": 1, "duration": "5m", "report": None, "html": None,
+        "qos": 1, "duration": "5m", "shared": None, "report": None, "html": None,
         "connect": SEND_AS_GIVEN["connect"], "sharding": SEND_AS_GIVEN["sharding"],
         "metrics": SEND_AS_GIVEN["metrics"],
     }  # fmt: skip

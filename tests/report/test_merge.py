@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 from support.report import assert_conforms, sent_report
+from support.sample_reports import as_v2, subscribe_report
 
 from elf_async.dataplane.commands import CommandTally
 from elf_async.errors import UsageError
 from elf_async.metrics import Histogram
 from elf_async.report.document import commands_section, latency, text
 from elf_async.report.merge import merge
-from elf_async.report.model import SendReport
+from elf_async.report.model import SendReport, SubscribeReport
 from elf_async.report.verdict import judge_report
 
 # Two shards' ack latencies, second by second (seconds): different enough that an average of
@@ -186,3 +187,49 @@ def test_the_commands_of_shards_sum_and_their_round_trips_merge_exactly() -> Non
     plain = sent_report(seconds=SLOW, names=("elf-2", "elf-3"), shard=(1, 2))
     with pytest.raises(UsageError, match=r"a\.json: sent commands \(--commands\), unlike"):
         merge([("a.json", a), ("b.json", plain)])
+
+
+def test_mqtt_5_reason_codes_are_summed_most_frequent_first() -> None:
+    a = sent_report(seconds=FAST, shard=(0, 2))
+    b = sent_report(seconds=SLOW, names=("elf-2", "elf-3"), shard=(1, 2))
+    for report in (a, b):
+        report["mqtt_version"] = "5"
+    a["reason_codes"] = {"0x87 Not authorized": 2}
+    b["reason_codes"] = {"0x97 Quota exceeded": 3, "0x87 Not authorized": 2}
+    merged: Any = merge([("a.json", a), ("b.json", b)])
+    assert merged["mqtt_version"] == "5"
+    assert merged["reason_codes"] == {"0x87 Not authorized": 4, "0x97 Quota exceeded": 3}
+    assert list(merged["reason_codes"]) == ["0x87 Not authorized", "0x97 Quota exceeded"]
+
+
+def _member(seqs: dict[str, list[int]]) -> dict[str, Any]:
+    """A shared subscription member's report: the sequence numbers it got of each thing."""
+    report = as_v2(subscribe_report(things=len(seqs)))
+    report["shared_group"] = "g"
+    report["histograms"]["seconds"] = [{"end_to_end": None} for _ in report["series"]]
+    report["things"] = [
+        {
+            "name": name, "received": len(got), "unique": len(got), "lost": 0,
+            "duplicates": 0, "out_of_order": 0, "first_seq": min(got), "highest_seq": max(got),
+        }
+        for name, got in seqs.items()
+    ]  # fmt: skip
+    report["messages"]["received"] = report["messages"]["unique"] = sum(map(len, seqs.values()))
+    return report
+
+
+def test_a_shared_subscription_group_s_members_merge_into_one_row_per_thing() -> None:
+    """Member a got the even and b the odd sequence numbers of x; of y, 3 never came."""
+    a = _member({"x": [0, 2, 4], "y": [0, 1]})
+    b = _member({"x": [1, 3, 5], "y": [2, 4]})
+    merged: Any = merge([("a.json", a), ("b.json", b)])
+    assert_conforms(merged, SubscribeReport)
+    rows = {row["name"]: row for row in merged["things"]}
+    assert rows["x"] == {
+        "name": "x", "received": 6, "unique": 6, "lost": 0, "duplicates": 0,
+        "out_of_order": 0, "first_seq": 0, "highest_seq": 5,
+    }  # fmt: skip
+    assert (rows["y"]["unique"], rows["y"]["lost"]) == (4, 1)
+    assert merged["messages"]["lost"] == 1
+    assert merged["messages"]["received"] == 10
+    assert merged["shared_group"] == "g"

@@ -87,14 +87,22 @@ class Observer:
     topic: str = "#"
     qos: int = 1
     client_id: str = "observer"
+    # paho.MQTTv5: also records each message's user properties and message expiry
+    protocol: int = paho.MQTTv311
     messages: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    user_properties: list[list[tuple[str, str]]] = field(default_factory=list)
+    expiries: list[int | None] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _subscribed: threading.Event = field(default_factory=threading.Event)
     _client: Any = None
 
     def start(self) -> Observer:
+        v5 = self.protocol == paho.MQTTv5
         client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=None if v5 else False,
+            protocol=self.protocol,
         )
         client.tls_set(
             ca_certs=str(self.broker.ca_file),
@@ -117,6 +125,10 @@ class Observer:
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         with self._lock:
             self.messages[message.topic].append(message.payload)
+            if self.protocol == paho.MQTTv5:
+                given = getattr(message.properties, "UserProperty", [])
+                self.user_properties.append([tuple(pair) for pair in given])
+                self.expiries.append(getattr(message.properties, "MessageExpiryInterval", None))
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -153,10 +165,18 @@ def observer(
     """Start independent subscribers: ``observer(topic="elf/#", qos=1)``."""
     started: list[Observer] = []
 
-    def start(topic: str = "#", qos: int = 1, client_id: str = "observer") -> Observer:
+    def start(
+        topic: str = "#", qos: int = 1, client_id: str = "observer", protocol: int = paho.MQTTv311
+    ) -> Observer:
         key_file, cert_file = test_ca.client_cert(tmp_path / "observer", client_id)
         watcher = Observer(
-            mosquitto, key_file, cert_file, topic=topic, qos=qos, client_id=client_id
+            mosquitto,
+            key_file,
+            cert_file,
+            topic=topic,
+            qos=qos,
+            client_id=client_id,
+            protocol=protocol,
         )
         started.append(watcher.start())
         return watcher
