@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from elf_async.cli._args import ConnectArgs, MetricsArgs, SendArgs, ShardArgs, SubscribeArgs
+from elf_async.dataplane.auth import parse_access
 from elf_async.dataplane.mqtt import parse_endpoint
 from elf_async.dataplane.options import (
     AWS_CONNECT_PER_S,
@@ -41,6 +42,7 @@ DEFAULT_RATE = "1/s"  # the seed's pace
 _CLUSTER = re.compile(r"^(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[^\s/:]+):(\d{1,5})$")
 _LOCAL_CLUSTER = re.compile(r"^local:(\d+)$")
 DEFAULT_DURATION = "10s"
+SECRET_OPTIONS = ("password", "token", "token_signature")
 
 
 def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> SendOptions:
@@ -248,6 +250,15 @@ def parse_connect_options(args: ConnectArgs, *, shard: Shard | None = None) -> C
         if endpoint_port is not None and port is not None and endpoint_port != port:
             raise UsageError(f"--mqtt-endpoint says port {endpoint_port} but --port says {port}")
         port = port or endpoint_port
+    transport, auth, custom = parse_access(
+        transport=args.transport,
+        auth=args.auth,
+        username=args.username,
+        password=args.password,
+        token=args.token,
+        token_key_name=args.token_key_name,
+        token_signature=args.token_signature,
+    )
     return ConnectOptions(
         mqtt_host=host,
         port=port,
@@ -257,6 +268,9 @@ def parse_connect_options(args: ConnectArgs, *, shard: Shard | None = None) -> C
         connect_retries=args.connect_retries,
         keepalive=keepalive,
         allow_over_aws_limits=args.allow_over_aws_limits,
+        transport=transport,
+        auth=auth,
+        custom=custom,
     )
 
 
@@ -410,6 +424,9 @@ def _as_given(args: SendArgs | SubscribeArgs, connect: ConnectOptions) -> dict[s
         "connect_timeout": connect.connect_timeout,
         "keepalive": connect.keepalive,
     }
+    for secret in SECRET_OPTIONS:  # a credential never goes into a report
+        if given["connect"].get(secret) is not None:
+            given["connect"][secret] = "(given)"
     return given
 
 

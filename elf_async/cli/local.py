@@ -27,7 +27,15 @@ def describe(stack: localstack.LocalStack) -> str:
         f"  control plane  {stack.endpoint_url}  (moto, pid {stack.moto.pid})\n"
         f"  MQTT broker    {stack.mqtt_host}:{stack.mqtt_port}  "
         f"(mosquitto, mutual TLS, pid {stack.mosquitto.pid})\n"
-        f"  local CA       {stack.ca_cert}  (registered as {stack.ca_certificate_id})\n"
+        + (
+            ""
+            if stack.listeners is None
+            else f"  WebSocket      {stack.mqtt_host}:{stack.listeners.websocket}  (TLS, "
+            "--transport wss; the SigV4 signature is not checked locally)\n"
+            f"  password       {stack.mqtt_host}:{stack.listeners.password}  (TLS, "
+            "--auth custom:elf-local --username elf --password elf-local)\n"
+        )
+        + f"  local CA       {stack.ca_cert}  (registered as {stack.ca_certificate_id})\n"
         f"  logs           {stack.directory}/moto.log, {stack.broker_dir}/mosquitto.log"
     )
 

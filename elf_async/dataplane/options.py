@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from elf_async.dataplane.auth import AuthKind, CustomAuth, Transport
 from elf_async.errors import UsageError
 
 AWS_CONNECT_PER_S = 500.0  # per account
@@ -32,6 +33,9 @@ class ConnectOptions:
     connect_retries: int
     keepalive: int  # whole seconds
     allow_over_aws_limits: bool
+    transport: Transport = "mqtts"  # --transport
+    auth: AuthKind = "x509"  # --auth: x509, sigv4 (wss), custom (then `custom` says which)
+    custom: CustomAuth | None = None
 
 
 def check_publish_rate(per_thing: float, *, allow_over_aws_limits: bool) -> None:

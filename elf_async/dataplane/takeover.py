@@ -48,6 +48,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 
+from elf_async.dataplane.websocket import WebSocket
+
 Token = TypeVar("Token")
 
 PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
@@ -139,13 +141,16 @@ class Wire(Generic[Token]):
         on_drained: Callable[[], None],
     ) -> None:
         sock = client._sock
-        if not isinstance(sock, ssl.SSLSocket):
+        if not isinstance(sock, ssl.SSLSocket | WebSocket):
             raise TypeError("a Wire needs a connected TLS client")
         self._client = client
         self._sock = sock
         # The OpenSSL connection under `sock`: `ssl.SSLSocket.send`/`recv` add three Python
         # calls per message around it, and `recv` allocates a buffer of the size asked for.
-        self._tls: _TLSObject = sock._sslobj  # type: ignore[attr-defined]
+        # Over WebSocket, the WebSocket takes the same calls: a batch is one frame.
+        self._tls: _TLSObject = (
+            sock if isinstance(sock, WebSocket) else sock._sslobj  # type: ignore[attr-defined]
+        )
         encoded = topic.encode()
         self._topic = len(encoded).to_bytes(2, "big") + encoded
         self._qos = qos
@@ -598,7 +603,7 @@ def paho_client(client: aiomqtt.Client) -> paho.Client:
     return inner
 
 
-async def enter(client: aiomqtt.Client, sock: ssl.SSLSocket) -> None:
+async def enter(client: aiomqtt.Client, sock: ssl.SSLSocket | WebSocket) -> None:
     """aiomqtt's ``__aenter__`` on a socket already connected (TCP and TLS, on the loop): paho
     sends CONNECT on `sock` instead of making its own, so no executor thread, DNS look-up or
     blocking handshake. Waits for CONNACK as aiomqtt does; raises `aiomqtt.MqttError`."""
