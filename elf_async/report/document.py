@@ -305,6 +305,7 @@ def base_report(
         **placement,  # type: ignore[typeddict-item]
         "fleet": {"fleet_id": fleet_id, "things": things},
         "endpoint": {"host": endpoint.host, "port": endpoint.port, "alpn": endpoint.alpn},
+        "transport": endpoint.label,
         "connections": {
             "attempted": connections.attempted,
             "succeeded": connections.succeeded,

@@ -96,6 +96,7 @@ def merge(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> SendReport | Subs
             "things": sum(s.report["fleet"]["things"] for s in shards),
         },
         "endpoint": first["endpoint"],
+        **({"transport": first["transport"]} if "transport" in first else {}),
         "connections": _connections([s.report["connections"] for s in shards]),
         "shards": Shards(count=count, merged=len(shards), missing=count - len(shards)),
         "latency_ms": {name: latency(h) for name, h in histograms.items()},

@@ -128,6 +128,14 @@ class StartInstant(TypedDict):
 class CommonReport(ReportHead):
     fleet: Annotated[Fleet, "the fleet used; `things` sent (send) or subscribed (subscribe)"]
     endpoint: Annotated[Broker, "the broker used"]
+    transport: NotRequired[
+        Annotated[
+            str,
+            "how it connected: `mqtts+x509` (each thing's certificate), `wss+sigv4` (MQTT over "
+            "WebSocket, SigV4-signed), `mqtts+custom` (a custom authorizer); absent before "
+            "elf-async had the choice (then `mqtts+x509`)",
+        ]
+    ]
     connections: Annotated[
         Connections,
         "every CONNECT attempt, reconnections included; `errors` counts reasons (e.g. "

@@ -1,0 +1,99 @@
+"""WebSocket framing (elf_async.dataplane.websocket): client frames masked as RFC 6455 says,
+the broker's frames turned back into the MQTT byte stream, the upgrade's answer checked."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from elf_async.dataplane.websocket import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    FrameReader,
+    WebSocketRefused,
+    accept_key,
+    check_response,
+    frame,
+    mask,
+    upgrade_request,
+)
+
+
+def _naive_mask(data: bytes, key: bytes) -> bytes:
+    return bytes(b ^ key[i % 4] for i, b in enumerate(data))
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 126, 65535, 65536, 200_001])
+def test_mask_is_the_bytewise_xor(size: int) -> None:
+    data, key = os.urandom(size), os.urandom(4)
+    assert mask(data, key) == _naive_mask(data, key)
+    assert mask(mask(data, key), key) == data
+
+
+@pytest.mark.parametrize(("size", "head"), [(10, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)])
+def test_a_client_frame_is_final_binary_and_masked(size: int, head: int) -> None:
+    data = os.urandom(size)
+    framed = frame(data)
+    assert framed[0] == 0x80 | OP_BINARY
+    assert framed[1] & 0x80  # masked
+    assert len(framed) == head + 4 + size
+    key = framed[head : head + 4]
+    assert _naive_mask(framed[head + 4 :], key) == data
+    reader = FrameReader()  # a masked frame is unmasked too
+    reader.feed(framed)
+    assert reader.stream == data
+
+
+def _server_frame(payload: bytes, opcode: int = OP_BINARY) -> bytes:
+    size = len(payload)
+    if size < 126:
+        return bytes((0x80 | opcode, size)) + payload
+    if size < 1 << 16:
+        return bytes((0x80 | opcode, 126)) + size.to_bytes(2, "big") + payload
+    return bytes((0x80 | opcode, 127)) + size.to_bytes(8, "big") + payload
+
+
+def test_frames_split_anywhere_give_the_stream_in_order() -> None:
+    pubacks = b"".join(bytes((0x40, 2, 0, n)) for n in range(1, 50))
+    raw = _server_frame(pubacks[:100]) + _server_frame(pubacks[100:]) + _server_frame(b"x" * 70000)
+    reader = FrameReader()
+    for start in range(0, len(raw), 7):
+        reader.feed(raw[start : start + 7])
+    assert reader.stream == pubacks + b"x" * 70000
+    assert not reader.closed
+
+
+def test_a_ping_is_answered_and_a_close_ends_the_stream() -> None:
+    reader = FrameReader()
+    reader.feed(_server_frame(b"hi", OP_PING) + _server_frame(b"\x40\x02\x00\x01"))
+    assert reader.stream == b"\x40\x02\x00\x01"
+    (pong,) = reader.pongs
+    assert pong[0] == 0x80 | OP_PONG
+    assert _naive_mask(pong[6:], pong[2:6]) == b"hi"
+    reader.feed(_server_frame(b"\x03\xe8", OP_CLOSE) + _server_frame(b"late"))
+    assert reader.closed
+    assert reader.stream == b"\x40\x02\x00\x01"
+
+
+def test_the_upgrade_asks_for_mqtt_on_the_presigned_path() -> None:
+    request = upgrade_request(host="h.example", path="/mqtt?X-Amz-Date=1&a=%2F", key="k==")
+    lines = request.decode().split("\r\n")
+    assert lines[0] == "GET /mqtt?X-Amz-Date=1&a=%2F HTTP/1.1"
+    assert "Sec-WebSocket-Protocol: mqtt" in lines
+    assert "Host: h.example" in lines
+    assert request.endswith(b"\r\n\r\n")
+
+
+def test_the_answer_must_switch_protocols_with_the_right_key() -> None:
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    assert accept_key(key) == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455's own example
+    ok = f"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: {accept_key(key)}"
+    check_response(ok.encode(), key=key)
+    with pytest.raises(WebSocketRefused, match="wrong accept key"):
+        check_response(b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: x", key=key)
+    with pytest.raises(WebSocketRefused, match="403 Forbidden") as refused:
+        check_response(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0", key=key)
+    assert refused.value.permanent
