@@ -37,7 +37,7 @@ PASSWORDS = "passwords"
 # username (with the authorizer's name in its query, as AWS IoT takes it) and the password.
 LOCAL_AUTHORIZER = "elf-local"
 LOCAL_USERNAME = "elf"
-LOCAL_PASSWORD = "elf-local"
+LOCAL_PASSWORD = "elf-local-secret"
 
 
 @dataclass(frozen=True, slots=True)
