@@ -69,8 +69,22 @@ def frame(data: bytes | bytearray | memoryview, *, opcode: int = OP_BINARY) -> b
         head = bytes((_FIN | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
     else:
         head = bytes((_FIN | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
-    key = os.urandom(4)
+    key = _masking_key()
     return head + key + mask(data, key)
+
+
+_KEY_POOL = 4096  # bytes of os.urandom per refill: 1,024 masking keys for one system call
+_keys = memoryview(b"")
+
+
+def _masking_key() -> bytes:
+    """Four unpredictable bytes (RFC 6455 5.3), from a pool: ``os.urandom`` per frame is a
+    system call per batch."""
+    global _keys
+    if len(_keys) < 4:
+        _keys = memoryview(os.urandom(_KEY_POOL))
+    key, _keys = bytes(_keys[:4]), _keys[4:]
+    return key
 
 
 def accept_key(key: str) -> str:
@@ -126,6 +140,9 @@ class FrameReader:
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Take raw bytes; every whole frame in them goes to `stream`, `pongs` or `closed`."""
         raw = self._raw
+        if not raw and len(data) > 2 and data[0] == _FIN | OP_BINARY and data[1] == len(data) - 2:
+            self.stream += data[2:]  # exactly one small binary frame: a PUBACK's, the usual read
+            return
         raw += data
         pos, size = 0, len(raw)
         while size - pos >= 2:

@@ -97,3 +97,10 @@ def test_the_answer_must_switch_protocols_with_the_right_key() -> None:
     with pytest.raises(WebSocketRefused, match="403 Forbidden") as refused:
         check_response(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0", key=key)
     assert refused.value.permanent
+
+
+def test_one_small_frame_per_read_is_taken_whole() -> None:
+    reader = FrameReader()
+    for mid in (1, 2):
+        reader.feed(memoryview(_server_frame(bytes((0x40, 2, 0, mid)))))
+    assert reader.stream == b"\x40\x02\x00\x01\x40\x02\x00\x02"
