@@ -405,6 +405,14 @@ async def _full_handshake(tls_sock: ssl.SSLSocket) -> None:
     tls_sock.setblocking(False)
 
 
+# A connection without a certificate that AWS IoT closes before CONNACK: its credentials
+# (an IAM policy for SigV4, the authorizer's answer and policy for a custom one) do not allow it.
+_REFUSED_WITHOUT_CERTIFICATE = (
+    "the credentials or the custom authorizer were refused, or their policy does not allow "
+    "iot:Connect for this client ID"
+)
+
+
 class ConnectFailed(Exception):
     """A connection attempt failed; `reason` is for humans, `permanent` says retrying is futile."""
 
@@ -608,6 +616,8 @@ async def _connect(
             reason = "the broker closed the connection before CONNACK " + (
                 "(on AWS IoT: certificate inactive, or the policy does not allow iot:Connect "
                 f"for this client ID) [{reason}]"
+                if websocket_path is None and username is None
+                else f"(on AWS IoT: {_REFUSED_WITHOUT_CERTIFICATE}) [{reason}]"
             )
         raise explain(reason)
     error = entering.exception()

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import os
 import ssl
-from typing import Any, Protocol
+from typing import Any, cast
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
@@ -177,19 +178,12 @@ class FrameReader:
         del raw[:pos]
 
 
-class _TLSObject(Protocol):
-    def write(self, data: bytes | memoryview, /) -> int: ...
-    def read(self, size: int, buffer: bytearray, /) -> int: ...
-    def pending(self) -> int: ...
-
-
 class WebSocket:
     """A TLS socket after the upgrade, seen as an MQTT byte stream: by paho (``send``,
     ``recv``) and by the hot path's `Wire` (``write``, ``read``, ``pending``)."""
 
     def __init__(self, tls_socket: ssl.SSLSocket, *, early: bytes = b"") -> None:
         self.tls_socket = tls_socket
-        self._tls: _TLSObject = tls_socket._sslobj  # type: ignore[attr-defined]  # noqa: SLF001
         self._frames = FrameReader()
         self._raw = bytearray(_READ_SIZE)
         self._unsent: bytes | None = None  # the frame of a write OpenSSL refused for now
@@ -203,7 +197,10 @@ class WebSocket:
         the caller retries with the same data and the same frame goes)."""
         if self._unsent is None or self._unsent_for != len(data):
             self._unsent, self._unsent_for = frame(data), len(data)
-        self._tls.write(self._unsent)
+        try:
+            self.tls_socket.write(self._unsent)
+        except ValueError:  # closed: as the OpenSSL object of a closed socket says it
+            raise OSError(errno.EBADF, "the connection is closed") from None
         self._unsent = None
         return len(data)
 
@@ -215,9 +212,12 @@ class WebSocket:
             if self._frames.closed:
                 return 0
             try:
-                count = self._tls.read(_READ_SIZE, self._raw)  # raises when nothing is there
+                # raises when nothing is there; with a buffer, it returns a count (typeshed: bytes)
+                count = cast(int, self.tls_socket.read(_READ_SIZE, self._raw))
             except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
                 return 0
+            except ValueError:  # closed
+                raise OSError(errno.EBADF, "the connection is closed") from None
             if not count:
                 return 0
             self._frames.feed(memoryview(self._raw)[:count])
@@ -229,13 +229,13 @@ class WebSocket:
 
     def pending(self) -> int:
         """MQTT bytes readable without waiting for the socket (or TLS bytes that may hold some)."""
-        return len(self._frames.stream) + self._tls.pending()
+        return len(self._frames.stream) + self.tls_socket.pending()
 
     def _answer_pings(self) -> None:
         frames = self._frames
         while frames.pongs and self._unsent is None:
             try:
-                self._tls.write(frames.pongs[0])
+                self.tls_socket.write(frames.pongs[0])
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 return  # answered with the next read
             frames.pongs.pop(0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -93,6 +94,16 @@ def _accepts(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _listening(conf: Path, port: int) -> list[int]:
+    """`port` first, then every other listener's port in the config."""
+    try:
+        text = conf.read_text()
+    except OSError:
+        return [port]
+    others = [int(m) for m in re.findall(r"^listener (\d+) ", text, flags=re.MULTILINE)]
+    return [port, *(other for other in others if other != port)]
 
 
 def _tail(path: Path, lines: int = 8) -> str:
@@ -323,7 +334,8 @@ class Mosquitto:
                 raise LocalStackError(
                     f"mosquitto exited with code {process.returncode} on port {port}: {tail}"
                 )
-            if _accepts(host, port):
+            # Every listener: the WebSocket one opens a moment after the others.
+            if all(_accepts(host, each) for each in _listening(conf, port)):
                 return broker
             time.sleep(0.05)
         broker.stop()

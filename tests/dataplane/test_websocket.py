@@ -3,10 +3,19 @@ the broker's frames turned back into the MQTT byte stream, the upgrade's answer 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from support.mqtt import FixtureCA
 
+from elf_async.dataplane.mqtt import ClientTls, ConnectFailed, connect
+from elf_async.dataplane.takeover import Takeover
 from elf_async.dataplane.websocket import (
     OP_BINARY,
     OP_CLOSE,
@@ -20,6 +29,7 @@ from elf_async.dataplane.websocket import (
     mask,
     upgrade_request,
 )
+from elf_async.local.mosquitto import Mosquitto
 
 
 def _naive_mask(data: bytes, key: bytes) -> bytes:
@@ -104,3 +114,105 @@ def test_one_small_frame_per_read_is_taken_whole() -> None:
     for mid in (1, 2):
         reader.feed(memoryview(_server_frame(bytes((0x40, 2, 0, mid)))))
     assert reader.stream == b"\x40\x02\x00\x01\x40\x02\x00\x02"
+
+
+@pytest.fixture
+def broker(test_ca: FixtureCA, tmp_path: Path) -> Iterator[Mosquitto]:
+    """mosquitto with its WebSocket listener (TLS, no client certificate)."""
+    started = Mosquitto.start(directory=tmp_path / "mosquitto", ca=test_ca.ca, listeners=True)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+async def test_the_wire_and_paho_both_speak_through_frames(broker: Mosquitto) -> None:
+    """Over a real WebSocket: a Wire's batch of 50 QoS 1 messages goes out as one frame and its
+    50 PUBACKs come back out of the broker's frames; paho's own SUBSCRIBE goes in a frame and
+    its SUBACK and the PUBLISH it brings are handed to paho; DISCONNECT closes cleanly."""
+    assert broker.listeners is not None
+    port = broker.listeners.websocket
+    paths: list[str] = []
+
+    def path() -> str:
+        paths.append(f"/mqtt?attempt={len(paths)}")
+        return paths[-1]
+
+    link = await connect(
+        host="127.0.0.1",
+        port=port,
+        client_id="ws-thing",
+        tls=ClientTls(ca_pem=broker.ca_file.read_text(), alpn=False).bare(),
+        within=10,
+        websocket_path=path,
+    )
+    assert paths == ["/mqtt?attempt=0"]
+    acked: list[int] = []
+    all_acked = asyncio.Event()
+    received: list[bytes] = []
+    got = asyncio.Event()
+    subscribed = asyncio.Event()
+    takeover = Takeover()
+
+    def on_ack(mid: int) -> None:
+        acked.append(mid)
+        if len(acked) == 50:
+            all_acked.set()
+
+    try:
+        wire = takeover.install(
+            link.client, "elf/ws", 1, on_ack=on_ack, on_sent=lambda *a: None,
+            on_drained=lambda: None,
+        )  # fmt: skip
+        link.paho.on_subscribe = lambda *args: subscribed.set()
+        link.paho.on_message = lambda _c, _u, message: (received.append(message.payload), got.set())
+        link.paho.subscribe("elf/ws", qos=0)
+        await asyncio.wait_for(subscribed.wait(), 10)
+        for mid in range(1, 51):
+            wire.publish(b"%d" % mid, mid)
+        wire.send(1)
+        await asyncio.wait_for(all_acked.wait(), 10)
+        assert sorted(acked) == list(range(1, 51))
+        await asyncio.wait_for(got.wait(), 10)
+        assert received[0] == b"1"
+    finally:
+        takeover.close()
+        await link.close()
+    assert link.lost.result() == "connection lost (Normal disconnection)"  # our DISCONNECT
+
+
+async def test_a_refused_upgrade_is_a_permanent_connect_failure(broker: Mosquitto) -> None:
+    """A broker that answers the upgrade with 403 (AWS IoT's answer to a bad signature): the
+    status line is the reason, and retrying is futile; the request carried the signed path."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(broker.directory / "server.crt", broker.directory / "server.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    requests: list[bytes] = []
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with context.wrap_socket(conn, server_side=True) as tls:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += tls.recv(4096)
+            requests.append(request)
+            tls.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+
+    server = threading.Thread(target=answer, daemon=True)
+    server.start()
+    try:
+        refusal = r"refused the WebSocket upgrade: HTTP/1\.1 403 Forbidden"
+        with pytest.raises(ConnectFailed, match=refusal) as e:
+            await connect(
+                host="127.0.0.1",
+                port=listener.getsockname()[1],
+                client_id="ws-thing",
+                tls=ClientTls(ca_pem=broker.ca_file.read_text(), alpn=False).bare(),
+                within=10,
+                websocket_path=lambda: "/mqtt?X-Amz-Signature=bad",
+            )
+        assert e.value.permanent
+    finally:
+        server.join(10)
+        listener.close()
+    assert requests[0].startswith(b"GET /mqtt?X-Amz-Signature=bad HTTP/1.1\r\n")
