@@ -36,7 +36,7 @@ class AwsKeys:
         return {"profile": self.profile}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["profile"])  # type: ignore[misc]
+        self.profile, self._credentials = state["profile"], None
 
     def keys(self) -> SigningKeys:
         """The keys now (botocore refreshes temporary ones); `UsageError` when there are none."""
