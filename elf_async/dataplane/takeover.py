@@ -148,9 +148,11 @@ class Wire(Generic[Token]):
         # The OpenSSL connection under `sock`: `ssl.SSLSocket.send`/`recv` add three Python
         # calls per message around it, and `recv` allocates a buffer of the size asked for.
         # Over WebSocket, the WebSocket takes the same calls: a batch is one frame.
-        self._tls: _TLSObject = (
-            sock if isinstance(sock, WebSocket) else sock._sslobj  # type: ignore[attr-defined]
-        )
+        if isinstance(sock, WebSocket):
+            sock.direct(sock.tls_socket._sslobj)  # type: ignore[attr-defined]
+            self._tls: _TLSObject = sock
+        else:
+            self._tls = sock._sslobj  # type: ignore[attr-defined]
         encoded = topic.encode()
         self._topic = len(encoded).to_bytes(2, "big") + encoded
         self._qos = qos

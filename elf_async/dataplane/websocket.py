@@ -26,7 +26,7 @@ import errno
 import hashlib
 import os
 import ssl
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
@@ -50,19 +50,31 @@ class WebSocketRefused(Exception):
         self.permanent = permanent
 
 
-def mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
-    """`data` XORed with the 4-byte `key` repeated, as RFC 6455 masks a payload: one XOR on
-    two big integers (~1 GB/s), not a Python loop per byte."""
-    size = len(data)
-    if not size:
-        return b""
-    repeated = key * (size // 4 + 1)
-    value = int.from_bytes(data, "big") ^ int.from_bytes(repeated[:size], "big")
-    return value.to_bytes(size, "big")
+# XOR with one byte value, as a translation table per value: `bytes.translate` applies one at
+# C speed, so masking is four strided translations (measured: 64 KB in ~135 µs, where one XOR
+# of two big integers took ~350 µs and a Python loop per byte ~10 ms). Below _SMALL bytes the
+# big-integer XOR is cheaper (~2 µs for a 140-byte batch against ~5 µs).
+_SMALL = 1024
+_XOR = [bytes(value ^ key for value in range(256)) for key in range(256)]
 
 
-def frame(data: bytes | bytearray | memoryview, *, opcode: int = OP_BINARY) -> bytes:
-    """One final client frame carrying `data`, masked with a fresh key."""
+def mask_into(out: bytearray, at: int, data: bytes | bytearray, key: bytes) -> None:
+    """Write `data` XORed with the 4-byte `key` repeated (RFC 6455 5.3) into `out` from `at`;
+    `out` must hold ``at + len(data)`` bytes."""
+    for lane in range(4):
+        out[at + lane :: 4] = data[lane::4].translate(_XOR[key[lane]])
+
+
+def mask(data: bytes | bytearray, key: bytes) -> bytes:
+    """`data` masked with `key` (unmasked, if it was)."""
+    out = bytearray(len(data))
+    mask_into(out, 0, data, key)
+    return bytes(out)
+
+
+def frame(data: bytes | bytearray | memoryview, *, opcode: int = OP_BINARY) -> bytes | bytearray:
+    """One final client frame carrying `data`, masked with a fresh key: a small one as one
+    big-integer XOR, a larger one by translations into one buffer."""
     size = len(data)
     if size < 126:
         head = bytes((_FIN | opcode, 0x80 | size))
@@ -70,22 +82,37 @@ def frame(data: bytes | bytearray | memoryview, *, opcode: int = OP_BINARY) -> b
         head = bytes((_FIN | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
     else:
         head = bytes((_FIN | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
-    key = _masking_key()
-    return head + key + mask(data, key)
+    key = _KEYS.next()
+    if size < _SMALL:  # one XOR of two integers: fewer calls than four translations
+        value = int.from_bytes(data, "big") ^ int.from_bytes((key * (size // 4 + 1))[:size], "big")
+        return head + key + value.to_bytes(size, "big")
+    at = len(head) + 4
+    out = bytearray(at + size)
+    out[: at - 4] = head
+    out[at - 4 : at] = key
+    mask_into(out, at, data.tobytes() if isinstance(data, memoryview) else data, key)
+    return out
 
 
-_KEY_POOL = 4096  # bytes of os.urandom per refill: 1,024 masking keys for one system call
-_keys = memoryview(b"")
+class _KeyPool:
+    """Four unpredictable bytes per frame (RFC 6455 5.3), from a pool: ``os.urandom`` per frame
+    is a system call per batch."""
+
+    __slots__ = ("_at", "_pool")
+    SIZE = 4096  # bytes of os.urandom per refill: 1,024 masking keys for one system call
+
+    def __init__(self) -> None:
+        self._pool, self._at = b"", 0
+
+    def next(self) -> bytes:
+        at = self._at
+        if at + 4 > len(self._pool):
+            self._pool, at = os.urandom(self.SIZE), 0
+        self._at = at + 4
+        return self._pool[at : at + 4]
 
 
-def _masking_key() -> bytes:
-    """Four unpredictable bytes (RFC 6455 5.3), from a pool: ``os.urandom`` per frame is a
-    system call per batch."""
-    global _keys
-    if len(_keys) < 4:
-        _keys = memoryview(os.urandom(_KEY_POOL))
-    key, _keys = bytes(_keys[:4]), _keys[4:]
-    return key
+_KEYS = _KeyPool()
 
 
 def accept_key(key: str) -> str:
@@ -135,8 +162,13 @@ class FrameReader:
     def __init__(self) -> None:
         self._raw = bytearray()
         self.stream = bytearray()  # MQTT bytes not yet taken
-        self.pongs: list[bytes] = []  # pong frames to send
+        self.pongs: list[bytes | bytearray] = []  # pong frames to send
         self.closed = False
+
+    @property
+    def partial(self) -> bool:
+        """Part of a frame is waiting for the rest."""
+        return bool(self._raw)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Take raw bytes; every whole frame in them goes to `stream`, `pongs` or `closed`."""
@@ -178,18 +210,34 @@ class FrameReader:
         del raw[:pos]
 
 
+class _TLSObject(Protocol):
+    """An OpenSSL connection: CPython's under an ``ssl.SSLSocket``, or the socket itself."""
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+    def read(self, size: int, buffer: bytearray, /) -> int: ...
+    def pending(self) -> int: ...
+
+
 class WebSocket:
     """A TLS socket after the upgrade, seen as an MQTT byte stream: by paho (``send``,
     ``recv``) and by the hot path's `Wire` (``write``, ``read``, ``pending``)."""
 
     def __init__(self, tls_socket: ssl.SSLSocket, *, early: bytes = b"") -> None:
         self.tls_socket = tls_socket
+        # What frames are read from and written to: the socket, or (`direct`) its OpenSSL
+        # connection, as the Wire of a plain TLS connection uses it.
+        self._io: _TLSObject = cast(_TLSObject, tls_socket)
         self._frames = FrameReader()
         self._raw = bytearray(_READ_SIZE)
-        self._unsent: bytes | None = None  # the frame of a write OpenSSL refused for now
+        self._unsent: bytes | bytearray | None = None  # a frame OpenSSL refused for now
         self._unsent_for = 0  # its payload's length
         if early:
             self._frames.feed(early)
+
+    def direct(self, tls_object: _TLSObject) -> None:
+        """Read and write `tls_object`, the socket's OpenSSL connection (takeover.py has it):
+        two Python calls fewer per read and per write."""
+        self._io = tls_object
 
     # --- the Wire's side (what it calls on an OpenSSL object) --------------------------------
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
@@ -198,7 +246,7 @@ class WebSocket:
         if self._unsent is None or self._unsent_for != len(data):
             self._unsent, self._unsent_for = frame(data), len(data)
         try:
-            self.tls_socket.write(self._unsent)
+            self._io.write(self._unsent)
         except ValueError:  # closed: as the OpenSSL object of a closed socket says it
             raise OSError(errno.EBADF, "the connection is closed") from None
         self._unsent = None
@@ -207,20 +255,30 @@ class WebSocket:
     def read(self, size: int, buffer: bytearray, /) -> int:
         """Up to `size` MQTT bytes into `buffer`; 0 when the broker closed; raises
         ``ssl.SSLWantReadError`` when no whole frame has come yet."""
-        stream = self._frames.stream
+        frames = self._frames
+        stream = frames.stream
+        raw = self._raw
         while not stream:
-            if self._frames.closed:
+            if frames.closed:
                 return 0
             try:
-                # raises when nothing is there; with a buffer, it returns a count (typeshed: bytes)
-                count = cast(int, self.tls_socket.read(_READ_SIZE, self._raw))
+                count = self._io.read(_READ_SIZE, raw)  # raises when nothing is there
             except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
                 return 0
             except ValueError:  # closed
                 raise OSError(errno.EBADF, "the connection is closed") from None
             if not count:
                 return 0
-            self._frames.feed(memoryview(self._raw)[:count])
+            if (
+                count > 2
+                and raw[0] == _FIN | OP_BINARY
+                and raw[1] == count - 2
+                and count - 2 <= size
+                and not frames.partial
+            ):  # exactly one small binary frame (a PUBACK's, the usual read): straight over
+                buffer[: count - 2] = memoryview(raw)[2:count]
+                return count - 2
+            frames.feed(memoryview(raw)[:count])
             self._answer_pings()
         count = min(size, len(stream))
         buffer[:count] = stream[:count]
@@ -229,13 +287,13 @@ class WebSocket:
 
     def pending(self) -> int:
         """MQTT bytes readable without waiting for the socket (or TLS bytes that may hold some)."""
-        return len(self._frames.stream) + self.tls_socket.pending()
+        return len(self._frames.stream) + self._io.pending()
 
     def _answer_pings(self) -> None:
         frames = self._frames
         while frames.pongs and self._unsent is None:
             try:
-                self.tls_socket.write(frames.pongs[0])
+                self._io.write(frames.pongs[0])
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 return  # answered with the next read
             frames.pongs.pop(0)
