@@ -216,3 +216,14 @@ async def test_a_refused_upgrade_is_a_permanent_connect_failure(broker: Mosquitt
         server.join(10)
         listener.close()
     assert requests[0].startswith(b"GET /mqtt?X-Amz-Signature=bad HTTP/1.1\r\n")
+
+
+def test_a_read_of_pubacks_only_and_one_with_another_packet_give_the_same_stream() -> None:
+    pubacks = [bytes((0x40, 2, mid >> 8, mid & 255)) for mid in range(300)]
+    reader = FrameReader()
+    reader.feed(b"".join(_server_frame(p) for p in pubacks))  # the strided path
+    assert reader.stream == b"".join(pubacks)
+    other = bytes((0x30, 2, 0, 0))  # a 4-byte packet that is no PUBACK, in a 6-byte frame too
+    reader = FrameReader()
+    reader.feed(b"".join(_server_frame(p) for p in [*pubacks[:5], other, *pubacks[5:]]))
+    assert reader.stream == b"".join([*pubacks[:5], other, *pubacks[5:]])
