@@ -9,9 +9,13 @@ on the loop or the batched hot path. So:
 - a `WebSocket` then stands in for that TLS socket: paho sends CONNECT, PINGREQ and DISCONNECT
   through its ``send`` and reads CONNACK and PINGRESP through its ``recv``; the hot path's
   `Wire` writes and reads through its ``write``/``read``/``pending``, the same calls it makes
-  on the OpenSSL object of a plain TLS connection. A Wire's batch therefore goes out as ONE
-  binary frame, masked in one operation on big integers (`mask`), and PUBACKs come out of the
-  broker's frames before the Wire parses them.
+  on the OpenSSL object of a plain TLS connection (the Wire hands it the socket's OpenSSL
+  object: `direct`). A Wire's batch therefore goes out as ONE binary frame, masked in a few
+  C-level operations (`frame`), and PUBACKs come out of the broker's frames before the Wire
+  parses them (`FrameReader`, with fast paths for the reads a publisher gets).
+
+The TLS socket's private OpenSSL object is taken in elf_async.dataplane.takeover, the one module
+that touches private names.
 
 Client frames must be masked (RFC 6455 5.3), with a fresh random key per frame. A write that
 OpenSSL refuses for now must be retried with the same bytes: the frame made for it is kept
