@@ -70,6 +70,9 @@ PEERS: dict[str, str] = {
     "gmqtt": "benchmarks.peers.gmqtt_pub",
     "aiomqtt_fast": "benchmarks.peers.aiomqtt_fast",
     "elf_async": "benchmarks.peers.elf_async_send",
+    # The same in-process send over MQTT over WebSocket (mosquitto's WebSocket listener, TLS):
+    # what --transport wss costs against mqtts, measured in the same rounds.
+    "elf_async_wss": "benchmarks.peers.elf_async_send",
     "mqttjs": "benchmarks/peers/mqttjs/pub.mjs",  # Node, not a Python module
 }
 DEFAULT_PEERS = ["paho", "aiomqtt_naive", "gmqtt", "mqttjs", "aiomqtt_fast", "elf_async"]
@@ -172,9 +175,11 @@ def run_peer(
 ) -> dict[str, Any]:
     """One run of one publisher: connect (untimed), GO, publish, drain, count what arrived.
     A `BASELINE` peer runs in `baseline` (a tree with the baseline's elf_async)."""
+    wss = peer == "elf_async_wss"
+    assert broker.listeners is not None  # the harness's broker has them
     config = {
         "host": broker.host,
-        "port": broker.port,
+        "port": broker.listeners.websocket if wss else broker.port,
         "ca_file": str(ca_file),
         "clients": [c.as_dict() for c in clients],
         "qos": scenario["qos"],
@@ -184,6 +189,7 @@ def run_peer(
         "rate": scenario["rate"],
         "paced": scenario["paced"],
         "variant": peer.removesuffix(BASELINE).split(":", 1)[1] if ":" in peer else "",
+        "extra": {"transport": "wss"} if wss else {},
     }
     config_file = workdir / f"{peer.replace(':', '-')}.json"
     config_file.write_text(json.dumps(config))
@@ -465,7 +471,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="elf-bench-") as tmp:
             workdir = Path(tmp)
             base = baseline_tree(args.baseline, workdir / "baseline") if args.baseline else None
-            broker = Mosquitto.start(directory=workdir / "broker", ca=pki.ca)
+            broker = Mosquitto.start(directory=workdir / "broker", ca=pki.ca, listeners=True)
             procs.brokers.append(broker)
             counter = None
             if not args.no_broker_count:

@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.peers._common import PeerConfig
+from elf_async.dataplane.auth import SigV4
 from elf_async.dataplane.connections import Endpoint, Identity
 from elf_async.dataplane.mqtt5 import MQTT_5, MQTT_311, PROTOCOL_LEVEL, Publish5
 from elf_async.dataplane.payload import build_spec
 from elf_async.dataplane.plan import SendPlan, SendSetup, ThingPlan
 from elf_async.dataplane.schedule import plan
 from elf_async.dataplane.sender import Shared
+from elf_async.dataplane.sigv4 import SigningKeys
 from elf_async.dataplane.tally import Totals
 
 CONNECT_PER_S = 1000.0  # connecting is untimed (before GO): as fast as the broker takes it
@@ -43,9 +45,21 @@ def send_plan(config: PeerConfig) -> SendPlan:
     )
 
 
+class BenchKeys:
+    """Fixed keys: each WebSocket connect is signed as on AWS (mosquitto checks nothing)."""
+
+    def keys(self) -> SigningKeys:
+        return SigningKeys("AKIDBENCH", "bench-secret", "bench-session-token")
+
+
 def send_setup(config: PeerConfig) -> SendSetup:
+    ca_pem = Path(config.ca_file).read_text()
+    endpoint = Endpoint(config.host, config.port, ca_pem)
+    if config.extra.get("transport") == "wss":
+        auth = SigV4(region="us-east-1", keys=BenchKeys())
+        endpoint = Endpoint(config.host, config.port, ca_pem, transport="wss", auth=auth)
     return SendSetup(
-        endpoint=Endpoint(config.host, config.port, Path(config.ca_file).read_text()),
+        endpoint=endpoint,
         connect_per_s=CONNECT_PER_S,
         connect_timeout=30.0,
         connect_retries=2,

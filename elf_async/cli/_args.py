@@ -119,6 +119,59 @@ class ConnectArgs:
             help="Permit rates and windows above AWS IoT's per-connection limits.",
         ),
     ] = False
+    transport: Annotated[
+        str,
+        typer.Option(
+            help="mqtts: MQTT over TLS; wss: MQTT over WebSocket (wss://<endpoint>/mqtt, "
+            "port 443), signed with SigV4 from the AWS credentials (--profile)."
+        ),
+    ] = "mqtts"
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            help="x509 (each thing's certificate), sigv4 (with --transport wss), or "
+            "custom:NAME (AWS IoT custom authorizer NAME: TLS on 443, ALPN mqtt, no client "
+            "certificate; with --token or --password). [default: x509; sigv4 with wss]",
+            show_default=False,
+        ),
+    ] = None
+    username: Annotated[
+        str | None,
+        typer.Option(
+            help="With --auth custom: the MQTT username, before the authorizer's query. "
+            "[default: the client id]",
+            show_default=False,
+        ),
+    ] = None
+    password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ELF_MQTT_PASSWORD",
+            help="With --auth custom: the MQTT password (the authorizer gets it base64). "
+            "Never written to the report.",
+            show_default=False,
+        ),
+    ] = None
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ELF_AUTH_TOKEN",
+            help="With --auth custom: the token for the authorizer (with --token-key-name). "
+            "Never written to the report.",
+            show_default=False,
+        ),
+    ] = None
+    token_key_name: Annotated[
+        str | None,
+        typer.Option(help="With --token: the authorizer's token key name.", show_default=False),
+    ] = None
+    token_signature: Annotated[
+        str | None,
+        typer.Option(
+            help="With --token: its signature (base64), for an authorizer with signing on.",
+            show_default=False,
+        ),
+    ] = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from elf_async.cli._args import ConnectArgs, MetricsArgs, SendArgs, ShardArgs, SubscribeArgs
+from elf_async.dataplane.auth import parse_access
 from elf_async.dataplane.mqtt import parse_endpoint
 from elf_async.dataplane.mqtt5 import (
     MQTT_5,
@@ -50,6 +51,7 @@ _CLUSTER = re.compile(r"^(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[^\s/:]+):(\d{1,5})$")
 _LOCAL_CLUSTER = re.compile(r"^local:(\d+)$")
 DEFAULT_DURATION = "10s"
 MAX_EXPIRY_S = 2**32 - 1  # MQTT 5's Message Expiry Interval: a four-byte integer
+SECRET_OPTIONS = ("password", "token", "token_signature")
 
 
 def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> SendOptions:
@@ -348,6 +350,15 @@ def parse_connect_options(args: ConnectArgs, *, shard: Shard | None = None) -> C
         if endpoint_port is not None and port is not None and endpoint_port != port:
             raise UsageError(f"--mqtt-endpoint says port {endpoint_port} but --port says {port}")
         port = port or endpoint_port
+    transport, auth, custom = parse_access(
+        transport=args.transport,
+        auth=args.auth,
+        username=args.username,
+        password=args.password,
+        token=args.token,
+        token_key_name=args.token_key_name,
+        token_signature=args.token_signature,
+    )
     return ConnectOptions(
         mqtt_host=host,
         port=port,
@@ -358,6 +369,9 @@ def parse_connect_options(args: ConnectArgs, *, shard: Shard | None = None) -> C
         keepalive=keepalive,
         allow_over_aws_limits=args.allow_over_aws_limits,
         mqtt_version=parse_version(args.mqtt),
+        transport=transport,
+        auth=auth,
+        custom=custom,
     )
 
 
@@ -511,6 +525,9 @@ def _as_given(args: SendArgs | SubscribeArgs, connect: ConnectOptions) -> dict[s
         "connect_timeout": connect.connect_timeout,
         "keepalive": connect.keepalive,
     }
+    for secret in SECRET_OPTIONS:  # a credential never goes into a report
+        if given["connect"].get(secret) is not None:
+            given["connect"][secret] = "(given)"
     return given
 
 

@@ -13,6 +13,7 @@ from elf_async.cli._common import console_err, settings
 from elf_async.controlplane.ledger import Ledger
 from elf_async.errors import LedgerError, UsageError
 from elf_async.local import stack as localstack
+from elf_async.local.mosquitto import LOCAL_AUTHORIZER, LOCAL_PASSWORD, LOCAL_USERNAME
 
 app = typer.Typer(
     name="local",
@@ -27,7 +28,16 @@ def describe(stack: localstack.LocalStack) -> str:
         f"  control plane  {stack.endpoint_url}  (moto, pid {stack.moto.pid})\n"
         f"  MQTT broker    {stack.mqtt_host}:{stack.mqtt_port}  "
         f"(mosquitto, mutual TLS, pid {stack.mosquitto.pid})\n"
-        f"  local CA       {stack.ca_cert}  (registered as {stack.ca_certificate_id})\n"
+        + (
+            ""
+            if stack.listeners is None
+            else f"  WebSocket      {stack.mqtt_host}:{stack.listeners.websocket}  (TLS, "
+            "--transport wss; the SigV4 signature is not checked locally)\n"
+            f"  password       {stack.mqtt_host}:{stack.listeners.password}  (TLS, "
+            f"--auth custom:{LOCAL_AUTHORIZER} --username {LOCAL_USERNAME} --password "
+            f"{LOCAL_PASSWORD})\n"
+        )
+        + f"  local CA       {stack.ca_cert}  (registered as {stack.ca_certificate_id})\n"
         f"  logs           {stack.directory}/moto.log, {stack.broker_dir}/mosquitto.log"
     )
 

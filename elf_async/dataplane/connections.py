@@ -12,7 +12,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from elf_async.dataplane.auth import CUSTOM_ALPN, Auth, CustomAuth, SigV4, Transport, label
 from elf_async.dataplane.mqtt import (
     ALPN_PORT,
     KEEPALIVE,
@@ -48,11 +50,24 @@ class Endpoint:
     host: str
     port: int
     ca_pem: str
+    transport: Transport = "mqtts"
+    auth: Auth = None  # None: each thing's X.509 certificate
 
     @property
     def alpn(self) -> bool:
-        """Port 443 needs ALPN x-amzn-mqtt-ca to reach MQTT on AWS IoT."""
-        return self.port == ALPN_PORT
+        """Port 443 needs ALPN x-amzn-mqtt-ca to reach MQTT with X.509 on AWS IoT."""
+        return self.port == ALPN_PORT and self.auth is None
+
+    @property
+    def alpn_protocol(self) -> bool | str:
+        """What the TLS handshake offers: x-amzn-mqtt-ca (True) on 443 with X.509, ``mqtt``
+        for a custom authorizer, nothing else (a WebSocket is an HTTP upgrade)."""
+        return CUSTOM_ALPN if isinstance(self.auth, CustomAuth) else self.alpn
+
+    @property
+    def label(self) -> str:
+        """Transport and authentication, as the report says them: ``wss+sigv4``, ..."""
+        return label(self.transport, self.auth)
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
@@ -108,7 +123,7 @@ class Connector:
     def __post_init__(self) -> None:
         self._limiter = RateLimiter(self.rate, name="CONNECT")
         # Contexts shared by all things, TLS sessions kept for reconnects (see ClientTls).
-        self.tls = ClientTls(ca_pem=self.endpoint.ca_pem, alpn=self.endpoint.alpn)
+        self.tls = ClientTls(ca_pem=self.endpoint.ca_pem, alpn=self.endpoint.alpn_protocol)
 
     async def addresses(self) -> list[Address]:
         """The endpoint's addresses, resolved at most once per RESOLVE_EVERY_S (concurrent
@@ -144,13 +159,16 @@ class Connector:
         await self._limiter.acquire()
         self._last_attempt[thing.client_id] = started = time.monotonic()
         self.attempted += 1
+        auth = self.endpoint.auth
         try:
             link = await mqtt_connect(
                 host=self.endpoint.host,
                 port=self.endpoint.port,
                 addresses=await self.addresses(),
                 client_id=thing.client_id,
-                tls=self.tls.identity(
+                tls=self.tls.bare()
+                if auth is not None
+                else self.tls.identity(
                     cert_file=thing.cert_file, key_file=thing.key_file, shared=thing.shared
                 ),
                 within=self.timeout,
@@ -158,6 +176,7 @@ class Connector:
                 max_inflight=self.max_inflight,
                 on_message=on_message,
                 protocol=self.protocol,
+                **_credentials(auth, host=self.endpoint.host, client_id=thing.client_id),
             )
         except ConnectFailed as exc:
             self.failed += 1
@@ -219,3 +238,13 @@ class Connector:
             self.reconnects += 1
             link.reopened = True
             return link
+
+
+def _credentials(auth: Auth, *, host: str, client_id: str) -> dict[str, Any]:
+    """What a connection passes besides its TLS: a WebSocket path signed now (SigV4), a
+    custom authorizer's username and password."""
+    if isinstance(auth, SigV4):
+        return {"websocket_path": lambda: auth.path(host)}
+    if isinstance(auth, CustomAuth):
+        return {"username": auth.username_for(client_id), "password": auth.password}
+    return {}

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from elf_async.dataplane.mqtt5 import connack_refusal, topic_alias_maximum
 from elf_async.dataplane.takeover import abandon, collect_disconnection, enter, paho_client
+from elf_async.dataplane.websocket import WebSocket, WebSocketRefused, upgrade
 from elf_async.errors import UsageError
 from elf_async.fdlimit import refused
 
@@ -171,7 +172,7 @@ class ClientTls:
     memory at fleet scale.
     """
 
-    def __init__(self, *, ca_pem: str, alpn: bool) -> None:
+    def __init__(self, *, ca_pem: str, alpn: bool | str) -> None:
         self._ca_pem = ca_pem
         self._alpn = alpn
         self._slots: dict[object, _Slot] = {}
@@ -182,14 +183,19 @@ class ClientTls:
     def new_context(self) -> ssl.SSLContext:
         """Hostname checking, CERT_REQUIRED, TLS 1.2 at least; no certificate yet."""
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self._ca_pem)
-        if self._alpn:
-            context.set_alpn_protocols([AWS_ALPN])
+        if self._alpn:  # True: x-amzn-mqtt-ca; a name: that protocol (custom auth: mqtt)
+            context.set_alpn_protocols([AWS_ALPN if self._alpn is True else self._alpn])
         self.contexts_built += 1
         return context
 
     def identity(self, *, cert_file: Path, key_file: Path, shared: bool = False) -> ThingTls:
         """A thing's TLS; `shared`: this certificate and key serve many client ids."""
         return ThingTls(self, cert_file, key_file, shared)
+
+    def bare(self) -> ThingTls:
+        """TLS without a client certificate (WebSocket with SigV4, custom authorizer): one
+        context for all, a TLS session shared as a shared identity's."""
+        return ThingTls(self, None, None, True)
 
     def slot(self, thing: ThingTls) -> _Slot:
         """The context to make `thing`'s next connection with, its certificate in place."""
@@ -198,7 +204,8 @@ class ClientTls:
             slot = self._slots.get(key)
             if slot is None:
                 slot = _Slot(self.new_context())
-                _load_chain(slot.context, thing)
+                if thing.cert_file is not None:
+                    _load_chain(slot.context, thing)
                 self._slots[key] = slot
             return slot
         kind = self._kind(thing)
@@ -214,6 +221,7 @@ class ClientTls:
         return slot
 
     def _kind(self, thing: ThingTls) -> str | None:
+        assert thing.cert_file is not None  # a bare thing is shared
         if thing.cert_file in self._kinds:
             return self._kinds[thing.cert_file]
         try:
@@ -225,6 +233,8 @@ class ClientTls:
 
 
 def _load_chain(context: ssl.SSLContext, thing: ThingTls) -> None:
+    assert thing.cert_file is not None
+    assert thing.key_file is not None
     try:
         context.load_cert_chain(certfile=thing.cert_file, keyfile=thing.key_file)
     except OSError as exc:  # ssl.SSLError included
@@ -235,7 +245,8 @@ def _unusable(thing: ThingTls, exc: OSError) -> UsageError:
     """Why a thing's certificate or key cannot be used: a usage error, not a connect failure."""
     if isinstance(exc, FileNotFoundError):
         missing = exc.filename or next(
-            (f for f in (thing.cert_file, thing.key_file) if not f.exists()), thing.cert_file
+            (f for f in (thing.cert_file, thing.key_file) if f and not f.exists()),
+            thing.cert_file,
         )
         return UsageError(f"{missing}: missing (run `elf-async create` again?)")
     return UsageError(f"{thing.cert_file}: the certificate or its key cannot be used ({exc})")
@@ -246,7 +257,9 @@ class ThingTls:
 
     __slots__ = ("_leads", "_offered", "_tls", "cert_file", "key_file", "shared")
 
-    def __init__(self, tls: ClientTls, cert_file: Path, key_file: Path, shared: bool) -> None:
+    def __init__(
+        self, tls: ClientTls, cert_file: Path | None, key_file: Path | None, shared: bool
+    ) -> None:
         self._tls = tls
         self.cert_file = cert_file
         self.key_file = key_file
@@ -393,6 +406,14 @@ async def _full_handshake(tls_sock: ssl.SSLSocket) -> None:
     tls_sock.setblocking(False)
 
 
+# A connection without a certificate that AWS IoT closes before CONNACK: its credentials
+# (an IAM policy for SigV4, the authorizer's answer and policy for a custom one) do not allow it.
+_REFUSED_WITHOUT_CERTIFICATE = (
+    "the credentials or the custom authorizer were refused, or their policy does not allow "
+    "iot:Connect for this client ID"
+)
+
+
 class ConnectFailed(Exception):
     """A connection attempt failed; `reason` is for humans, `permanent` says retrying is futile."""
 
@@ -482,6 +503,9 @@ async def connect(
     on_message: MessageCallback | None = None,
     addresses: list[Address] | None = None,
     protocol: int = paho.MQTTv311,
+    websocket_path: Callable[[], str] | None = None,
+    username: str | None = None,
+    password: str | None = None,
 ) -> Link:
     """Open one mutual-TLS MQTT 3.1.1 connection (clean session; `protocol` paho.MQTTv5: an
     MQTT 5 one, clean start) or raise `ConnectFailed`.
@@ -490,6 +514,8 @@ async def connect(
     made (`takeover.enter`): no executor thread, no blocking handshake. `addresses`: the
     broker's, resolved once by the caller (`resolve`); `host` names it for SNI and the check of
     its certificate. A certificate or key that cannot be used raises `UsageError`.
+    `websocket_path`: MQTT over WebSocket, upgraded with the path it gives (signed afresh for
+    each connection); `username`/`password`: CONNECT's (a custom authorizer's).
     """
     try:
         return await _connect(
@@ -503,6 +529,9 @@ async def connect(
             on_message=on_message,
             addresses=addresses,
             protocol=protocol,
+            websocket_path=websocket_path,
+            username=username,
+            password=password,
         )
     finally:
         tls.over()
@@ -520,6 +549,9 @@ async def _connect(
     on_message: MessageCallback | None,
     addresses: list[Address] | None,
     protocol: int = paho.MQTTv311,
+    websocket_path: Callable[[], str] | None,
+    username: str | None,
+    password: str | None,
 ) -> Link:
     loop = asyncio.get_running_loop()
     try:
@@ -532,6 +564,9 @@ async def _connect(
         raise ConnectFailed("timed out before the TLS handshake completed") from None
     except (OSError, ValueError) as exc:  # ssl.SSLError and ssl.CertificateError included
         raise explain(exc) from None
+    sock: ssl.SSLSocket | WebSocket = tls_sock
+    if websocket_path is not None:
+        sock = await _upgraded(tls_sock, host=host, path=websocket_path, within=within)
     client = aiomqtt.Client(
         host,
         port,
@@ -543,6 +578,8 @@ async def _connect(
         protocol=aiomqtt.ProtocolVersion(protocol),
         max_inflight_messages=max_inflight,
         logger=_PAHO_LOGGER,
+        username=username,
+        password=password,
     )
     inner = paho_client(client)
     errors: list[str] = []
@@ -577,7 +614,7 @@ async def _connect(
     inner.on_log = on_log
     inner.on_disconnect = on_disconnect
     inner.on_connect = on_connect
-    entering = asyncio.ensure_future(enter(client, tls_sock))
+    entering = asyncio.ensure_future(enter(client, sock))
     try:
         waiting: list[asyncio.Future[Any]] = [entering, failed]
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -596,6 +633,8 @@ async def _connect(
             reason = "the broker closed the connection before CONNACK " + (
                 "(on AWS IoT: certificate inactive, or the policy does not allow iot:Connect "
                 f"for this client ID) [{reason}]"
+                if websocket_path is None and username is None
+                else f"(on AWS IoT: {_REFUSED_WITHOUT_CERTIFICATE}) [{reason}]"
             )
         raise explain(reason)
     error = entering.exception()
@@ -614,3 +653,22 @@ async def _connect(
         resumed=bool(tls_sock.session_reused),
         topic_alias_maximum=topic_alias_maximum(connack[0] if connack else None),
     )
+
+
+async def _upgraded(
+    tls_sock: ssl.SSLSocket, *, host: str, path: Callable[[], str], within: float
+) -> WebSocket:
+    """The WebSocket upgrade of a TLS connection just made, or `ConnectFailed` (the socket
+    closed): a refusal with a status (403: a bad or expired signature) is permanent."""
+    try:
+        async with asyncio.timeout(within):
+            return await upgrade(tls_sock, host=host, path=path())
+    except BaseException as exc:
+        tls_sock.close()
+        if isinstance(exc, TimeoutError):
+            raise ConnectFailed("timed out during the WebSocket upgrade") from None
+        if isinstance(exc, WebSocketRefused):
+            raise ConnectFailed(str(exc), permanent=exc.permanent) from None
+        if isinstance(exc, OSError):
+            raise explain(exc) from None
+        raise

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from elf_async.dataplane.auth import AuthKind, CustomAuth, Transport
 from elf_async.dataplane.mqtt5 import MQTT_311, MqttVersion
 from elf_async.errors import UsageError
 
@@ -34,6 +35,9 @@ class ConnectOptions:
     keepalive: int  # whole seconds
     allow_over_aws_limits: bool
     mqtt_version: MqttVersion = MQTT_311  # --mqtt
+    transport: Transport = "mqtts"  # --transport
+    auth: AuthKind = "x509"  # --auth: x509, sigv4 (wss), custom (then `custom` says which)
+    custom: CustomAuth | None = None
 
 
 def check_publish_rate(per_thing: float, *, allow_over_aws_limits: bool) -> None:

@@ -55,6 +55,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 
 from elf_async.dataplane.mqtt5 import FAILED, puback
+from elf_async.dataplane.websocket import WebSocket
 
 Token = TypeVar("Token")
 
@@ -153,13 +154,18 @@ class Wire(Generic[Token]):
         on_refused: Callable[[int, int], None] | None = None,
     ) -> None:
         sock = client._sock
-        if not isinstance(sock, ssl.SSLSocket):
+        if not isinstance(sock, ssl.SSLSocket | WebSocket):
             raise TypeError("a Wire needs a connected TLS client")
         self._client = client
         self._sock = sock
         # The OpenSSL connection under `sock`: `ssl.SSLSocket.send`/`recv` add three Python
         # calls per message around it, and `recv` allocates a buffer of the size asked for.
-        self._tls: _TLSObject = sock._sslobj  # type: ignore[attr-defined]
+        # Over WebSocket, the WebSocket takes the same calls: a batch is one frame.
+        if isinstance(sock, WebSocket):
+            sock.direct(sock.tls_socket._sslobj)  # type: ignore[attr-defined]
+            self._tls: _TLSObject = sock
+        else:
+            self._tls = sock._sslobj  # type: ignore[attr-defined]
         encoded = topic.encode()
         self._topic = len(encoded).to_bytes(2, "big") + encoded
         self._qos = qos
@@ -712,7 +718,7 @@ def paho_client(client: aiomqtt.Client) -> paho.Client:
     return inner
 
 
-async def enter(client: aiomqtt.Client, sock: ssl.SSLSocket) -> None:
+async def enter(client: aiomqtt.Client, sock: ssl.SSLSocket | WebSocket) -> None:
     """aiomqtt's ``__aenter__`` on a socket already connected (TCP and TLS, on the loop): paho
     sends CONNECT on `sock` instead of making its own, so no executor thread, DNS look-up or
     blocking handshake. Waits for CONNACK as aiomqtt does; raises `aiomqtt.MqttError`."""

@@ -22,10 +22,12 @@ from elf_async.controlplane.fleet import (
     shared_identity_name,
 )
 from elf_async.controlplane.ledger import SHARED_STEPS, Ledger
+from elf_async.dataplane.auth import Auth, SigV4
 from elf_async.dataplane.connections import Endpoint, Identity
-from elf_async.dataplane.mqtt import DEFAULT_PORT, default_ca_file, read_ca
+from elf_async.dataplane.mqtt import ALPN_PORT, DEFAULT_PORT, default_ca_file, read_ca
 from elf_async.dataplane.options import ConnectOptions
 from elf_async.errors import RuntimeFailure, UsageError
+from elf_async.jobs.signing import AwsKeys, signing_region
 from elf_async.local import stack as localstack
 
 
@@ -130,7 +132,37 @@ async def resolve_endpoint(aimed: Aim, ledger: Ledger, options: ConnectOptions) 
             host = await _describe_endpoint(aimed.settings, meta)
             ledger.set_meta(mqtt_endpoint=host)
     ca_pem = read_ca(ca_file or default_ca_file())
-    return Endpoint(host=host, port=port or DEFAULT_PORT, ca_pem=ca_pem)
+    if options.transport == "mqtts" and options.auth == "x509":
+        return Endpoint(host=host, port=port or DEFAULT_PORT, ca_pem=ca_pem)
+    if aimed.stack is not None and options.port is None:
+        port = _local_listener(aimed.stack, options)
+    auth: Auth = options.custom
+    if options.auth == "sigv4":
+        target = resolve_target(
+            aimed.settings,
+            ledger.meta(),
+            configured_region=configured_region(aimed.settings.profile),
+        )
+        keys = AwsKeys(target.profile)
+        keys.keys()  # no credentials: one clear line now, not a failed connect per thing
+        auth = SigV4(region=signing_region(host, target.region), keys=keys)
+    return Endpoint(
+        host=host,
+        port=port or ALPN_PORT,
+        ca_pem=ca_pem,
+        transport=options.transport,
+        auth=auth,
+    )
+
+
+def _local_listener(stack: localstack.LocalStack, options: ConnectOptions) -> int:
+    """The local mosquitto's listener for a WebSocket or a custom authorizer."""
+    if stack.listeners is None:
+        raise UsageError(
+            "this local stack has no WebSocket and password listeners (started by an older "
+            "version): run `elf-async local down` then `elf-async local up`"
+        )
+    return stack.listeners.websocket if options.transport == "wss" else stack.listeners.password
 
 
 async def _describe_endpoint(settings: Settings, meta: dict[str, str]) -> str:

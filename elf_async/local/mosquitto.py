@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -32,6 +33,22 @@ _INSTALL_HINT = (
 _START_TIMEOUT = 15.0
 MOSQUITTO_COMMAND = "mosquitto"  # in its command line: how a recorded PID is known again
 CONFIG = "mosquitto.conf"
+PASSWORDS = "passwords"
+# The local stand-in of a custom authorizer (--auth custom:NAME): mosquitto checks the MQTT
+# username (with the authorizer's name in its query, as AWS IoT takes it) and the password.
+LOCAL_AUTHORIZER = "elf-local"
+LOCAL_USERNAME = "elf"
+LOCAL_PASSWORD = "elf-local-secret"
+
+
+@dataclass(frozen=True, slots=True)
+class Listeners:
+    """The listeners besides mutual TLS: MQTT over WebSocket with TLS (no client certificate:
+    AWS checks a SigV4 signature, mosquitto checks none) and TLS with a username and password
+    (the stand-in of a custom authorizer), each on its own port."""
+
+    websocket: int
+    password: int
 
 
 def find_mosquitto() -> str:
@@ -79,6 +96,16 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
+def _listening(conf: Path, port: int) -> list[int]:
+    """`port` first, then every other listener's port in the config."""
+    try:
+        text = conf.read_text()
+    except OSError:
+        return [port]
+    others = [int(m) for m in re.findall(r"^listener (\d+) ", text, flags=re.MULTILINE)]
+    return [port, *(other for other in others if other != port)]
+
+
 def _tail(path: Path, lines: int = 8) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -98,8 +125,11 @@ def _config(
     persistence: bool,
     log_types: Sequence[str],
     extra: Sequence[str] = (),
+    listeners: Listeners | None = None,
 ) -> str:
     lines = [
+        # allow_anonymous and password_file belong to each listener, not to all of them
+        "per_listener_settings true",
         f"listener {port} {host}",
         # No cap on connections (the listener's default, said here): a fleet of 20,000 on one
         # machine is bounded by the file-descriptor limit, which `_launch` raises to the hard one.
@@ -128,6 +158,20 @@ def _config(
         "connection_messages true",
         *extra,
     ]
+    if listeners is not None:
+        tls = [f"cafile {ca_file}", f"certfile {cert_file}", f"keyfile {key_file}"]
+        lines += [
+            f"listener {listeners.websocket} {host}",
+            "protocol websockets",
+            *tls,
+            "require_certificate false",
+            "allow_anonymous true",
+            f"listener {listeners.password} {host}",
+            *tls,
+            "require_certificate false",
+            "allow_anonymous false",
+            f"password_file {ca_file.parent / PASSWORDS}",
+        ]
     if os.geteuid() == 0:
         # As root mosquitto drops to the `mosquitto` user, which cannot read our 0600 key.
         lines.append("user root")
@@ -142,6 +186,7 @@ class Mosquitto:
     port: int
     directory: Path
     host: str = "127.0.0.1"
+    listeners: Listeners | None = None
     _child: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -171,6 +216,7 @@ class Mosquitto:
         persistence: bool = False,
         log_types: Sequence[str] = (),
         extra_config: Sequence[str] = (),
+        listeners: bool = False,
     ) -> Mosquitto:
         """Write a server certificate signed by `ca` and the config, then start mosquitto.
 
@@ -180,6 +226,7 @@ class Mosquitto:
         and queued messages survive a SIGTERM restart (saved in `directory`). `log_types` adds
         mosquitto log types, e.g. "debug" to log every packet: tests wait for those lines.
         `extra_config`: more lines of its config (e.g. a test's ``acl_file``).
+        With `listeners`, a WebSocket and a password listener too (`Listeners`, free ports).
         """
         binary = find_mosquitto()
         directory.mkdir(parents=True, exist_ok=True)
@@ -192,6 +239,10 @@ class Mosquitto:
         )
         trusted = [ca.cert_pem] + [Path(extra).read_text() for extra in extra_ca_files]
         write_public(directory / "ca.crt", "".join(pem.rstrip("\n") + "\n" for pem in trusted))
+        extra = None
+        if listeners:
+            write_passwords(directory / PASSWORDS)
+            extra = Listeners(websocket=_free_port(host), password=_free_port(host))
         attempts = 1 if port is not None else 3
         for attempt in range(attempts):
             chosen = port if port is not None else _free_port(host)
@@ -206,6 +257,7 @@ class Mosquitto:
                     persistence=persistence,
                     log_types=log_types,
                     extra=extra_config,
+                    listeners=extra,
                 )
             )
             broker = cls._launch(
@@ -217,6 +269,7 @@ class Mosquitto:
                 last_attempt=attempt == attempts - 1,
             )
             if broker is not None:
+                broker.listeners = extra
                 return broker
         raise AssertionError("unreachable")  # _launch raises on the last attempt
 
@@ -286,7 +339,8 @@ class Mosquitto:
                 raise LocalStackError(
                     f"mosquitto exited with code {process.returncode} on port {port}: {tail}"
                 )
-            if _accepts(host, port):
+            # Every listener: the WebSocket one opens a moment after the others.
+            if all(_accepts(host, each) for each in _listening(conf, port)):
                 return broker
             time.sleep(0.05)
         broker.stop()
@@ -312,3 +366,22 @@ class Mosquitto:
             processes.stop(self.process, timeout)
         if self._child is not None:
             self._child.poll()  # reaped by `stop` already, or now
+
+
+def write_passwords(path: Path) -> None:
+    """The password file of the custom-authorizer stand-in: the local username, as a client
+    sends it for `LOCAL_AUTHORIZER`, and `LOCAL_PASSWORD` (hashed by mosquitto_passwd)."""
+    tool = shutil.which("mosquitto_passwd") or str(
+        Path(find_mosquitto()).parent / "mosquitto_passwd"
+    )
+    username = f"{LOCAL_USERNAME}?x-amz-customauthorizer-name={LOCAL_AUTHORIZER}"
+    path.unlink(missing_ok=True)
+    path.touch(mode=0o600)
+    try:
+        subprocess.run(
+            [tool, "-b", str(path), username, LOCAL_PASSWORD],
+            check=True,
+            capture_output=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise LocalStackError(f"cannot write mosquitto's password file with {tool}: {exc}") from exc

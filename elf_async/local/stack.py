@@ -41,6 +41,7 @@ from elf_async.files import ensure_private_dir, write_private, write_public
 from elf_async.local import processes
 from elf_async.local.mosquitto import (
     MOSQUITTO_COMMAND,
+    Listeners,
     Mosquitto,
     _accepts,
     _free_port,
@@ -109,6 +110,8 @@ class LocalStack:
     mosquitto: ProcessRecord
     ca_certificate_id: str
     started_at: str
+    # mosquitto's other listeners (None: a stack recorded before they existed)
+    listeners: Listeners | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -168,6 +171,14 @@ class LocalStack:
             "mqtt_endpoint": f"{self.mqtt_host}:{self.mqtt_port}",
             "ca_cert": str(self.ca_cert),
             "ca_key": str(self.ca_key),
+            **(
+                {}
+                if self.listeners is None
+                else {
+                    "wss_port": self.listeners.websocket,
+                    "password_port": self.listeners.password,
+                }
+            ),
         }
 
     @classmethod
@@ -179,6 +190,9 @@ class LocalStack:
             mosquitto=ProcessRecord.from_json(data["mosquitto"], MOSQUITTO_COMMAND),
             ca_certificate_id=str(data["ca_certificate_id"]),
             started_at=str(data["started_at"]),
+            listeners=Listeners(int(data["wss_port"]), int(data["password_port"]))
+            if "wss_port" in data and "password_port" in data
+            else None,
         )
 
 
@@ -481,7 +495,9 @@ def _start(directory: Path, region: str) -> LocalStack:
         moto = _start_moto(directory)
         endpoint = f"http://{HOST}:{moto.port}"
         _recorder(directory, endpoint, "start-recording")
-        broker = Mosquitto.start(directory=directory / "mosquitto", ca=ca, host=HOST)
+        broker = Mosquitto.start(
+            directory=directory / "mosquitto", ca=ca, host=HOST, listeners=True
+        )
         use_local_credentials()
         ca_id = asyncio.run(_register_ca(endpoint, region, ca))
         stack = LocalStack(
@@ -489,6 +505,7 @@ def _start(directory: Path, region: str) -> LocalStack:
             region=region,
             moto=moto,
             mosquitto=ProcessRecord(broker.process, broker.port),
+            listeners=broker.listeners,
             ca_certificate_id=ca_id,
             started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )

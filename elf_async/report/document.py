@@ -318,6 +318,7 @@ def base_report(
         "fleet": {"fleet_id": fleet_id, "things": things},
         "endpoint": {"host": endpoint.host, "port": endpoint.port, "alpn": endpoint.alpn},
         "mqtt_version": mqtt_version,
+        "transport": endpoint.label,
         "connections": {
             "attempted": connections.attempted,
             "succeeded": connections.succeeded,

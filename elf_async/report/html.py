@@ -501,6 +501,8 @@ def _overview(report: Mapping[str, Any]) -> str:
         e = report["endpoint"]
         alpn = ", ALPN x-amzn-mqtt-ca" if e["alpn"] else ""
         rows.append(("endpoint", f"{e['host']}:{e['port']}{alpn}"))
+    if "transport" in report:
+        rows.append(("transport", report["transport"]))
     if "workers" in report:
         rows.append(("workers", report["workers"]["count"]))
         rows += [("worker lost", line) for line in report["workers"]["lost"]]

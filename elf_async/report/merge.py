@@ -99,6 +99,7 @@ def merge(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> SendReport | Subs
         },
         "endpoint": first["endpoint"],
         **({"mqtt_version": first["mqtt_version"]} if "mqtt_version" in first else {}),
+        **({"transport": first["transport"]} if "transport" in first else {}),
         "connections": _connections([s.report["connections"] for s in shards]),
         "shards": Shards(count=count, merged=len(shards), missing=count - len(shards)),
         "latency_ms": {name: latency(h) for name, h in histograms.items()},

@@ -129,6 +129,14 @@ class CommonReport(ReportHead):
     fleet: Annotated[Fleet, "the fleet used; `things` sent (send) or subscribed (subscribe)"]
     endpoint: Annotated[Broker, "the broker used"]
     mqtt_version: NotRequired[Annotated[str, "the MQTT version spoken: `3.1.1` or `5` (--mqtt)"]]
+    transport: NotRequired[
+        Annotated[
+            str,
+            "how it connected: `mqtts+x509` (each thing's certificate), `wss+sigv4` (MQTT over "
+            "WebSocket, SigV4-signed), `mqtts+custom` (a custom authorizer); absent before "
+            "elf-async had the choice (then `mqtts+x509`)",
+        ]
+    ]
     connections: Annotated[
         Connections,
         "every CONNECT attempt, reconnections included; `errors` counts reasons (e.g. "

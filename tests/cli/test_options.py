@@ -155,7 +155,8 @@ SEND_AS_GIVEN: dict[str, Any] = {
     "connect": {
         "mqtt_endpoint": "h:1", "port": None, "ca_file": "/x/ca.pem", "connect_rate": "100/s",
         "connect_timeout": 10.0, "connect_retries": 3, "keepalive": 60, "mqtt": "3.1.1",
-        "allow_over_aws_limits": False,
+        "allow_over_aws_limits": False, "transport": "mqtts", "auth": None, "username": None,
+        "password": None, "token": None, "token_key_name": None, "token_signature": None,
     },
     "sharding": {"shard": None, "start_at": None},
     "metrics": {"metrics_port": None, "metrics_addr": "127.0.0.1", "metrics_linger": "0s"},
