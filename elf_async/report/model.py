@@ -259,6 +259,24 @@ class AwsMetrics(TypedDict):
     error: Annotated[str | None, "why CloudWatch could not be read (null: it was)"]
 
 
+class ScenarioGroup(TypedDict):
+    name: Annotated[str, "the group's `name`"]
+    things: Annotated[int, "its things (a contiguous slice of the fleet)"]
+    qos: Annotated[int, "the QoS it published with"]
+    per_thing_per_s: Annotated[float | None, "its rate per thing (null: no thing)"]
+    planned: Annotated[int, "messages in its whole schedule"]
+    scheduled: Annotated[int, "messages due by its schedule"]
+    published: Annotated[int, "written to the socket"]
+    acked: Annotated[int | None, "acknowledged (null at QoS 0)"]
+    failed: Annotated[int, "never acknowledged"]
+    unsent: Annotated[int, "due but never published"]
+
+
+class Scenario(TypedDict):
+    file: Annotated[str, "the --scenario file"]
+    groups: Annotated[list[ScenarioGroup], "one row per `[[group]]`, in the file's order"]
+
+
 class SendReport(CommonReport):
     latency_ms: Annotated[
         SendLatency,
@@ -298,6 +316,13 @@ class SendReport(CommonReport):
             AwsMetrics,
             "`--cloudwatch`: AWS/IoT's own sums over the run's whole minutes next to the "
             "client's counts; the account's other clients count too",
+        ]
+    ]
+    scenario: NotRequired[
+        Annotated[
+            Scenario,
+            "`--scenario` with `[[group]]`s: each group's counts (they add up to `messages`; "
+            "with groups of both QoS, `messages.qos` is 1 and `acked` counts the QoS 1 ones)",
         ]
     ]
 
