@@ -20,7 +20,7 @@ import json
 import math
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import NoneType, UnionType
@@ -91,6 +91,9 @@ class Scenario:
             if key is not None and re.match(rf'^\s*("?){re.escape(key)}\1\s*=', self.lines[i]):
                 found = i + 1
                 break
+        if found is None and key is not None:  # a table's key: its header
+            header = re.compile(rf"^\s*\[+\s*{re.escape(key)}\s*\]")
+            found = next((i + 1 for i, x in enumerate(self.lines) if header.match(x)), None)
         return f"{self.path}:{found}: {context}" if found else f"{self.path}: {context}"
 
 
@@ -110,7 +113,7 @@ def read(ctx: Context, param: Parameter, path: Path | None) -> Path | None:
         try:
             params[key].process_value(ctx, value)
         except ClickException as exc:
-            return exc.format_message().removeprefix("Invalid value: ")
+            return re.sub(r"^Invalid value( for '[^']*')?: ", "", exc.format_message())
         return None
 
     hints = {name: hint for name, hint in hints.items() if name in params}
@@ -169,7 +172,10 @@ def send_options(
     given = ctx.get_parameter_source("size") in _GIVEN
     if given and ctx.get_parameter_source("things") not in _GIVEN:
         args = dataclasses.replace(args, things=None)  # run's COUNT wins over the file's things
-    options = _named(scenario, None, lambda: parse_send_options(args, fleet_size=fleet_size))
+    from_file = {k for k in scenario.values if ctx.get_parameter_source(k) not in _GIVEN}
+    options = _named(
+        scenario, None, from_file, lambda: parse_send_options(args, fleet_size=fleet_size)
+    )
     if not scenario.groups:
         return options
     sizes: list[int | None] = [None] * len(scenario.groups)
@@ -190,26 +196,28 @@ def send_options(
         parse = functools.partial(
             parse_send_options, dataclasses.replace(args, **mine), fleet_size=size
         )
-        parsed = _named(scenario, group, parse)
+        parsed = _named(scenario, group, from_file | set(mine), parse)
         groups.append(
             SendGroup(name=group.name, share=group.share, things=group.things, options=parsed)
         )
     return dataclasses.replace(options, groups=tuple(groups))
 
 
-def _named(scenario: Scenario, group: Group | None, parse: Callable[[], T]) -> T:
+def _named(
+    scenario: Scenario, group: Group | None, keys: Collection[str], parse: Callable[[], T]
+) -> T:
     """`parse()`, its bad input named by the file's line of the option it names (`--rate`:
-    the key `rate`), in the group that gives it, else the run's keys."""
+    the key `rate`) if the file gave it (`keys`, the group's or else the run's)."""
     try:
         return parse()
     except UsageError as exc:
         message = str(exc)
         for option in re.findall(r"--([a-z][a-z0-9-]*)", message):
             key = option.replace("-", "_")
-            owner = group if group is not None and key in group.values else None
-            if owner is None and key not in scenario.values:
+            if key not in keys:
                 continue
-            named = re.sub(rf"^--{option}\b:?", f"{key}:", message)
+            owner = group if group is not None and key in group.values else None
+            named = re.sub(rf"^--{option}:", f"{key}:", message)
             raise UsageError(scenario.where(key, owner) + named) from None
         where = scenario.where(None, group) if group is not None else f"{scenario.path}: "
         raise UsageError(where + message) from None
