@@ -147,8 +147,8 @@ def test_the_broker_is_host_and_port(
 SEND_AS_GIVEN: dict[str, Any] = {
     "message": None, "things": 2, "rate": "600/m", "total_rate": None, "duration": None,
     "count": None, "qos": 1, "topic": None, "append_thing_name": False,
-    "json_message": "a.json", "payload_template": None, "payload_size": None, "stamp": None,
-    "max_inflight": 100, "drain": "5s", "report": "r.json", "html": "r.html",
+    "json_message": "a.json", "payload_template": None, "payload_size": None,
+    "payload_file": None, "payload_order": "per-thing", "stamp": None, "max_inflight": 100, "drain": "5s", "report": "r.json", "html": "r.html",
     "connect": {
         "mqtt_endpoint": "h:1", "port": None, "ca_file": "/x/ca.pem", "connect_rate": "100/s",
         "connect_timeout": 10.0, "connect_retries": 3, "keepalive": 60,
@@ -156,7 +156,7 @@ SEND_AS_GIVEN: dict[str, Any] = {
     },
     "sharding": {"shard": None, "start_at": None},
     "metrics": {"metrics_port": None, "metrics_addr": "127.0.0.1", "metrics_linger": "0s"},
-    "cloudwatch": False, "cloudwatch_wait": None, "workers": 1,
+    "cloudwatch": False, "cloudwatch_wait": None, "workers": 1, "scenario": None,
 }  # fmt: skip
 
 
