@@ -148,7 +148,8 @@ SEND_AS_GIVEN: dict[str, Any] = {
     "message": None, "things": 2, "rate": "600/m", "total_rate": None, "duration": None,
     "count": None, "qos": 1, "topic": None, "append_thing_name": False,
     "json_message": "a.json", "payload_template": None, "payload_size": None,
-    "payload_file": None, "payload_order": "per-thing", "stamp": None, "max_inflight": 100, "drain": "5s", "report": "r.json", "html": "r.html",
+    "payload_file": None, "payload_order": "per-thing", "stamp": None, "max_inflight": 100,
+    "drain": "5s", "report": "r.json", "html": "r.html",
     "connect": {
         "mqtt_endpoint": "h:1", "port": None, "ca_file": "/x/ca.pem", "connect_rate": "100/s",
         "connect_timeout": 10.0, "connect_retries": 3, "keepalive": 60,

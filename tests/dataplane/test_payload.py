@@ -193,9 +193,7 @@ def test_a_payload_file_is_replayed_line_by_line_per_thing(tmp_path: Path) -> No
 def test_round_robin_spreads_the_lines_over_the_things(tmp_path: Path) -> None:
     """Thing p of N sends line (p + k x N) mod L: the fleet's k-th round is lines kN..kN+N-1."""
     path = write_lines(tmp_path / "m.jsonl", *(f'{{"n": {i}}}' for i in range(7)))
-    replay = dataclasses.replace(
-        read_payload_file(path, stamp=None, order="round-robin"), things=3
-    )
+    replay = dataclasses.replace(read_payload_file(path, stamp=None, order="round-robin"), things=3)
     sent = {p: [json.loads(replay.encoder("t", p)(k, 0))["n"] for k in range(4)] for p in range(3)}
     assert sent == {0: [0, 3, 6, 2], 1: [1, 4, 0, 3], 2: [2, 5, 1, 4]}
 
