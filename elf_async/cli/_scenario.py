@@ -85,10 +85,11 @@ class Scenario:
             start = headers[group.number - 1] if group.number <= len(headers) else 0
             context = f"group {json.dumps(group.name)}: "
         found = start + 1 if group is not None else None
+        spelled = re.escape(key or "").replace("_", "[_-]")  # connect_rate or connect-rate
         for i in range(start + (group is not None), end):
             if _HEADER.match(self.lines[i]):
                 break
-            if key is not None and re.match(rf'^\s*("?){re.escape(key)}\1\s*=', self.lines[i]):
+            if key is not None and re.match(rf'^\s*("?){spelled}\1\s*=', self.lines[i]):
                 found = i + 1
                 break
         if found is None and key is not None:  # a table's key: its header
