@@ -42,10 +42,12 @@ _META = "elf_async.scenario"  # where `read` leaves the scenario, in the command
 GROUP = "group"
 # A group's own keys; its things' send options are the rest of `GROUP_KEYS`.
 OWN_KEYS = ("name", "share", "things")
-# SendArgs' options that are the whole run's, not a group's (a group's slice of the things,
-# the report, the processes...).
+# SendArgs' options that are the whole run's, not a group's: a group's slice of the things,
+# the report, the processes; the load shape (stages, churn, storm) and the commands act on the
+# whole fleet.
 RUN_WIDE = frozenset(
     {"things", "report", "html", "workers", "cloudwatch", "cloudwatch_wait", "drain", "scenario"}
+    | {"stages", "churn", "storm", "commands"}
 )
 GROUP_KEYS = tuple(
     f.name for f in dataclasses.fields(SendArgs) if f.type not in ARGS and f.name not in RUN_WIDE
