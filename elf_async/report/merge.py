@@ -208,6 +208,9 @@ def _send_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         },
         "things": [row for p in parts for row in p["things"]],
     }
+    scenarios = [p["scenario"] for p in parts if "scenario" in p]
+    if scenarios:
+        merged["scenario"] = _scenario(scenarios)
     workers = [p["workers"] for p in parts if "workers" in p]
     if workers:
         merged["workers"] = {
@@ -215,6 +218,26 @@ def _send_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "lost": [line for w in workers for line in w["lost"]],
         }
     return merged
+
+
+def _scenario(scenarios: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The shards' `scenario` as one: each group's things and counts summed by name, in the
+    file's order (every shard holds its slice of every group)."""
+    summed = ("things", "planned", "scheduled", "published", "failed", "unsent")
+    groups: dict[str, dict[str, Any]] = {}
+    for scenario in scenarios:
+        for row in scenario["groups"]:
+            group = groups.get(row["name"])
+            if group is None:
+                groups[row["name"]] = dict(row)
+                continue
+            for name in summed:
+                group[name] += row[name]
+            if group["acked"] is not None:
+                group["acked"] += row["acked"]
+            if group["per_thing_per_s"] is None:
+                group["per_thing_per_s"] = row["per_thing_per_s"]
+    return {"file": scenarios[0]["file"], "groups": list(groups.values())}
 
 
 def _subscribe_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
