@@ -22,7 +22,8 @@ from elf_async.cli._scenario import load as load_scenario
 from elf_async.controlplane.ledger import Ledger
 from elf_async.errors import UsageError
 from elf_async.local.mosquitto import Mosquitto
-from elf_async.report.model import RunReport
+from elf_async.report.merge import merge
+from elf_async.report.model import RunReport, SendReport
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 RUN_HINTS = get_type_hints(run.command, include_extras=True)
@@ -230,3 +231,45 @@ def test_the_command_line_wins_over_the_file_and_its_groups(
     report: dict[str, Any] = load(path)
     assert [g["planned"] for g in report["scenario"]["groups"]] == [2, 4]
     assert report["options"]["count"] == 2
+
+
+TWO_GROUPS = """
+count = 4
+rate = "5/s"
+[[group]]
+name = "a"
+share = 0.75
+[[group]]
+name = "b"
+share = 0.25
+qos = 0
+payload_file = "lines.jsonl"
+payload_order = "round-robin"
+"""
+
+
+def test_groups_hold_across_workers_and_shards(
+    fleet4: Cli, mosquitto: Mosquitto, observer: Callable[..., Observer], tmp_path: Path
+) -> None:
+    """--workers deals each group's things out with their group's options; shards each send
+    their slice of every group, and their reports merge group by group."""
+    (tmp_path / "lines.jsonl").write_text('{"n": 0}\n{"n": 1}\n')
+    (tmp_path / "s.toml").write_text(TWO_GROUPS)
+    watcher = observer("#", qos=1)
+    reports = []
+    for args in (("--workers", "2"), ("--shard", "0/2"), ("--shard", "1/2")):
+        path = tmp_path / f"r{len(reports)}.json"
+        result = send(fleet4, mosquitto, "--scenario", str(tmp_path / "s.toml"), *args,
+                      "--report", str(path))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        reports.append(json.loads(path.read_text()))
+    merged: Any = merge([("r1.json", reports[1]), ("r2.json", reports[2])])
+    for report in (reports[0], merged):
+        assert_conforms(report, SendReport)
+        a, b = report["scenario"]["groups"]
+        assert (a["things"], a["planned"], a["acked"]) == (3, 12, 12)
+        assert (b["things"], b["planned"], b["published"], b["acked"]) == (1, 4, 4, None)
+    assert [g["things"] for g in reports[2]["scenario"]["groups"]] == [1, 1]
+    watcher.settle(2 * 16)  # the workers' send, then each thing in one of the shards'
+    last = reports[0]["things"][3]["topic"]  # group b's only thing: the lines in turn
+    assert watcher.messages[last][:4] == [b'{"n": 0}', b'{"n": 1}'] * 2
