@@ -266,11 +266,28 @@ class SendArgs:
     payload_size: Annotated[
         int | None, typer.Option(help="Pad every payload to exactly BYTES (trailing spaces).")
     ] = None
+    payload_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Replay recorded messages: one JSON document per line (JSON Lines), sent in "
+            "order, exactly (unless --stamp).",
+            show_default=False,
+        ),
+    ] = None
+    payload_order: Annotated[
+        str,
+        typer.Option(
+            help="--payload-file: per-thing (every thing sends line 1, 2, ... of its own) or "
+            "round-robin (the things share the lines: thing p's message k is line p + k x "
+            "things, mod the lines).",
+        ),
+    ] = "per-thing"
     stamp: Annotated[
         bool | None,
         typer.Option(
             "--stamp/--no-stamp",
-            help="Add thing, seq, ts to the JSON. [default: yes, except for --json-message]",
+            help="Add thing, seq, ts to the JSON. [default: yes, except for --json-message "
+            "and --payload-file]",
             show_default=False,
         ),
     ] = None
@@ -334,6 +351,16 @@ class SendArgs:
             help="Also send commands cloud to device at this rate across the fleet (10/s, "
             "600/m): the controller (`create --controller`) publishes to <root>/<thing>/cmd, "
             "each device replies on <root>/<thing>/cmd/reply; round trips in the report.",
+            show_default=False,
+        ),
+    ] = None
+    scenario: Annotated[
+        Path | None,
+        typer.Option(
+            help="Read the options from this TOML file, with [[group]]s of things that send "
+            "differently; an option given here wins over the file's.",
+            # Read first (by elf_async.cli._common.Command): its values become the defaults.
+            is_eager=True,
             show_default=False,
         ),
     ] = None

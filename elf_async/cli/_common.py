@@ -14,6 +14,7 @@ import uvloop
 from typer import _click as click  # typer's own click, whose Context its commands receive
 from typer.core import TyperCommand
 
+from elf_async.cli import _scenario
 from elf_async.cli._args import SHARD_HELP
 from elf_async.cli._options import check_utf8
 from elf_async.config import DEFAULT_STATE_DIR, Settings
@@ -78,7 +79,14 @@ def check_text_params(ctx: click.Context) -> None:
 
 
 class Command(TyperCommand):
-    """A command whose options are checked as text (valid UTF-8) before it runs."""
+    """A command whose options are checked as text (valid UTF-8) before it runs, and whose
+    --scenario (SendArgs.scenario, an eager option) is read before the other options."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if param.name == "scenario":
+                param.callback = _scenario.read
 
     def invoke(self, ctx: click.Context) -> Any:
         check_text_params(ctx)

@@ -34,7 +34,7 @@ from elf_async.dataplane.options import (
     check_publish_rate,
     check_send_length,
 )
-from elf_async.dataplane.payload import template_parts
+from elf_async.dataplane.payload import Replay, read_payload_file, template_parts
 from elf_async.dataplane.shape import Stage, parse_churn, parse_stages
 from elf_async.dataplane.topics import TopicTemplate
 from elf_async.errors import UsageError
@@ -86,6 +86,7 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
     check_topic(args.topic)
     if args.payload_template is not None:
         template_parts(args.payload_template)
+    replay = _replay(args)
     if args.rate is not None and args.total_rate is not None:
         raise UsageError("--rate and --total-rate cannot be used together")
     if args.total_rate is not None:
@@ -150,6 +151,8 @@ def parse_send_options(args: SendArgs, *, fleet_size: int | None = None) -> Send
         storm_at=storm,
         commands=commands,
         publish5=parse_publish5(args, connect),
+        replay=replay,
+        scenario=args.scenario,
     )
 
 
@@ -218,6 +221,22 @@ def _churn_and_storm(args: SendArgs, *, span: float | None) -> tuple[float | Non
         if span is not None and storm >= span:
             raise UsageError(f"--storm {args.storm}: after the schedule's end ({span:g}s)")
     return churn, storm
+
+
+def _replay(args: SendArgs) -> Replay | None:
+    """--payload-file read and checked whole, before anything is created or connected."""
+    if args.payload_file is None:
+        if args.payload_order != "per-thing":
+            raise UsageError("--payload-order needs --payload-file")
+        return None
+    for option, value in (
+        ("MESSAGE", args.message),
+        ("--json-message", args.json_message),
+        ("--payload-template", args.payload_template),
+    ):
+        if value is not None:
+            raise UsageError(f"{option} and --payload-file cannot be used together")
+    return read_payload_file(args.payload_file, stamp=args.stamp, order=args.payload_order)
 
 
 def parse_workers(text: str) -> int:

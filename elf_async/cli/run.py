@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from elf_async import statelock
-from elf_async.cli import create
+from elf_async.cli import _scenario, create
 from elf_async.cli._args import SendArgs, takes
 from elf_async.cli._common import (
     ApiRateOption,
@@ -40,7 +40,6 @@ from elf_async.cli._options import (
     check_output_path,
     parse_cluster_options,
     parse_metrics_options,
-    parse_send_options,
 )
 from elf_async.cli._output import Outputs
 from elf_async.cli._progress import progress_for
@@ -190,7 +189,7 @@ def command(
         run_id=run_id,
         controller=args.commands is not None,  # --commands: the fleet's controller too
     )
-    send_options = parse_send_options(args, fleet_size=request.count)
+    send_options = _scenario.send_options(ctx, args, fleet_size=request.count)
     metrics_options = parse_metrics_options(args.metrics)
     live = ctx.with_resource(serving(metrics_options, command="run"))
     send_step = _send_step(send_options, quiet=opts.quiet, metrics=live)

@@ -15,8 +15,9 @@ import typer
 from elf_async.cli._args import SendArgs, takes
 from elf_async.cli._common import console_err, run, settings
 from elf_async.cli._live import LiveView, send_final_frame, send_frame
-from elf_async.cli._options import parse_metrics_options, parse_send_options
+from elf_async.cli._options import parse_metrics_options
 from elf_async.cli._output import Outputs
+from elf_async.cli._scenario import send_options
 from elf_async.cli._summary import REPORT_HINT, print_summary, send_rows
 from elf_async.dataplane.mqtt import debug_paho
 from elf_async.errors import EXIT_USAGE, PartialFailure
@@ -33,7 +34,7 @@ def command(ctx: typer.Context, args: SendArgs) -> None:
     """Publish MESSAGE from each thing at an open-loop rate; measure acks, lag and latency."""
     opts = settings(ctx)
     debug_paho(opts.verbose)
-    options = parse_send_options(args)
+    options = send_options(ctx, args)
     metrics_options = parse_metrics_options(args.metrics)
     live = ctx.with_resource(serving(metrics_options, command="send"))
     aimed = aim(opts)

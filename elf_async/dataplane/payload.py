@@ -38,8 +38,13 @@ class PayloadSpec:
     raw: bytes | None = None  # a JSON document sent exactly as given
     template: str | None = None  # text with {thing}, {seq}, {ts} (see template_parts)
     size: int | None = None  # pad with trailing spaces to this many bytes
+    replay: Replay | None = None  # the lines of a --payload-file
 
-    def encoder(self, thing: str) -> Encoder:
+    def encoder(self, thing: str, position: int = 0) -> Encoder:
+        """`thing`'s messages; `position` is its place among the things a --payload-file's
+        round robin spreads over (`Replay`)."""
+        if self.replay is not None:
+            return self._padded(self.replay.encoder(thing, position))
         if self.document is not None:
             base = {k: v for k, v in self.document.items() if k not in STAMP_FIELDS}
             body = json.dumps(base)[:-1]
@@ -63,8 +68,11 @@ class PayloadSpec:
 
     def check(self, longest_thing: str, max_seq: int) -> int:
         """The largest message of the run in bytes; refuse what AWS or --payload-size can't take."""
-        unpadded = PayloadSpec(self.document, self.raw, self.template).encoder(longest_thing)
-        largest = len(unpadded(max_seq, 10 ** (_TS_WIDTH - 1)))
+        if self.replay is not None:
+            largest = self.replay.check(longest_thing, max_seq)
+        else:
+            unpadded = PayloadSpec(self.document, self.raw, self.template).encoder(longest_thing)
+            largest = len(unpadded(max_seq, 10 ** (_TS_WIDTH - 1)))
         if self.size is not None:
             if largest > self.size:
                 raise UsageError(
@@ -161,6 +169,7 @@ def build_spec(
     template: str | None,
     size: int | None,
     stamp: bool | None,
+    replay: Replay | None = None,
 ) -> PayloadSpec:
     """Turn the payload options into a spec, refusing contradictions and unreadable files."""
     given = [
@@ -169,6 +178,7 @@ def build_spec(
             ("MESSAGE", message),
             ("--json-message", json_message),
             ("--payload-template", template),
+            ("--payload-file", replay),
         )
         if value is not None
     ]
@@ -176,6 +186,8 @@ def build_spec(
         raise UsageError(f"{given[0]} and {given[1]} cannot be used together")
     if size is not None and not 0 < size <= MAX_PAYLOAD_BYTES:
         raise UsageError(f"--payload-size {size}: must be between 1 and {MAX_PAYLOAD_BYTES}")
+    if replay is not None:
+        return PayloadSpec(replay=replay, size=size)
     if template is not None:
         return PayloadSpec(template=stamp_template(template, stamp), size=size)
     if json_message is not None:
@@ -207,6 +219,104 @@ def read_json_message(path: Path) -> Any:
             f"--json-message {path}: invalid JSON at line {exc.lineno} column {exc.colno}: "
             f"{exc.msg}"
         ) from exc
+
+
+PAYLOAD_ORDERS = ("per-thing", "round-robin")
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """The lines of a --payload-file, read and checked once, each one message, replayed in
+    order and again from the top once done. `per-thing`: every thing sends line k mod L as its
+    message k. `round-robin`: the things share the file, thing p (of `things`) sending line
+    (p + k x things) mod L as its message k, so that at one rate the fleet's messages go
+    through the lines in order. Stamped (`heads`), a line is its object re-encoded without
+    thing/seq/ts, which the stamp then adds."""
+
+    path: str  # as given, to name FILE:LINE
+    lines: tuple[bytes, ...]
+    heads: tuple[bytes, ...] | None = None  # stamped: each line up to the stamp
+    round_robin: bool = False
+    things: int = 1  # the things a round robin spreads over
+
+    def encoder(self, thing: str, position: int) -> Encoder:
+        count = len(self.lines)
+        step = self.things if self.round_robin else 1
+        start = position % count if self.round_robin else 0
+        if self.heads is None:
+            lines = self.lines
+            return lambda seq, ts: lines[(start + seq * step) % count]
+        heads = self.heads
+        tail = f'"thing": {json.dumps(thing)}, "seq": '.encode()
+        return lambda seq, ts: (
+            heads[(start + seq * step) % count] + tail + b'%d, "ts": %d}' % (seq, ts)
+        )
+
+    def check(self, longest_thing: str, max_seq: int) -> int:
+        """The largest message in bytes; a line over AWS's limit once stamped is refused,
+        named by its line."""
+        if self.heads is None:  # each line was checked as it was read
+            return max(map(len, self.lines))
+        heads = self.heads
+        line = max(range(len(heads)), key=lambda i: len(heads[i]))
+        stamp = f'"thing": {json.dumps(longest_thing)}, "seq": {max_seq}, "ts": '
+        largest = len(heads[line]) + len(stamp.encode()) + _TS_WIDTH + 1
+        if largest > MAX_PAYLOAD_BYTES:
+            raise UsageError(
+                f"--payload-file {self.path}:{line + 1}: {largest} bytes once stamped: AWS IoT "
+                f"allows {MAX_PAYLOAD_BYTES} (128 KB)"
+            )
+        return largest
+
+
+def read_payload_file(path: Path, *, stamp: bool | None, order: str) -> Replay:
+    """Read a --payload-file once, before anything connects: one JSON document per line
+    (JSON Lines), each at most AWS's 128 KB; --stamp needs every line to be an object. A bad
+    line is named FILE:LINE."""
+    if order not in PAYLOAD_ORDERS:
+        raise UsageError(f"--payload-order {order}: one of {', '.join(PAYLOAD_ORDERS)}")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"--payload-file {path}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"--payload-file {path}: {exc.strerror}") from exc
+    rows = data.split(b"\n")
+    if rows[-1] == b"":  # the newline that ends the last line
+        rows.pop()
+    if not rows:
+        raise UsageError(f"--payload-file {path}: no lines (one message per line)")
+    lines: list[bytes] = []
+    heads: list[bytes] = []
+    for number, row in enumerate(rows, 1):
+        line = row.removesuffix(b"\r")
+        where = f"--payload-file {path}:{number}"
+        if not line.strip():
+            raise UsageError(f"{where}: an empty line (each line is one message)")
+        if len(line) > MAX_PAYLOAD_BYTES:
+            raise UsageError(
+                f"{where}: a message of {len(line)} bytes: AWS IoT allows {MAX_PAYLOAD_BYTES} "
+                "(128 KB)"
+            )
+        try:
+            document = json.loads(line)
+        except UnicodeDecodeError:
+            raise UsageError(f"{where}: not UTF-8 text") from None
+        except ValueError as exc:
+            column = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+            raise UsageError(f"{where}: not JSON{column} (one JSON document per line)") from None
+        lines.append(line)
+        if stamp:
+            if not isinstance(document, dict):
+                raise UsageError(f"{where}: --stamp needs a JSON object on every line")
+            base = {k: v for k, v in document.items() if k not in STAMP_FIELDS}
+            heads.append((json.dumps(base)[:-1] + (", " if base else "")).encode())
+    return Replay(
+        str(path),
+        tuple(lines),
+        tuple(heads) if stamp else None,
+        round_robin=order == "round-robin",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,8 @@ them; `send_here` runs a plan on the running event loop (`sender_for` builds its
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from elf_async.dataplane.connections import Connector, Endpoint, Identity
@@ -25,11 +26,25 @@ class ThingPlan:
     identity: Identity
     topic: str
     schedule: ThingSchedule | StagedSchedule
+    position: int = 0  # its place among the things a --payload-file's round robin spreads over
+    group: int = 0  # its group in `SendPlan.groups`, if any
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPlan:
+    """What a scenario's group sends unlike the others: its payload, QoS and window."""
+
+    name: str
+    spec: PayloadSpec
+    qos: int
+    window: int
 
 
 @dataclass(frozen=True)
 class SendPlan:
-    """Every thing's topic, payload and schedule, checked; it pickles, so workers share it."""
+    """Every thing's topic, payload and schedule, checked; it pickles, so workers share it.
+    With a scenario's `groups`, each thing's payload, QoS and window are its group's (`qos`
+    and `window` are then the largest)."""
 
     things: list[ThingPlan]
     spec: PayloadSpec
@@ -37,6 +52,7 @@ class SendPlan:
     window: int  # QoS 1 messages in flight per client
     shape: ShapePlan | None = None  # --stages, --churn, --storm
     publish5: Publish5 | None = None  # MQTT 5: what every PUBLISH carries
+    groups: tuple[GroupPlan, ...] = ()
 
     @property
     def target_per_s(self) -> float:
@@ -44,35 +60,46 @@ class SendPlan:
 
     def publishers(self, shared: Shared) -> list[Publisher]:
         """The publishers of this plan (on the running event loop)."""
-        publishers = [self._publisher(t, shared) for t in self.things]
+        whole = GroupPlan("", self.spec, self.qos, self.window)
+        publishers = [
+            self._publisher(t, self.groups[t.group] if self.groups else whole, shared)
+            for t in self.things
+        ]
         if self.publish5 is not None:
             for p in publishers:
                 p.publish5 = self.publish5
         return publishers
 
-    def _publisher(self, t: ThingPlan, shared: Shared) -> Publisher:
-        encode = self.spec.encoder(t.identity.name)
-        if isinstance(t.schedule, StagedSchedule):
-            staged = StagedPublisher(
-                t.identity,
-                t.topic,
-                t.schedule,
-                encode,
-                qos=self.qos,
-                window=self.window,
-                shared=shared,
-            )
-            staged.staged = t.schedule
-            return staged
-        return Publisher(
+    def _publisher(self, t: ThingPlan, group: GroupPlan, shared: Shared) -> Publisher:
+        kind = StagedPublisher if isinstance(t.schedule, StagedSchedule) else Publisher
+        publisher = kind(
             t.identity,
             t.topic,
             t.schedule,
-            encode,
-            qos=self.qos,
-            window=self.window,
+            group.spec.encoder(t.identity.name, t.position),
+            qos=group.qos,
+            window=group.window,
             shared=shared,
         )
+        if isinstance(publisher, StagedPublisher) and isinstance(t.schedule, StagedSchedule):
+            publisher.staged = t.schedule
+        return publisher
+
+
+def fleet_slices(size: int, shares: Sequence[float]) -> list[range]:
+    """Contiguous slices of `size` things, in order, each about its share of them (the
+    shares add up to 1), rounded so that together they are exactly the `size` things: the
+    largest remainders get the things left over."""
+    ideal = [share * size for share in shares]
+    counts = [math.floor(x + 1e-9) for x in ideal]
+    left = size - sum(counts)
+    for i in sorted(range(len(ideal)), key=lambda i: counts[i] - ideal[i])[: max(left, 0)]:
+        counts[i] += 1
+    slices, start = [], 0
+    for count in counts:
+        slices.append(range(start, start + count))
+        start += count
+    return slices
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ it). The options come parsed and checked from the command line (elf_async.cli._o
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 import time
@@ -35,8 +36,15 @@ from elf_async.dataplane.options import (
     check_publish_rate,
     check_send_length,
 )
-from elf_async.dataplane.payload import build_spec
-from elf_async.dataplane.plan import SendPlan, SendSetup, ThingPlan, send_here
+from elf_async.dataplane.payload import PayloadSpec, Replay, build_spec
+from elf_async.dataplane.plan import (
+    GroupPlan,
+    SendPlan,
+    SendSetup,
+    ThingPlan,
+    fleet_slices,
+    send_here,
+)
 from elf_async.dataplane.schedule import ThingSchedule, plan
 from elf_async.dataplane.sender import Snapshot
 from elf_async.dataplane.shape import Shape, ShapePlan, Stage, StagedSchedule
@@ -46,7 +54,14 @@ from elf_async.fdlimit import check_connections
 from elf_async.jobs.live_metrics import LiveMetrics
 from elf_async.jobs.target import Aim, ready_identities, resolve_endpoint
 from elf_async.jobs.workers import StartAt, monotonic_at, send_in_workers
-from elf_async.report.document import SendTally, aws_metrics, send_report, sharding
+from elf_async.report.document import (
+    GroupRow,
+    SendTally,
+    aws_metrics,
+    scenario_section,
+    send_report,
+    sharding,
+)
 from elf_async.report.model import AwsMetrics, SendReport
 from elf_async.shards import Shard
 from elf_async.stopping import StopSignal
@@ -85,6 +100,20 @@ class SendOptions:
     storm_at: float | None = None  # --storm: seconds into the schedule
     commands: float | None = None  # --commands: commands/s across the fleet; None: none
     publish5: Publish5 | None = None  # MQTT 5 (--mqtt 5): what every PUBLISH carries
+    replay: Replay | None = None  # --payload-file's lines, read and checked
+    scenario: Path | None = None  # --scenario's file
+    groups: tuple[SendGroup, ...] = ()  # the scenario's groups (none: one group, these options)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendGroup:
+    """A scenario's group: a contiguous slice of the fleet's things, `share` of them (a
+    fraction) or `things` of them, sending with its own `options`."""
+
+    name: str
+    share: float | None
+    things: int | None
+    options: SendOptions
 
 
 CLOUDWATCH_WAIT_S = 180.0  # AWS/IoT publishes a minute's sums a minute or two after it ends
@@ -154,8 +183,82 @@ def plan_send(
     options: SendOptions, ledger: Ledger, state_dir: Path, warnings: Warnings
 ) -> tuple[SendPlan, Shard | None]:
     """Every thing's topic, payload and schedule ready, checked against the fleet; the shard
-    it is (given, or as the state dir was created), if any."""
+    it is (given, or as the state dir was created), if any. A scenario's groups each plan
+    their slice of the fleet with their own options (`_groups`)."""
     meta = ledger.meta()
+    sliced = shard_slice(
+        ready_identities(ledger, state_dir, count=options.things), options.shard, meta
+    )
+    # A thing's place in the fleet the send uses: its index in a shard's fleet, else its
+    # place among the ready things (`plan`'s phases and a round robin's lines follow it).
+    places = [i.index for i in sliced.things] if sliced.shard else range(len(sliced.things))
+    parts = _groups(options, sliced, places) if options.groups else None
+    if parts is None:
+        size = sliced.fleet_size
+        shape = shape_plan(options, _per_thing_rate(options, size), size)
+        things, spec, rate = _plan_part(options, meta, sliced.things, places, size, shape=shape)
+        total = rate * len(things)
+        send_plan = SendPlan(
+            things,
+            spec,
+            qos=options.qos,
+            window=options.max_inflight,
+            shape=shape,
+            publish5=options.publish5,
+        )
+    else:
+        if options.stages or options.churn_per_s is not None or options.storm_at is not None:
+            raise UsageError(
+                f"--scenario {options.scenario}: groups cannot be combined with --stages, "
+                "--churn or --storm yet (run the shape without groups)"
+            )
+        things, groups, total = [], [], 0.0
+        for number, (group, identities, where, size) in enumerate(parts):
+            mine, spec, rate = _plan_part(group.options, meta, identities, where, size, number)
+            things += mine
+            total += rate * len(mine)
+            window = group.options.max_inflight
+            groups.append(GroupPlan(group.name, spec, group.options.qos, window))
+        send_plan = SendPlan(
+            things,
+            groups[0].spec,
+            qos=max(g.qos for g in groups),
+            window=max(g.window for g in groups),
+            groups=tuple(groups),
+            publish5=options.publish5,
+        )
+    check_account_publish_rate(
+        total,
+        shards=sliced.shard.count if sliced.shard else 1,
+        allow_over_aws_limits=options.connect.allow_over_aws_limits,
+    )
+    root = meta.get("topic_root") or "elf"
+    per_thing = per_thing_topics(meta)
+    shadows = identity_mode(meta) == THING_IDENTITY  # a shared identity has no things
+    outside = [
+        t.topic
+        for t in send_plan.things
+        if outside_policy(
+            t.topic, root, thing=t.identity.name, shared=not per_thing, shadows=shadows
+        )
+    ]
+    if outside:
+        warnings.lines.append(policy_warning(outside[0], root, per_thing=per_thing))
+    return send_plan, sliced.shard
+
+
+def _plan_part(
+    options: SendOptions,
+    meta: Mapping[str, str],
+    identities: list[Identity],
+    places: Sequence[int],
+    size: int,
+    group: int = 0,
+    *,
+    shape: ShapePlan | None = None,
+) -> tuple[list[ThingPlan], PayloadSpec, float]:
+    """The plans of `identities` (at `places` of `size` things: the send's, or a group's),
+    their payload and their rate per thing, with `options` (and the stages of `shape`)."""
     root = meta.get("topic_root") or "elf"
     template_text = options.topic
     if template_text is None:  # an empty --topic is refused, not taken for the default
@@ -163,65 +266,41 @@ def plan_send(
     if options.append_thing_name:
         template_text = template_text.rstrip("/") + "/{thing}"
     template = TopicTemplate(template_text, fleet=meta.get("fleet_id", ""))
+    replay = options.replay
     spec = build_spec(
         message=options.message,
         json_message=options.json_message,
         template=options.payload_template,
         size=options.payload_size,
         stamp=options.stamp,
+        replay=None if replay is None else dataclasses.replace(replay, things=size),
     )
-    sliced = shard_slice(
-        ready_identities(ledger, state_dir, count=options.things), options.shard, meta
-    )
-    identities = sliced.things
-    rate = _per_thing_rate(options, sliced.fleet_size)
-    shape = shape_plan(options, rate, sliced.fleet_size)
+    rate = _per_thing_rate(options, size)
     schedules: Sequence[ThingSchedule | StagedSchedule]
     if shape is not None:
-        schedules = [shape.shape.schedule(i.index, sliced.fleet_size) for i in identities]
-        # The busiest stage's share of this process's things, as the constant-rate check.
-        rate = max(max(s.rate) * min(max(s.devices), len(identities)) for s in shape.shape.stages)
-        rate /= len(identities)
+        schedules = [shape.shape.schedule(place, size) for place in places]
+        if identities:  # the busiest stage's share of these things, as a constant rate
+            busiest = max(
+                max(s.rate) * min(max(s.devices), len(identities)) for s in shape.shape.stages
+            )
+            rate = busiest / len(identities)
     else:
         schedules = plan(
             len(identities),
             rate,
             duration=options.duration,
             count=options.count,
-            indexes=[i.index for i in identities] if sliced.shard else None,
-            fleet=sliced.fleet_size,
+            indexes=places,
+            fleet=size,
         )
-    check_account_publish_rate(
-        rate * len(identities),
-        shards=sliced.shard.count if sliced.shard else 1,
-        allow_over_aws_limits=options.connect.allow_over_aws_limits,
-    )
-    longest = max(identities, key=lambda i: len(i.name)).name
-    spec.check(longest, max(s.total for s in schedules))
+    if identities:
+        longest = max(identities, key=lambda i: len(i.name)).name
+        spec.check(longest, max(s.total for s in schedules))
     things = [
-        ThingPlan(identity, template.check(identity.name, identity.index), schedule)
-        for identity, schedule in zip(identities, schedules, strict=True)
+        ThingPlan(identity, template.check(identity.name, identity.index), schedule, at, group)
+        for identity, schedule, at in zip(identities, schedules, places, strict=True)
     ]
-    per_thing = per_thing_topics(meta)
-    shadows = identity_mode(meta) == THING_IDENTITY  # a shared identity has no things
-    outside = [
-        t.topic
-        for t in things
-        if outside_policy(
-            t.topic, root, thing=t.identity.name, shared=not per_thing, shadows=shadows
-        )
-    ]
-    if outside:
-        warnings.lines.append(policy_warning(outside[0], root, per_thing=per_thing))
-    send_plan = SendPlan(
-        things,
-        spec,
-        qos=options.qos,
-        window=options.max_inflight,
-        shape=shape,
-        publish5=options.publish5,
-    )
-    return send_plan, sliced.shard
+    return things, spec, rate
 
 
 def shape_plan(options: SendOptions, rate: float, fleet: int) -> ShapePlan | None:
@@ -258,6 +337,47 @@ def command_plan(rate: float, ledger: Ledger, state_dir: Path) -> CommandPlan:
         topic_root=meta.get("topic_root") or "elf",
         controller=Identity(name, -1, key_file, cert_file),
     )
+
+
+def _groups(
+    options: SendOptions, sliced: ShardSlice, places: Sequence[int]
+) -> list[tuple[SendGroup, list[Identity], list[int], int]]:
+    """Each group's things (contiguous places of the send's fleet), their places in the
+    group and the group's size."""
+    size = sliced.fleet_size if sliced.shard else len(sliced.things)
+    counts = [g.things for g in options.groups]
+    if all(count is not None for count in counts):
+        wanted = sum(count or 0 for count in counts)
+        if wanted != size:
+            raise UsageError(
+                f"--scenario {options.scenario}: its groups have {wanted} things, the send "
+                f"uses {size} (--things, or the fleet's ready things)"
+            )
+        shares = [(count or 0) / size for count in counts]
+    else:
+        shares = [g.share or 0.0 for g in options.groups]
+    parts = []
+    for group, span in zip(options.groups, fleet_slices(size, shares), strict=True):
+        if not span:
+            raise UsageError(
+                f"--scenario {options.scenario}: group {group.name!r}: a share of "
+                f"{group.share:g} of {size} things is no thing"
+            )
+        mine = [(i, p) for i, p in zip(sliced.things, places, strict=True) if p in span]
+        where = [p - span.start for _, p in mine]
+        parts.append((group, [i for i, _ in mine], where, len(span)))
+    return parts
+
+
+def _group_rows(send_plan: SendPlan) -> list[GroupRow]:
+    """Each group's name, QoS, rate per thing, things and planned messages."""
+    rows = [GroupRow(g.name, g.qos) for g in send_plan.groups]
+    for t in send_plan.things:
+        row = rows[t.group]
+        row.things.add(t.identity.name)
+        row.planned += t.schedule.total
+        row.per_thing_per_s = t.schedule.rate
+    return rows
 
 
 def policy_warning(topic: str, root: str, *, per_thing: bool) -> str:
@@ -352,7 +472,7 @@ async def run_send(
         options=dict(options.as_given),
         fleet_id=fleet_id,
         endpoint=endpoint,
-        qos=options.qos,
+        qos=send_plan.qos,
         mqtt_version=options.connect.mqtt_version,
         placement=sharding(
             shard=shard,
@@ -362,6 +482,10 @@ async def run_send(
         commands=command_tally,
     )
     report["fleet"]["identity"] = identity
+    if send_plan.groups:
+        report["scenario"] = scenario_section(
+            report["things"], file=str(options.scenario), groups=_group_rows(send_plan)
+        )
     if options.cloudwatch:
         wait = options.cloudwatch_wait
         if wait is None:

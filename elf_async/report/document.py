@@ -41,10 +41,13 @@ from elf_async.report.model import (
     ReportHead,
     RunReport,
     RunSummary,
+    Scenario,
+    ScenarioGroup,
     SendHistograms,
     SendReport,
     SendSecond,
     SendStage,
+    SendThing,
     ShardPart,
     StartInstant,
     Storm,
@@ -454,10 +457,47 @@ def send_report(
     }
 
 
+@dataclass
+class GroupRow:
+    """A scenario group as planned: the report counts its `things`' rows."""
+
+    name: str
+    qos: int
+    things: set[str] = field(default_factory=set)
+    planned: int = 0
+    per_thing_per_s: float | None = None
+
+
+def scenario_section(
+    things: Sequence[SendThing], *, file: str, groups: Sequence[GroupRow]
+) -> Scenario:
+    """The report's `scenario`: each group's planned messages and its things' counts."""
+    rows: list[ScenarioGroup] = []
+    for group in groups:
+        mine = [t for t in things if t["name"] in group.things]
+        acked = sum(t["acked"] or 0 for t in mine)
+        rate = group.per_thing_per_s
+        rows.append(
+            {
+                "name": group.name,
+                "things": len(group.things),
+                "qos": group.qos,
+                "per_thing_per_s": None if rate is None else round(rate, 3),
+                "planned": group.planned,
+                "scheduled": sum(t["scheduled"] for t in mine),
+                "published": sum(t["published"] for t in mine),
+                "acked": acked if group.qos else None,
+                "failed": sum(t["failed"] for t in mine),
+                "unsent": sum(t["unsent"] for t in mine),
+            }
+        )
+    return {"file": file, "groups": rows}
+
+
 class _Workers(TypedDict, total=False):
     """`SendReport.workers`, a key that only reports of several workers have (and
-    `aws_metrics`, which `--cloudwatch` adds later: typed here so the report's literal is;
-    and `commands`, which only reports of `--commands` have)."""
+    `aws_metrics` and `scenario`, which `--cloudwatch` and `--scenario` add later: typed here
+    so the report's literal is; and `commands`, which only reports of `--commands` have)."""
 
     workers: Workers
     aws_metrics: AwsMetrics
@@ -466,6 +506,7 @@ class _Workers(TypedDict, total=False):
     churn: Churn | None
     commands: Commands
     reason_codes: dict[str, int]
+    scenario: Scenario
 
 
 def commands_section(tally: CommandTally) -> Commands:

@@ -228,6 +228,9 @@ def _send_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     reasons = [p["reason_codes"] for p in parts if "reason_codes" in p]
     if reasons:
         merged["reason_codes"] = dict(sum(map(Counter, reasons), Counter()).most_common())
+    scenarios = [p["scenario"] for p in parts if "scenario" in p]
+    if scenarios:
+        merged["scenario"] = _scenario(scenarios)
     workers = [p["workers"] for p in parts if "workers" in p]
     if workers:
         merged["workers"] = {
@@ -257,6 +260,26 @@ def _commands(shards: Sequence[Shard]) -> tuple[Commands, str]:
         "error": "; ".join(errors) or None,
     }
     return merged, text(round_trip.encode())
+
+
+def _scenario(scenarios: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The shards' `scenario` as one: each group's things and counts summed by name, in the
+    file's order (every shard holds its slice of every group)."""
+    summed = ("things", "planned", "scheduled", "published", "failed", "unsent")
+    groups: dict[str, dict[str, Any]] = {}
+    for scenario in scenarios:
+        for row in scenario["groups"]:
+            group = groups.get(row["name"])
+            if group is None:
+                groups[row["name"]] = dict(row)
+                continue
+            for name in summed:
+                group[name] += row[name]
+            if group["acked"] is not None:
+                group["acked"] += row["acked"]
+            if group["per_thing_per_s"] is None:
+                group["per_thing_per_s"] = row["per_thing_per_s"]
+    return {"file": scenarios[0]["file"], "groups": list(groups.values())}
 
 
 def _subscribe_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -324,6 +324,24 @@ class Churn(TypedDict):
     reconnects: Annotated[int, "their reconnects (at least 1 s after, per client ID)"]
 
 
+class ScenarioGroup(TypedDict):
+    name: Annotated[str, "the group's `name`"]
+    things: Annotated[int, "its things (a contiguous slice of the fleet)"]
+    qos: Annotated[int, "the QoS it published with"]
+    per_thing_per_s: Annotated[float | None, "its rate per thing (null: no thing)"]
+    planned: Annotated[int, "messages in its whole schedule"]
+    scheduled: Annotated[int, "messages due by its schedule"]
+    published: Annotated[int, "written to the socket"]
+    acked: Annotated[int | None, "acknowledged (null at QoS 0)"]
+    failed: Annotated[int, "never acknowledged"]
+    unsent: Annotated[int, "due but never published"]
+
+
+class Scenario(TypedDict):
+    file: Annotated[str, "the --scenario file"]
+    groups: Annotated[list[ScenarioGroup], "one row per `[[group]]`, in the file's order"]
+
+
 class SendReport(CommonReport):
     latency_ms: Annotated[
         SendLatency,
@@ -383,6 +401,13 @@ class SendReport(CommonReport):
     ]
     storm: NotRequired[Annotated[Storm | None, "--storm: the drop and the reconnect"]]
     churn: NotRequired[Annotated[Churn | None, "--churn: the devices cycled"]]
+    scenario: NotRequired[
+        Annotated[
+            Scenario,
+            "`--scenario` with `[[group]]`s: each group's counts (they add up to `messages`; "
+            "with groups of both QoS, `messages.qos` is 1 and `acked` counts the QoS 1 ones)",
+        ]
+    ]
 
 
 # `subscribe`.

@@ -201,6 +201,9 @@ def metric_value(report: Mapping[str, object], metric: str) -> float | None:
         scheduled = _lookup(report, "messages.scheduled")
         through = "messages.acked" if _lookup(report, "messages.qos") else "messages.published"
         delivered = _lookup(report, through)
+        scenario = report.get("scenario")
+        if isinstance(scenario, dict):  # --scenario's groups: each message by its group's QoS
+            delivered = sum(g["acked"] if g["qos"] else g["published"] for g in scenario["groups"])
         return _ratio(None if delivered is None else (scheduled or 0) - delivered, scheduled)
     if metric == "achieved_rate":
         return _ratio(_lookup(report, "rate.achieved_per_s"), _lookup(report, "rate.target_per_s"))

@@ -149,7 +149,8 @@ SEND_AS_GIVEN: dict[str, Any] = {
     "message": None, "things": 2, "rate": "600/m", "total_rate": None, "duration": None,
     "count": None, "stages": None, "churn": None, "storm": None, "qos": 1, "topic": None,
     "append_thing_name": False,
-    "json_message": "a.json", "payload_template": None, "payload_size": None, "stamp": None,
+    "json_message": "a.json", "payload_template": None, "payload_size": None,
+    "payload_file": None, "payload_order": "per-thing", "stamp": None,
     "max_inflight": 100, "drain": "5s", "report": "r.json", "html": "r.html",
     "user_property": None, "topic_alias": False, "message_expiry": None,
     "connect": {
@@ -161,6 +162,7 @@ SEND_AS_GIVEN: dict[str, Any] = {
     "sharding": {"shard": None, "start_at": None},
     "metrics": {"metrics_port": None, "metrics_addr": "127.0.0.1", "metrics_linger": "0s"},
     "cloudwatch": False, "cloudwatch_wait": None, "workers": 1, "commands": None,
+    "scenario": None,
 }  # fmt: skip
 
 

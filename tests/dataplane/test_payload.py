@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from elf_async.dataplane.payload import MAX_PAYLOAD_BYTES, build_spec, read_stamp
+from elf_async.dataplane.payload import (
+    MAX_PAYLOAD_BYTES,
+    build_spec,
+    read_payload_file,
+    read_stamp,
+)
 from elf_async.errors import UsageError
 
 
 def spec(**options: object):  # type: ignore[no-untyped-def]
     defaults: dict[str, object] = {
-        "message": None, "json_message": None, "template": None, "size": None, "stamp": None
+        "message": None, "json_message": None, "template": None, "size": None, "stamp": None,
     }  # fmt: skip
     return build_spec(**{**defaults, **options})  # type: ignore[arg-type]
 
@@ -166,3 +173,83 @@ def test_read_stamp_ignores_other_payloads() -> None:
     assert read_stamp(b"not json") is None
     assert read_stamp(b"[1, 2]") is None
     assert read_stamp(b'{"thing": "t", "seq": "1", "ts": 2}') is None
+
+
+def write_lines(path: Path, *lines: str | bytes) -> Path:
+    path.write_bytes(b"".join((x if isinstance(x, bytes) else x.encode()) + b"\n" for x in lines))
+    return path
+
+
+def test_a_payload_file_is_replayed_line_by_line_per_thing(tmp_path: Path) -> None:
+    """Every thing sends line k mod L as its message k, exactly as written."""
+    lines = ['{"t": 1}', '{"t":  2}', "[3]"]
+    replay = read_payload_file(write_lines(tmp_path / "m.jsonl", *lines), stamp=None,
+                               order="per-thing")  # fmt: skip
+    for position in (0, 5):
+        encode = spec(replay=replay).encoder("elf-1", position)
+        assert [encode(k, 0) for k in range(7)] == [lines[k % 3].encode() for k in range(7)]
+
+
+def test_round_robin_spreads_the_lines_over_the_things(tmp_path: Path) -> None:
+    """Thing p of N sends line (p + k x N) mod L: the fleet's k-th round is lines kN..kN+N-1."""
+    path = write_lines(tmp_path / "m.jsonl", *(f'{{"n": {i}}}' for i in range(7)))
+    replay = dataclasses.replace(read_payload_file(path, stamp=None, order="round-robin"), things=3)
+    sent = {p: [json.loads(replay.encoder("t", p)(k, 0))["n"] for k in range(4)] for p in range(3)}
+    assert sent == {0: [0, 3, 6, 2], 1: [1, 4, 0, 3], 2: [2, 5, 1, 4]}
+
+
+def test_stamped_lines_get_thing_seq_and_ts(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "m.jsonl", '{"v": 1, "seq": 99}', "{}")
+    encode = spec(replay=read_payload_file(path, stamp=True, order="per-thing")).encoder("t")
+    assert json.loads(encode(0, 5)) == {"v": 1, "thing": "t", "seq": 0, "ts": 5}
+    assert json.loads(encode(1, 6)) == {"thing": "t", "seq": 1, "ts": 6}
+
+
+@pytest.mark.parametrize(
+    ("lines", "stamp", "fragment"),
+    [
+        (['{"a": 1}', "{not json"], None, "m.jsonl:2: not JSON at column 2"),
+        (['{"a": 1}', "", "{}"], None, "m.jsonl:2: an empty line"),
+        (["{}", "[1]"], True, "m.jsonl:2: --stamp needs a JSON object on every line"),
+        (["{}", "{}", b"\xff"], None, "m.jsonl:3: not UTF-8"),
+        ([], None, "m.jsonl: no lines"),
+    ],
+)
+def test_bad_payload_file_lines_are_named(
+    tmp_path: Path, lines: list[str | bytes], stamp: bool | None, fragment: str
+) -> None:
+    path = write_lines(tmp_path / "m.jsonl", *lines)
+    with pytest.raises(UsageError, match=re.escape(fragment)):
+        read_payload_file(path, stamp=stamp, order="per-thing")
+
+
+def test_a_line_over_aws_limit_is_named(tmp_path: Path) -> None:
+    big = json.dumps({"pad": "x" * MAX_PAYLOAD_BYTES})
+    path = write_lines(tmp_path / "m.jsonl", "{}", big)
+    with pytest.raises(UsageError, match=r"m\.jsonl:2: a message of 131083 bytes: AWS IoT allows"):
+        read_payload_file(path, stamp=None, order="per-thing")
+
+
+def test_a_line_that_the_stamp_takes_over_the_limit_is_named(tmp_path: Path) -> None:
+    """128 KB exactly is accepted as written; stamped, it no longer fits."""
+    line = json.dumps({"pad": "x" * (MAX_PAYLOAD_BYTES - 11)})
+    assert len(line) == MAX_PAYLOAD_BYTES
+    path = write_lines(tmp_path / "m.jsonl", "{}", line)
+    assert spec(replay=read_payload_file(path, stamp=None, order="per-thing")).check("t", 9) == (
+        MAX_PAYLOAD_BYTES
+    )
+    stamped = spec(replay=read_payload_file(path, stamp=True, order="per-thing"))
+    with pytest.raises(UsageError, match=r"m\.jsonl:2: \d+ bytes once stamped"):
+        stamped.check("elf-00001", 1000)
+
+
+def test_the_stamped_size_check_is_exact(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "m.jsonl", '{"a": [1, 2]}', '{"b": "a longer line"}')
+    stamped = spec(replay=read_payload_file(path, stamp=True, order="per-thing"))
+    largest = stamped.check("elf-00001", 12345)
+    assert largest == len(stamped.encoder("elf-00001")(12345 * 2 + 1, 10**12))
+
+
+def test_an_unknown_payload_order_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--payload-order shuffled: one of per-thing, round-robin"):
+        read_payload_file(write_lines(tmp_path / "m.jsonl", "{}"), stamp=None, order="shuffled")

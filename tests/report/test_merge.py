@@ -14,7 +14,7 @@ from support.sample_reports import as_v2, subscribe_report
 from elf_async.dataplane.commands import CommandTally
 from elf_async.errors import UsageError
 from elf_async.metrics import Histogram
-from elf_async.report.document import commands_section, latency, text
+from elf_async.report.document import GroupRow, commands_section, latency, scenario_section, text
 from elf_async.report.merge import merge
 from elf_async.report.model import SendReport, SubscribeReport
 from elf_async.report.verdict import judge_report
@@ -233,3 +233,27 @@ def test_a_shared_subscription_group_s_members_merge_into_one_row_per_thing() ->
     assert merged["messages"]["lost"] == 1
     assert merged["messages"]["received"] == 10
     assert merged["shared_group"] == "g"
+
+
+def test_the_scenario_groups_of_the_shards_add_up_by_name() -> None:
+    """Each shard holds its slice of every group: the merged group counts every shard's."""
+    a = sent_report(seconds=FAST, names=("elf-0", "elf-1"), shard=(0, 2))
+    b = sent_report(seconds=SLOW, names=("elf-2", "elf-3"), shard=(1, 2))
+    for report, things in ((a, ("elf-0", "elf-1")), (b, ("elf-2", "elf-3"))):
+        report["scenario"] = scenario_section(
+            report["things"],
+            file="s.toml",
+            groups=[
+                GroupRow("fast", 1, {things[0]}, planned=9, per_thing_per_s=2.0),
+                GroupRow("slow", 0, {things[1]}, planned=3, per_thing_per_s=1.0),
+            ],
+        )
+    merged: Any = merge([("a.json", a), ("b.json", b)])
+    assert_conforms(merged, SendReport)
+    fast, slow = merged["scenario"]["groups"]
+    rows = {t["name"]: t for t in merged["things"]}
+    assert (fast["name"], fast["things"], fast["planned"]) == ("fast", 2, 18)
+    assert fast["acked"] == rows["elf-0"]["acked"] + rows["elf-2"]["acked"]
+    assert (slow["things"], slow["planned"], slow["acked"]) == (2, 6, None)
+    assert slow["published"] == rows["elf-1"]["published"] + rows["elf-3"]["published"]
+    assert merged["scenario"]["file"] == "s.toml"

@@ -105,6 +105,19 @@ def test_error_rate_counts_what_did_not_get_through() -> None:
     assert (verdict.value, verdict.ok) == (pytest.approx(0.5), False)
 
 
+def test_error_rate_of_a_scenario_counts_each_group_by_its_qos() -> None:
+    """QoS 1 groups by their acknowledgements, QoS 0 groups by what they published."""
+    mixed = {
+        "messages": {"qos": 1, "scheduled": 300, "published": 290, "acked": 190},
+        "scenario": {"file": "s.toml", "groups": [
+            {"qos": 1, "scheduled": 200, "published": 200, "acked": 190},
+            {"qos": 0, "scheduled": 100, "published": 90, "acked": None},
+        ]},
+    }  # fmt: skip
+    (verdict,) = evaluate(parse_all(["error_rate<10%"]), mixed)
+    assert (verdict.value, verdict.ok) == (pytest.approx(20 / 300), True)
+
+
 def test_missing_data_fails_the_threshold() -> None:
     empty: dict[str, Any] = {"messages": {"scheduled": 0, "failed": 0}, "rate": {}}
     verdicts = evaluate(parse_all(["error_rate<1%", "achieved_rate>=99%", "ack.p99<1s"]), empty)
