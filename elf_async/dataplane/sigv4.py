@@ -14,10 +14,6 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote, urlsplit
 
-from botocore.auth import SigV4QueryAuth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
-
 SERVICE = "iotdevicegateway"
 PATH = "/mqtt"
 EXPIRES_S = 86400  # as AWS IoT's own device SDKs sign; the connection itself lasts up to 24 h
@@ -42,6 +38,11 @@ class KeySource(Protocol):
 def presigned_path(*, host: str, region: str, keys: SigningKeys) -> str:
     """``/mqtt?X-Amz-...`` for `host`, signed now; the session token (if any) appended after
     the signature, never inside the canonical query."""
+    # Imported here: botocore costs a command that never signs ~0.3 s to start.
+    from botocore.auth import SigV4QueryAuth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
     request = AWSRequest(method="GET", url=f"https://{host}{PATH}")
     unsigned_token = Credentials(keys.access_key, keys.secret_key)  # token=None: not signed in
     SigV4QueryAuth(unsigned_token, SERVICE, region, expires=EXPIRES_S).add_auth(request)

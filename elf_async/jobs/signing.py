@@ -12,9 +12,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import botocore.exceptions
-import botocore.session
-
 from elf_async.dataplane.sigv4 import SigningKeys
 from elf_async.errors import UsageError
 
@@ -41,6 +38,10 @@ class AwsKeys:
     def keys(self) -> SigningKeys:
         """The keys now (botocore refreshes temporary ones); `UsageError` when there are none."""
         if self._credentials is None:
+            # Imported here: botocore costs a command that never signs ~0.3 s to start.
+            import botocore.exceptions
+            import botocore.session
+
             try:
                 session = botocore.session.Session(profile=self.profile)
                 self._credentials = session.get_credentials()
