@@ -192,8 +192,9 @@ def policy_document(
 
     A watcher connects as ``<prefix>-…-watch`` (`watch_client_id`), which names no thing, so
     the thing variables do not resolve for it: its statements name the fleet's watcher ids,
-    and let such a connection subscribe to and receive anything under ``<root>/``, never
-    publish."""
+    and let such a connection subscribe to and receive anything under ``<root>/``, directly or
+    as a member of a shared subscription (``$share/<group>/<root>/...``, `subscribe
+    --shared`), never publish."""
     arn = f"arn:aws:iot:{region}:{account}"
     root = topic_root.strip("/")
     watchers = f"{prefix}-*{WATCH_SUFFIX}"
@@ -242,7 +243,10 @@ def policy_document(
             {
                 "Effect": "Allow",
                 "Action": "iot:Subscribe",
-                "Resource": f"{arn}:topicfilter/{root}/*",
+                "Resource": [
+                    f"{arn}:topicfilter/{root}/*",
+                    f"{arn}:topicfilter/$share/*/{root}/*",
+                ],
                 "Condition": only_watchers,
             },
         ],

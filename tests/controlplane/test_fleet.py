@@ -149,6 +149,8 @@ def test_a_watcher_connects_with_its_own_id_and_only_reads(shared: bool) -> None
     assert not may("iot:Connect", "client/elf-y-00001-watch", "elf-y-00001-watch")  # another fleet
     assert may("iot:Subscribe", "topicfilter/elf/elf-x-00002")
     assert may("iot:Subscribe", "topicfilter/elf/#")
+    assert may("iot:Subscribe", "topicfilter/$share/g/elf/#")  # subscribe --shared g
+    assert not may("iot:Subscribe", "topicfilter/$share/g/other/#")
     assert may("iot:Receive", "topic/elf/elf-x-00002/telemetry")
     assert may("iot:Publish", "topic/elf/elf-x-00001") == shared  # shared: anyone may
     assert not may("iot:Subscribe", "topicfilter/other/t1")
@@ -157,6 +159,7 @@ def test_a_watcher_connects_with_its_own_id_and_only_reads(shared: bool) -> None
 def test_a_thing_connected_as_itself_gains_nothing_from_the_watchers_statements() -> None:
     document = policy(shared_topics=False)
     assert not allows(document, "iot:Subscribe", f"{ARN}:topicfilter/elf/t2", "t1")
+    assert not allows(document, "iot:Subscribe", f"{ARN}:topicfilter/$share/g/elf/t2", "t1")
     assert not allows(document, "iot:Receive", f"{ARN}:topic/elf/t2", "t1")
 
 
