@@ -33,7 +33,7 @@ from elf_async.dataplane.sender import (
     Batch,
     Publisher,
 )
-from elf_async.dataplane.shape import ShapePlan, StagedSchedule
+from elf_async.dataplane.shape import Shape, ShapePlan, StagedSchedule
 from elf_async.dataplane.takeover import Readers, Takeover
 from elf_async.metrics import Histogram
 from elf_async.stopping import StopSignal
@@ -227,16 +227,21 @@ class Lifecycle:
     storm: StormTally | None = None
     churn: ChurnTally | None = None
     _first: set[int] = field(default_factory=set)  # id() of the devices connected at the start
-    _indexes: list[int] = field(default_factory=list)  # the devices' fleet indexes, sorted
+    # Each shape's devices' places, sorted: the places their schedules were planned at (a
+    # thing's place in the send's fleet, or its group's), not the ledger's indexes.
+    _places: dict[Shape, list[int]] = field(default_factory=dict)
 
     def adopt(self, publishers: Sequence[Publisher]) -> None:
-        """The sender's publishers, every one staged (`SendPlan.publishers` made them)."""
+        """The sender's publishers, every one staged (`SendPlan.publishers` made them); each
+        device's windows are its schedule's."""
         self.devices = [
-            Device(p, self.plan.shape.windows(p.thing.index))
-            for p in publishers
-            if isinstance(p, StagedPublisher)
+            Device(p, p.staged.windows) for p in publishers if isinstance(p, StagedPublisher)
         ]
-        self._indexes = sorted(d.publisher.thing.index for d in self.devices)
+        self._places = {}
+        for d in self.devices:
+            self._places.setdefault(d.publisher.staged.shape, []).append(d.publisher.staged.place)
+        for places in self._places.values():
+            places.sort()
         self._first = {id(d.publisher) for d in self.devices if d.windows and d.windows[0][0] <= 0}
         if self.plan.storm_at is not None:
             self.storm = StormTally(at_s=self.plan.storm_at)
@@ -288,8 +293,10 @@ class Lifecycle:
     def gauges(self, elapsed: float) -> dict[str, Any]:
         """Per-second series columns: the devices planned connected, the stage running."""
         elapsed = round(elapsed, 6)  # a whole second of the series, not 1e-12 before it
-        planned = self.plan.shape.devices_at(elapsed)  # of the fleet: those indexed below
-        target = bisect.bisect_left(self._indexes, planned)
+        target = sum(  # of each shape's devices, those placed below its planned count
+            bisect.bisect_left(places, shape.devices_at(elapsed))
+            for shape, places in self._places.items()
+        )
         # The stage of the second the row closes (a row is sampled at its second's end).
         return {"target_connected": target, "stage": self.plan.shape.stage_at(elapsed - 0.5)}
 
