@@ -258,6 +258,7 @@ class Lifecycle:
     def report(self, offset: float) -> dict[str, Any]:
         """The report's `stages` (times in the series' seconds: the schedule started `offset`
         s after its origin), `storm` and `churn`."""
+        named: Sequence[tuple[str | None, Shape]] = self.plan.groups or [(None, self.plan.shape)]
         stages = [
             {
                 "index": i,
@@ -265,10 +266,10 @@ class Lifecycle:
                 "end_s": round(offset + t1, 3),
                 "devices": list(s.devices),
                 "rate": list(s.rate),
+                **({} if group is None else {"group": group}),
             }
-            for i, (s, (t0, t1)) in enumerate(
-                zip(self.plan.shape.stages, self.plan.shape.bounds(), strict=True)
-            )
+            for group, shape in named
+            for i, (s, (t0, t1)) in enumerate(zip(shape.stages, shape.bounds(), strict=True))
         ]
         return {
             "stages": stages,
@@ -297,8 +298,10 @@ class Lifecycle:
             bisect.bisect_left(places, shape.devices_at(elapsed))
             for shape, places in self._places.items()
         )
-        # The stage of the second the row closes (a row is sampled at its second's end).
-        return {"target_connected": target, "stage": self.plan.shape.stage_at(elapsed - 0.5)}
+        # The stage of the second the row closes (a row is sampled at its second's end);
+        # none with groups, whose stages overlap (the report's `stages` has each group's).
+        stage = None if self.plan.groups else self.plan.shape.stage_at(elapsed - 0.5)
+        return {"target_connected": target, "stage": stage}
 
     async def _at(self, offset: float) -> None:
         await asyncio.sleep(max(0.0, self.start + offset - time.monotonic()))

@@ -257,3 +257,6 @@ class ShapePlan:
     churn_per_s: float | None = None  # fraction of the connected devices cycled per second
     storm_at: float | None = None  # seconds after the start
     seed: int = 0  # the churn's sample
+    # A scenario's groups, each with its own stages (then `shape` is the longest group's,
+    # whose span is the run's): their devices' schedules follow their group's shape.
+    groups: tuple[tuple[str, Shape], ...] = ()
