@@ -337,3 +337,9 @@ rate = "2/s"
     (tmp_path / "big.toml").write_text('[[group]]\nname = "big"\nthings = 8\nstages = "3s:0..9"\n')
     too_big = send(fleet8, mosquitto, "--scenario", str(tmp_path / "big.toml"))
     assert_one_line_error(too_big, 2, "group 'big': stages: a stage has 9 devices, the group 8")
+    (tmp_path / "counted.toml").write_text(
+        '[[group]]\nname = "a"\nthings = 4\nstages = "3s:4"\n'
+        '[[group]]\nname = "b"\nthings = 4\ncount = 3\n'
+    )
+    counted = send(fleet8, mosquitto, "--scenario", str(tmp_path / "counted.toml"))
+    assert_one_line_error(counted, 2, "group 'b': next to stages", "not a count")
