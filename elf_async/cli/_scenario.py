@@ -43,11 +43,11 @@ GROUP = "group"
 # A group's own keys; its things' send options are the rest of `GROUP_KEYS`.
 OWN_KEYS = ("name", "share", "things")
 # SendArgs' options that are the whole run's, not a group's: a group's slice of the things,
-# the report, the processes; the load shape (stages, churn, storm) and the commands act on the
-# whole fleet.
+# the report, the processes; churn, storm and the commands act on the whole fleet (a group
+# has its own stages).
 RUN_WIDE = frozenset(
     {"things", "report", "html", "workers", "cloudwatch", "cloudwatch_wait", "drain", "scenario"}
-    | {"stages", "churn", "storm", "commands"}
+    | {"churn", "storm", "commands"}
     | {"user_property", "topic_alias", "message_expiry"}  # one MQTT 5 PUBLISH for the whole run
 )
 GROUP_KEYS = tuple(
@@ -198,13 +198,28 @@ def send_options(
     for group, size in zip(scenario.groups, sizes, strict=True):
         mine = {k: v for k, v in group.values.items() if ctx.get_parameter_source(k) not in _GIVEN}
         parse = functools.partial(
-            parse_send_options, dataclasses.replace(args, **mine), fleet_size=size
+            parse_send_options, dataclasses.replace(args, **_length(mine)), fleet_size=size
         )
         parsed = _named(scenario, group, from_file | set(mine), parse)
         groups.append(
             SendGroup(name=group.name, share=group.share, things=group.things, options=parsed)
         )
     return dataclasses.replace(options, groups=tuple(groups))
+
+
+def _length(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A group's keys, its length replacing the run's: its `stages` the run's duration and
+    count, its `duration` or `count` the run's stages."""
+    out = dict(values)
+    given = set(_LENGTHS) & set(values)
+    if "stages" in given:
+        out |= {key: values.get(key) for key in ("duration", "count")}
+    elif given:
+        out["stages"] = None
+    return out
+
+
+_LENGTHS = ("stages", "duration", "count")
 
 
 def _named(
@@ -221,7 +236,7 @@ def _named(
             if key not in keys:
                 continue
             owner = group if group is not None and key in group.values else None
-            named = re.sub(rf"^--{option}:", f"{key}:", message)
+            named = re.sub(rf"^--{option}(?::|(?= '))", f"{key}:", message)
             raise UsageError(scenario.where(key, owner) + named) from None
         where = scenario.where(None, group) if group is not None else f"{scenario.path}: "
         raise UsageError(where + message) from None

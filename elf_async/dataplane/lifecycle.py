@@ -33,7 +33,7 @@ from elf_async.dataplane.sender import (
     Batch,
     Publisher,
 )
-from elf_async.dataplane.shape import ShapePlan, StagedSchedule
+from elf_async.dataplane.shape import Shape, ShapePlan, StagedSchedule
 from elf_async.dataplane.takeover import Readers, Takeover
 from elf_async.metrics import Histogram
 from elf_async.stopping import StopSignal
@@ -227,16 +227,21 @@ class Lifecycle:
     storm: StormTally | None = None
     churn: ChurnTally | None = None
     _first: set[int] = field(default_factory=set)  # id() of the devices connected at the start
-    _indexes: list[int] = field(default_factory=list)  # the devices' fleet indexes, sorted
+    # Each shape's devices' places, sorted: the places their schedules were planned at (a
+    # thing's place in the send's fleet, or its group's), not the ledger's indexes.
+    _places: dict[Shape, list[int]] = field(default_factory=dict)
 
     def adopt(self, publishers: Sequence[Publisher]) -> None:
-        """The sender's publishers, every one staged (`SendPlan.publishers` made them)."""
+        """The sender's publishers, every one staged (`SendPlan.publishers` made them); each
+        device's windows are its schedule's."""
         self.devices = [
-            Device(p, self.plan.shape.windows(p.thing.index))
-            for p in publishers
-            if isinstance(p, StagedPublisher)
+            Device(p, p.staged.windows) for p in publishers if isinstance(p, StagedPublisher)
         ]
-        self._indexes = sorted(d.publisher.thing.index for d in self.devices)
+        self._places = {}
+        for d in self.devices:
+            self._places.setdefault(d.publisher.staged.shape, []).append(d.publisher.staged.place)
+        for places in self._places.values():
+            places.sort()
         self._first = {id(d.publisher) for d in self.devices if d.windows and d.windows[0][0] <= 0}
         if self.plan.storm_at is not None:
             self.storm = StormTally(at_s=self.plan.storm_at)
@@ -253,6 +258,7 @@ class Lifecycle:
     def report(self, offset: float) -> dict[str, Any]:
         """The report's `stages` (times in the series' seconds: the schedule started `offset`
         s after its origin), `storm` and `churn`."""
+        named: Sequence[tuple[str | None, Shape]] = self.plan.groups or [(None, self.plan.shape)]
         stages = [
             {
                 "index": i,
@@ -260,10 +266,10 @@ class Lifecycle:
                 "end_s": round(offset + t1, 3),
                 "devices": list(s.devices),
                 "rate": list(s.rate),
+                **({} if group is None else {"group": group}),
             }
-            for i, (s, (t0, t1)) in enumerate(
-                zip(self.plan.shape.stages, self.plan.shape.bounds(), strict=True)
-            )
+            for group, shape in named
+            for i, (s, (t0, t1)) in enumerate(zip(shape.stages, shape.bounds(), strict=True))
         ]
         return {
             "stages": stages,
@@ -288,10 +294,14 @@ class Lifecycle:
     def gauges(self, elapsed: float) -> dict[str, Any]:
         """Per-second series columns: the devices planned connected, the stage running."""
         elapsed = round(elapsed, 6)  # a whole second of the series, not 1e-12 before it
-        planned = self.plan.shape.devices_at(elapsed)  # of the fleet: those indexed below
-        target = bisect.bisect_left(self._indexes, planned)
-        # The stage of the second the row closes (a row is sampled at its second's end).
-        return {"target_connected": target, "stage": self.plan.shape.stage_at(elapsed - 0.5)}
+        target = sum(  # of each shape's devices, those placed below its planned count
+            bisect.bisect_left(places, shape.devices_at(elapsed))
+            for shape, places in self._places.items()
+        )
+        # The stage of the second the row closes (a row is sampled at its second's end);
+        # none with groups, whose stages overlap (the report's `stages` has each group's).
+        stage = None if self.plan.groups else self.plan.shape.stage_at(elapsed - 0.5)
+        return {"target_connected": target, "stage": stage}
 
     async def _at(self, offset: float) -> None:
         await asyncio.sleep(max(0.0, self.start + offset - time.monotonic()))

@@ -162,7 +162,7 @@ class Shape:
             cumulative += (rate_a + rate_b) / 2 * (b - a)
         phase = index / fleet
         total = max(0, math.ceil(cumulative - phase - _EPS))
-        return StagedSchedule(tuple(pieces), phase, total, self.span)
+        return StagedSchedule(tuple(pieces), phase, total, self.span, self, index)
 
     def planned_per_second(self, indexes: Sequence[int], fleet: int) -> list[int]:
         """Messages due in each whole second of the run (second k: [k, k+1)), for checks."""
@@ -198,6 +198,13 @@ class StagedSchedule:
     phase_fraction: float  # message k is due when the device's cumulative count reaches k + this
     total: int
     span: float  # the stages' whole length
+    shape: Shape  # the stages it follows (a scenario's groups each have theirs)
+    place: int  # its index among that shape's devices: connected while N(t) > place
+
+    @property
+    def windows(self) -> list[Window]:
+        """When the device is planned connected (`Shape.windows` of its place)."""
+        return self.shape.windows(self.place)
 
     @property
     def rate(self) -> float:
@@ -250,3 +257,6 @@ class ShapePlan:
     churn_per_s: float | None = None  # fraction of the connected devices cycled per second
     storm_at: float | None = None  # seconds after the start
     seed: int = 0  # the churn's sample
+    # A scenario's groups, each with its own stages (then `shape` is the longest group's,
+    # whose span is the run's): their devices' schedules follow their group's shape.
+    groups: tuple[tuple[str, Shape], ...] = ()

@@ -196,7 +196,8 @@ def plan_send(
     if parts is None:
         size = sliced.fleet_size
         shape = shape_plan(options, _per_thing_rate(options, size), size)
-        things, spec, rate = _plan_part(options, meta, sliced.things, places, size, shape=shape)
+        staged = None if shape is None else shape.shape
+        things, spec, rate = _plan_part(options, meta, sliced.things, places, size, shape=staged)
         total = rate * len(things)
         send_plan = SendPlan(
             things,
@@ -207,23 +208,26 @@ def plan_send(
             publish5=options.publish5,
         )
     else:
-        if options.stages or options.churn_per_s is not None or options.storm_at is not None:
-            raise UsageError(
-                f"--scenario {options.scenario}: groups cannot be combined with --stages, "
-                "--churn or --storm yet (run the shape without groups)"
-            )
-        things, groups, total = [], [], 0.0
+        shaped = options.churn_per_s is not None or options.storm_at is not None
+        shaped = shaped or any(g.options.stages for g in options.groups)
+        things, groups, total, shapes = [], [], 0.0, []
         for number, (group, identities, where, size) in enumerate(parts):
-            mine, spec, rate = _plan_part(group.options, meta, identities, where, size, number)
+            mine_shape = _group_shape(options, group, size) if shaped else None
+            mine, spec, rate = _plan_part(
+                group.options, meta, identities, where, size, number, shape=mine_shape
+            )
             things += mine
             total += rate * len(mine)
             window = group.options.max_inflight
             groups.append(GroupPlan(group.name, spec, group.options.qos, window))
+            if mine_shape is not None:
+                shapes.append((group.name, mine_shape))
         send_plan = SendPlan(
             things,
             groups[0].spec,
             qos=max(g.qos for g in groups),
             window=max(g.window for g in groups),
+            shape=_groups_shape_plan(options, shapes),
             groups=tuple(groups),
             publish5=options.publish5,
         )
@@ -255,7 +259,7 @@ def _plan_part(
     size: int,
     group: int = 0,
     *,
-    shape: ShapePlan | None = None,
+    shape: Shape | None = None,
 ) -> tuple[list[ThingPlan], PayloadSpec, float]:
     """The plans of `identities` (at `places` of `size` things: the send's, or a group's),
     their payload and their rate per thing, with `options` (and the stages of `shape`)."""
@@ -278,11 +282,9 @@ def _plan_part(
     rate = _per_thing_rate(options, size)
     schedules: Sequence[ThingSchedule | StagedSchedule]
     if shape is not None:
-        schedules = [shape.shape.schedule(place, size) for place in places]
+        schedules = [shape.schedule(place, size) for place in places]
         if identities:  # the busiest stage's share of these things, as a constant rate
-            busiest = max(
-                max(s.rate) * min(max(s.devices), len(identities)) for s in shape.shape.stages
-            )
+            busiest = max(max(s.rate) * min(max(s.devices), len(identities)) for s in shape.stages)
             rate = busiest / len(identities)
     else:
         schedules = plan(
@@ -316,6 +318,38 @@ def shape_plan(options: SendOptions, rate: float, fleet: int) -> ShapePlan | Non
         )
     seed = random.randrange(1 << 31)
     return ShapePlan(shape, options.churn_per_s, options.storm_at, seed)
+
+
+def _group_shape(options: SendOptions, group: SendGroup, size: int) -> Shape:
+    """A group's stages in a shaped send (a group's own `stages`, else the run's), planned
+    over its `size` things; a group with neither holds all its things at its rate for its
+    duration."""
+    mine = group.options
+    where = f"--scenario {options.scenario}: group {group.name!r}"
+    if mine.stages is None and mine.duration is None:
+        raise UsageError(
+            f"{where}: next to stages, --churn or --storm a group sends for a duration, not a "
+            "count (give it stages or a duration)"
+        )
+    rate = _per_thing_rate(mine, size)
+    shape = Shape(mine.stages or (Stage(mine.duration or 0.0, (size, size), (rate, rate)),))
+    if shape.max_devices > size:
+        raise UsageError(
+            f"{where}: stages: a stage has {shape.max_devices} devices, the group {size} things"
+        )
+    return shape
+
+
+def _groups_shape_plan(
+    options: SendOptions, shapes: Sequence[tuple[str, Shape]]
+) -> ShapePlan | None:
+    """The shaped send of a scenario's groups (none if no group is shaped): the churn and
+    the storm act on every group's devices; the longest group's shape is the run's length."""
+    if not shapes:
+        return None
+    longest = max((shape for _, shape in shapes), key=lambda shape: shape.span)
+    seed = random.randrange(1 << 31)
+    return ShapePlan(longest, options.churn_per_s, options.storm_at, seed, groups=tuple(shapes))
 
 
 def command_plan(rate: float, ledger: Ledger, state_dir: Path) -> CommandPlan:

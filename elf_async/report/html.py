@@ -261,8 +261,21 @@ def _connected(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> 
     if not _has_columns(rows, ["target_connected"]):
         return _per_second(rows, "Connected clients", columns, y="clients")
     columns.append(("target_connected", _series("planned", GREY, style="dash")))
+    stages = report.get("stages", [])
+    if any("group" in stage for stage in stages):  # a scenario's groups: their stages overlap
+        by_group: dict[str, list[str]] = {}
+        for stage in stages:
+            by_group.setdefault(stage["group"], []).append(f"{stage['start_s']:g}")
+        starts = "; ".join(f"{group} {', '.join(at)}" for group, at in by_group.items())
+        return _per_second(
+            rows,
+            "Connected clients: planned by the groups' stages and connected",
+            columns,
+            y="clients",
+            note=f"each group's stages start at t = {starts} s",
+        )
     columns.append(("stage", _series("stage", ORANGE, scale="y2", style="dash")))
-    starts = ", ".join(f"{stage['start_s']:g}" for stage in report.get("stages", []))
+    starts = ", ".join(f"{stage['start_s']:g}" for stage in stages)
     return _per_second(
         rows,
         "Connected clients: planned by the stages and connected",

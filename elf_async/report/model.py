@@ -294,6 +294,9 @@ class SendStage(TypedDict):
     end_s: Annotated[float, "when it ends, in the series' seconds"]
     devices: Annotated[list[int], "connected devices at its start and end (a ramp if they differ)"]
     rate: Annotated[list[float], "messages/s per connected device at its start and end"]
+    group: NotRequired[
+        Annotated[str, "a scenario's group whose devices it plans (`index`: in the group's)"]
+    ]
 
 
 class Storm(TypedDict):

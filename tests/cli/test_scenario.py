@@ -11,14 +11,15 @@ from typing import Any, get_type_hints
 import pytest
 from support.fixtures import Cli, assert_one_line_error
 from support.local import LocalCli
-from support.mqtt import Observer
+from support.mqtt import FixtureCA, Observer
 from support.report import assert_conforms
-from support.send import load, send
+from support.send import created, load, send
 
 from elf_async.cli import run
 from elf_async.cli._scenario import GROUP_KEYS, Scenario
 from elf_async.cli._scenario import load as load_scenario
 from elf_async.controlplane.ledger import Ledger
+from elf_async.dataplane.shape import Shape, parse_stages
 from elf_async.errors import UsageError
 from elf_async.local.mosquitto import Mosquitto
 from elf_async.report.merge import merge
@@ -116,6 +117,8 @@ def test_bad_keys_are_named_with_their_line(tmp_path: Path, text: str, error: st
         ('payload_file = "missing.jsonl"\n', (),
          ["s.toml:1: --payload-file ", "missing.jsonl: no such file"]),
         ('rate = "fast"\n', ("--rate", "x"), ["--rate: 'x' is not a rate"]),
+        ('duration = "5s"\n\n[[group]]\nname = "ramp"\nshare = 1\nstages = "3s:0..x"\n', (),
+         ['s.toml:6: group "ramp": stages: \'3s:0..x\': devices are N or FROM..TO']),
     ],
 )  # fmt: skip
 def test_the_cli_exits_2_naming_the_key_and_line(
@@ -263,3 +266,80 @@ def test_groups_hold_across_workers_and_shards(
     watcher.settle(2 * 16)  # the workers' send, then each thing in one of the shards'
     last = reports[0]["things"][3]["topic"]  # group b's only thing: the lines in turn
     assert watcher.messages[last][:4] == [b'{"n": 0}', b'{"n": 1}'] * 2
+
+
+def test_each_group_follows_its_own_stages(
+    cli: Cli,
+    test_ca: FixtureCA,
+    mosquitto: Mosquitto,
+    observer: Callable[..., Observer],
+    tmp_path: Path,
+) -> None:
+    """A group's stages plan its devices within the group; a group without any holds its
+    things at its rate for the run's duration; the planned connected devices add up."""
+    fleet8 = created(cli, test_ca, 8)
+    watcher = observer("elf/#", qos=1)
+    (tmp_path / "shaped.toml").write_text("""
+duration = "6s"
+connect_rate = "200/s"
+
+[[group]]
+name = "ramp"
+things = 6
+rate = "4/s"
+stages = "3s:0..6,3s:6..0"
+
+[[group]]
+name = "steady"
+things = 2
+rate = "2/s"
+""")  # fmt: skip
+    report_file = tmp_path / "report.json"
+    result = send(fleet8, mosquitto, "--scenario", str(tmp_path / "shaped.toml"),
+                  "--report", str(report_file))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no warning, no task left pending
+    report = load(report_file)
+    assert_conforms(report, SendReport)
+    ramp = Shape(parse_stages("3s:0..6,3s:6..0", rate=4.0))
+    steady = Shape(parse_stages("6s:2", rate=2.0))
+    planned = [
+        a + b
+        for a, b in zip(
+            ramp.planned_per_second(range(6), 6),
+            steady.planned_per_second(range(2), 2),
+            strict=True,
+        )
+    ]
+    messages = report["messages"]
+    assert messages["scheduled"] == sum(planned) == sum(ramp.planned_per_second(range(6), 6)) + 24
+    assert messages["acked"] == messages["published"] == messages["scheduled"]
+    stages = report["stages"]
+    assert [(s.get("group"), s["index"], s["devices"]) for s in stages] == [
+        ("ramp", 0, [0, 6]), ("ramp", 1, [6, 0]), ("steady", 0, [2, 2])
+    ]  # fmt: skip
+    offset = stages[0]["start_s"]
+    assert offset == int(offset)
+    assert {s["start_s"] for s in stages} == {offset, offset + 3}
+    rows = [row for row in report["series"] if row["t"] > offset]
+    assert len(rows) == len(planned)
+    for second, row in enumerate(rows):
+        assert row["stage"] is None  # the groups' stages overlap: each is in `stages`
+        if row["t"] == int(row["t"]):  # the row is sampled at the end of its second
+            want = ramp.devices_at(second + 1) + steady.devices_at(second + 1)
+            assert row["target_connected"] == want, (second, row)
+            assert abs(row["connected"] - want) <= 1, (second, row)
+    groups = {g["name"]: g for g in report["scenario"]["groups"]}
+    assert groups["steady"]["acked"] == groups["steady"]["planned"] == 24
+    assert groups["ramp"]["acked"] == groups["ramp"]["planned"] == messages["acked"] - 24
+    watcher.settle(messages["acked"])
+    assert sum(watcher.counts().values()) == messages["acked"]
+    (tmp_path / "big.toml").write_text('[[group]]\nname = "big"\nthings = 8\nstages = "3s:0..9"\n')
+    too_big = send(fleet8, mosquitto, "--scenario", str(tmp_path / "big.toml"))
+    assert_one_line_error(too_big, 2, "group 'big': stages: a stage has 9 devices, the group 8")
+    (tmp_path / "counted.toml").write_text(
+        '[[group]]\nname = "a"\nthings = 4\nstages = "3s:4"\n'
+        '[[group]]\nname = "b"\nthings = 4\ncount = 3\n'
+    )
+    counted = send(fleet8, mosquitto, "--scenario", str(tmp_path / "counted.toml"))
+    assert_one_line_error(counted, 2, "group 'b': next to stages", "not a count")

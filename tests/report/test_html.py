@@ -257,3 +257,24 @@ def test_a_shaped_send_draws_the_planned_devices_and_its_stages() -> None:
     rates = charts(render_html(report))["Messages per second: target and achieved"]
     assert [s["label"] for s in rates["series"]] == ["due", "published"]  # no flat mean
     assert "Connected clients" in charts(render_html(send_report()))  # a plain send: as before
+
+
+def test_a_scenario_s_groups_draw_the_planned_devices_and_each_group_s_stages() -> None:
+    report = send_report(seconds=4)
+    for row in report["series"]:
+        row["target_connected"], row["stage"] = 5, None
+    report["stages"] = [
+        {"index": 0, "start_s": 1.0, "end_s": 3.0, "devices": [0, 3], "rate": [1.0, 1.0],
+         "group": "ramp"},
+        {"index": 1, "start_s": 3.0, "end_s": 5.0, "devices": [3, 0], "rate": [1.0, 1.0],
+         "group": "ramp"},
+        {"index": 0, "start_s": 1.0, "end_s": 5.0, "devices": [2, 2], "rate": [2.0, 2.0],
+         "group": "steady"},
+    ]  # fmt: skip
+    report["storm"] = report["churn"] = None
+    assert_conforms(report, SendReport)
+    title = "Connected clients: planned by the groups' stages and connected"
+    chart = charts(render_html(report))[title]
+    assert [s["label"] for s in chart["series"]] == ["connected", "planned"]
+    assert chart["data"][2] == [5, 5, 5, 5]
+    assert chart["note"] == "each group's stages start at t = ramp 1, 3; steady 1 s"
