@@ -175,14 +175,19 @@ def test_a_late_shard_catches_up_with_its_lag_measured(
     """A --start-at passed by less than the tolerance: the shard starts at once, owes what
     fell due since the instant, and sends it all late."""
     report_file = tmp_path / "late.json"
-    start_at = time.time() - 1  # already passed when the process reads it
-    result = fleet(
-        "send", "--mqtt-endpoint", f"127.0.0.1:{mosquitto.port}", "--ca-file",
-        str(mosquitto.ca_file), "--rate", "10/s", "--duration", "3",
-        "--start-at", f"{start_at:.3f}", "--report", str(report_file),
-    )  # fmt: skip
-    if result.returncode == 2 and "in the past" in result.stderr:
-        pytest.fail(f"the process took over the tolerance to start: {result.stderr}")
+    # The instant has passed when the process reads it; a process that took more than the
+    # tolerance to start (a loaded machine) is refused, so that case is tried again.
+    for _ in range(3):
+        start_at = time.time() - 0.2
+        result = fleet(
+            "send", "--mqtt-endpoint", f"127.0.0.1:{mosquitto.port}", "--ca-file",
+            str(mosquitto.ca_file), "--rate", "10/s", "--duration", "3",
+            "--start-at", f"{start_at:.3f}", "--report", str(report_file),
+        )  # fmt: skip
+        if not (result.returncode == 2 and "in the past" in result.stderr):
+            break
+    else:
+        pytest.fail(f"the process took over the tolerance to start, 3 times: {result.stderr}")
     assert result.returncode == 0, result.stderr
     report = load(report_file)
     assert report["start"]["late_start_s"] > 0
