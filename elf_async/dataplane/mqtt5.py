@@ -94,7 +94,8 @@ def connack_refusal(text: str) -> str:
     return f"CONNACK {reason_label(int(match.group(1)))}"
 
 
-def _varint(n: int) -> bytes:
+def remaining_length(n: int) -> bytes:
+    """MQTT's variable-length integer (a packet's remaining length, a properties block's)."""
     out = bytearray()
     while True:
         n, digit = divmod(n, 128)
@@ -126,7 +127,7 @@ class Publish5:
             body += bytes([TOPIC_ALIAS]) + ALIAS.to_bytes(2, "big")
         for key, value in self.user_properties:
             body += bytes([USER_PROPERTY]) + _utf8(key) + _utf8(value)
-        return _varint(len(body)) + bytes(body)
+        return remaining_length(len(body)) + bytes(body)
 
     def aliased(self, topic_alias_maximum: int) -> bool:
         """Whether this connection's PUBLISHes use the alias: asked for, and the broker's

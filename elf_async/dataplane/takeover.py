@@ -54,7 +54,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 
-from elf_async.dataplane.mqtt5 import FAILED, puback
+from elf_async.dataplane.mqtt5 import FAILED, puback, remaining_length
 from elf_async.dataplane.websocket import WebSocket
 
 Token = TypeVar("Token")
@@ -103,16 +103,6 @@ _READ_BUFFER = bytearray(_READ_SIZE)
 _READ_VIEW = memoryview(_READ_BUFFER)
 _NOT_NOW = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError)
 _OK = paho.MQTT_ERR_SUCCESS
-
-
-def remaining_length(n: int) -> bytes:
-    """MQTT's variable-length integer."""
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | 0x80 if n else digit)
-        if not n:
-            return bytes(out)
 
 
 def _in_packet(command: int, body: bytearray) -> paho._InPacket:

@@ -22,7 +22,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from support.mqtt import FixtureCA
 
 from elf_async.dataplane.mqtt import ClientTls, connect
-from elf_async.dataplane.takeover import Takeover, Wire, remaining_length
+from elf_async.dataplane.mqtt5 import remaining_length
+from elf_async.dataplane.takeover import Takeover, Wire
 from elf_async.local.mosquitto import Mosquitto
 
 
