@@ -12,6 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from elf_async.errors import UsageError
+
 
 def make_private_dirs(path: Path) -> Path:
     """Create `path` and each missing parent 0700, whatever the umask. An existing directory
@@ -74,3 +76,22 @@ def write_public(path: Path, text: str) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomically(path, text.encode(), 0o644)
+
+
+def read_input(path: Path, *, option: str) -> bytes:
+    """A file the user named with `option`, whole: a missing or unreadable one is one line
+    naming both (`UsageError`), never a traceback."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{option} {path}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: {exc.strerror}") from exc
+
+
+def read_input_text(path: Path, *, option: str) -> str:
+    """`read_input` as UTF-8 text (a file that is not is one line too)."""
+    try:
+        return read_input(path, option=option).decode()
+    except UnicodeDecodeError:
+        raise UsageError(f"{option} {path}: not UTF-8 text") from None

@@ -34,6 +34,7 @@ from elf_async.cli._args import ARGS, SendArgs
 from elf_async.cli._options import parse_send_options
 from elf_async.dataplane.plan import fleet_slices
 from elf_async.errors import UsageError
+from elf_async.files import read_input_text
 from elf_async.jobs.send import SendGroup, SendOptions
 
 T = TypeVar("T")
@@ -137,14 +138,7 @@ def read(ctx: Context, param: Parameter, path: Path | None) -> Path | None:
 def load(path: Path, hints: Mapping[str, Any], *, check: Check = lambda k, v: None) -> Scenario:
     """The scenario at `path`, every key checked against the options' types in `hints` and
     by `check` (the option's own checks: what is wrong with a value, or None)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UsageError(f"--scenario {path}: no such file") from None
-    except OSError as exc:
-        raise UsageError(f"--scenario {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError:
-        raise UsageError(f"--scenario {path}: not UTF-8 text") from None
+    text = read_input_text(path, option="--scenario")
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from elf_async.errors import UsageError
+from elf_async.files import read_input, read_input_text
 
 DEFAULT_MESSAGE = "IoT ELF Hello"
 MAX_PAYLOAD_BYTES = 128 * 1024  # AWS IoT's limit
@@ -204,14 +205,7 @@ def build_spec(
 
 def read_json_message(path: Path) -> Any:
     """Read and validate the --json-message file once (the seed sent {} for a bad file)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UsageError(f"--json-message {path}: no such file") from None
-    except OSError as exc:
-        raise UsageError(f"--json-message {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError:
-        raise UsageError(f"--json-message {path}: not UTF-8 text") from None
+    text = read_input_text(path, option="--json-message")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -275,12 +269,7 @@ def read_payload_file(path: Path, *, stamp: bool | None, order: str) -> Replay:
     line is named FILE:LINE."""
     if order not in PAYLOAD_ORDERS:
         raise UsageError(f"--payload-order {order}: one of {', '.join(PAYLOAD_ORDERS)}")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"--payload-file {path}: no such file") from None
-    except OSError as exc:
-        raise UsageError(f"--payload-file {path}: {exc.strerror}") from exc
+    data = read_input(path, option="--payload-file")
     rows = data.split(b"\n")
     if rows[-1] == b"":  # the newline that ends the last line
         rows.pop()

@@ -263,13 +263,7 @@ def _plan_part(
 ) -> tuple[list[ThingPlan], PayloadSpec, float]:
     """The plans of `identities` (at `places` of `size` things: the send's, or a group's),
     their payload and their rate per thing, with `options` (and the stages of `shape`)."""
-    root = meta.get("topic_root") or "elf"
-    template_text = options.topic
-    if template_text is None:  # an empty --topic is refused, not taken for the default
-        template_text = f"{root}/{{thing}}"
-    if options.append_thing_name:
-        template_text = template_text.rstrip("/") + "/{thing}"
-    template = TopicTemplate(template_text, fleet=meta.get("fleet_id", ""))
+    template = topic_template(options.topic, options.append_thing_name, meta)
     replay = options.replay
     spec = build_spec(
         message=options.message,
@@ -303,6 +297,18 @@ def _plan_part(
         for identity, schedule, at in zip(identities, schedules, places, strict=True)
     ]
     return things, spec, rate
+
+
+def topic_template(
+    topic: str | None, append_thing_name: bool, meta: Mapping[str, str], *, filter: bool = False
+) -> TopicTemplate:
+    """--topic (default ``<root>/{thing}``), with /{thing} appended by --append-thing-name."""
+    text = topic
+    if text is None:  # an empty --topic is refused, not taken for the default
+        text = f"{meta.get('topic_root') or 'elf'}/{{thing}}"
+    if append_thing_name:
+        text = text.rstrip("/") + "/{thing}"
+    return TopicTemplate(text, fleet=meta.get("fleet_id", ""), filter=filter)
 
 
 def shape_plan(options: SendOptions, rate: float, fleet: int) -> ShapePlan | None:

@@ -26,11 +26,17 @@ from elf_async.dataplane.connections import Connector
 from elf_async.dataplane.mqtt5 import PROTOCOL_LEVEL, shared_filter
 from elf_async.dataplane.options import ConnectOptions, Qos
 from elf_async.dataplane.subscriber import Subscriber, Watch
-from elf_async.dataplane.topics import TopicTemplate, outside_policy
+from elf_async.dataplane.topics import outside_policy
 from elf_async.errors import UsageError
 from elf_async.fdlimit import check_connections
 from elf_async.jobs.live_metrics import LiveMetrics
-from elf_async.jobs.send import Warnings, effective_shard, policy_warning, shard_slice
+from elf_async.jobs.send import (
+    Warnings,
+    effective_shard,
+    policy_warning,
+    shard_slice,
+    topic_template,
+)
 from elf_async.jobs.target import Aim, ready_identities, resolve_endpoint
 from elf_async.report.document import sharding, subscribe_report
 from elf_async.report.model import SubscribeReport
@@ -76,12 +82,7 @@ def build_watches(
     `any_client_id` in), which a send as the thing cannot collide with."""
     meta = ledger.meta()
     root = meta.get("topic_root") or "elf"
-    template_text = options.topic
-    if template_text is None:  # an empty --topic is refused, not taken for the default
-        template_text = f"{root}/{{thing}}"
-    if options.append_thing_name:
-        template_text = template_text.rstrip("/") + "/{thing}"
-    template = TopicTemplate(template_text, fleet=meta.get("fleet_id", ""), filter=True)
+    template = topic_template(options.topic, options.append_thing_name, meta, filter=True)
     count = options.things
     if count is None and options.client_offset:
         count = options.client_offset  # watch the things a send next to us is using
