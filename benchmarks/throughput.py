@@ -74,6 +74,8 @@ PEERS: dict[str, str] = {
     # what --transport wss costs against mqtts, measured in the same rounds.
     "elf_async_wss": "benchmarks.peers.elf_async_send",
     "mqttjs": "benchmarks/peers/mqttjs/pub.mjs",  # Node, not a Python module
+    # Not a client: raw ssl sockets and hand-framed MQTT, the least a Python publisher spends.
+    "ssl_floor": "benchmarks.peers.ssl_floor",
 }
 DEFAULT_PEERS = ["paho", "aiomqtt_naive", "gmqtt", "mqttjs", "aiomqtt_fast", "elf_async"]
 WORKERS_PEER = "benchmarks.peers.elf_async_workers"

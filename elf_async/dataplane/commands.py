@@ -108,8 +108,8 @@ class Responder:
     async def attach(self, publisher: Publisher) -> None:
         """The sender's `on_attach`: `publisher` has a new connection."""
         link = publisher.link
-        if link is None:
-            return
+        if link is None or link.lost.done():
+            return  # the reconnection attaches again
         device = publisher.thing.name
         reply = reply_topic(self.topic_root, device)
         client = link.paho

@@ -643,6 +643,8 @@ async def _connect(
         detail = errors[-1] if errors and "timed out" in str(error) else error
         raise explain(detail)
     connected = True
+    if failed.done():  # closed between its CONNACK and now (a takeover, say): lost already
+        lost.set_result(failed.result())
     tls.keep_session(slot, tls_sock)
     inner.on_log = None  # paho formats every log line when on_log is set: not on the hot path
     if on_message is not None:

@@ -110,8 +110,12 @@ class Publisher:
         return self._link
 
     def attach(self, link: Link, takeover: Takeover) -> None:
-        """A new connection, taken over: all its PUBLISHes go through its Wire."""
+        """A new connection, taken over: all its PUBLISHes go through its Wire. One the broker
+        closed before we got here (a session takeover right after its CONNACK) gets no Wire:
+        its keeper sees it lost at once and reconnects."""
         self._link = link
+        if link.lost.done():
+            return
         self.wire = takeover.install(
             link.client,
             self.topic,

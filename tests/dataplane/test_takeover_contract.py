@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from support.mqtt import FixtureCA
 from support.mqtt_peer import DISCONNECT, EOF, PINGREQ, PUBLISH, MqttPeer, mqtt_peer
 
-from elf_async.dataplane.mqtt import ClientTls, Link, connect
+from elf_async.dataplane.mqtt import ClientTls, ConnectFailed, Link, connect
 from elf_async.dataplane.takeover import PRIVATE_NAMES, Takeover, Wire
 
 VERSIONS = f"paho-mqtt {version('paho-mqtt')}, aiomqtt {version('aiomqtt')}"
@@ -236,4 +236,20 @@ async def test_pubacks_that_arrive_with_the_close_still_count(
             assert acked == [1, 2]
         finally:
             takeover.close()
+            await link.close()
+
+
+async def test_a_connection_closed_right_after_its_connack_is_lost_not_connected_forever(
+    test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    """A session takeover can close a connection before the task that awaited its CONNACK
+    runs again: the link says it is lost (its keeper reconnects) instead of never resolving."""
+    with mqtt_peer(test_ca, tmp_path, close_after_connack=True) as closing:
+        try:
+            link = await _connect(closing, test_ca, tmp_path, keepalive=60)
+        except ConnectFailed:
+            return  # the close came before the CONNACK was handled: a failed connect, also fine
+        try:
+            await asyncio.wait_for(link.lost, 15)
+        finally:
             await link.close()

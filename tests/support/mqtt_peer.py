@@ -35,6 +35,7 @@ class MqttPeer:
     ca_file: Path
     answer_pings: bool = True
     close_after_acks: int = 0  # hold PUBACKs until this many, send them at once, then close
+    close_after_connack: bool = False  # answer CONNECT, then close at once (a takeover's race)
     closed: threading.Event = field(default_factory=threading.Event)
     packets: list[Packet] = field(default_factory=list)
     _held: list[bytes] = field(default_factory=list)
@@ -110,6 +111,8 @@ class MqttPeer:
         kind, qos = command & 0xF0, (command >> 1) & 3
         if kind == CONNECT:
             conn.sendall(b"\x20\x02\x00\x00")
+            if self.close_after_connack:
+                self.drop()
         elif kind == PUBLISH and qos == 1:
             topic_length = int.from_bytes(body[:2], "big")
             puback = b"\x40\x02" + body[2 + topic_length : 4 + topic_length]
@@ -127,7 +130,12 @@ class MqttPeer:
 
 @contextmanager
 def mqtt_peer(
-    ca: FixtureCA, directory: Path, *, answer_pings: bool = True, close_after_acks: int = 0
+    ca: FixtureCA,
+    directory: Path,
+    *,
+    answer_pings: bool = True,
+    close_after_acks: int = 0,
+    close_after_connack: bool = False,
 ) -> Iterator[MqttPeer]:
     """An `MqttPeer` on a free 127.0.0.1 port whose certificate the test CA signed."""
     key = generate_key("ec")
@@ -142,6 +150,7 @@ def mqtt_peer(
         ca.cert_file,
         answer_pings=answer_pings,
         close_after_acks=close_after_acks,
+        close_after_connack=close_after_connack,
     )
     thread = threading.Thread(target=peer.serve, args=(listener, context), daemon=True)
     thread.start()
