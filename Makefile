@@ -69,6 +69,8 @@ bench: deps
 	$(BIN)/python benchmarks/throughput.py --paced --clients 500 --rate 10 --seconds 60 --rounds 2 --qos 1 --peers elf_async gmqtt mqttjs --no-broker-count --out throughput-paced.json
 	$(BIN)/python benchmarks/throughput.py --peers elf_async --workers 1 2 --qos 1 --clients 500 --seconds 6 --rounds 2 --no-broker-count --out throughput-workers.json
 	$(BIN)/python benchmarks/connect.py --counts 500 5000 --out connect.json
+	$(BIN)/python benchmarks/throughput.py --paced --clients 2000 --rate 1 --seconds 30 --rounds 2 --qos 1 --peers ssl_floor elf_async gmqtt mqttjs --no-broker-count --key-type ec --out throughput-floor.json
+	$(BIN)/python benchmarks/tls_stacks.py --count 300 --rounds 3 --out tls-stacks.json
 	$(BIN)/python benchmarks/scaleout.py --dask --out scaleout.json
 
 clean-venv:
