@@ -15,6 +15,7 @@ import contextlib
 import os
 import ssl
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,7 @@ async def soak(seconds: float, keep: list[Any]) -> dict[str, Any]:
         "idle_cpu_s": round(cpu, 3),
         "idle_cpu_pct_of_one_core": round(100 * cpu / wall, 2),
         "open_after_idle": sum(1 for link in keep if not link.lost.done()),
+        "lost": dict(Counter(link.lost.result() for link in keep if link.lost.done())),
     }
 
 
@@ -195,6 +197,7 @@ async def soak_ab(seconds: float, keep: list[Any], held: tuple[Any, list[Any]]) 
             "idle_cpu_s": round(cpu, 3),
             "idle_cpu_pct_of_one_core": round(100 * cpu / wall, 2),
             "open_after_idle": windows[-1]["open_after_idle"],
+            "lost": windows[-1]["lost"],
         }
     return out
 
@@ -254,6 +257,8 @@ async def run() -> None:
     cpu = self_cpu() - cpu0
     await asyncio.sleep(2.0)  # idle: what a connection costs while it just keeps alive
     rss1 = rss_kb()
+    if held is not None:  # links: were any lost while the others connected?
+        detail["open_after_connect"] = sum(1 for link in keep if not link.lost.done())
     if config.extra.get("trim"):
         detail["rss_kb_per_connection_untrimmed"] = (rss1 - rss0) / connected if connected else None
         trim_heap()

@@ -235,3 +235,42 @@ async def test_when_a_shared_identitys_first_connect_fails_the_others_do_not_wai
     assert [str(outcome) for outcome in outcomes] == [
         "connection refused (is the broker running?)"
     ] * 5
+
+
+async def test_connects_under_way_at_once_are_bounded_whatever_the_rate(
+    test_ca: FixtureCA, tmp_path: Path
+) -> None:
+    """A rate above what the client can finish must not pile connects up inside the loop
+    (their CONNACKs would be handled past the keep-alive): at most `in_flight` are under way,
+    the next starts when one ends."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    loop = asyncio.get_running_loop()
+    listener.setblocking(False)
+    ca_pem = test_ca.cert_file.read_text()
+    connector = Connector(
+        Endpoint("127.0.0.1", listener.getsockname()[1], ca_pem),
+        rate=1_000_000.0,
+        timeout=30.0,
+        retries=0,
+        in_flight=3,
+    )
+    things = []
+    for index in range(5):
+        key_file, cert_file = test_ca.client_cert(tmp_path, f"bound-{index}")
+        things.append(Identity(f"bound-{index}", index, key_file, cert_file))
+    opening = [asyncio.ensure_future(connector.open(thing)) for thing in things]
+    try:
+        while len(accepted) < 3:  # a server that accepts and never answers the handshake
+            accepted.append((await loop.sock_accept(listener))[0])
+        assert connector.attempted == 3
+        for sock in accepted[:2]:
+            sock.close()  # two connects fail: two more may start
+        while len(accepted) < 5:
+            accepted.append((await loop.sock_accept(listener))[0])
+        assert connector.attempted == 5
+    finally:
+        for sock in accepted:
+            sock.close()
+        listener.close()
+        await asyncio.gather(*opening, return_exceptions=True)
