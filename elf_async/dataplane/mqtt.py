@@ -649,12 +649,9 @@ async def _connect(
     inner.on_log = None  # paho formats every log line when on_log is set: not on the hot path
     if on_message is not None:
         inner.on_message = lambda _c, _u, message: on_message(message.topic, message.payload)
-    return Link(
-        client,
-        lost,
-        resumed=bool(tls_sock.session_reused),
-        topic_alias_maximum=topic_alias_maximum(connack[0] if connack else None),
-    )
+    aliases = topic_alias_maximum(connack[0] if connack else None)
+    connack.clear()  # paho's Properties (~1 KB, made even for 3.1.1): not held for the run
+    return Link(client, lost, resumed=bool(tls_sock.session_reused), topic_alias_maximum=aliases)
 
 
 async def _upgraded(
