@@ -727,6 +727,9 @@ async def enter(client: aiomqtt.Client, sock: ssl.SSLSocket | WebSocket) -> None
         client._connected = asyncio.Future()
         raise
     if client._disconnected.done():
+        # Closed between its CONNACK and now (a session takeover): `Link.lost` says so. The
+        # error aiomqtt set is read before aiomqtt's reset, or asyncio logs it as never retrieved.
+        collect_disconnection(client)
         client._disconnected = asyncio.Future()
 
 
